@@ -1,0 +1,25 @@
+# Two set-up commands: `make demo` (the main job on the embedded demo model) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.budcache-installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q "torch==2.13.0"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[demo,test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/budcache demo --out demo-out
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/search_optimality.py
+
+clean:
+	rm -rf $(VENV) demo-out bench-out

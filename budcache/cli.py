@@ -1,0 +1,127 @@
+"""Command line: ``budcache search | show | demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .plan import CachePlan, PlanError
+from .search import SearchConfig
+
+
+def _add_search_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=28, help="denoising steps K (default 28)")
+    p.add_argument("--reuse", choices=("residual", "output"), default="residual",
+                   help="what reused steps take from the cache (default residual)")
+    p.add_argument("--calib", type=int, default=32, help="calibration samples (default 32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--iterations", type=int, default=300, help="annealing proposals per start (effort)")
+    p.add_argument("--starts", type=int, default=2, help="annealing starts (uniform mask, then random)")
+    p.add_argument("--forced-prefix", type=int, default=0, help="first steps that always compute (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _config(a: argparse.Namespace) -> SearchConfig:
+    return SearchConfig(iterations=a.iterations, starts=a.starts, forced_prefix=a.forced_prefix, seed=a.seed)
+
+
+def cmd_search(a: argparse.Namespace) -> None:
+    from . import plots
+    from .demo.model import load_demo_model
+    from .demo.run import search_demo_plan
+
+    if a.model != "demo":
+        raise SystemExit(f"--model {a.model!r}: only 'demo' is available in this version")
+    if not 1 <= a.budget <= a.steps:
+        raise SystemExit(f"--budget must be between 1 and --steps ({a.steps}), got {a.budget}")
+    model = load_demo_model()
+    plan, result = search_demo_plan(model, a.steps, a.budget, a.reuse, a.calib, _config(a), not a.no_progress)
+    plan.save(a.out)
+    history = a.history or a.out.with_suffix(".history.png")
+    plots.plot_history({f"B={a.budget}": result}, history)
+    if result.interrupted:
+        print("interrupted: saved the best plan found so far", file=sys.stderr)
+    print(describe(plan))
+    print(f"saved {a.out} and {history}")
+
+
+def describe(plan: CachePlan) -> str:
+    lines = [
+        f"mask    {plan.strip}",
+        f"budget  {plan.budget}/{plan.num_steps} steps compute ({plan.reuse} reuse), "
+        f"ideal speedup {plan.ideal_speedup:.2f}x",
+        f"sigmas  {'pipeline default' if plan.sigmas is None else 'custom, ' + str(len(plan.sigmas)) + ' values'}",
+    ]
+    if plan.model:
+        lines.append(f"model   {plan.model.get('class')} ({plan.model.get('fingerprint')})")
+    r = plan.record
+    if r is not None:
+        refs = [f"searched {r.objective:.4g}"]
+        if r.uniform_objective is not None:
+            refs.append(f"uniform mask {r.uniform_objective:.4g}")
+        if r.euler_objective is not None:
+            refs.append(f"plain {plan.budget}-step Euler {r.euler_objective:.4g}")
+        lines += [
+            f"loss    {r.metric} vs the {r.teacher_steps}-step teacher: " + ", ".join(refs),
+            f"search  {r.evaluations} masks, {r.forwards} transformer forwards "
+            f"({r.forwards_without_prefix_reuse} without prefix reuse), {r.calibration_size} calibration "
+            f"samples, seed {r.seed}, {r.seconds:.1f}s" + (", interrupted" if r.interrupted else ""),
+        ]
+    return "\n".join(lines)
+
+
+def cmd_show(a: argparse.Namespace) -> None:
+    plan = CachePlan.load(a.plan)
+    print(json.dumps(plan.to_dict(), indent=1) if a.json else describe(plan))
+    if a.png:
+        from .plots import plot_plan
+
+        print(f"saved {plot_plan(plan, a.png)}")
+
+
+def cmd_demo(a: argparse.Namespace) -> None:
+    from .demo.run import run_demo
+
+    run_demo(a.out, tuple(a.budgets), a.steps, a.reuse, a.calib, a.held_out, _config(a), not a.no_progress)
+    print(f"wrote plans, table.txt, results.json, samples.png and plots to {a.out}/")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="budcache", description="Budget-constrained step-level diffusion caching")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("search", help="search a caching plan for a fixed budget")
+    p.add_argument("--model", default="demo", help="model to search for (default: the embedded demo model)")
+    p.add_argument("--budget", type=int, required=True, help="transformer executions B per generation")
+    p.add_argument("--out", type=Path, required=True, help="where to write the plan (JSON)")
+    p.add_argument("--history", type=Path, default=None, help="search-history plot (default: next to --out)")
+    _add_search_options(p)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("show", help="print a plan, optionally plot it")
+    p.add_argument("plan", type=Path)
+    p.add_argument("--png", type=Path, default=None, help="write the mask over the sigma schedule")
+    p.add_argument("--json", action="store_true", help="print the whole plan as JSON")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("demo", help="search plans on the demo model and compare with uniform masks and fewer steps")
+    p.add_argument("--out", type=Path, default=Path("demo-out"))
+    p.add_argument("--budgets", type=int, nargs="+", default=[6, 8, 10])
+    p.add_argument("--held-out", type=int, default=100, help="held-out samples for the comparison")
+    _add_search_options(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = build_parser().parse_args(argv)
+    try:
+        a.func(a)
+    except PlanError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""``budcache demo``: search plans for a few budgets on the demo model and compare them honestly."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from .. import metrics, plots
+from ..plan import CachePlan, uniform_mask
+from ..sampler import euler, linear_sigmas, sample
+from ..search import Evaluator, SearchConfig, SearchResult, search_plan
+from .model import DigitsFlux, load_demo_model, unpack
+from .problem import demo_batches, demo_denoisers, demo_inputs
+
+HELD_OUT_SEED_OFFSET = 10_000
+
+
+def search_demo_plan(
+    model: DigitsFlux,
+    steps: int,
+    budget: int,
+    reuse: str = "residual",
+    calibration: int = 32,
+    config: SearchConfig = SearchConfig(),
+    progress: bool = True,
+) -> tuple[CachePlan, SearchResult]:
+    """Stage-1 search on the demo model with ``calibration`` samples drawn from ``config.seed``."""
+    noise, labels = demo_inputs(calibration, config.seed)
+    with demo_denoisers(model, reuse) as make:
+        evaluate = Evaluator(demo_batches(make, noise, labels), linear_sigmas(steps))
+        return search_plan(
+            evaluate, budget, reuse=reuse, model=model.transformer, config=config,
+            euler_sigmas=linear_sigmas(budget), progress=progress,
+        )
+
+
+@torch.no_grad()
+def _timed(fn, repeats: int = 3) -> tuple[torch.Tensor, float]:
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return out, best
+
+
+def evaluate_plan(model: DigitsFlux, plan: CachePlan, held_out: int = 100, seed: int = 0) -> dict:
+    """Held-out comparison of the plan, the uniform mask and plain B-step Euler against full compute."""
+    noise, labels = demo_inputs(held_out, seed + HELD_OUT_SEED_OFFSET)
+    k, b = plan.num_steps, plan.budget
+    sigmas = plan.sigmas or linear_sigmas(k)
+    velocity = lambda x, s: model(x, torch.tensor(s), labels)  # noqa: E731
+    full, t_full = _timed(lambda: euler(velocity, noise, sigmas))
+    with demo_denoisers(model, plan.reuse) as make:
+        denoiser = make(labels)
+        planned = sample(denoiser, noise, sigmas, plan.mask)
+        executions = denoiser.executions
+        _, t_plan = _timed(lambda: sample(denoiser, noise, sigmas, plan.mask))
+        uniform, _ = _timed(lambda: sample(make(labels), noise, sigmas, uniform_mask(k, b)), repeats=1)
+    fewer, t_fewer = _timed(lambda: euler(velocity, noise, linear_sigmas(b)))
+    ref = unpack(full)
+    rows = {"plan": planned, "uniform mask": uniform, f"plain {b}-step Euler": fewer}
+    return {
+        "budget": b,
+        "steps": k,
+        "mask": plan.strip,
+        "block_stack_executions": executions,
+        "speedup": {"plan": t_full / t_plan, f"plain {b}-step Euler": t_full / t_fewer, "ideal": k / b},
+        "metrics": {name: metrics.report(unpack(x), ref) for name, x in rows.items()},
+        "images": {"full": ref, **{name: unpack(x) for name, x in rows.items()}},
+    }
+
+
+def _table(results: list[dict]) -> str:
+    head = f"{'B/K':>6} {'method':<20} {'speedup':>8} {'MSE':>10} {'PSNR':>7} {'SSIM':>7}"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        for name, m in r["metrics"].items():
+            speed = r["speedup"].get(name)
+            s = f"{speed:7.2f}x" if speed is not None else f"{'':>8}"
+            lines.append(
+                f"{r['budget']:>3}/{r['steps']:<2} {name:<20} {s} {m['mse']:10.3e} {m['psnr']:7.2f} {m['ssim']:7.4f}"
+            )
+    return "\n".join(lines)
+
+
+def run_demo(
+    out: Path,
+    budgets: tuple[int, ...] = (6, 8, 10),
+    steps: int = 28,
+    reuse: str = "residual",
+    calibration: int = 32,
+    held_out: int = 100,
+    config: SearchConfig = SearchConfig(),
+    progress: bool = True,
+) -> list[dict]:
+    """The main job: search, compare, and write plans, a table, an image grid and plots to ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_demo_model()
+    results, histories = [], {}
+    for b in budgets:
+        plan, result = search_demo_plan(model, steps, b, reuse, calibration, config, progress)
+        plan.save(out / f"plan_B{b}.json")
+        plots.plot_plan(plan, out / f"plan_B{b}.png")
+        histories[f"B={b}"] = result
+        r = evaluate_plan(model, plan, held_out, config.seed)
+        r["search"] = {"seconds": plan.record.seconds, "evaluations": plan.record.evaluations,
+                       "forwards": plan.record.forwards,
+                       "forwards_without_prefix_reuse": plan.record.forwards_without_prefix_reuse}
+        results.append(r)
+        print(f"B={b}: {plan.strip}  search {plan.record.seconds:.1f}s, {plan.record.evaluations} masks")
+    plots.plot_history(histories, out / "search_history.png")
+    grid = [("full", results[0]["images"]["full"])]
+    for r in results:
+        grid += [(f"{name} B={r['budget']}", imgs) for name, imgs in r["images"].items() if name != "full"]
+    plots.image_grid(grid, out / "samples.png")
+    table = _table(results)
+    print(table)
+    (out / "table.txt").write_text(table + "\n")
+    summary = [{k: v for k, v in r.items() if k != "images"} for r in results]
+    (out / "results.json").write_text(json.dumps(summary, indent=1))
+    return results

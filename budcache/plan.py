@@ -1,0 +1,220 @@
+"""``CachePlan``: the static artifact that a search produces and inference applies."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+REUSE_MODES = ("residual", "output")
+
+
+class PlanError(ValueError):
+    """A plan file or plan object is invalid, or does not fit the model or call it is used with."""
+
+
+@dataclass
+class SearchRecord:
+    """How a plan was found. Losses are the search objective (mean distance to the teacher)."""
+
+    objective: float
+    metric: str = "mse"
+    uniform_objective: float | None = None
+    euler_objective: float | None = None
+    teacher_steps: int | None = None
+    evaluations: int = 0
+    forwards: int = 0
+    forwards_without_prefix_reuse: int = 0
+    seed: int = 0
+    calibration_size: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+
+
+@dataclass
+class CachePlan:
+    """Of ``num_steps`` denoising steps exactly ``budget`` run the transformer (``mask[k] == 1``).
+
+    ``sigmas`` holds K+1 strictly decreasing values ending in 0, or None for the pipeline's
+    default schedule. ``model`` names what the plan was searched for (``class`` and a config
+    ``fingerprint``).
+    """
+
+    num_steps: int
+    budget: int
+    mask: list[int]
+    reuse: str = "residual"
+    sigmas: list[float] | None = None
+    model: dict[str, str] = field(default_factory=dict)
+    record: SearchRecord | None = None
+
+    def __post_init__(self) -> None:
+        self.mask = [int(m) for m in self.mask]
+        if self.sigmas is not None:
+            self.sigmas = [float(s) for s in self.sigmas]
+        self.validate()
+
+    # -- validation -------------------------------------------------------------------------
+    def validate(self) -> None:
+        k, b, m = self.num_steps, self.budget, self.mask
+        if not isinstance(k, int) or k < 1:
+            raise PlanError(f"field 'num_steps' must be a positive integer, got {k!r}")
+        if not isinstance(b, int) or not 1 <= b <= k:
+            raise PlanError(f"field 'budget' must be an integer in [1, num_steps={k}], got {b!r}")
+        if len(m) != k:
+            raise PlanError(f"field 'mask' must have num_steps={k} entries, got {len(m)}")
+        if any(v not in (0, 1) for v in m):
+            raise PlanError("field 'mask' must contain only 0 and 1")
+        if m[0] != 1:
+            raise PlanError("field 'mask' must start with 1: the first step always computes")
+        if sum(m) != b:
+            raise PlanError(f"field 'mask' has {sum(m)} computed steps but 'budget' is {b}")
+        if self.reuse not in REUSE_MODES:
+            raise PlanError(f"field 'reuse' must be one of {REUSE_MODES}, got {self.reuse!r}")
+        if self.sigmas is not None:
+            check_sigmas(self.sigmas, k, "field 'sigmas'")
+
+    # -- derived ----------------------------------------------------------------------------
+    @property
+    def strip(self) -> str:
+        """The mask as a strip: ``#`` computes, ``.`` reuses."""
+        return "".join("#" if v else "." for v in self.mask)
+
+    @property
+    def ideal_speedup(self) -> float:
+        """K / B: the speedup if reuse steps cost nothing."""
+        return self.num_steps / self.budget
+
+    def check_model(self, model: Any) -> None:
+        """Refuse a model of another class or config than the plan was searched for."""
+        if not self.model:
+            return
+        want, got = self.model, model_identity(model)
+        if want.get("class") != got["class"]:
+            raise PlanError(
+                f"this plan was searched for a {want.get('class')}, not a {got['class']}; "
+                "search a plan for this model"
+            )
+        if want.get("fingerprint") != got["fingerprint"]:
+            raise PlanError(
+                f"this plan was searched for a {got['class']} with another config "
+                f"(fingerprint {want.get('fingerprint')} != {got['fingerprint']}); "
+                "search a plan for this model"
+            )
+
+    def check_steps(self, num_steps: int) -> None:
+        if num_steps != self.num_steps:
+            raise PlanError(
+                f"this plan was searched for {self.num_steps} steps, the call asks for {num_steps}; "
+                f"use num_inference_steps={self.num_steps} or search a plan for {num_steps} steps"
+            )
+
+    # -- io ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {"schema_version": SCHEMA_VERSION, **d}
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "plan") -> CachePlan:
+        if not isinstance(d, dict):
+            raise PlanError(f"{source}: expected a JSON object, got {type(d).__name__}")
+        version = d.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise PlanError(
+                f"{source}: field 'schema_version' is {version!r}; this budcache reads version {SCHEMA_VERSION}"
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known - {"schema_version"}
+        if unknown:
+            raise PlanError(f"{source}: unknown field(s) {sorted(unknown)}")
+        for name in ("num_steps", "budget", "mask"):
+            if name not in d:
+                raise PlanError(f"{source}: missing field '{name}'")
+        if not isinstance(d["mask"], list):
+            raise PlanError(f"{source}: field 'mask' must be a list of 0/1")
+        if d.get("sigmas") is not None and not isinstance(d["sigmas"], list):
+            raise PlanError(f"{source}: field 'sigmas' must be a list of floats or null")
+        if not isinstance(d.get("model", {}), dict):
+            raise PlanError(f"{source}: field 'model' must be an object")
+        record = d.get("record")
+        if record is not None:
+            try:
+                record = SearchRecord(**record)
+            except TypeError as e:
+                raise PlanError(f"{source}: field 'record' is malformed ({e})") from None
+        try:
+            return cls(**{**{k: v for k, v in d.items() if k != "schema_version"}, "record": record})
+        except PlanError as e:
+            raise PlanError(f"{source}: {e}") from None
+        except (TypeError, ValueError) as e:
+            raise PlanError(f"{source}: {e}") from None
+
+    def save(self, path: str | Path) -> Path:
+        """Write the plan as JSON, atomically (a crash never leaves a half-written file)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.to_dict(), f, indent=1)
+                f.write("\n")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> CachePlan:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise PlanError(f"{path}: no such plan file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise PlanError(f"{path}: not a valid JSON plan file ({e})") from None
+        return cls.from_dict(data, source=str(path))
+
+
+def check_sigmas(sigmas: list[float], num_steps: int, what: str = "sigmas") -> None:
+    """K+1 finite values, strictly decreasing, the last one 0."""
+    if len(sigmas) != num_steps + 1:
+        raise PlanError(f"{what} must have num_steps + 1 = {num_steps + 1} values, got {len(sigmas)}")
+    if not all(math.isfinite(s) for s in sigmas):
+        raise PlanError(f"{what} must be finite numbers")
+    if any(b >= a for a, b in zip(sigmas, sigmas[1:])):
+        raise PlanError(f"{what} must be strictly decreasing")
+    if sigmas[-1] != 0.0:
+        raise PlanError(f"{what} must end with 0, got {sigmas[-1]}")
+
+
+def model_identity(model: Any) -> dict[str, str]:
+    """Class name and a fingerprint of the config (diffusers ``config``) or of the parameter shapes."""
+    config = getattr(model, "config", None)
+    if config is not None:
+        payload = json.dumps(
+            {k: v for k, v in dict(config).items() if not k.startswith("_")}, sort_keys=True, default=str
+        )
+    elif hasattr(model, "state_dict"):
+        payload = json.dumps({k: list(v.shape) for k, v in model.state_dict().items()}, sort_keys=True)
+    else:
+        payload = repr(getattr(model, "identity", type(model).__name__))
+    return {
+        "class": type(model).__name__,
+        "fingerprint": hashlib.sha256(payload.encode()).hexdigest()[:16],
+    }
+
+
+def uniform_mask(num_steps: int, budget: int) -> list[int]:
+    """B computed steps spread evenly over K, the first one included."""
+    if not 1 <= budget <= num_steps:
+        raise PlanError(f"budget must be in [1, num_steps={num_steps}], got {budget}")
+    picks = {round(i * num_steps / budget) for i in range(budget)}
+    return [1 if k in picks else 0 for k in range(num_steps)]

@@ -1,0 +1,72 @@
+"""Figures: a plan's mask over its sigma schedule, search histories, image grids."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from .plan import CachePlan  # noqa: E402
+from .search import SearchResult  # noqa: E402
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_plan(plan: CachePlan, path: str | Path) -> Path:
+    """The sigma schedule with computed steps as filled markers and reused ones hollow."""
+    k = plan.num_steps
+    sigmas = plan.sigmas if plan.sigmas is not None else torch.linspace(1, 0, k + 1).tolist()
+    fig, ax = plt.subplots(figsize=(max(6, k * 0.28), 3.2))
+    ax.plot(range(k + 1), sigmas, color="0.7", lw=1, zorder=1)
+    on = [i for i in range(k) if plan.mask[i]]
+    off = [i for i in range(k) if not plan.mask[i]]
+    ax.scatter(on, [sigmas[i] for i in on], color="C3", s=36, zorder=2, label=f"compute ({len(on)})")
+    ax.scatter(off, [sigmas[i] for i in off], facecolor="white", edgecolor="C0", s=30, zorder=2,
+               label=f"reuse ({len(off)})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("sigma")
+    ax.set_title(f"B={plan.budget}/K={k}  {plan.reuse} reuse  {plan.strip}", fontsize=9, family="monospace")
+    ax.legend(fontsize=8, frameon=False)
+    if plan.sigmas is None:
+        ax.text(0.99, 0.95, "pipeline default schedule (shown linear)", transform=ax.transAxes,
+                ha="right", va="top", fontsize=7, color="0.4")
+    return _save(fig, path)
+
+
+def plot_history(results: Mapping[str, SearchResult], path: str | Path) -> Path:
+    """Loss of each evaluated mask and the best so far, against the evaluation count."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for i, (name, r) in enumerate(results.items()):
+        evals = [h[0] for h in r.history]
+        ax.scatter(evals, [h[1] for h in r.history], s=3, alpha=0.25, color=f"C{i}")
+        ax.plot(evals, [h[2] for h in r.history], color=f"C{i}", lw=1.5, label=f"{name} (best {r.loss:.3g})")
+    ax.set_yscale("log")
+    ax.set_xlabel("evaluations (distinct masks)")
+    ax.set_ylabel("loss vs teacher")
+    ax.legend(fontsize=8, frameon=False)
+    return _save(fig, path)
+
+
+def image_grid(rows: Sequence[tuple[str, torch.Tensor]], path: str | Path, columns: int = 10) -> Path:
+    """One row of images (N, 1, H, W) in [-1, 1] per labelled method."""
+    fig, axes = plt.subplots(len(rows), columns, figsize=(columns * 0.8, len(rows) * 0.9), squeeze=False)
+    for r, (name, images) in enumerate(rows):
+        for c in range(columns):
+            ax = axes[r][c]
+            ax.imshow(images[c, 0].clamp(-1, 1).numpy(), cmap="gray", vmin=-1, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r][0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=7)
+    fig.subplots_adjust(wspace=0.05, hspace=0.05)
+    return _save(fig, path)

@@ -1,0 +1,168 @@
+"""Stage-1 search: simulated annealing on the budget manifold, then steepest-descent hill climbing.
+
+Moves keep ``sum(mask) == B``: *swap* exchanges a computed step with a reused one, *shift*
+moves a computed step to a free neighbour. Acceptance is Metropolis with a geometric
+temperature that is relative to the current loss (scale-free: a move that worsens the loss by
+a fraction ``d`` is accepted with probability ``exp(-d / T)``). Hill climbing then scans the
+whole swap neighbourhood (which contains every shift) until no neighbour improves.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+
+from tqdm import tqdm
+
+from ..plan import PlanError, uniform_mask
+from .evaluator import Evaluator
+
+Mask = tuple[int, ...]
+
+
+@dataclass
+class SearchConfig:
+    """Search effort and options. ``forced_prefix`` steps at the start always compute."""
+
+    iterations: int = 300
+    starts: int = 2
+    t_start: float = 0.05
+    t_end: float = 1e-3
+    shift_prob: float = 0.5
+    hill_climb: bool = True
+    forced_prefix: int = 0
+    seed: int = 0
+
+
+@dataclass
+class SearchResult:
+    mask: list[int]
+    loss: float
+    history: list[tuple[int, float, float]] = field(default_factory=list)  # (evaluation, current, best)
+    seconds: float = 0.0
+    interrupted: bool = False
+
+
+def check_budget(num_steps: int, budget: int, forced_prefix: int = 0) -> None:
+    if not 1 <= budget <= num_steps:
+        raise PlanError(f"budget must be between 1 and the number of steps ({num_steps}), got {budget}")
+    if forced_prefix > budget:
+        raise PlanError(f"forced_prefix ({forced_prefix}) cannot exceed the budget ({budget})")
+
+
+def neighbours(mask: Mask, first_free: int) -> list[Mask]:
+    """Every swap of a computed step >= ``first_free`` with a reused step."""
+    on = [i for i in range(first_free, len(mask)) if mask[i]]
+    off = [j for j in range(first_free, len(mask)) if not mask[j]]
+    out = []
+    for i in on:
+        for j in off:
+            m = list(mask)
+            m[i], m[j] = 0, 1
+            out.append(tuple(m))
+    return out
+
+
+def _propose(mask: Mask, first_free: int, rng: random.Random, shift_prob: float) -> Mask | None:
+    on = [i for i in range(first_free, len(mask)) if mask[i]]
+    off = [j for j in range(first_free, len(mask)) if not mask[j]]
+    if not on or not off:
+        return None
+    i = rng.choice(on)
+    if rng.random() < shift_prob:
+        targets = [j for j in (i - 1, i + 1) if first_free <= j < len(mask) and not mask[j]]
+        j = rng.choice(targets) if targets else rng.choice(off)
+    else:
+        j = rng.choice(off)
+    m = list(mask)
+    m[i], m[j] = 0, 1
+    return tuple(m)
+
+
+def _random_mask(k: int, b: int, first_free: int, rng: random.Random) -> Mask:
+    fixed = max(1, first_free)
+    picks = set(range(fixed)) | set(rng.sample(range(fixed, k), b - fixed))
+    return tuple(1 if i in picks else 0 for i in range(k))
+
+
+class _Tracker:
+    """Best mask so far and the loss history, shared by every phase."""
+
+    def __init__(self, evaluate: Evaluator, bar: tqdm):
+        self.evaluate, self.bar = evaluate, bar
+        self.best: Mask | None = None
+        self.best_loss = math.inf
+        self.history: list[tuple[int, float, float]] = []
+
+    def __call__(self, mask: Mask) -> float:
+        loss = self.evaluate(mask)
+        if loss < self.best_loss:
+            self.best, self.best_loss = mask, loss
+        self.history.append((self.evaluate.evaluations, loss, self.best_loss))
+        self.bar.set_postfix(best=f"{self.best_loss:.4g}", evals=self.evaluate.evaluations)
+        return loss
+
+
+def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig(), progress: bool = True) -> SearchResult:
+    """SA + HC from ``config.starts`` starts (the uniform mask first, then random ones)."""
+    k = evaluate.num_steps
+    check_budget(k, budget, config.forced_prefix)
+    first_free = max(1, config.forced_prefix)
+    rng = random.Random(config.seed)
+    start_time = time.perf_counter()
+    total = config.starts * config.iterations
+    with tqdm(total=total, desc=f"search B={budget}/{k}", disable=not progress, leave=False) as bar:
+        track = _Tracker(evaluate, bar)
+        interrupted = False
+        try:
+            for s in range(config.starts):
+                if s == 0:
+                    base = list(uniform_mask(k, budget))
+                    for i in range(config.forced_prefix):  # respect the prefix without changing B
+                        if not base[i]:
+                            j = max(j for j in range(len(base)) if base[j] and j >= config.forced_prefix)
+                            base[i], base[j] = 1, 0
+                    current: Mask = tuple(base)
+                else:
+                    current = _random_mask(k, budget, config.forced_prefix, rng)
+                loss = track(current)
+                for it in range(config.iterations):
+                    temp = config.t_start * (config.t_end / config.t_start) ** (it / max(1, config.iterations - 1))
+                    cand = _propose(current, first_free, rng, config.shift_prob)
+                    bar.update()
+                    if cand is None:
+                        continue
+                    c_loss = track(cand)
+                    if c_loss <= loss or (
+                        math.isfinite(c_loss) and rng.random() < math.exp(-(c_loss - loss) / (temp * max(loss, 1e-30)))
+                    ):
+                        current, loss = cand, c_loss
+                if config.hill_climb:
+                    current, loss = _hill_climb(track, current, loss, first_free)
+            if config.hill_climb and track.best is not None:
+                _hill_climb(track, track.best, track.best_loss, first_free)
+        except KeyboardInterrupt:
+            interrupted = True
+    if track.best is None:
+        raise KeyboardInterrupt("search interrupted before any mask was evaluated")
+    return SearchResult(
+        mask=list(track.best),
+        loss=track.best_loss,
+        history=track.history,
+        seconds=time.perf_counter() - start_time,
+        interrupted=interrupted,
+    )
+
+
+def _hill_climb(track: _Tracker, mask: Mask, loss: float, first_free: int) -> tuple[Mask, float]:
+    """Steepest descent over the whole swap/shift neighbourhood, to a local optimum."""
+    while True:
+        scored = [(track(n), n) for n in neighbours(mask, first_free)]
+        if not scored:
+            return mask, loss
+        best_loss, best = min(scored)
+        if best_loss >= loss:
+            return mask, loss
+        mask, loss = best, best_loss

@@ -1,0 +1,122 @@
+"""The stage-1 objective with memoization and prefix reuse.
+
+The loss of a mask is the mean, over the calibration set, of the distance between the
+student's final latent and the full-compute teacher's final latent. The state before step p
+depends only on ``mask[:p]``, so states are stored by prefix: a mask that first differs from
+an evaluated one at step p resumes from step p instead of step 0.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..sampler import Denoiser, State, euler_step
+
+Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+METRICS: dict[str, Distance] = {
+    "mse": lambda a, b: (a - b).pow(2).flatten(1).mean(1),
+    "l1": lambda a, b: (a - b).abs().flatten(1).mean(1),
+}
+
+
+@dataclass
+class Batch:
+    """One calibration batch: its denoiser (bound to its conditioning) and its initial noise."""
+
+    denoiser: Denoiser
+    noise: torch.Tensor
+
+
+def _nbytes(states: list[State]) -> int:
+    return sum(s.x.nbytes + (0 if s.cache is None else s.cache.nbytes) for s in states)
+
+
+class Evaluator:
+    """Scores masks against the teacher on fixed calibration batches, counting transformer forwards."""
+
+    def __init__(
+        self,
+        batches: Sequence[Batch],
+        sigmas: Sequence[float],
+        metric: str = "mse",
+        prefix_reuse: bool = True,
+        max_state_mb: float = 1024.0,
+    ):
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; choose one of {sorted(METRICS)}")
+        if not batches:
+            raise ValueError("the calibration set is empty")
+        self.batches = list(batches)
+        self.sigmas = [float(s) for s in sigmas]
+        self.num_steps = len(self.sigmas) - 1
+        self.metric, self.distance = metric, METRICS[metric]
+        self.prefix_reuse, self.max_state_bytes = prefix_reuse, int(max_state_mb * 2**20)
+        self.samples = sum(b.noise.shape[0] for b in self.batches)
+        self.memo: dict[tuple[int, ...], float] = {}
+        self.states: OrderedDict[tuple[int, ...], list[State]] = OrderedDict()
+        self.state_bytes = 0
+        self.forwards = 0  # block-stack executions, per calibration sample
+        self.teacher = [s.x for s in self._run([1] * self.num_steps)]
+
+    # -- trajectories -----------------------------------------------------------------------
+    def _store(self, key: tuple[int, ...], states: list[State]) -> None:
+        if not self.prefix_reuse or key in self.states:
+            return
+        self.states[key] = states
+        self.state_bytes += _nbytes(states)
+        while self.state_bytes > self.max_state_bytes and self.states:
+            _, old = self.states.popitem(last=False)
+            self.state_bytes -= _nbytes(old)
+
+    def _resume(self, mask: tuple[int, ...]) -> list[State]:
+        if self.prefix_reuse:
+            for p in range(len(mask) - 1, 0, -1):
+                states = self.states.get(mask[:p])
+                if states is not None:
+                    self.states.move_to_end(mask[:p])
+                    return states
+        return [State(0, b.noise) for b in self.batches]
+
+    @torch.no_grad()
+    def _run(self, mask: Sequence[int], sigmas: Sequence[float] | None = None) -> list[State]:
+        """Final states of every batch; prefix states are stored when on the search grid."""
+        mask = tuple(int(m) for m in mask)
+        on_grid = sigmas is None
+        sigmas = self.sigmas if on_grid else [float(s) for s in sigmas]
+        states = self._resume(mask) if on_grid else [State(0, b.noise) for b in self.batches]
+        for k in range(states[0].step, len(mask)):
+            states = [euler_step(b.denoiser, s, sigmas, bool(mask[k])) for b, s in zip(self.batches, states)]
+            if mask[k]:
+                self.forwards += self.samples
+            if not all(torch.isfinite(s.x).all() for s in states):
+                return [State(len(mask), torch.full_like(s.x, float("nan"))) for s in states]
+            if on_grid and k + 1 < len(mask):
+                self._store(mask[: k + 1], states)
+        return states
+
+    def _loss(self, finals: list[State]) -> float:
+        total = sum(self.distance(s.x.float(), t.float()).sum() for s, t in zip(finals, self.teacher))
+        loss = float(total) / self.samples
+        return loss if loss == loss and loss != float("inf") else float("inf")
+
+    # -- public -----------------------------------------------------------------------------
+    def __call__(self, mask: Sequence[int]) -> float:
+        """Loss of ``mask`` on the search grid (memoized); ``inf`` for a non-finite trajectory."""
+        key = tuple(int(m) for m in mask)
+        if len(key) != self.num_steps:
+            raise ValueError(f"mask has {len(key)} steps, the search grid has {self.num_steps}")
+        if key not in self.memo:
+            self.memo[key] = self._loss(self._run(key))
+        return self.memo[key]
+
+    def schedule_loss(self, sigmas: Sequence[float]) -> float:
+        """Loss of plain Euler over another schedule (e.g. B evenly spaced steps), not memoized."""
+        return self._loss(self._run([1] * (len(sigmas) - 1), sigmas))
+
+    @property
+    def evaluations(self) -> int:
+        return len(self.memo)

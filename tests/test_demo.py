@@ -1,0 +1,101 @@
+"""The shipped demo model, the CLI and the main job, end to end."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from diffusers import FluxTransformer2DModel
+
+from budcache.cli import main
+from budcache.demo.data import load_digits_16, to_digit_features
+from budcache.demo.model import WEIGHTS, pack, unpack
+from budcache.demo.problem import demo_denoisers, demo_inputs
+from budcache.plan import CachePlan
+from budcache.sampler import euler, linear_sigmas, sample
+
+
+def test_weights_are_small_and_the_model_is_a_real_flux_transformer(demo_model):
+    assert WEIGHTS.stat().st_size < 6 * 2**20
+    assert isinstance(demo_model.transformer, FluxTransformer2DModel)
+
+
+def test_pack_unpack_roundtrip():
+    images, _, _ = load_digits_16()
+    assert torch.equal(unpack(pack(images[:5])), images[:5])
+
+
+@torch.no_grad()
+def test_generated_digits_are_recognizable(demo_model):
+    """An SVC trained on real digits labels generated samples with their conditioning class."""
+    from sklearn.svm import SVC
+
+    _, labels_real, raw = load_digits_16()
+    clf = SVC(gamma=0.001, C=10).fit(raw, labels_real.numpy())
+    noise, labels = demo_inputs(100, 1234)
+    x = euler(lambda x, s: demo_model(x, torch.tensor(s), labels), noise, linear_sigmas(28))
+    accuracy = (clf.predict(to_digit_features(unpack(x))) == labels.numpy()).mean()
+    assert accuracy >= 0.9
+
+
+@torch.no_grad()
+def test_demo_plan_runs_exactly_budget_block_stacks(demo_model):
+    noise, labels = demo_inputs(10, 0)
+    mask = [1, 0, 1, 0, 0, 1, 0, 0, 1, 0, 1, 0]
+    with demo_denoisers(demo_model, "residual") as make:
+        den = make(labels)
+        out = sample(den, noise, linear_sigmas(12), mask)
+        assert den.executions == 5
+    full = euler(lambda x, s: demo_model(x, torch.tensor(s), labels), noise, linear_sigmas(12))
+    assert 0 < float((out - full).pow(2).mean()) < 0.05
+
+
+def test_cli_search_and_show(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    main(["search", "--model", "demo", "--steps", "10", "--budget", "4", "--calib", "8",
+          "--iterations", "20", "--starts", "1", "--out", str(out), "--no-progress"])
+    plan = CachePlan.load(out)
+    assert plan.num_steps == 10 and plan.budget == 4 and plan.reuse == "residual"
+    assert plan.model["class"] == "FluxTransformer2DModel"
+    assert plan.record.objective <= plan.record.uniform_objective
+    assert (tmp_path / "plan.history.png").stat().st_size > 1000
+    capsys.readouterr()
+    main(["show", str(out), "--png", str(tmp_path / "plan.png")])
+    shown = capsys.readouterr().out
+    assert plan.strip in shown and "4/10" in shown and "ideal speedup 2.50x" in shown
+    assert (tmp_path / "plan.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["search", "--budget", "30", "--steps", "28", "--out", "x.json"], "--budget must be between 1 and --steps"),
+        (["search", "--model", "flux", "--budget", "3", "--out", "x.json"], "only 'demo'"),
+    ],
+)
+def test_cli_refuses_bad_input(args, message):
+    with pytest.raises(SystemExit, match=message):
+        main(args)
+
+
+def test_cli_show_refuses_a_corrupt_plan(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"schema_version": 1, "num_steps": 4, "budget": 2, "mask": [1, 1, 1, 0]}))
+    r = subprocess.run([sys.executable, "-m", "budcache.cli", "show", str(bad)], capture_output=True, text=True)
+    assert r.returncode != 0 and "field 'mask'" in r.stderr and "budget" in r.stderr
+
+
+def test_demo_main_job_end_to_end(tmp_path, capsys):
+    main(["demo", "--out", str(tmp_path), "--budgets", "3", "5", "--steps", "10", "--calib", "8",
+          "--held-out", "20", "--iterations", "20", "--starts", "1", "--no-progress"])
+    table = capsys.readouterr().out
+    assert "plain 3-step Euler" in table and "uniform mask" in table
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [r["budget"] for r in results] == [3, 5]
+    for r in results:
+        assert r["block_stack_executions"] == r["budget"]
+        assert set(r["metrics"]) == {"plan", "uniform mask", f"plain {r['budget']}-step Euler"}
+        assert r["speedup"]["plan"] > 1.0
+    for name in ["plan_B3.json", "plan_B5.png", "samples.png", "search_history.png", "table.txt"]:
+        assert (tmp_path / name).stat().st_size > 0

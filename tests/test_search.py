@@ -1,0 +1,138 @@
+import itertools
+import math
+
+import pytest
+import torch
+
+from budcache.plan import PlanError, uniform_mask
+from budcache.sampler import OutputDenoiser, linear_sigmas, sample
+from budcache.search import Batch, Evaluator, SearchConfig, anneal, exhaustive, neighbours, search_plan
+
+K = 10
+
+
+def evaluator(gmm, prefix_reuse=True, n=48, k=K):
+    x = gmm.noise(n, 1)
+    return Evaluator([Batch(OutputDenoiser(gmm), x[:20]), Batch(OutputDenoiser(gmm), x[20:])],
+                     linear_sigmas(k), prefix_reuse=prefix_reuse)
+
+
+def direct_loss(gmm, mask, n=48, k=K):
+    x = gmm.noise(n, 1)
+    teacher = sample(OutputDenoiser(gmm), x, linear_sigmas(k), [1] * k)
+    student = sample(OutputDenoiser(gmm), x, linear_sigmas(k), mask)
+    return float((student - teacher).pow(2).mean())
+
+
+def test_objective_matches_a_direct_computation(gmm):
+    ev = evaluator(gmm)
+    mask = [1, 0, 0, 1, 0, 1, 0, 0, 1, 0]
+    assert ev(mask) == pytest.approx(direct_loss(gmm, mask), rel=1e-5)
+    assert ev([1] * K) == 0.0
+
+
+def test_prefix_reuse_gives_identical_losses_with_fewer_forwards(gmm):
+    with_reuse, without = evaluator(gmm), evaluator(gmm, prefix_reuse=False)
+    masks = [tuple(1 if i == 0 or i in rest else 0 for i in range(K)) for rest in itertools.combinations(range(1, K), 3)]
+    for m in masks:
+        assert with_reuse(m) == without(m)
+    assert without.forwards == without.samples * (K + len(masks) * 4)
+    assert with_reuse.forwards * 1.5 < without.forwards
+
+
+def test_memoized_masks_cost_nothing(gmm):
+    ev = evaluator(gmm)
+    mask = uniform_mask(K, 4)
+    ev(mask)
+    forwards = ev.forwards
+    ev(mask)
+    assert ev.forwards == forwards and ev.evaluations == 1
+
+
+def test_exhaustive_finds_the_brute_force_optimum(gmm):
+    ev = evaluator(gmm)
+    result = exhaustive(ev, 4, progress=False)
+    assert ev.evaluations == math.comb(K - 1, 3)
+    brute = min(
+        (direct_loss(gmm, [1 if i == 0 or i in rest else 0 for i in range(K)]), rest)
+        for rest in itertools.combinations(range(1, K), 3)
+    )
+    assert result.loss == pytest.approx(brute[0], rel=1e-5)
+    assert result.mask == [1 if i == 0 or i in brute[1] else 0 for i in range(K)]
+
+
+@pytest.mark.parametrize("budget", [3, 5])
+def test_annealing_reaches_the_exhaustive_optimum(gmm, budget):
+    optimum = exhaustive(evaluator(gmm), budget, progress=False).loss
+    for seed in range(3):
+        ev = evaluator(gmm)
+        r = anneal(ev, budget, SearchConfig(iterations=150, seed=seed), progress=False)
+        assert sum(r.mask) == budget and r.mask[0] == 1
+        assert r.loss <= optimum * 1.02
+        assert ev.evaluations < math.comb(K - 1, budget - 1)
+
+
+def test_hill_climbing_ends_in_a_local_optimum(gmm):
+    ev = evaluator(gmm)
+    r = anneal(ev, 4, SearchConfig(iterations=10, seed=5), progress=False)
+    assert all(ev(n) >= r.loss for n in neighbours(tuple(r.mask), 1))
+    assert len(neighbours(tuple(r.mask), 1)) == 3 * (K - 4)
+
+
+def test_search_is_reproducible_and_respects_a_forced_prefix(gmm):
+    cfg = SearchConfig(iterations=60, seed=11, forced_prefix=3)
+    a = anneal(evaluator(gmm), 5, cfg, progress=False)
+    b = anneal(evaluator(gmm), 5, cfg, progress=False)
+    assert a.mask == b.mask and a.history == b.history
+    assert a.mask[:3] == [1, 1, 1] and sum(a.mask) == 5
+
+
+def test_bad_budgets_are_refused(gmm):
+    with pytest.raises(PlanError, match="between 1 and the number of steps"):
+        anneal(evaluator(gmm), K + 1, progress=False)
+    with pytest.raises(PlanError, match="forced_prefix"):
+        anneal(evaluator(gmm), 3, SearchConfig(forced_prefix=4), progress=False)
+
+
+def test_interrupt_keeps_the_best_mask_so_far(gmm):
+    ev = evaluator(gmm)
+    inner = ev.__class__.__call__
+
+    class Interrupting(Evaluator):
+        def __call__(self, mask):
+            if self.evaluations >= 25:
+                raise KeyboardInterrupt
+            return inner(self, mask)
+
+    ev.__class__ = Interrupting
+    r = anneal(ev, 4, SearchConfig(iterations=500), progress=False)
+    assert r.interrupted and sum(r.mask) == 4
+    assert r.loss == min(ev.memo.values())
+
+
+def test_non_finite_trajectories_are_infeasible_not_a_crash(gmm):
+    x = gmm.noise(8, 0)
+
+    class Reuse(OutputDenoiser):  # blows up only when reusing late
+        def reuse(self, x, sigma, cache):
+            return cache * (1e38 if sigma < 0.35 else 1.0)
+
+    ev = Evaluator([Batch(Reuse(gmm), x)], linear_sigmas(K))
+    assert ev([1, 0, 0, 0, 0, 0, 0, 0, 0, 0]) == math.inf
+    r = anneal(ev, 8, SearchConfig(iterations=30), progress=False)
+    assert math.isfinite(r.loss)
+
+
+def test_search_plan_records_references(gmm):
+    ev = evaluator(gmm)
+    plan, result = search_plan(ev, 4, reuse="output", config=SearchConfig(iterations=80),
+                               euler_sigmas=linear_sigmas(4), progress=False)
+    r = plan.record
+    assert plan.mask == result.mask and plan.budget == 4 and plan.sigmas == linear_sigmas(K)
+    assert r.objective <= r.uniform_objective
+    assert r.euler_objective == pytest.approx(
+        float((sample(OutputDenoiser(gmm), gmm.noise(48, 1), linear_sigmas(4), [1] * 4)
+               - sample(OutputDenoiser(gmm), gmm.noise(48, 1), linear_sigmas(K), [1] * K)).pow(2).mean()), rel=1e-5)
+    assert r.forwards < r.forwards_without_prefix_reuse
+    assert r.calibration_size == 48
+    assert torch.isfinite(torch.tensor(r.objective))
