@@ -97,10 +97,12 @@ class _Tracker:
         self.history: list[tuple[int, float, float]] = []
 
     def __call__(self, mask: Mask) -> float:
+        seen = self.evaluate.evaluations
         loss = self.evaluate(mask)
         if loss < self.best_loss:
             self.best, self.best_loss = mask, loss
-        self.history.append((self.evaluate.evaluations, loss, self.best_loss))
+        if self.evaluate.evaluations > seen:  # memo hits add nothing to the history
+            self.history.append((self.evaluate.evaluations, loss, self.best_loss))
         self.bar.set_postfix(best=f"{self.best_loss:.4g}", evals=self.evaluate.evaluations)
         return loss
 
