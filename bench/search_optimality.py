@@ -24,7 +24,8 @@ from budcache.sampler import OutputDenoiser, linear_sigmas
 from budcache.search import Batch, Evaluator, SearchConfig, anneal, exhaustive
 
 
-def bench_model(name: str, make_evaluator, steps: int, budgets: list[int], seeds: int, config: SearchConfig) -> dict:
+def bench_model(name: str, make_evaluator, steps: int, budgets: list[int], seeds: int, config: SearchConfig,
+                save) -> dict:
     out = {"model": name, "steps": steps, "budgets": {}}
     for b in budgets:
         ev = make_evaluator()
@@ -57,6 +58,7 @@ def bench_model(name: str, make_evaluator, steps: int, budgets: list[int], seeds
             "seconds_mean": round(statistics.mean(secs), 2),
         }
         out["budgets"][str(b)] = row
+        save(out)
         print(f"{name} B={b}: worst ratio {max(ratios):.4f}, prefix saving "
               f"{row['search']['prefix_reuse_saving']:.2f}x", flush=True)
     return out
@@ -72,18 +74,24 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=300)
     p.add_argument("--starts", type=int, default=2)
     p.add_argument("--skip-demo", action="store_true")
+    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("bench-out/search_optimality.json"))
     a = p.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(a.threads)
     config = SearchConfig(iterations=a.iterations, starts=a.starts)
     sigmas = linear_sigmas(a.steps)
     results = {"config": {**vars(a), "out": str(a.out)}, "models": []}
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(model_result: dict) -> None:  # partial results survive an interrupted run
+        done = [m for m in results["models"] if m is not model_result] + [model_result]
+        a.out.write_text(json.dumps({**results, "models": done}, indent=1))
 
     gmm = GaussianMixtureFlow(dim=16, components=6, seed=0)
     x = gmm.noise(64, 0)
     results["models"].append(bench_model(
         "gaussian-mixture (analytic, output reuse)",
-        lambda: Evaluator([Batch(OutputDenoiser(gmm), x)], sigmas), a.steps, a.budgets, a.seeds, config))
+        lambda: Evaluator([Batch(OutputDenoiser(gmm), x)], sigmas), a.steps, a.budgets, a.seeds, config, save))
 
     if not a.skip_demo:
         model = load_demo_model()
@@ -91,7 +99,7 @@ def main() -> None:
         with demo_denoisers(model, a.reuse) as make:
             results["models"].append(bench_model(
                 f"demo DigitsFlux ({a.reuse} reuse, {a.calib} calibration samples)",
-                lambda: Evaluator(demo_batches(make, noise, labels), sigmas), a.steps, a.budgets, a.seeds, config))
+                lambda: Evaluator(demo_batches(make, noise, labels), sigmas), a.steps, a.budgets, a.seeds, config, save))
 
     rows = [r for m in results["models"] for r in m["budgets"].values()]
     results["goals"] = {
@@ -100,7 +108,6 @@ def main() -> None:
         "min_prefix_saving": min(r["search"]["prefix_reuse_saving"] for r in rows),
         "prefix_saving_ge_1.5": all(r["search"]["prefix_reuse_saving"] >= 1.5 for r in rows),
     }
-    a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))
 

@@ -7,6 +7,9 @@ current (x, sigma) from the cache entry of the last computed step. Two kinds shi
 * :class:`OutputDenoiser` reuses the whole velocity (equal to Euler on the computed sigmas);
 * :class:`ResidualDenoiser` reuses the transformer's block-stack residual while the input
   embedding and the output head run at the current x and sigma.
+
+What a reused step takes from the cache is set by a reuse rule (:data:`RULES`): ``repeat`` the
+last computed entry, or ``extrapolate`` it in sigma from the last two (three) computed steps.
 """
 
 from __future__ import annotations
@@ -77,25 +80,71 @@ class ResidualDenoiser:
             return self.fn(x, sigma)
 
 
+RULES = ("repeat", "extrapolate", "extrapolate2")
+_DEPTH = {"repeat": 1, "extrapolate": 2, "extrapolate2": 3}
+
+
 @dataclass(frozen=True)
 class State:
-    """The sampler state before step ``step``: the latent and the cache of the last computed step."""
+    """The sampler state before step ``step``: the latent and ``(sigma, cache)`` of the last
+    computed steps, newest last (as many as the reuse rules need)."""
 
     step: int
     x: torch.Tensor
-    cache: torch.Tensor | None = None
+    history: tuple[tuple[float, torch.Tensor], ...] = ()
 
 
-def euler_step(denoiser: Denoiser, state: State, sigmas: Sequence[float], compute: bool) -> State:
-    """One cached Euler step: x <- x + (sigma_{k+1} - sigma_k) * v_k."""
+def predict(history: Sequence[tuple[float, torch.Tensor]], sigma: float, rule: str) -> torch.Tensor:
+    """The cache entry for a reused step at ``sigma``.
+
+    ``repeat`` takes the last computed entry; ``extrapolate`` extends the last two linearly in
+    sigma; ``extrapolate2`` fits a quadratic through the last three. With fewer computed steps
+    a rule falls back to the highest order available (repeat with one).
+    """
+    if not history:
+        raise ValueError("a reused step needs an earlier computed step; mask[0] must be 1")
+    order = min(_DEPTH[rule], len(history)) - 1
+    if order == 0:
+        return history[-1][1]
+    if order == 1:
+        (s0, c0), (s1, c1) = history[-2:]
+        return c1 + ((sigma - s1) / (s1 - s0)) * (c1 - c0)
+    (s0, c0), (s1, c1), (s2, c2) = history[-3:]
+    w0 = (sigma - s1) * (sigma - s2) / ((s0 - s1) * (s0 - s2))
+    w1 = (sigma - s0) * (sigma - s2) / ((s1 - s0) * (s1 - s2))
+    w2 = (sigma - s0) * (sigma - s1) / ((s2 - s0) * (s2 - s1))
+    return w0 * c0 + w1 * c1 + w2 * c2
+
+
+def check_rules(rules: str | Sequence[str], num_steps: int) -> list[str]:
+    """One rule per step from a plan-wide rule or a per-step list."""
+    rules = [rules] * num_steps if isinstance(rules, str) else list(rules)
+    if len(rules) != num_steps:
+        raise ValueError(f"{len(rules)} reuse rules for {num_steps} steps")
+    bad = sorted(set(rules) - set(RULES))
+    if bad:
+        raise ValueError(f"unknown reuse rule(s) {bad}; choose from {RULES}")
+    return rules
+
+
+def euler_step(
+    denoiser: Denoiser, state: State, sigmas: Sequence[float], compute: bool, rule: str = "repeat", depth: int = 1
+) -> State:
+    """One cached Euler step: x <- x + (sigma_{k+1} - sigma_k) * v_k; keeps ``depth`` cache entries."""
     k = state.step
+    history = state.history
     if compute:
         v, cache = denoiser.compute(state.x, sigmas[k])
+        history = (*history, (sigmas[k], cache))[-depth:]
     else:
-        if state.cache is None:
+        if not history:
             raise ValueError(f"step {k} reuses a cache but no earlier step computed; mask[0] must be 1")
-        v, cache = denoiser.reuse(state.x, sigmas[k], state.cache), state.cache
-    return State(k + 1, state.x + (sigmas[k + 1] - sigmas[k]) * v, cache)
+        v = denoiser.reuse(state.x, sigmas[k], predict(history, sigmas[k], rule))
+    return State(k + 1, state.x + (sigmas[k + 1] - sigmas[k]) * v, history)
+
+
+def history_depth(rules: Sequence[str]) -> int:
+    return max(_DEPTH[r] for r in rules)
 
 
 def sample(
@@ -103,15 +152,19 @@ def sample(
     x: torch.Tensor,
     sigmas: Sequence[float],
     mask: Sequence[int],
+    rule: str | Sequence[str] = "repeat",
     check_finite: bool = True,
 ) -> torch.Tensor:
-    """Cached Euler over ``sigmas`` (K+1 values) computing where ``mask[k] == 1``."""
+    """Cached Euler over ``sigmas`` (K+1 values) computing where ``mask[k] == 1``; reused steps
+    follow ``rule`` (one for all steps, or one per step)."""
     sigmas = [float(s) for s in sigmas]
     if len(mask) != len(sigmas) - 1:
         raise ValueError(f"mask has {len(mask)} steps but sigmas describe {len(sigmas) - 1}")
+    rules = check_rules(rule, len(mask))
+    depth = history_depth(rules)
     state = State(0, x)
     for k, m in enumerate(mask):
-        state = euler_step(denoiser, state, sigmas, bool(m))
+        state = euler_step(denoiser, state, sigmas, bool(m), rules[k], depth)
         if check_finite and not torch.isfinite(state.x).all():
             raise FloatingPointError(
                 f"non-finite latent after step {k} (sigma {sigmas[k]:.4g}); check the model inputs and schedule"

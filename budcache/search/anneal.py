@@ -4,7 +4,12 @@ Moves keep ``sum(mask) == B``: *swap* exchanges a computed step with a reused on
 moves a computed step to a free neighbour. Acceptance is Metropolis with a geometric
 temperature that is relative to the current loss (scale-free: a move that worsens the loss by
 a fraction ``d`` is accepted with probability ``exp(-d / T)``). Hill climbing then scans the
-whole swap neighbourhood (which contains every shift) until no neighbour improves.
+whole swap neighbourhood (which contains every shift) until no neighbour improves, and a few
+*kicks* (three random moves from the best mask, then hill climbing again) escape local optima.
+
+With ``SearchConfig.rules`` the reuse rule of each reused step is searched jointly with the
+mask: candidates are schedules (per step: compute, or reuse with a rule), and a *flip* move
+changes one reused step's rule.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from ..plan import PlanError, uniform_mask
-from .evaluator import Evaluator
+from ..sampler import RULES
+from .evaluator import Evaluator, Schedule, decode
 
-Mask = tuple[int, ...]
+Mask = Schedule
 
 
 @dataclass
@@ -32,14 +38,18 @@ class SearchConfig:
     t_end: float = 1e-3
     shift_prob: float = 0.5
     hill_climb: bool = True
+    kicks: int = 4
     forced_prefix: int = 0
     seed: int = 0
+    rules: tuple[str, ...] = ()
+    flip_prob: float = 0.25
 
 
 @dataclass
 class SearchResult:
     mask: list[int]
     loss: float
+    rules: list[str] | None = None
     history: list[tuple[int, float, float]] = field(default_factory=list)  # (evaluation, current, best)
     seconds: float = 0.0
     interrupted: bool = False
@@ -52,33 +62,44 @@ def check_budget(num_steps: int, budget: int, forced_prefix: int = 0) -> None:
         raise PlanError(f"forced_prefix ({forced_prefix}) cannot exceed the budget ({budget})")
 
 
-def neighbours(mask: Mask, first_free: int) -> list[Mask]:
-    """Every swap of a computed step >= ``first_free`` with a reused step."""
-    on = [i for i in range(first_free, len(mask)) if mask[i]]
-    off = [j for j in range(first_free, len(mask)) if not mask[j]]
-    out = []
-    for i in on:
-        for j in off:
-            m = list(mask)
-            m[i], m[j] = 0, 1
-            out.append(tuple(m))
+def _swap(mask: Mask, i: int, j: int) -> Mask:
+    """Computed step i becomes a reuse (taking j's rule), reused step j computes."""
+    m = list(mask)
+    m[i], m[j] = m[j], 1
+    return tuple(m)
+
+
+def _split(mask: Mask, first_free: int) -> tuple[list[int], list[int]]:
+    on = [i for i in range(first_free, len(mask)) if mask[i] == 1]
+    return on, [j for j in range(first_free, len(mask)) if mask[j] != 1]
+
+
+def neighbours(mask: Mask, first_free: int, flips: tuple[int, ...] = ()) -> list[Mask]:
+    """Every swap of a computed step >= ``first_free`` with a reused step, and every rule flip
+    of a reused step to one of the schedule codes ``flips``."""
+    on, off = _split(mask, first_free)
+    out = [_swap(mask, i, j) for i in on for j in off]
+    for j in off:
+        out += [mask[:j] + (c,) + mask[j + 1:] for c in flips if c != mask[j]]
     return out
 
 
-def _propose(mask: Mask, first_free: int, rng: random.Random, shift_prob: float) -> Mask | None:
-    on = [i for i in range(first_free, len(mask)) if mask[i]]
-    off = [j for j in range(first_free, len(mask)) if not mask[j]]
-    if not on or not off:
+def _propose(mask: Mask, first_free: int, rng: random.Random, config: SearchConfig, flips: tuple[int, ...]) -> Mask | None:
+    on, off = _split(mask, first_free)
+    if not off:
+        return None
+    if flips and (not on or rng.random() < config.flip_prob):
+        j = rng.choice(off)
+        return mask[:j] + (rng.choice([c for c in flips if c != mask[j]] or [mask[j]]),) + mask[j + 1:]
+    if not on:
         return None
     i = rng.choice(on)
-    if rng.random() < shift_prob:
-        targets = [j for j in (i - 1, i + 1) if first_free <= j < len(mask) and not mask[j]]
+    if rng.random() < config.shift_prob:
+        targets = [j for j in (i - 1, i + 1) if first_free <= j < len(mask) and mask[j] != 1]
         j = rng.choice(targets) if targets else rng.choice(off)
     else:
         j = rng.choice(off)
-    m = list(mask)
-    m[i], m[j] = 0, 1
-    return tuple(m)
+    return _swap(mask, i, j)
 
 
 def _random_mask(k: int, b: int, first_free: int, rng: random.Random) -> Mask:
@@ -112,6 +133,7 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
     k = evaluate.num_steps
     check_budget(k, budget, config.forced_prefix)
     first_free = max(1, config.forced_prefix)
+    flips = tuple(2 + RULES.index(r) for r in dict.fromkeys((evaluate.rule, *config.rules))) if config.rules else ()
     rng = random.Random(config.seed)
     start_time = time.perf_counter()
     total = config.starts * config.iterations
@@ -126,13 +148,13 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
                         if not base[i]:
                             j = max(j for j in range(len(base)) if base[j] and j >= config.forced_prefix)
                             base[i], base[j] = 1, 0
-                    current: Mask = tuple(base)
+                    current: Mask = evaluate.schedule(base)
                 else:
-                    current = _random_mask(k, budget, config.forced_prefix, rng)
+                    current = evaluate.schedule(_random_mask(k, budget, config.forced_prefix, rng))
                 loss = track(current)
                 for it in range(config.iterations):
                     temp = config.t_start * (config.t_end / config.t_start) ** (it / max(1, config.iterations - 1))
-                    cand = _propose(current, first_free, rng, config.shift_prob)
+                    cand = _propose(current, first_free, rng, config, flips)
                     bar.update()
                     if cand is None:
                         continue
@@ -142,26 +164,33 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
                     ):
                         current, loss = cand, c_loss
                 if config.hill_climb:
-                    current, loss = _hill_climb(track, current, loss, first_free)
+                    current, loss = _hill_climb(track, current, loss, first_free, flips)
             if config.hill_climb and track.best is not None:
-                _hill_climb(track, track.best, track.best_loss, first_free)
+                _hill_climb(track, track.best, track.best_loss, first_free, flips)
+                for _ in range(config.kicks):  # iterated local search: perturb the best, climb again
+                    kicked = track.best
+                    for _ in range(3):
+                        kicked = _propose(kicked, first_free, rng, config, flips) or kicked
+                    _hill_climb(track, kicked, track(kicked), first_free, flips)
         except KeyboardInterrupt:
             interrupted = True
     if track.best is None:
         raise KeyboardInterrupt("search interrupted before any mask was evaluated")
+    mask, rules = decode(track.best, evaluate.rule)
     return SearchResult(
-        mask=list(track.best),
+        mask=mask,
         loss=track.best_loss,
+        rules=rules if flips else None,
         history=track.history,
         seconds=time.perf_counter() - start_time,
         interrupted=interrupted,
     )
 
 
-def _hill_climb(track: _Tracker, mask: Mask, loss: float, first_free: int) -> tuple[Mask, float]:
-    """Steepest descent over the whole swap/shift neighbourhood, to a local optimum."""
+def _hill_climb(track: _Tracker, mask: Mask, loss: float, first_free: int, flips: tuple[int, ...]) -> tuple[Mask, float]:
+    """Steepest descent over the whole swap/shift (and rule-flip) neighbourhood, to a local optimum."""
     while True:
-        scored = [(track(n), n) for n in neighbours(mask, first_free)]
+        scored = [(track(n), n) for n in neighbours(mask, first_free, flips)]
         if not scored:
             return mask, loss
         best_loss, best = min(scored)

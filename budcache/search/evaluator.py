@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..sampler import Denoiser, State, euler_step
+from ..sampler import RULES, Denoiser, State, check_rules, euler_step, history_depth
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 METRICS: dict[str, Distance] = {
@@ -32,7 +32,20 @@ class Batch:
 
 
 def _nbytes(states: list[State]) -> int:
-    return sum(s.x.nbytes + (0 if s.cache is None else s.cache.nbytes) for s in states)
+    return sum(s.x.nbytes + sum(c.nbytes for _, c in s.history) for s in states)
+
+
+Schedule = tuple[int, ...]  # per step: 1 computes, 2 + RULES.index(rule) reuses with that rule
+
+
+def encode(mask: Sequence[int], rules: str | Sequence[str]) -> Schedule:
+    rules = check_rules(rules, len(mask))
+    return tuple(1 if m else 2 + RULES.index(r) for m, r in zip(mask, rules))
+
+
+def decode(schedule: Schedule, default: str = "repeat") -> tuple[list[int], list[str]]:
+    """(mask, per-step rules); computed steps carry ``default``."""
+    return [1 if c == 1 else 0 for c in schedule], [default if c == 1 else RULES[c - 2] for c in schedule]
 
 
 class Evaluator:
@@ -45,7 +58,11 @@ class Evaluator:
         metric: str = "mse",
         prefix_reuse: bool = True,
         max_state_mb: float = 1024.0,
+        rule: str = "repeat",
+        rules_in_play: Sequence[str] = (),
     ):
+        """``rule``: how reused steps read the cache when a plain 0/1 mask is scored;
+        ``rules_in_play``: other rules that scored schedules may use (sets the cache depth)."""
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; choose one of {sorted(METRICS)}")
         if not batches:
@@ -56,14 +73,16 @@ class Evaluator:
         self.metric, self.distance = metric, METRICS[metric]
         self.prefix_reuse, self.max_state_bytes = prefix_reuse, int(max_state_mb * 2**20)
         self.samples = sum(b.noise.shape[0] for b in self.batches)
-        self.memo: dict[tuple[int, ...], float] = {}
-        self.states: OrderedDict[tuple[int, ...], list[State]] = OrderedDict()
+        self.rule = check_rules(rule, 1)[0]
+        self.depth = history_depth(check_rules([rule, *rules_in_play], 1 + len(rules_in_play)))
+        self.memo: dict[Schedule, float] = {}
+        self.states: OrderedDict[Schedule, list[State]] = OrderedDict()
         self.state_bytes = 0
         self.forwards = 0  # block-stack executions, per calibration sample
-        self.teacher = [s.x for s in self._run([1] * self.num_steps)]
+        self.teacher = [s.x for s in self._run((1,) * self.num_steps)]
 
     # -- trajectories -----------------------------------------------------------------------
-    def _store(self, key: tuple[int, ...], states: list[State]) -> None:
+    def _store(self, key: Schedule, states: list[State]) -> None:
         if not self.prefix_reuse or key in self.states:
             return
         self.states[key] = states
@@ -72,7 +91,7 @@ class Evaluator:
             _, old = self.states.popitem(last=False)
             self.state_bytes -= _nbytes(old)
 
-    def _resume(self, mask: tuple[int, ...]) -> list[State]:
+    def _resume(self, mask: Schedule) -> list[State]:
         if self.prefix_reuse:
             for p in range(len(mask) - 1, 0, -1):
                 states = self.states.get(mask[:p])
@@ -82,15 +101,15 @@ class Evaluator:
         return [State(0, b.noise) for b in self.batches]
 
     @torch.no_grad()
-    def _run(self, mask: Sequence[int], sigmas: Sequence[float] | None = None) -> list[State]:
-        """Final states of every batch; prefix states are stored when on the search grid."""
-        mask = tuple(int(m) for m in mask)
+    def _run(self, mask: Schedule, sigmas: Sequence[float] | None = None) -> list[State]:
+        """Final states of every batch for a schedule; prefix states are stored on the search grid."""
         on_grid = sigmas is None
         sigmas = self.sigmas if on_grid else [float(s) for s in sigmas]
         states = self._resume(mask) if on_grid else [State(0, b.noise) for b in self.batches]
         for k in range(states[0].step, len(mask)):
-            states = [euler_step(b.denoiser, s, sigmas, bool(mask[k])) for b, s in zip(self.batches, states)]
-            if mask[k]:
+            compute, rule = mask[k] == 1, RULES[max(mask[k], 2) - 2]
+            states = [euler_step(b.denoiser, s, sigmas, compute, rule, self.depth) for b, s in zip(self.batches, states)]
+            if compute:
                 self.forwards += self.samples
             if not all(torch.isfinite(s.x).all() for s in states):
                 return [State(len(mask), torch.full_like(s.x, float("nan"))) for s in states]
@@ -104,9 +123,15 @@ class Evaluator:
         return loss if loss == loss and loss != float("inf") else float("inf")
 
     # -- public -----------------------------------------------------------------------------
-    def __call__(self, mask: Sequence[int]) -> float:
-        """Loss of ``mask`` on the search grid (memoized); ``inf`` for a non-finite trajectory."""
+    def schedule(self, mask: Sequence[int]) -> Schedule:
+        """A 0/1 mask under this evaluator's rule, or a schedule (no zeros) as it is."""
         key = tuple(int(m) for m in mask)
+        return encode(key, self.rule) if 0 in key else key
+
+    def __call__(self, mask: Sequence[int]) -> float:
+        """Loss of a 0/1 mask (reusing by ``rule``) or of a schedule, on the search grid (memoized);
+        ``inf`` for a non-finite trajectory."""
+        key = self.schedule(mask)
         if len(key) != self.num_steps:
             raise ValueError(f"mask has {len(key)} steps, the search grid has {self.num_steps}")
         if key not in self.memo:
@@ -115,7 +140,7 @@ class Evaluator:
 
     def schedule_loss(self, sigmas: Sequence[float]) -> float:
         """Loss of plain Euler over another schedule (e.g. B evenly spaced steps), not memoized."""
-        return self._loss(self._run([1] * (len(sigmas) - 1), sigmas))
+        return self._loss(self._run((1,) * (len(sigmas) - 1), sigmas))
 
     @property
     def evaluations(self) -> int:

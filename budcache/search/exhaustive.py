@@ -31,4 +31,4 @@ def exhaustive(evaluate: Evaluator, budget: int, progress: bool = True, max_mask
         if loss < best_loss:
             best, best_loss = mask, loss
         history.append((evaluate.evaluations, loss, best_loss))
-    return SearchResult(list(best), best_loss, history, time.perf_counter() - start)
+    return SearchResult(mask=list(best), loss=best_loss, history=history, seconds=time.perf_counter() - start)
