@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .plan import CachePlan, PlanError
+from .plan import RULES, CachePlan, PlanError
 from .search import SearchConfig
 
 
@@ -20,11 +20,16 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iterations", type=int, default=300, help="annealing proposals per start (effort)")
     p.add_argument("--starts", type=int, default=2, help="annealing starts (uniform mask, then random)")
     p.add_argument("--forced-prefix", type=int, default=0, help="first steps that always compute (default 0)")
+    p.add_argument("--rule", choices=RULES, default="repeat",
+                   help="how reused steps read the cache: repeat, or extrapolate(2) in sigma (default repeat)")
+    p.add_argument("--search-rules", action="store_true",
+                   help="search the reuse rule of every step jointly with the mask")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def _config(a: argparse.Namespace) -> SearchConfig:
-    return SearchConfig(iterations=a.iterations, starts=a.starts, forced_prefix=a.forced_prefix, seed=a.seed)
+    return SearchConfig(iterations=a.iterations, starts=a.starts, forced_prefix=a.forced_prefix, seed=a.seed,
+                        rules=RULES if a.search_rules else ())
 
 
 def cmd_search(a: argparse.Namespace) -> None:
@@ -37,7 +42,7 @@ def cmd_search(a: argparse.Namespace) -> None:
     if not 1 <= a.budget <= a.steps:
         raise SystemExit(f"--budget must be between 1 and --steps ({a.steps}), got {a.budget}")
     model = load_demo_model()
-    plan, result = search_demo_plan(model, a.steps, a.budget, a.reuse, a.calib, _config(a), not a.no_progress)
+    plan, result = search_demo_plan(model, a.steps, a.budget, a.reuse, a.calib, _config(a), not a.no_progress, a.rule)
     plan.save(a.out)
     history = a.history or a.out.with_suffix(".history.png")
     plots.plot_history({f"B={a.budget}": result}, history)
@@ -50,7 +55,8 @@ def cmd_search(a: argparse.Namespace) -> None:
 def describe(plan: CachePlan) -> str:
     lines = [
         f"mask    {plan.strip}",
-        f"budget  {plan.budget}/{plan.num_steps} steps compute ({plan.reuse} reuse), "
+        f"budget  {plan.budget}/{plan.num_steps} steps compute ({plan.reuse} reuse, "
+        f"rule {plan.rule if plan.rules is None else 'per step'}), "
         f"ideal speedup {plan.ideal_speedup:.2f}x",
         f"sigmas  {'pipeline default' if plan.sigmas is None else 'custom, ' + str(len(plan.sigmas)) + ' values'}",
     ]
@@ -63,6 +69,8 @@ def describe(plan: CachePlan) -> str:
             refs.append(f"uniform mask {r.uniform_objective:.4g}")
         if r.euler_objective is not None:
             refs.append(f"plain {plan.budget}-step Euler {r.euler_objective:.4g}")
+        if r.repeat_objective is not None and (plan.rule != "repeat" or plan.rules is not None):
+            refs.append(f"same mask with repeat {r.repeat_objective:.4g}")
         lines += [
             f"loss    {r.metric} vs the {r.teacher_steps}-step teacher: " + ", ".join(refs),
             f"search  {r.evaluations} masks, {r.forwards} transformer forwards "
@@ -84,7 +92,7 @@ def cmd_show(a: argparse.Namespace) -> None:
 def cmd_demo(a: argparse.Namespace) -> None:
     from .demo.run import run_demo
 
-    run_demo(a.out, tuple(a.budgets), a.steps, a.reuse, a.calib, a.held_out, _config(a), not a.no_progress)
+    run_demo(a.out, tuple(a.budgets), a.steps, a.reuse, a.calib, a.held_out, _config(a), not a.no_progress, a.rule)
     print(f"wrote plans, table.txt, results.json, samples.png and plots to {a.out}/")
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 REUSE_MODES = ("residual", "output")
+RULES = ("repeat", "extrapolate", "extrapolate2")
 
 
 class PlanError(ValueError):
@@ -29,6 +30,9 @@ class SearchRecord:
     uniform_objective: float | None = None
     euler_objective: float | None = None
     teacher_steps: int | None = None
+    repeat_objective: float | None = None
+    validation_objective: float | None = None
+    validation_repeat_objective: float | None = None
     evaluations: int = 0
     forwards: int = 0
     forwards_without_prefix_reuse: int = 0
@@ -43,14 +47,17 @@ class CachePlan:
     """Of ``num_steps`` denoising steps exactly ``budget`` run the transformer (``mask[k] == 1``).
 
     ``sigmas`` holds K+1 strictly decreasing values ending in 0, or None for the pipeline's
-    default schedule. ``model`` names what the plan was searched for (``class`` and a config
-    ``fingerprint``).
+    default schedule. Reused steps read the cache by ``rule`` (``repeat`` or ``extrapolate`` /
+    ``extrapolate2`` in sigma), or by ``rules[k]`` per step when given. ``model`` names what
+    the plan was searched for (``class`` and a config ``fingerprint``).
     """
 
     num_steps: int
     budget: int
     mask: list[int]
     reuse: str = "residual"
+    rule: str = "repeat"
+    rules: list[str] | None = None
     sigmas: list[float] | None = None
     model: dict[str, str] = field(default_factory=dict)
     record: SearchRecord | None = None
@@ -78,6 +85,14 @@ class CachePlan:
             raise PlanError(f"field 'mask' has {sum(m)} computed steps but 'budget' is {b}")
         if self.reuse not in REUSE_MODES:
             raise PlanError(f"field 'reuse' must be one of {REUSE_MODES}, got {self.reuse!r}")
+        if self.rule not in RULES:
+            raise PlanError(f"field 'rule' must be one of {RULES}, got {self.rule!r}")
+        if self.rules is not None:
+            if not isinstance(self.rules, list) or len(self.rules) != k:
+                raise PlanError(f"field 'rules' must be null or a list of num_steps={k} rules")
+            bad = sorted(set(self.rules) - set(RULES))
+            if bad:
+                raise PlanError(f"field 'rules' holds unknown rule(s) {bad}; choose from {RULES}")
         if self.sigmas is not None:
             check_sigmas(self.sigmas, k, "field 'sigmas'")
 
@@ -86,6 +101,11 @@ class CachePlan:
     def strip(self) -> str:
         """The mask as a strip: ``#`` computes, ``.`` reuses."""
         return "".join("#" if v else "." for v in self.mask)
+
+    @property
+    def step_rules(self) -> list[str]:
+        """The reuse rule of every step (``rules`` if given, else ``rule`` everywhere)."""
+        return list(self.rules) if self.rules is not None else [self.rule] * self.num_steps
 
     @property
     def ideal_speedup(self) -> float:

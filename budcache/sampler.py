@@ -21,6 +21,7 @@ from typing import Protocol
 
 import torch
 
+from .plan import RULES
 from .residual import StackState
 
 VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]
@@ -80,7 +81,6 @@ class ResidualDenoiser:
             return self.fn(x, sigma)
 
 
-RULES = ("repeat", "extrapolate", "extrapolate2")
 _DEPTH = {"repeat": 1, "extrapolate": 2, "extrapolate2": 3}
 
 

@@ -11,11 +11,13 @@ import torch
 from .. import metrics, plots
 from ..plan import CachePlan, uniform_mask
 from ..sampler import euler, linear_sigmas, sample
+from ..solvers import plain_solvers
 from ..search import Evaluator, SearchConfig, SearchResult, search_plan
 from .model import DigitsFlux, load_demo_model, unpack
 from .problem import demo_batches, demo_denoisers, demo_inputs
 
 HELD_OUT_SEED_OFFSET = 10_000
+VALIDATION_SEED_OFFSET = 5_000
 
 
 def search_demo_plan(
@@ -26,14 +28,21 @@ def search_demo_plan(
     calibration: int = 32,
     config: SearchConfig = SearchConfig(),
     progress: bool = True,
+    rule: str = "repeat",
 ) -> tuple[CachePlan, SearchResult]:
-    """Stage-1 search on the demo model with ``calibration`` samples drawn from ``config.seed``."""
+    """Stage-1 search on the demo model with ``calibration`` samples drawn from ``config.seed``;
+    a predictive rule is validated on as many other samples against ``repeat``."""
     noise, labels = demo_inputs(calibration, config.seed)
     with demo_denoisers(model, reuse) as make:
-        evaluate = Evaluator(demo_batches(make, noise, labels), linear_sigmas(steps))
+        def evaluator(noise, labels):
+            return Evaluator(demo_batches(make, noise, labels), linear_sigmas(steps), rule=rule,
+                             rules_in_play=config.rules)
+
+        predictive = rule != "repeat" or bool(config.rules)
+        validation = evaluator(*demo_inputs(calibration, config.seed + VALIDATION_SEED_OFFSET)) if predictive else None
         return search_plan(
-            evaluate, budget, reuse=reuse, model=model.transformer, config=config,
-            euler_sigmas=linear_sigmas(budget), progress=progress,
+            evaluator(noise, labels), budget, reuse=reuse, model=model.transformer, config=config,
+            euler_sigmas=linear_sigmas(budget), validation=validation, progress=progress,
         )
 
 
@@ -48,7 +57,8 @@ def _timed(fn, repeats: int = 3) -> tuple[torch.Tensor, float]:
 
 
 def evaluate_plan(model: DigitsFlux, plan: CachePlan, held_out: int = 100, seed: int = 0) -> dict:
-    """Held-out comparison of the plan, the uniform mask and plain B-step Euler against full compute."""
+    """Held-out comparison of the plan, the uniform mask (same rule) and every plain B-step solver
+    against full compute."""
     noise, labels = demo_inputs(held_out, seed + HELD_OUT_SEED_OFFSET)
     k, b = plan.num_steps, plan.budget
     sigmas = plan.sigmas or linear_sigmas(k)
@@ -56,18 +66,19 @@ def evaluate_plan(model: DigitsFlux, plan: CachePlan, held_out: int = 100, seed:
     full, t_full = _timed(lambda: euler(velocity, noise, sigmas))
     with demo_denoisers(model, plan.reuse) as make:
         denoiser = make(labels)
-        planned = sample(denoiser, noise, sigmas, plan.mask)
+        planned = sample(denoiser, noise, sigmas, plan.mask, plan.step_rules)
         executions = denoiser.executions
-        _, t_plan = _timed(lambda: sample(denoiser, noise, sigmas, plan.mask))
-        uniform, _ = _timed(lambda: sample(make(labels), noise, sigmas, uniform_mask(k, b)), repeats=1)
-    fewer, t_fewer = _timed(lambda: euler(velocity, noise, linear_sigmas(b)))
+        _, t_plan = _timed(lambda: sample(denoiser, noise, sigmas, plan.mask, plan.step_rules))
+        uniform = sample(make(labels), noise, sigmas, uniform_mask(k, b), plan.rule)
+    _, t_fewer = _timed(lambda: euler(velocity, noise, linear_sigmas(b)))
     ref = unpack(full)
-    rows = {"plan": planned, "uniform mask": uniform, f"plain {b}-step Euler": fewer}
+    rows = {"plan": planned, "uniform mask": uniform, **plain_solvers(velocity, noise, b)}
     return {
         "budget": b,
         "steps": k,
         "mask": plan.strip,
         "block_stack_executions": executions,
+        "rule": plan.rule if plan.rules is None else "per step",
         "speedup": {"plan": t_full / t_plan, f"plain {b}-step Euler": t_full / t_fewer, "ideal": k / b},
         "metrics": {name: metrics.report(unpack(x), ref) for name, x in rows.items()},
         "images": {"full": ref, **{name: unpack(x) for name, x in rows.items()}},
@@ -75,14 +86,14 @@ def evaluate_plan(model: DigitsFlux, plan: CachePlan, held_out: int = 100, seed:
 
 
 def _table(results: list[dict]) -> str:
-    head = f"{'B/K':>6} {'method':<20} {'speedup':>8} {'MSE':>10} {'PSNR':>7} {'SSIM':>7}"
+    head = f"{'B/K':>6} {'method':<24} {'speedup':>8} {'MSE':>10} {'PSNR':>7} {'SSIM':>7}"
     lines = [head, "-" * len(head)]
     for r in results:
         for name, m in r["metrics"].items():
             speed = r["speedup"].get(name)
             s = f"{speed:7.2f}x" if speed is not None else f"{'':>8}"
             lines.append(
-                f"{r['budget']:>3}/{r['steps']:<2} {name:<20} {s} {m['mse']:10.3e} {m['psnr']:7.2f} {m['ssim']:7.4f}"
+                f"{r['budget']:>3}/{r['steps']:<2} {name:<24} {s} {m['mse']:10.3e} {m['psnr']:7.2f} {m['ssim']:7.4f}"
             )
     return "\n".join(lines)
 
@@ -96,13 +107,14 @@ def run_demo(
     held_out: int = 100,
     config: SearchConfig = SearchConfig(),
     progress: bool = True,
+    rule: str = "repeat",
 ) -> list[dict]:
     """The main job: search, compare, and write plans, a table, an image grid and plots to ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     model = load_demo_model()
     results, histories = [], {}
     for b in budgets:
-        plan, result = search_demo_plan(model, steps, b, reuse, calibration, config, progress)
+        plan, result = search_demo_plan(model, steps, b, reuse, calibration, config, progress, rule)
         plan.save(out / f"plan_B{b}.json")
         plots.plot_plan(plan, out / f"plan_B{b}.png")
         histories[f"B={b}"] = result
@@ -111,11 +123,12 @@ def run_demo(
                        "forwards": plan.record.forwards,
                        "forwards_without_prefix_reuse": plan.record.forwards_without_prefix_reuse}
         results.append(r)
-        print(f"B={b}: {plan.strip}  search {plan.record.seconds:.1f}s, {plan.record.evaluations} masks")
+        print(f"B={b}: {plan.strip} ({plan.rule if plan.rules is None else 'per-step rules'})  search {plan.record.seconds:.1f}s, {plan.record.evaluations} masks")
     plots.plot_history(histories, out / "search_history.png")
     grid = [("full", results[0]["images"]["full"])]
     for r in results:
-        grid += [(f"{name} B={r['budget']}", imgs) for name, imgs in r["images"].items() if name != "full"]
+        grid += [(f"{name} B={r['budget']}", r["images"][name])
+                 for name in ("plan", "uniform mask", f"plain {r['budget']}-step Euler")]
     plots.image_grid(grid, out / "samples.png")
     table = _table(results)
     print(table)

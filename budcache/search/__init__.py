@@ -7,12 +7,12 @@ from typing import Any
 
 from ..plan import CachePlan, SearchRecord, model_identity, uniform_mask
 from .anneal import SearchConfig, SearchResult, anneal, check_budget, neighbours
-from .evaluator import METRICS, Batch, Evaluator
+from .evaluator import METRICS, Batch, Evaluator, decode, encode
 from .exhaustive import exhaustive
 
 __all__ = [
     "METRICS", "Batch", "Evaluator", "SearchConfig", "SearchResult",
-    "anneal", "check_budget", "exhaustive", "neighbours", "search_plan",
+    "anneal", "check_budget", "decode", "encode", "exhaustive", "neighbours", "search_plan",
 ]
 
 
@@ -24,19 +24,35 @@ def search_plan(
     model: Any = None,
     config: SearchConfig = SearchConfig(),
     euler_sigmas: Sequence[float] | None = None,
+    validation: Evaluator | None = None,
     store_sigmas: bool = True,
     progress: bool = True,
 ) -> tuple[CachePlan, SearchResult]:
-    """Search a mask with SA + HC and wrap it in a :class:`CachePlan` with its search record.
+    """Search a mask (under ``evaluate.rule``, or with per-step rules when ``config.rules``) and
+    wrap it in a :class:`CachePlan` with its search record.
 
     ``euler_sigmas``: the B-step schedule of plain fewer-step Euler, scored as a reference.
+    ``validation``: an evaluator on other samples; a predictive plan whose validation loss is
+    not better than the same mask with ``repeat`` falls back to ``repeat``.
     """
     k = evaluate.num_steps
     check_budget(k, budget, config.forced_prefix)
     result = anneal(evaluate, budget, config, progress=progress)
     evaluations, forwards = evaluate.evaluations, evaluate.forwards
+    rule, rules, objective = evaluate.rule, result.rules, result.loss
+    repeat = encode(result.mask, "repeat")
+    repeat_objective = evaluate(repeat)
+    check = validation or evaluate
+    v_plan = v_repeat = None
+    if rule != "repeat" or rules is not None:
+        v_plan, v_repeat = check(encode(result.mask, rules or rule)), check(repeat)
+        if not v_plan <= v_repeat:  # never worse than plain repetition (inf/NaN included)
+            rule, rules, objective = "repeat", None, repeat_objective
     record = SearchRecord(
-        objective=result.loss,
+        objective=objective,
+        repeat_objective=repeat_objective,
+        validation_objective=v_plan,
+        validation_repeat_objective=v_repeat,
         metric=evaluate.metric,
         uniform_objective=evaluate(uniform_mask(k, budget)),
         euler_objective=None if euler_sigmas is None else evaluate.schedule_loss(euler_sigmas),
@@ -54,6 +70,8 @@ def search_plan(
         budget=budget,
         mask=result.mask,
         reuse=reuse,
+        rule=rule,
+        rules=rules,
         sigmas=list(evaluate.sigmas) if store_sigmas else None,
         model=model_identity(model) if model is not None else {},
         record=record,

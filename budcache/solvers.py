@@ -1,0 +1,51 @@
+"""Plain fewer-step solvers at the same NFE: the baselines a plan must beat.
+
+``adams_bashforth2`` is a two-step explicit multistep method in sigma (k-diffusion style); the
+diffusers schedulers run their own loop over their default flow-matching schedule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+from .sampler import VelocityFn, euler, linear_sigmas
+
+FLOW = dict(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=1.0)
+SCHEDULERS: dict[str, Callable[[], object]] = {
+    "FlowMatchEuler": lambda: FlowMatchEulerDiscreteScheduler(shift=1.0),
+    "UniPC (flow)": lambda: UniPCMultistepScheduler(**FLOW),
+    "DPM-Solver++ 2M (flow)": lambda: DPMSolverMultistepScheduler(**FLOW),
+}
+
+
+def adams_bashforth2(fn: VelocityFn, x: torch.Tensor, sigmas: Sequence[float]) -> torch.Tensor:
+    """x_{k+1} = x_k + h_k (v_k + h_k / (2 h_{k-1}) (v_k - v_{k-1})); Euler on the first step."""
+    sigmas = [float(s) for s in sigmas]
+    prev = None
+    for k in range(len(sigmas) - 1):
+        v, h = fn(x, sigmas[k]), sigmas[k + 1] - sigmas[k]
+        step = v if prev is None else v + (h / (2 * (sigmas[k] - sigmas[k - 1]))) * (v - prev)
+        x, prev = x + h * step, v
+    return x
+
+
+def scheduler_sample(scheduler, fn: VelocityFn, x: torch.Tensor, num_steps: int) -> torch.Tensor:
+    """Run a diffusers flow-matching scheduler for ``num_steps`` model calls on its default schedule."""
+    scheduler.set_timesteps(num_steps)
+    for i, t in enumerate(scheduler.timesteps):
+        x = scheduler.step(fn(x, float(scheduler.sigmas[i])), t, x, return_dict=False)[0]
+    return x
+
+
+def plain_solvers(fn: VelocityFn, x: torch.Tensor, nfe: int) -> dict[str, torch.Tensor]:
+    """Every plain solver at ``nfe`` model calls: Euler and AB2 on linear sigmas, and the schedulers."""
+    out = {
+        f"plain {nfe}-step Euler": euler(fn, x, linear_sigmas(nfe)),
+        f"plain {nfe}-step AB2": adams_bashforth2(fn, x, linear_sigmas(nfe)),
+    }
+    for name, make in SCHEDULERS.items():
+        out[f"{name} {nfe}"] = scheduler_sample(make(), fn, x, nfe)
+    return out
