@@ -10,15 +10,21 @@ from pathlib import Path
 from .plan import RULES, CachePlan, PlanError
 from .search import SearchConfig
 
+DEMO_EFFORT = SearchConfig(iterations=200, starts=1, kicks=2)  # `budcache demo` must finish in minutes
 
-def _add_search_options(p: argparse.ArgumentParser) -> None:
+
+def _add_search_options(p: argparse.ArgumentParser, effort: SearchConfig = SearchConfig(), calib: int = 32) -> None:
     p.add_argument("--steps", type=int, default=28, help="denoising steps K (default 28)")
     p.add_argument("--reuse", choices=("residual", "output"), default="residual",
                    help="what reused steps take from the cache (default residual)")
-    p.add_argument("--calib", type=int, default=32, help="calibration samples (default 32)")
+    p.add_argument("--calib", type=int, default=calib, help=f"calibration samples (default {calib})")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--iterations", type=int, default=300, help="annealing proposals per start (effort)")
-    p.add_argument("--starts", type=int, default=2, help="annealing starts (uniform mask, then random)")
+    p.add_argument("--iterations", type=int, default=effort.iterations,
+                   help=f"annealing proposals per start (default {effort.iterations})")
+    p.add_argument("--starts", type=int, default=effort.starts,
+                   help=f"annealing starts: the uniform mask, then random ones (default {effort.starts})")
+    p.add_argument("--kicks", type=int, default=effort.kicks,
+                   help=f"perturb-and-climb rounds after hill climbing (default {effort.kicks})")
     p.add_argument("--forced-prefix", type=int, default=0, help="first steps that always compute (default 0)")
     p.add_argument("--rule", choices=RULES, default="repeat",
                    help="how reused steps read the cache: repeat, or extrapolate(2) in sigma (default repeat)")
@@ -28,7 +34,7 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
 
 
 def _config(a: argparse.Namespace) -> SearchConfig:
-    return SearchConfig(iterations=a.iterations, starts=a.starts, forced_prefix=a.forced_prefix, seed=a.seed,
+    return SearchConfig(iterations=a.iterations, starts=a.starts, kicks=a.kicks, forced_prefix=a.forced_prefix, seed=a.seed,
                         rules=RULES if a.search_rules else ())
 
 
@@ -118,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("demo-out"))
     p.add_argument("--budgets", type=int, nargs="+", default=[6, 8, 10])
     p.add_argument("--held-out", type=int, default=100, help="held-out samples for the comparison")
-    _add_search_options(p)
+    _add_search_options(p, DEMO_EFFORT, calib=24)
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -88,7 +88,7 @@ def test_cli_show_refuses_a_corrupt_plan(tmp_path):
 
 def test_demo_main_job_end_to_end(tmp_path, capsys):
     main(["demo", "--out", str(tmp_path), "--budgets", "3", "5", "--steps", "10", "--calib", "8",
-          "--held-out", "20", "--iterations", "20", "--starts", "1", "--no-progress"])
+          "--held-out", "20", "--iterations", "20", "--starts", "1", "--kicks", "1", "--no-progress"])
     table = capsys.readouterr().out
     assert "plain 3-step Euler" in table and "uniform mask" in table
     results = json.loads((tmp_path / "results.json").read_text())
@@ -101,3 +101,17 @@ def test_demo_main_job_end_to_end(tmp_path, capsys):
         assert r["speedup"]["plan"] > 1.0
     for name in ["plan_B3.json", "plan_B5.png", "samples.png", "search_history.png", "table.txt"]:
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_cli_search_with_predictive_rules(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    main(["search", "--steps", "10", "--budget", "4", "--calib", "8", "--iterations", "15", "--starts", "1",
+          "--kicks", "0", "--rule", "extrapolate", "--search-rules", "--out", str(out), "--no-progress"])
+    plan = CachePlan.load(out)
+    r = plan.record
+    assert r.validation_objective is not None and r.validation_repeat_objective is not None
+    if r.validation_objective <= r.validation_repeat_objective:
+        assert plan.rules is not None and len(plan.rules) == 10
+    else:
+        assert plan.rule == "repeat" and plan.rules is None
+    assert "rule" in capsys.readouterr().out
