@@ -4,8 +4,8 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
 
-from budcache import CachePlan, stack_hooks
-from budcache.plan import uniform_mask
+from budcache import CachePlan, plan_callback, stack_hooks
+from budcache.plan import PlanError, uniform_mask
 
 
 @pytest.fixture
@@ -24,14 +24,6 @@ def run(pipe, steps, callback=None):
                 num_inference_steps=steps, generator=gen, output_type="pt", callback_on_step_end=callback).images
 
 
-def plan_callback(plan, stack):
-    """README recipe: before step i+1, tell the stack hooks whether it computes or reuses."""
-    def on_step_end(pipe, i, t, kwargs):
-        stack.mode = "compute" if i + 1 >= plan.num_steps or plan.mask[i + 1] else "reuse"
-        return {}
-    return on_step_end
-
-
 @torch.no_grad()
 def test_readme_recipe_on_flux_pipeline(pipe):
     reference = run(pipe, 8)
@@ -47,3 +39,20 @@ def test_readme_recipe_on_flux_pipeline(pipe):
     assert torch.equal(run(pipe, 8), reference)  # hooks removed: bit-identical again
     assert not torch.equal(cached, reference)
     assert float((cached - reference).abs().mean()) < 0.1
+
+
+@torch.no_grad()
+def test_extrapolating_plan_on_flux_pipeline(pipe):
+    mask = [1, 1, 0, 0, 1, 0, 1, 0]
+    repeat = CachePlan(num_steps=8, budget=4, mask=mask)
+    extra = CachePlan(num_steps=8, budget=4, mask=mask, rule="extrapolate")
+    with stack_hooks(pipe.transformer) as stack:
+        a = run(pipe, 8, plan_callback(repeat, stack))
+        b = run(pipe, 8, plan_callback(extra, stack))
+        assert stack.executions == 8
+        b_again = run(pipe, 8, plan_callback(extra, stack))  # no stale state between calls
+        with pytest.raises(PlanError, match="searched for 8 steps"):
+            run(pipe, 6, plan_callback(extra, stack))
+        stack.reset()
+    assert torch.equal(b, b_again)
+    assert not torch.equal(a, b)
