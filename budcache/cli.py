@@ -10,7 +10,7 @@ from pathlib import Path
 from .plan import RULES, CachePlan, PlanError
 from .search import SearchConfig
 
-DEMO_EFFORT = SearchConfig(iterations=200, starts=1, kicks=2)  # `budcache demo` must finish in minutes
+DEMO_EFFORT = SearchConfig(iterations=150, starts=1, kicks=1)  # `budcache demo` must finish in minutes
 
 
 def _add_search_options(p: argparse.ArgumentParser, effort: SearchConfig = SearchConfig(), calib: int = 32) -> None:
@@ -59,8 +59,12 @@ def cmd_search(a: argparse.Namespace) -> None:
 
 
 def describe(plan: CachePlan) -> str:
-    lines = [
-        f"mask    {plan.strip}",
+    lines = [f"mask    {plan.strip}"]
+    if plan.rules is not None:
+        marks = {"repeat": ".", "extrapolate": "/", "extrapolate2": "^"}
+        lines.append("rules   " + "".join("#" if m else marks[r] for m, r in zip(plan.mask, plan.rules))
+                     + "   (. repeat, / extrapolate, ^ extrapolate2)")
+    lines += [
         f"budget  {plan.budget}/{plan.num_steps} steps compute ({plan.reuse} reuse, "
         f"rule {plan.rule if plan.rules is None else 'per step'}), "
         f"ideal speedup {plan.ideal_speedup:.2f}x",

@@ -115,3 +115,11 @@ def test_cli_search_with_predictive_rules(tmp_path, capsys):
     else:
         assert plan.rule == "repeat" and plan.rules is None
     assert "rule" in capsys.readouterr().out
+
+
+def test_show_prints_per_step_rules(tmp_path, capsys):
+    plan = CachePlan(num_steps=6, budget=3, mask=[1, 0, 1, 0, 0, 1], rule="repeat",
+                     rules=["repeat", "extrapolate", "repeat", "extrapolate2", "repeat", "repeat"])
+    main(["show", str(plan.save(tmp_path / "p.json"))])
+    out = capsys.readouterr().out
+    assert "rules   #/#^.#" in out and "rule per step" in out
