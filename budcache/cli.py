@@ -10,10 +10,12 @@ from pathlib import Path
 from .plan import RULES, CachePlan, PlanError
 from .search import SearchConfig
 
-DEMO_EFFORT = SearchConfig(iterations=150, starts=1, kicks=1)  # `budcache demo` must finish in minutes
+DEMO_EFFORT = SearchConfig(iterations=120, starts=1, kicks=1)  # `budcache demo` must finish in minutes
 
 
-def _add_search_options(p: argparse.ArgumentParser, effort: SearchConfig = SearchConfig(), calib: int = 32) -> None:
+def _add_search_options(
+    p: argparse.ArgumentParser, effort: SearchConfig = SearchConfig(), calib: int = 32, rule: bool = True
+) -> None:
     p.add_argument("--steps", type=int, default=28, help="denoising steps K (default 28)")
     p.add_argument("--reuse", choices=("residual", "output"), default="residual",
                    help="what reused steps take from the cache (default residual)")
@@ -26,8 +28,9 @@ def _add_search_options(p: argparse.ArgumentParser, effort: SearchConfig = Searc
     p.add_argument("--kicks", type=int, default=effort.kicks,
                    help=f"perturb-and-climb rounds after hill climbing (default {effort.kicks})")
     p.add_argument("--forced-prefix", type=int, default=0, help="first steps that always compute (default 0)")
-    p.add_argument("--rule", choices=RULES, default="repeat",
-                   help="how reused steps read the cache: repeat, or extrapolate(2) in sigma (default repeat)")
+    if rule:
+        p.add_argument("--rule", choices=RULES, default="repeat",
+                       help="how reused steps read the cache: repeat, or extrapolate(2) in sigma (default repeat)")
     p.add_argument("--search-rules", action="store_true",
                    help="search the reuse rule of every step jointly with the mask")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -102,7 +105,8 @@ def cmd_show(a: argparse.Namespace) -> None:
 def cmd_demo(a: argparse.Namespace) -> None:
     from .demo.run import run_demo
 
-    run_demo(a.out, tuple(a.budgets), a.steps, a.reuse, a.calib, a.held_out, _config(a), not a.no_progress, a.rule)
+    run_demo(a.out, tuple(a.budgets), a.steps, a.reuse, a.calib, a.held_out, _config(a), not a.no_progress,
+             tuple(a.rules))
     print(f"wrote plans, table.txt, results.json, samples.png and plots to {a.out}/")
 
 
@@ -128,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("demo-out"))
     p.add_argument("--budgets", type=int, nargs="+", default=[6, 8, 10])
     p.add_argument("--held-out", type=int, default=100, help="held-out samples for the comparison")
-    _add_search_options(p, DEMO_EFFORT, calib=24)
+    p.add_argument("--rules", nargs="+", choices=RULES, default=["repeat", "extrapolate"],
+                   help="search a plan under each of these reuse rules (default: repeat extrapolate)")
+    _add_search_options(p, DEMO_EFFORT, calib=24, rule=False)
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -90,16 +90,18 @@ def test_demo_main_job_end_to_end(tmp_path, capsys):
     main(["demo", "--out", str(tmp_path), "--budgets", "3", "5", "--steps", "10", "--calib", "8",
           "--held-out", "20", "--iterations", "20", "--starts", "1", "--kicks", "1", "--no-progress"])
     table = capsys.readouterr().out
-    assert "plain 3-step Euler" in table and "uniform mask" in table
+    assert "plain 3-step Euler" in table and "uniform mask (repeat)" in table
     results = json.loads((tmp_path / "results.json").read_text())
     assert [r["budget"] for r in results] == [3, 5]
     for r in results:
-        assert r["block_stack_executions"] == r["budget"]
         b = r["budget"]
-        assert set(r["metrics"]) >= {"plan", "uniform mask", f"plain {b}-step Euler", f"plain {b}-step AB2",
-                                     f"UniPC (flow) {b}", f"DPM-Solver++ 2M (flow) {b}"}
-        assert r["speedup"]["plan"] > 1.0
-    for name in ["plan_B3.json", "plan_B5.png", "samples.png", "search_history.png", "table.txt"]:
+        assert set(r["block_stack_executions"].values()) == {b}
+        assert set(r["metrics"]) >= {"plan (repeat)", "uniform mask (repeat)", "uniform mask (extrapolate)",
+                                     f"plain {b}-step Euler", f"plain {b}-step AB2", f"UniPC (flow) {b}",
+                                     f"DPM-Solver++ 2M (flow) {b}"}
+        assert any(name.startswith("plan (extrapolate") for name in r["metrics"])
+        assert r["speedup"]["plan (repeat)"] > 1.0
+    for name in ["plan_B3_repeat.json", "plan_B5_extrapolate.png", "samples.png", "search_history.png", "table.txt"]:
         assert (tmp_path / name).stat().st_size > 0
 
 

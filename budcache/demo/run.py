@@ -56,44 +56,51 @@ def _timed(fn, repeats: int = 3) -> tuple[torch.Tensor, float]:
     return out, best
 
 
-def evaluate_plan(model: DigitsFlux, plan: CachePlan, held_out: int = 100, seed: int = 0) -> dict:
-    """Held-out comparison of the plan, the uniform mask (same rule) and every plain B-step solver
-    against full compute."""
+def evaluate_plans(model: DigitsFlux, plans: dict[str, CachePlan], held_out: int = 100, seed: int = 0) -> dict:
+    """Held-out comparison, against full compute, of plans for one budget (searched under the
+    rules that key ``plans``), the uniform mask under each rule, and every plain B-step solver;
+    speedups are measured in this run."""
     noise, labels = demo_inputs(held_out, seed + HELD_OUT_SEED_OFFSET)
-    k, b = plan.num_steps, plan.budget
-    sigmas = plan.sigmas or linear_sigmas(k)
+    first = next(iter(plans.values()))
+    k, b = first.num_steps, first.budget
+    sigmas = first.sigmas or linear_sigmas(k)
     velocity = lambda x, s: model(x, torch.tensor(s), labels)  # noqa: E731
     full, t_full = _timed(lambda: euler(velocity, noise, sigmas))
-    with demo_denoisers(model, plan.reuse) as make:
-        denoiser = make(labels)
-        planned = sample(denoiser, noise, sigmas, plan.mask, plan.step_rules)
-        executions = denoiser.executions
-        _, t_plan = _timed(lambda: sample(denoiser, noise, sigmas, plan.mask, plan.step_rules))
-        uniform = sample(make(labels), noise, sigmas, uniform_mask(k, b), plan.rule)
+    rows, speedup, executions, masks = {}, {}, {}, {}
+    for rule, plan in plans.items():
+        kept = "per-step rules" if plan.rules is not None else plan.rule
+        name = f"plan ({rule})" if kept == rule else f"plan ({rule} -> {kept})"
+        with demo_denoisers(model, plan.reuse) as make:
+            denoiser = make(labels)
+            rows[name] = sample(denoiser, noise, sigmas, plan.mask, plan.step_rules)
+            executions[name], masks[name] = denoiser.executions, plan.strip
+            _, t_plan = _timed(lambda: sample(denoiser, noise, sigmas, plan.mask, plan.step_rules))
+            speedup[name] = t_full / t_plan
+            rows[f"uniform mask ({rule})"] = sample(make(labels), noise, sigmas, uniform_mask(k, b), rule)
     _, t_fewer = _timed(lambda: euler(velocity, noise, linear_sigmas(b)))
+    speedup[f"plain {b}-step Euler"] = t_full / t_fewer
+    rows.update(plain_solvers(velocity, noise, b))
     ref = unpack(full)
-    rows = {"plan": planned, "uniform mask": uniform, **plain_solvers(velocity, noise, b)}
     return {
         "budget": b,
         "steps": k,
-        "mask": plan.strip,
+        "masks": masks,
         "block_stack_executions": executions,
-        "rule": plan.rule if plan.rules is None else "per step",
-        "speedup": {"plan": t_full / t_plan, f"plain {b}-step Euler": t_full / t_fewer, "ideal": k / b},
+        "speedup": {**speedup, "ideal": k / b},
         "metrics": {name: metrics.report(unpack(x), ref) for name, x in rows.items()},
         "images": {"full": ref, **{name: unpack(x) for name, x in rows.items()}},
     }
 
 
 def _table(results: list[dict]) -> str:
-    head = f"{'B/K':>6} {'method':<24} {'speedup':>8} {'MSE':>10} {'PSNR':>7} {'SSIM':>7}"
+    head = f"{'B/K':>6} {'method':<28} {'speedup':>8} {'MSE':>10} {'PSNR':>7} {'SSIM':>7}"
     lines = [head, "-" * len(head)]
     for r in results:
         for name, m in r["metrics"].items():
             speed = r["speedup"].get(name)
             s = f"{speed:7.2f}x" if speed is not None else f"{'':>8}"
             lines.append(
-                f"{r['budget']:>3}/{r['steps']:<2} {name:<24} {s} {m['mse']:10.3e} {m['psnr']:7.2f} {m['ssim']:7.4f}"
+                f"{r['budget']:>3}/{r['steps']:<2} {name:<28} {s} {m['mse']:10.3e} {m['psnr']:7.2f} {m['ssim']:7.4f}"
             )
     return "\n".join(lines)
 
@@ -107,28 +114,30 @@ def run_demo(
     held_out: int = 100,
     config: SearchConfig = SearchConfig(),
     progress: bool = True,
-    rule: str = "repeat",
+    rules: tuple[str, ...] = ("repeat", "extrapolate"),
 ) -> list[dict]:
-    """The main job: search, compare, and write plans, a table, an image grid and plots to ``out``."""
+    """The main job: search a plan per budget and rule, compare, and write plans, a table, an
+    image grid and plots to ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     model = load_demo_model()
     results, histories = [], {}
     for b in budgets:
-        plan, result = search_demo_plan(model, steps, b, reuse, calibration, config, progress, rule)
-        plan.save(out / f"plan_B{b}.json")
-        plots.plot_plan(plan, out / f"plan_B{b}.png")
-        histories[f"B={b}"] = result
-        r = evaluate_plan(model, plan, held_out, config.seed)
-        r["search"] = {"seconds": plan.record.seconds, "evaluations": plan.record.evaluations,
-                       "forwards": plan.record.forwards,
-                       "forwards_without_prefix_reuse": plan.record.forwards_without_prefix_reuse}
-        results.append(r)
-        print(f"B={b}: {plan.strip} ({plan.rule if plan.rules is None else 'per-step rules'})  search {plan.record.seconds:.1f}s, {plan.record.evaluations} masks")
+        plans = {}
+        for rule in rules:
+            plan, result = search_demo_plan(model, steps, b, reuse, calibration, config, progress, rule)
+            plan.save(out / f"plan_B{b}_{rule}.json")
+            plots.plot_plan(plan, out / f"plan_B{b}_{rule}.png")
+            histories[f"B={b} {rule}"] = result
+            plans[rule] = plan
+            print(f"B={b} {rule}: {plan.strip} (kept rule: {plan.rule})  search {plan.record.seconds:.1f}s, "
+                  f"{plan.record.evaluations} masks, {plan.record.forwards} forwards "
+                  f"({plan.record.forwards_without_prefix_reuse} without prefix reuse)", flush=True)
+        results.append(evaluate_plans(model, plans, held_out, config.seed))
     plots.plot_history(histories, out / "search_history.png")
     grid = [("full", results[0]["images"]["full"])]
     for r in results:
-        grid += [(f"{name} B={r['budget']}", r["images"][name])
-                 for name in ("plan", "uniform mask", f"plain {r['budget']}-step Euler")]
+        grid += [(f"{name} B={r['budget']}", imgs) for name, imgs in r["images"].items()
+                 if name.startswith("plan") or name == f"plain {r['budget']}-step AB2"]
     plots.image_grid(grid, out / "samples.png")
     table = _table(results)
     print(table)
