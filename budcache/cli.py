@@ -1,4 +1,4 @@
-"""Command line: ``budcache search | show | demo``."""
+"""Command line: ``budcache search | show | compare | demo``."""
 
 from __future__ import annotations
 
@@ -110,6 +110,15 @@ def cmd_demo(a: argparse.Namespace) -> None:
     print(f"wrote plans, table.txt, results.json, samples.png and plots to {a.out}/")
 
 
+def cmd_compare(a: argparse.Namespace) -> None:
+    from .demo.run import compare_plans
+
+    if a.model != "demo":
+        raise SystemExit(f"--model {a.model!r}: only 'demo' is available in this version")
+    compare_plans(a.plans, a.out, a.held_out, a.seed)
+    print(f"wrote table.txt and results.json to {a.out}/")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="budcache", description="Budget-constrained step-level diffusion caching")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -127,6 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", type=Path, default=None, help="write the mask over the sigma schedule")
     p.add_argument("--json", action="store_true", help="print the whole plan as JSON")
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("compare", help="compare saved plans with uniform masks and plain solvers at the same NFE")
+    p.add_argument("plans", type=Path, nargs="+", help="plan files (grouped by budget)")
+    p.add_argument("--model", default="demo")
+    p.add_argument("--held-out", type=int, default=100, help="held-out samples (never calibration ones)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("compare-out"))
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", help="search plans on the demo model and compare with uniform masks and fewer steps")
     p.add_argument("--out", type=Path, default=Path("demo-out"))

@@ -125,3 +125,18 @@ def test_show_prints_per_step_rules(tmp_path, capsys):
     main(["show", str(plan.save(tmp_path / "p.json"))])
     out = capsys.readouterr().out
     assert "rules   #/#^.#" in out and "rule per step" in out
+
+
+def test_cli_compare_saved_plans(tmp_path, capsys):
+    a = CachePlan(num_steps=10, budget=4, mask=[1, 0, 1, 0, 0, 1, 0, 0, 1, 0], reuse="output",
+                  sigmas=linear_sigmas(10))
+    b = CachePlan(num_steps=10, budget=4, mask=[1, 1, 0, 0, 1, 0, 0, 1, 0, 0], reuse="residual", rule="extrapolate",
+                  sigmas=linear_sigmas(10))
+    main(["compare", str(a.save(tmp_path / "a.json")), str(b.save(tmp_path / "b.json")),
+          "--held-out", "10", "--out", str(tmp_path / "cmp")])
+    results = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert len(results) == 1 and {"plan (a)", "plan (b)", "plain 4-step AB2"} <= set(results[0]["metrics"])
+    assert results[0]["block_stack_executions"] == {"plan (a)": 4, "plan (b)": 4}
+    wrong = CachePlan(num_steps=10, budget=4, mask=a.mask, model={"class": "SD3Transformer2DModel", "fingerprint": "x"})
+    with pytest.raises(SystemExit, match="searched for a SD3Transformer2DModel"):
+        main(["compare", str(wrong.save(tmp_path / "w.json")), "--out", str(tmp_path / "w")])

@@ -57,26 +57,30 @@ def _timed(fn, repeats: int = 3) -> tuple[torch.Tensor, float]:
 
 
 def evaluate_plans(model: DigitsFlux, plans: dict[str, CachePlan], held_out: int = 100, seed: int = 0) -> dict:
-    """Held-out comparison, against full compute, of plans for one budget (searched under the
-    rules that key ``plans``), the uniform mask under each rule, and every plain B-step solver;
-    speedups are measured in this run."""
+    """Held-out comparison against full compute of plans for one budget (keyed by a label), the
+    uniform mask under each plan's rule, and every plain B-step solver; speedups measured in
+    this run."""
     noise, labels = demo_inputs(held_out, seed + HELD_OUT_SEED_OFFSET)
     first = next(iter(plans.values()))
     k, b = first.num_steps, first.budget
+    for plan in plans.values():
+        plan.check_model(model.transformer)
+        plan.check_steps(k)
+        if plan.budget != b:
+            raise ValueError(f"plans compared together need one budget, got {b} and {plan.budget}")
     sigmas = first.sigmas or linear_sigmas(k)
     velocity = lambda x, s: model(x, torch.tensor(s), labels)  # noqa: E731
     full, t_full = _timed(lambda: euler(velocity, noise, sigmas))
     rows, speedup, executions, masks = {}, {}, {}, {}
-    for rule, plan in plans.items():
-        kept = "per-step rules" if plan.rules is not None else plan.rule
-        name = f"plan ({rule})" if kept == rule else f"plan ({rule} -> {kept})"
+    for label, plan in plans.items():
+        name = f"plan ({label})"
         with demo_denoisers(model, plan.reuse) as make:
             denoiser = make(labels)
             rows[name] = sample(denoiser, noise, sigmas, plan.mask, plan.step_rules)
             executions[name], masks[name] = denoiser.executions, plan.strip
             _, t_plan = _timed(lambda: sample(denoiser, noise, sigmas, plan.mask, plan.step_rules))
             speedup[name] = t_full / t_plan
-            rows[f"uniform mask ({rule})"] = sample(make(labels), noise, sigmas, uniform_mask(k, b), rule)
+            rows[f"uniform mask ({plan.rule})"] = sample(make(labels), noise, sigmas, uniform_mask(k, b), plan.rule)
     _, t_fewer = _timed(lambda: euler(velocity, noise, linear_sigmas(b)))
     speedup[f"plain {b}-step Euler"] = t_full / t_fewer
     rows.update(plain_solvers(velocity, noise, b))
@@ -128,7 +132,8 @@ def run_demo(
             plan.save(out / f"plan_B{b}_{rule}.json")
             plots.plot_plan(plan, out / f"plan_B{b}_{rule}.png")
             histories[f"B={b} {rule}"] = result
-            plans[rule] = plan
+            kept = "per-step rules" if plan.rules is not None else plan.rule
+            plans[rule if kept == rule else f"{rule} -> {kept}"] = plan
             print(f"B={b} {rule}: {plan.strip} (kept rule: {plan.rule})  search {plan.record.seconds:.1f}s, "
                   f"{plan.record.evaluations} masks, {plan.record.forwards} forwards "
                   f"({plan.record.forwards_without_prefix_reuse} without prefix reuse)", flush=True)
@@ -139,9 +144,28 @@ def run_demo(
         grid += [(f"{name} B={r['budget']}", imgs) for name, imgs in r["images"].items()
                  if name.startswith("plan") or name == f"plain {r['budget']}-step AB2"]
     plots.image_grid(grid, out / "samples.png")
+    write_report(results, out)
+    return results
+
+
+def write_report(results: list[dict], out: Path) -> None:
+    """Print the table and write ``table.txt`` and ``results.json`` to ``out``."""
     table = _table(results)
     print(table)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "table.txt").write_text(table + "\n")
     summary = [{k: v for k, v in r.items() if k != "images"} for r in results]
     (out / "results.json").write_text(json.dumps(summary, indent=1))
+
+
+def compare_plans(paths: list[Path], out: Path, held_out: int = 100, seed: int = 0) -> list[dict]:
+    """``budcache compare``: saved plans for the demo model against uniform masks and every plain
+    solver at the same NFE, on held-out samples."""
+    model = load_demo_model()
+    groups: dict[int, dict[str, CachePlan]] = {}
+    for path in paths:
+        plan = CachePlan.load(path)
+        groups.setdefault(plan.budget, {})[Path(path).stem] = plan
+    results = [evaluate_plans(model, plans, held_out, seed) for _, plans in sorted(groups.items())]
+    write_report(results, out)
     return results
