@@ -34,6 +34,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=28)
     p.add_argument("--budgets", type=int, nargs="+", default=[5, 6, 8, 10, 14])
     p.add_argument("--reuse", nargs="+", default=["output", "residual"])
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     p.add_argument("--calib", type=int, default=32)
     p.add_argument("--held-out", type=int, default=200)
     p.add_argument("--iterations", type=int, default=200)
@@ -56,7 +57,8 @@ def main() -> None:
         with torch.no_grad():
             row = {"plain": {name: score(x) for name, x in plain_solvers(velocity, noise, b).items()}}
         for reuse in a.reuse:
-            for name, (rule, rules) in VARIANTS.items():
+            for name in a.variants:
+                rule, rules = VARIANTS[name]
                 t = time.perf_counter()
                 plan, _ = search_demo_plan(model, a.steps, b, reuse, a.calib,
                                            SearchConfig(iterations=a.iterations, starts=a.starts,

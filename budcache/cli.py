@@ -121,6 +121,8 @@ def cmd_compare(a: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="budcache", description="Budget-constrained step-level diffusion caching")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's choice; 1 avoids oversubscription on a busy machine)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("search", help="search a caching plan for a fixed budget")
@@ -158,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     a = build_parser().parse_args(argv)
+    if a.threads is not None:
+        import torch
+
+        torch.set_num_threads(a.threads)
     try:
         a.func(a)
     except PlanError as e:
