@@ -10,7 +10,7 @@ from pathlib import Path
 from .plan import RULES, CachePlan, PlanError
 from .search import SearchConfig
 
-DEMO_EFFORT = SearchConfig(iterations=120, starts=1, kicks=1)  # `budcache demo` must finish in minutes
+DEMO_EFFORT = SearchConfig(iterations=100, starts=1, kicks=0)  # `budcache demo` must finish in minutes
 
 
 def _add_search_options(
@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--held-out", type=int, default=100, help="held-out samples for the comparison")
     p.add_argument("--rules", nargs="+", choices=RULES, default=["repeat", "extrapolate"],
                    help="search a plan under each of these reuse rules (default: repeat extrapolate)")
-    _add_search_options(p, DEMO_EFFORT, calib=24, rule=False)
+    _add_search_options(p, DEMO_EFFORT, calib=16, rule=False)
     p.set_defaults(func=cmd_demo)
     return parser
 
