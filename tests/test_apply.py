@@ -1,0 +1,147 @@
+"""``budcache.apply`` on a tiny offline FluxPipeline."""
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+import budcache
+from budcache.plan import CachePlan, PlanError, model_identity, uniform_mask
+
+
+@pytest.fixture
+def pipe(tiny_flux):
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(4,), latent_channels=1, norm_num_groups=1, use_quant_conv=False,
+                        use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035, sample_size=32).eval()
+    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None, tokenizer=None,
+                        text_encoder_2=None, tokenizer_2=None, transformer=tiny_flux.transformer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run(pipe, steps, n=1, **kw):
+    return pipe(prompt_embeds=torch.ones(1, 8, 32), pooled_prompt_embeds=torch.ones(1, 32), height=8, width=8,
+                num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="pt",
+                num_images_per_prompt=n, **kw).images
+
+
+def attention_calls(transformer):
+    calls = []
+    hooks = [b.attn.register_forward_hook(lambda *a: calls.append(1)) for b in transformer.single_transformer_blocks]
+    return calls, hooks
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("reuse, rule", [("residual", "repeat"), ("residual", "extrapolate"), ("output", "repeat")])
+def test_apply_runs_exactly_budget_and_removes_cleanly(pipe, reuse, rule):
+    reference = run(pipe, 8)
+    plan = CachePlan(num_steps=8, budget=3, mask=uniform_mask(8, 3), reuse=reuse, rule=rule,
+                     model=model_identity(pipe.transformer))
+    calls, hooks = attention_calls(pipe.transformer)
+    with budcache.apply(pipe, plan) as handle:
+        cached = run(pipe, 8)
+        assert len(calls) == 3
+        assert handle.summary() == {"cond": {"computed": 3, "reused": 5}}
+        assert torch.equal(run(pipe, 8), cached)  # repeated calls: no stale cache
+    for h in hooks:
+        h.remove()
+    assert not torch.equal(cached, reference)
+    assert torch.equal(run(pipe, 8), reference)  # remove() restores bit for bit
+
+
+@torch.no_grad()
+def test_all_ones_plan_is_bit_identical(pipe):
+    reference = run(pipe, 6)
+    with budcache.apply(pipe, CachePlan(num_steps=6, budget=6, mask=[1] * 6)):
+        assert torch.equal(run(pipe, 6), reference)
+
+
+@torch.no_grad()
+def test_interrupted_call_and_batch_change_never_reuse_stale_cache(pipe):
+    plan = CachePlan(num_steps=8, budget=4, mask=[1, 0, 1, 0, 1, 0, 1, 0], rule="extrapolate")
+    with budcache.apply(pipe, plan):
+        clean = run(pipe, 8)
+
+        def stop(pipe, i, t, kw):
+            if i == 4:
+                raise KeyboardInterrupt
+            return {}
+
+        with pytest.raises(KeyboardInterrupt):
+            run(pipe, 8, callback_on_step_end=stop)
+        assert torch.equal(run(pipe, 8), clean)
+        two = run(pipe, 8, n=2)
+        assert two.shape[0] == 2 and torch.allclose(two[0], clean[0], atol=1e-5)
+
+
+@torch.no_grad()
+def test_wrong_step_count_and_wrong_model_are_refused(pipe):
+    plan = CachePlan(num_steps=8, budget=3, mask=uniform_mask(8, 3))
+    with budcache.apply(pipe, plan):
+        with pytest.raises(PlanError, match="searched for 8 steps"):
+            run(pipe, 6)
+        with pytest.raises(RuntimeError, match="already applied"):
+            budcache.apply(pipe, plan)
+    other = CachePlan(num_steps=8, budget=3, mask=uniform_mask(8, 3), model={"class": "WanTransformer3DModel",
+                                                                            "fingerprint": "0"})
+    with pytest.raises(PlanError, match="WanTransformer3DModel"):
+        budcache.apply(pipe, other)
+
+
+@torch.no_grad()
+def test_plan_sigmas_reach_the_transformer_unchanged(pipe):
+    sigmas = [1.0, 0.9, 0.7, 0.45, 0.3, 0.15, 0.0]
+    seen = []
+    hook = pipe.transformer.register_forward_pre_hook(lambda m, a, kw: seen.append(float(kw["timestep"][0])),
+                                                      with_kwargs=True)
+    try:
+        with budcache.apply(pipe, CachePlan(num_steps=6, budget=6, mask=[1] * 6, sigmas=sigmas)):
+            run(pipe, 6)
+            with pytest.raises(PlanError, match="searched for 6 steps"):
+                run(pipe, 9)
+        assert seen == pytest.approx(sigmas[:-1], abs=1e-6)
+        seen.clear()
+        run(pipe, 6)  # removed: the scheduler's own (shifted) schedule again
+        assert seen != pytest.approx(sigmas[:-1], abs=1e-6)
+    finally:
+        hook.remove()
+
+
+@torch.no_grad()
+def test_wan_cfg_branches_each_follow_the_mask_with_their_own_cache():
+    from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True]).eval()
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+        text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32).eval()
+    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer,
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0))
+    pipe.set_progress_bar_config(disable=True)
+    seen = []
+    hook = transformer.register_forward_pre_hook(lambda m, a, kw: seen.append(float(kw["timestep"][0])),
+                                                 with_kwargs=True)
+
+    def run():
+        return pipe(prompt_embeds=torch.ones(1, 8, 32), negative_prompt_embeds=torch.zeros(1, 8, 32), height=16,
+                    width=16, num_frames=5, num_inference_steps=6, guidance_scale=5.0,
+                    generator=torch.Generator().manual_seed(0), output_type="pt").frames
+
+    reference = run()
+    calls = []
+    counter = transformer.blocks[-1].attn1.register_forward_hook(lambda *a: calls.append(1))
+    sigmas = [1.0, 0.95, 0.85, 0.7, 0.5, 0.25, 0.0]
+    plan = CachePlan(num_steps=6, budget=3, mask=uniform_mask(6, 3), rule="extrapolate", sigmas=sigmas)
+    seen.clear()
+    with budcache.apply(pipe, plan) as handle:
+        cached = run()
+        assert len(calls) == 6  # 3 computed steps x 2 CFG branches
+        assert handle.summary() == {"cond": {"computed": 3, "reused": 3}, "uncond": {"computed": 3, "reused": 3}}
+    assert seen == pytest.approx([1000 * s for s in sigmas[:-1] for _ in (0, 1)], abs=1e-3)  # WanPipeline takes no sigmas=
+    counter.remove()
+    hook.remove()
+    assert cached.shape == reference.shape
+    assert torch.equal(run(), reference)
