@@ -100,17 +100,10 @@ def main() -> None:
     demo = measure("demo DigitsFlux (16 samples)", model.transformer, model.transformer,
                    lambda: euler(lambda x, s: model(x, torch.tensor(s), labels), noise, linear_sigmas(K)), a.repeats)
 
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from budcache.tiny import tiny_flux_pipeline
 
-    torch.manual_seed(0)
-    transformer = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
-                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
-                                         pooled_projection_dim=32, axes_dims_rope=[4, 4, 8]).eval()
-    vae = AutoencoderKL(block_out_channels=(4,), latent_channels=1, norm_num_groups=1, use_quant_conv=False,
-                        use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035, sample_size=32).eval()
-    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None, tokenizer=None,
-                        text_encoder_2=None, tokenizer_2=None, transformer=transformer)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = tiny_flux_pipeline()
+    transformer = pipe.transformer
     run = lambda: pipe(prompt_embeds=torch.ones(1, 8, 32), pooled_prompt_embeds=torch.ones(1, 32), height=8,  # noqa: E731
                        width=8, num_inference_steps=K, generator=torch.Generator().manual_seed(0), output_type="latent")
     tiny = measure("tiny FluxPipeline (diffusers test config)", pipe, transformer, run, a.repeats)

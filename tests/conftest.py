@@ -1,8 +1,8 @@
 import pytest
 import torch
-from diffusers import FluxTransformer2DModel
 
 from budcache.gmm import GaussianMixtureFlow
+from budcache.tiny import tiny_flux_transformer
 
 torch.set_num_threads(2)
 
@@ -11,11 +11,7 @@ class TinyFlux:
     """diffusers' own tiny FLUX test config with random weights, and fixed conditioning."""
 
     def __init__(self, batch: int = 3, seed: int = 0):
-        torch.manual_seed(seed)
-        self.transformer = FluxTransformer2DModel(
-            patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
-            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
-        ).eval().requires_grad_(False)
+        self.transformer = tiny_flux_transformer(seed)
         gen = torch.Generator().manual_seed(seed + 1)
         self.cond = dict(
             encoder_hidden_states=torch.randn(batch, 8, 32, generator=gen),

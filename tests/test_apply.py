@@ -2,21 +2,15 @@
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
 
 import budcache
 from budcache.plan import CachePlan, PlanError, model_identity, uniform_mask
+from budcache.tiny import tiny_flux_pipeline, tiny_wan_pipeline
 
 
 @pytest.fixture
 def pipe(tiny_flux):
-    torch.manual_seed(0)
-    vae = AutoencoderKL(block_out_channels=(4,), latent_channels=1, norm_num_groups=1, use_quant_conv=False,
-                        use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035, sample_size=32).eval()
-    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None, tokenizer=None,
-                        text_encoder_2=None, tokenizer_2=None, transformer=tiny_flux.transformer)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return tiny_flux_pipeline(tiny_flux.transformer)
 
 
 def run(pipe, steps, n=1, **kw):
@@ -109,18 +103,8 @@ def test_plan_sigmas_reach_the_transformer_unchanged(pipe):
 
 @torch.no_grad()
 def test_wan_cfg_branches_each_follow_the_mask_with_their_own_cache():
-    from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
-
-    torch.manual_seed(0)
-    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True]).eval()
-    transformer = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
-        text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32).eval()
-    pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer,
-                       scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0))
-    pipe.set_progress_bar_config(disable=True)
+    pipe = tiny_wan_pipeline()
+    transformer = pipe.transformer
     seen = []
     hook = transformer.register_forward_pre_hook(lambda m, a, kw: seen.append(float(kw["timestep"][0])),
                                                  with_kwargs=True)
