@@ -129,3 +129,28 @@ def test_wan_cfg_branches_each_follow_the_mask_with_their_own_cache():
     hook.remove()
     assert cached.shape == reference.shape
     assert torch.equal(run(), reference)
+
+
+@torch.no_grad()
+def test_sd3_without_cache_context_batched_cfg():
+    """SD3 sets no cache context and batches cond/uncond in one call: one 'default' branch."""
+    from budcache.tiny import tiny_sd3_pipeline
+
+    pipe = tiny_sd3_pipeline()
+
+    def run():
+        return pipe(prompt_embeds=torch.ones(1, 8, 32), pooled_prompt_embeds=torch.ones(1, 64),
+                    negative_prompt_embeds=torch.zeros(1, 8, 32), negative_pooled_prompt_embeds=torch.zeros(1, 64),
+                    height=8, width=8, num_inference_steps=6, guidance_scale=3.0,
+                    generator=torch.Generator().manual_seed(0), output_type="pt").images
+
+    reference = run()
+    calls = []
+    counter = pipe.transformer.transformer_blocks[-1].attn.register_forward_hook(lambda *a: calls.append(1))
+    with budcache.apply(pipe, CachePlan(num_steps=6, budget=3, mask=uniform_mask(6, 3), rule="extrapolate")) as h:
+        cached = run()
+        assert len(calls) == 3
+        assert h.summary() == {"default": {"computed": 3, "reused": 3}}
+    counter.remove()
+    assert not torch.equal(cached, reference)
+    assert torch.equal(run(), reference)
