@@ -2,15 +2,20 @@
 
 A stateful ``ModelHook`` on the transformer counts denoising steps per cache context (``cond`` /
 ``uncond`` under CFG, each with its own cache), decides compute or reuse from the plan's mask,
-and feeds the block-stack hooks (``residual``) or returns the cached output (``output``). A new
-generation is recognised by the step count, by a timestep larger than the last one (an
-interrupted call) or by another batch size, so stale cache is never reused. A plan with
+and feeds the block-stack hooks (``residual``) or returns the cached output (``output``). The step
+index comes from the pipeline's scheduler (``step_index``, so a new or interrupted generation
+restarts at step 0); a transformer used without a scheduler counts its calls, restarting on a
+timestep larger than the last one. Another batch size also restarts, so stale cache is never
+reused. A plan with
 ``sigmas`` sets the scheduler's schedule exactly (shift and ``mu`` bypassed).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import functools
+import inspect
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
@@ -21,6 +26,11 @@ from .plan import CachePlan
 from .sampler import history_depth, predict
 
 _HOOK = "budcache_plan"
+
+
+@functools.lru_cache(maxsize=None)
+def _signature(cls: type) -> inspect.Signature:
+    return inspect.signature(cls.forward)
 
 
 class _Branch(BaseState):
@@ -47,15 +57,26 @@ class _PlanHook(ModelHook):
         self.container: type = tuple
         self.finished: dict[str, dict[str, int]] = {}
 
+    def _inputs(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[float, int]:
+        """The call's timestep (``timestep`` or ``t``) and batch size."""
+        bound = _signature(type(module)).bind_partial(module, *args, **kwargs).arguments
+        t = bound.get("timestep", bound.get("t"))
+        if t is None:
+            raise ValueError(f"budcache: cannot find the timestep argument of {type(module).__name__}.forward")
+        hidden = next(v for k, v in bound.items() if k != "self")
+        return float(torch.as_tensor(t).flatten()[0]), hidden.shape[0] if torch.is_tensor(hidden) else len(hidden)
+
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         if self.branches._context is None:
             self.branches.set_context(CacheContext("default"))
         name, state = self.branches._context.name, self.branches.get_state()
-        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        t = float(torch.as_tensor(kwargs.get("timestep", 0.0)).flatten()[0])
-        batch = hidden.shape[0] if torch.is_tensor(hidden) else len(hidden)
-        if state.step and (t > state.last_t or batch != state.batch):
-            state.reset()  # a new generation after an interrupted one
+        t, batch = self._inputs(module, args, kwargs)
+        if hasattr(self.scheduler, "step_index"):  # inside a pipeline: step 0 starts a generation
+            new = not self.scheduler.step_index
+        else:  # a bare transformer: a timestep larger than the last one starts a generation
+            new = bool(state.step) and t > state.last_t
+        if new or batch != state.batch:
+            state.reset()  # also after an interrupted generation
         k = state.step
         if k == 0 and self.scheduler is not None and hasattr(self.scheduler, "timesteps"):
             self.plan.check_steps(len(self.scheduler.timesteps))
