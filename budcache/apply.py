@@ -41,7 +41,7 @@ class _Branch(BaseState):
         self.reset()
 
     def reset(self) -> None:
-        self.step, self.last_t, self.batch = 0, None, None
+        self.step, self.last_t, self.batch, self.direction = 0, None, None, 0.0
         self.history: list[tuple[float, torch.Tensor]] = []
         self.computed = self.reused = 0
 
@@ -73,8 +73,9 @@ class _PlanHook(ModelHook):
         t, batch = self._inputs(module, args, kwargs)
         if hasattr(self.scheduler, "step_index"):  # inside a pipeline: step 0 starts a generation
             new = not self.scheduler.step_index
-        else:  # a bare transformer: a timestep larger than the last one starts a generation
-            new = bool(state.step) and t > state.last_t
+        else:  # a bare transformer: a timestep that repeats or turns back starts a generation
+            d = t - state.last_t if state.step else 0.0
+            new = bool(state.step) and (d == 0 or d * state.direction < 0)
         if new or batch != state.batch:
             state.reset()  # also after an interrupted generation
         k = state.step
@@ -105,6 +106,8 @@ class _PlanHook(ModelHook):
                 self.stack.reset()
         state.computed += compute
         state.reused += not compute
+        if k == 1:
+            state.direction = t - state.last_t
         state.step, state.last_t, state.batch = k + 1, t, batch
         if state.step == self.plan.num_steps:
             self.finished[name] = {"computed": state.computed, "reused": state.reused}

@@ -96,7 +96,18 @@ def transformer_blocks(transformer: torch.nn.Module) -> list[tuple[str, torch.nn
     return blocks
 
 
+# Our rows beside diffusers' registry: classes it lacks or describes wrongly (by class name).
+OWN_BLOCKS: dict[str, TransformerBlockMetadata] = {
+    # diffusers 0.42 registers it with hidden_states_argument_name="hidden_states"; its forward takes `x`
+    "ZImageTransformerBlock": TransformerBlockMetadata(return_hidden_states_index=0, hidden_states_argument_name="x"),
+}
+
+
 def block_metadata(block: torch.nn.Module) -> TransformerBlockMetadata:
+    own = OWN_BLOCKS.get(type(block).__name__)
+    if own is not None:
+        own._cls = type(block)
+        return own
     try:
         return TransformerBlockRegistry.get(type(block))
     except ValueError:

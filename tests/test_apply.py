@@ -154,3 +154,39 @@ def test_sd3_without_cache_context_batched_cfg():
     counter.remove()
     assert not torch.equal(cached, reference)
     assert torch.equal(run(), reference)
+
+
+@torch.no_grad()
+def test_bare_z_image_transformer_with_increasing_timesteps():
+    """Z-Image's timestep grows (1 - sigma) and its inputs are lists; a bare transformer counts calls."""
+    from diffusers import ZImageTransformer2DModel
+
+    torch.manual_seed(0)
+    model = ZImageTransformer2DModel(
+        all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=16, n_layers=2, n_refiner_layers=1,
+        n_heads=1, n_kv_heads=2, qk_norm=True, cap_feat_dim=16, rope_theta=256.0, t_scale=1000.0,
+        axes_dims=[8, 4, 4], axes_lens=[256, 32, 32]).eval()
+    cap = [torch.randn(16, 16)]
+    sigmas = torch.linspace(1, 0, 7).tolist()
+
+    def run(stop_at=None):
+        x = torch.randn(16, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+        for i in range(6):
+            if i == stop_at:
+                return None
+            v = model([x], torch.tensor([1 - sigmas[i]]), cap, return_dict=False)[0][0]
+            x = x + (sigmas[i + 1] - sigmas[i]) * -v
+        return x
+
+    reference = run()
+    calls = []
+    counter = model.layers[-1].attention.register_forward_hook(lambda *a: calls.append(1))
+    plan = CachePlan(num_steps=6, budget=3, mask=[1, 1, 0, 1, 0, 0], rule="extrapolate")
+    with budcache.apply(model, plan) as handle:
+        cached = run()
+        assert len(calls) == 3 and handle.summary() == {"default": {"computed": 3, "reused": 3}}
+        run(stop_at=4)  # interrupted
+        assert torch.equal(run(), cached)
+    counter.remove()
+    assert not torch.equal(cached, reference)
+    assert torch.equal(run(), reference)
