@@ -190,3 +190,34 @@ def test_bare_z_image_transformer_with_increasing_timesteps():
     counter.remove()
     assert not torch.equal(cached, reference)
     assert torch.equal(run(), reference)
+
+
+@torch.no_grad()
+def test_bare_qwen_image_transformer():
+    from diffusers import QwenImageTransformer2DModel
+
+    torch.manual_seed(0)
+    model = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=2,
+                                        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=16,
+                                        axes_dims_rope=(8, 4, 4)).eval()
+    gen = torch.Generator().manual_seed(1)
+    text, noise = torch.randn(1, 7, 16, generator=gen), torch.randn(1, 16, 16, generator=gen)
+    sigmas = torch.linspace(1, 0, 7).tolist()
+
+    def run():
+        x = noise
+        for i in range(6):
+            v = model(hidden_states=x, encoder_hidden_states=text, encoder_hidden_states_mask=torch.ones(1, 7),
+                      timestep=torch.tensor([sigmas[i]]), img_shapes=[(1, 4, 4)], return_dict=False)[0]
+            x = x + (sigmas[i + 1] - sigmas[i]) * v
+        return x
+
+    reference = run()
+    calls = []
+    counter = model.transformer_blocks[-1].attn.register_forward_hook(lambda *a: calls.append(1))
+    with budcache.apply(model, CachePlan(num_steps=6, budget=2, mask=[1, 0, 0, 1, 0, 0], rule="extrapolate")) as h:
+        cached = run()
+        assert len(calls) == 2 and h.summary() == {"default": {"computed": 2, "reused": 4}}
+    counter.remove()
+    assert not torch.equal(cached, reference)
+    assert torch.equal(run(), reference)
