@@ -111,8 +111,8 @@ def _random_mask(k: int, b: int, first_free: int, rng: random.Random) -> Mask:
 class _Tracker:
     """Best mask so far and the loss history, shared by every phase."""
 
-    def __init__(self, evaluate: Evaluator, bar: tqdm):
-        self.evaluate, self.bar = evaluate, bar
+    def __init__(self, evaluate: Evaluator, bar: tqdm, desc: str):
+        self.evaluate, self.bar, self.desc = evaluate, bar, desc
         self.best: Mask | None = None
         self.best_loss = math.inf
         self.history: list[tuple[int, float, float]] = []
@@ -124,7 +124,7 @@ class _Tracker:
             self.best, self.best_loss = mask, loss
         if self.evaluate.evaluations > seen:  # memo hits add nothing to the history
             self.history.append((self.evaluate.evaluations, loss, self.best_loss))
-        self.bar.set_postfix(best=f"{self.best_loss:.4g}", evals=self.evaluate.evaluations)
+        self.bar.set_postfix(best=f"{self.best_loss:.4g}", evals=self.evaluate.evaluations, refresh=False)
         return loss
 
 
@@ -137,11 +137,14 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
     rng = random.Random(config.seed)
     start_time = time.perf_counter()
     total = config.starts * config.iterations
-    with tqdm(total=total, desc=f"search B={budget}/{k}", disable=not progress, leave=False) as bar:
-        track = _Tracker(evaluate, bar)
+    desc = f"search B={budget}/{k}"
+    with tqdm(total=total, desc=desc, disable=not progress, leave=False) as bar:
+        track = _Tracker(evaluate, bar, desc)
         interrupted = False
         try:
             for s in range(config.starts):
+                if progress:
+                    bar.set_description_str(f"{desc} (annealing, start {s + 1}/{config.starts})", refresh=False)
                 if s == 0:
                     base = list(uniform_mask(k, budget))
                     for i in range(config.forced_prefix):  # respect the prefix without changing B
@@ -189,6 +192,8 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
 
 def _hill_climb(track: _Tracker, mask: Mask, loss: float, first_free: int, flips: tuple[int, ...]) -> tuple[Mask, float]:
     """Steepest descent over the whole swap/shift (and rule-flip) neighbourhood, to a local optimum."""
+    if not track.bar.disable:
+        track.bar.set_description_str(f"{track.desc} (hill climbing)", refresh=False)
     while True:
         scored = [(track(n), n) for n in neighbours(mask, first_free, flips)]
         if not scored:
