@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from ..plan import PlanError, uniform_mask
-from ..sampler import RULES
-from .evaluator import Evaluator, Schedule, decode
+from .evaluator import Evaluator, Schedule, decode, rule_code
 
 Mask = Schedule
 
@@ -133,7 +132,7 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
     k = evaluate.num_steps
     check_budget(k, budget, config.forced_prefix)
     first_free = max(1, config.forced_prefix)
-    flips = tuple(2 + RULES.index(r) for r in dict.fromkeys((evaluate.rule, *config.rules))) if config.rules else ()
+    flips = tuple(rule_code(r) for r in dict.fromkeys((evaluate.rule, *config.rules))) if config.rules else ()
     rng = random.Random(config.seed)
     start_time = time.perf_counter()
     total = config.starts * config.iterations

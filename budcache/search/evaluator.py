@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..sampler import RULES, Denoiser, State, check_rules, euler_step, history_depth
+from ..plan import RULES
+from ..sampler import Denoiser, State, check_rules, euler_step, history_depth
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 METRICS: dict[str, Distance] = {
@@ -38,14 +39,24 @@ def _nbytes(states: list[State]) -> int:
 Schedule = tuple[int, ...]  # per step: 1 computes, 2 + RULES.index(rule) reuses with that rule
 
 
+def rule_code(rule: str) -> int:
+    """The schedule code of a reused step that follows ``rule``."""
+    return 2 + RULES.index(rule)
+
+
+def code_rule(code: int, default: str = "repeat") -> str:
+    """The rule of a schedule code (``default`` for a computed step)."""
+    return default if code == 1 else RULES[code - 2]
+
+
 def encode(mask: Sequence[int], rules: str | Sequence[str]) -> Schedule:
     rules = check_rules(rules, len(mask))
-    return tuple(1 if m else 2 + RULES.index(r) for m, r in zip(mask, rules))
+    return tuple(1 if m else rule_code(r) for m, r in zip(mask, rules))
 
 
 def decode(schedule: Schedule, default: str = "repeat") -> tuple[list[int], list[str]]:
     """(mask, per-step rules); computed steps carry ``default``."""
-    return [1 if c == 1 else 0 for c in schedule], [default if c == 1 else RULES[c - 2] for c in schedule]
+    return [1 if c == 1 else 0 for c in schedule], [code_rule(c, default) for c in schedule]
 
 
 class Evaluator:
@@ -107,7 +118,7 @@ class Evaluator:
         sigmas = self.sigmas if on_grid else [float(s) for s in sigmas]
         states = self._resume(mask) if on_grid else [State(0, b.noise) for b in self.batches]
         for k in range(states[0].step, len(mask)):
-            compute, rule = mask[k] == 1, RULES[max(mask[k], 2) - 2]
+            compute, rule = mask[k] == 1, code_rule(mask[k])
             states = [euler_step(b.denoiser, s, sigmas, compute, rule, self.depth) for b, s in zip(self.batches, states)]
             if compute:
                 self.forwards += self.samples
