@@ -46,6 +46,14 @@ class _Branch(BaseState):
         self.computed = self.reused = 0
 
 
+def _current_sigma(scheduler: Any) -> float:
+    """The sigma of the step the scheduler is about to take (before its first ``step`` call too)."""
+    index = scheduler.step_index
+    if index is None:
+        index = getattr(scheduler, "begin_index", None) or 0
+    return float(scheduler.sigmas[index])
+
+
 class _PlanHook(ModelHook):
     _is_stateful = True
 
@@ -81,6 +89,8 @@ class _PlanHook(ModelHook):
         k = state.step
         if k == 0 and self.scheduler is not None and hasattr(self.scheduler, "timesteps"):
             self.plan.check_steps(len(self.scheduler.timesteps))
+        if hasattr(self.scheduler, "step_index") and hasattr(self.scheduler, "sigmas"):
+            t = _current_sigma(self.scheduler)  # rules extrapolate in sigma, as the search does
         compute = bool(self.plan.mask[k])
         try:
             if self.stack is None:  # output reuse: the whole transformer call is skipped
@@ -143,6 +153,16 @@ class CacheHandle:
 
     def __exit__(self, *exc) -> None:
         self.remove()
+
+
+def summary(pipe: Any) -> dict[str, dict[str, int]]:
+    """Computed and reused steps per CFG branch of the last generation of ``pipe`` (with a plan applied)."""
+    transformer = getattr(pipe, "transformer", pipe)
+    registry = getattr(transformer, "_diffusers_hook", None)
+    hook = registry.get_hook(_HOOK) if registry is not None else None
+    if hook is None:
+        raise ValueError("no budcache plan is applied to this pipeline; call budcache.apply(pipe, plan) first")
+    return dict(hook.finished)
 
 
 def _pin_sigmas(scheduler: Any, plan: CachePlan) -> None:

@@ -24,7 +24,10 @@ def tiny_flux_pipeline(transformer: FluxTransformer2DModel | None = None):
     torch.manual_seed(0)
     vae = AutoencoderKL(block_out_channels=(4,), latent_channels=1, norm_num_groups=1, use_quant_conv=False,
                         use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035, sample_size=32).eval()
-    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=None, tokenizer=None,
+    scheduler = FlowMatchEulerDiscreteScheduler(  # FLUX.1-dev's: the shift depends on the resolution
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+        max_image_seq_len=4096)
+    pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None,
                         text_encoder_2=None, tokenizer_2=None, transformer=transformer or tiny_flux_transformer())
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -1,0 +1,288 @@
+"""Calibration: run a diffusers pipeline with full compute and capture what the search replays.
+
+Per-instance hooks record, for every denoising step, the transformer calls (their arguments
+except the latent input and the timestep, which the search supplies), the latents fed to the
+scheduler and the velocity the pipeline combined from the calls. The search then replays the
+transformer directly: no text encoding and no VAE decoding per evaluated mask.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import BaseState, StateManager
+from tqdm.auto import tqdm
+
+_HOOK = "budcache_capture"
+EXPERTS = ("transformer", "transformer_2")  # Wan2.2 runs the second expert below its boundary
+
+
+@functools.lru_cache(maxsize=None)
+def _parameters(cls: type) -> tuple[str, ...]:
+    return tuple(inspect.signature(cls.forward).parameters)
+
+
+def input_names(module: torch.nn.Module) -> tuple[str, str]:
+    """Names of the latent input and the timestep in ``module.forward``."""
+    params = _parameters(type(module))
+    timestep = next((p for p in ("timestep", "t") if p in params), None)
+    if timestep is None:
+        raise ValueError(f"budcache: {type(module).__name__}.forward has no `timestep` (or `t`) argument")
+    return params[1], timestep
+
+
+def _same(a: Any, b: Any) -> bool:
+    if torch.is_tensor(a) or torch.is_tensor(b):
+        return torch.is_tensor(a) and torch.is_tensor(b) and (a is b or (a.shape == b.shape and torch.equal(a, b)))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+def _layout(hidden: Any, x: torch.Tensor) -> tuple[str, int]:
+    """How a call's latent input derives from the scheduler's latents ``x``: the same tensor,
+    ``n`` copies along the batch (batched CFG), or a list of per-sample frames (Z-Image)."""
+    if torch.is_tensor(hidden) and hidden.shape[0] % x.shape[0] == 0:
+        n = hidden.shape[0] // x.shape[0]
+        if hidden.shape[1:] == x.shape[1:] and torch.equal(hidden, to_hidden(("tensor", n), x, hidden.dtype)):
+            return "tensor", n
+    if isinstance(hidden, (list, tuple)) and hidden and len(hidden) % x.shape[0] == 0:
+        n = len(hidden) // x.shape[0]
+        expect = to_hidden(("frames", n), x, hidden[0].dtype)
+        if all(h.shape == e.shape and torch.equal(h, e) for h, e in zip(hidden, expect)):
+            return "frames", n
+    raise ValueError(
+        "budcache cannot express how this pipeline builds the transformer input from its latents "
+        "(supported: the latents, copies of them along the batch, per-sample frames); "
+        "use budcache.apply with a plan searched elsewhere, or open an issue with the pipeline class"
+    )
+
+
+def to_hidden(layout: tuple[str, int], x: torch.Tensor, dtype: torch.dtype) -> Any:
+    kind, n = layout
+    h = x.to(dtype).repeat(n, *[1] * (x.dim() - 1)) if n > 1 else x.to(dtype)
+    return list(h.unsqueeze(2).unbind(0)) if kind == "frames" else h
+
+
+@dataclass
+class Call:
+    """One transformer call within a step: which expert, its cache context, its other arguments."""
+
+    module: str
+    context: str | None
+    kwargs: dict[str, Any]
+    layout: tuple[str, int]
+    dtype: torch.dtype
+
+
+@dataclass
+class Step:
+    """One denoising step of a captured generation."""
+
+    sigma: float
+    timesteps: list[torch.Tensor]  # per call, as the pipeline passed it
+    calls: list[Call]
+    velocity: torch.Tensor  # what the pipeline gave the scheduler
+
+
+@dataclass
+class Capture:
+    """One full-compute generation: the initial latents, its steps and the final latents."""
+
+    latents: torch.Tensor
+    final: torch.Tensor
+    steps: list[Step]
+    settings: dict[str, Any]
+
+
+@dataclass
+class Calibration:
+    """Captured generations of one pipeline, all at the same sigma schedule."""
+
+    pipe: Any
+    captures: list[Capture]
+    sigmas: list[float]
+    schedule_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.sigmas) - 1
+
+    @property
+    def pipeline(self) -> str:
+        return type(self.pipe).__name__
+
+    def experts(self) -> dict[str, torch.nn.Module]:
+        return {name: getattr(self.pipe, name) for name in EXPERTS if getattr(self.pipe, name, None) is not None}
+
+    def default_sigmas(self, num_steps: int) -> list[float]:
+        """The pipeline's own schedule for ``num_steps`` steps (plain fewer-step sampling), built by
+        the scheduler as calibration called it (same shift / ``mu``)."""
+        import copy
+
+        scheduler = copy.deepcopy(self.pipe.scheduler)
+        kwargs = dict(self.schedule_kwargs)
+        sigmas = kwargs.pop("sigmas", None)
+        if sigmas is not None:  # Flux-style linspace(1, 1/K, K) given by the pipeline
+            k = len(sigmas)
+            ends = (1.0, 1.0 / k) if np.allclose(sigmas, np.linspace(1.0, 1.0 / k, k)) else (sigmas[0], sigmas[-1])
+            kwargs["sigmas"] = np.linspace(ends[0], 1.0 / num_steps if ends[1] == 1.0 / k else ends[1], num_steps)
+        kwargs.pop("num_inference_steps", None)
+        kwargs.pop("timesteps", None)
+        scheduler.set_timesteps(num_inference_steps=num_steps, **kwargs)
+        return [float(s) for s in scheduler.sigmas]
+
+
+class _Context(BaseState):
+    def reset(self) -> None:
+        pass
+
+
+class _CaptureHook(ModelHook):
+    """Records every call of a transformer: expert name, cache context, bound arguments."""
+
+    _is_stateful = True
+
+    def __init__(self, name: str, calls: list):
+        super().__init__()
+        self.name, self.calls = name, calls
+        self.contexts = StateManager(_Context)
+
+    def new_forward(self, module: torch.nn.Module, *args, **kwargs):
+        bound = inspect.signature(type(module).forward).bind(module, *args, **kwargs)
+        arguments = dict(bound.arguments)
+        arguments.pop("self")
+        context = self.contexts._context.name if self.contexts._context is not None else None
+        self.calls.append((self.name, context, arguments, input_names(module)))
+        return self.fn_ref.original_forward(*args, **kwargs)
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        return module
+
+
+class _Recorder:
+    """Collects the calls and scheduler steps of one pipeline call."""
+
+    def __init__(self) -> None:
+        self.pending: list = []
+        self.steps: list[Step] = []
+        self.latents: torch.Tensor | None = None
+        self.final: torch.Tensor | None = None
+
+    def close_step(self, sigma: float, model_output: torch.Tensor, sample: torch.Tensor, out: torch.Tensor) -> None:
+        if not self.pending:
+            raise RuntimeError("budcache: a scheduler step ran without a transformer call; cannot calibrate this pipeline")
+        if self.latents is None:
+            self.latents = sample.detach().clone()
+        previous = self.steps[-1].calls if self.steps else []
+        calls, timesteps = [], []
+        for i, (name, context, arguments, (hidden_name, t_name)) in enumerate(self.pending):
+            hidden, timestep = arguments.pop(hidden_name), arguments.pop(t_name)
+            dtype = (hidden if torch.is_tensor(hidden) else hidden[0]).dtype
+            call = Call(name, context, arguments, _layout(hidden, sample), dtype)
+            if i < len(previous) and _same_call(previous[i], call):
+                call = previous[i]  # unchanged conditioning is stored once
+            calls.append(call)
+            timesteps.append(torch.as_tensor(timestep).detach().clone())
+        self.steps.append(Step(sigma, timesteps, calls, model_output.detach().float().clone()))
+        self.final = out.detach().clone()
+        self.pending.clear()
+
+
+def _same_call(a: Call, b: Call) -> bool:
+    return (a.module, a.context, a.layout, a.dtype) == (b.module, b.context, b.layout, b.dtype) and _same(a.kwargs, b.kwargs)
+
+
+@contextmanager
+def _capturing(pipe: Any, recorder: _Recorder, schedule_kwargs: dict) -> Iterator[None]:
+    """Per-instance capture hooks on the experts and wrappers on the scheduler, always removed."""
+    scheduler = pipe.scheduler
+    experts = [(n, getattr(pipe, n)) for n in EXPERTS if getattr(pipe, n, None) is not None]
+    step, set_timesteps = scheduler.step, scheduler.set_timesteps
+
+    @functools.wraps(step)
+    def step_wrapper(model_output, timestep, sample, *args, **kwargs):
+        index = scheduler.step_index if scheduler.step_index is not None else (scheduler.begin_index or 0)
+        sigma = float(scheduler.sigmas[index])
+        out = step(model_output, timestep, sample, *args, **kwargs)
+        prev = out[0] if isinstance(out, tuple) else out.prev_sample
+        recorder.close_step(sigma, model_output, sample, prev)
+        return out
+
+    @functools.wraps(set_timesteps)
+    def set_timesteps_wrapper(*args, **kwargs):
+        bound = inspect.signature(set_timesteps).bind(*args, **kwargs).arguments
+        schedule_kwargs.clear()
+        schedule_kwargs.update({k: v for k, v in bound.items() if k not in ("device", "kwargs") and v is not None})
+        return set_timesteps(*args, **kwargs)
+
+    try:
+        for name, module in experts:
+            HookRegistry.check_if_exists_or_initialize(module).register_hook(_CaptureHook(name, recorder.pending), _HOOK)
+        scheduler.step, scheduler.set_timesteps = step_wrapper, set_timesteps_wrapper
+        yield
+    finally:
+        for _, module in experts:
+            registry = getattr(module, "_diffusers_hook", None)
+            if registry is not None and registry.get_hook(_HOOK) is not None:
+                registry.remove_hook(_HOOK, recurse=False)
+        for attr in ("step", "set_timesteps"):
+            vars(scheduler).pop(attr, None)
+
+
+def _call_settings(pipe: Any, kwargs: dict) -> dict[str, Any]:
+    """The pipeline call's arguments with defaults filled in (guidance scales and the like)."""
+    signature = inspect.signature(type(pipe).__call__)
+    settings = {n: p.default for n, p in signature.parameters.items() if p.default is not inspect.Parameter.empty}
+    settings.update(kwargs)
+    return {k: v for k, v in settings.items() if isinstance(v, (int, float, str, bool, type(None)))}
+
+
+def calibrate(
+    pipe: Any,
+    prompts: Sequence[str | dict[str, Any]],
+    num_inference_steps: int,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    **call_kwargs: Any,
+) -> Calibration:
+    """Run ``pipe`` once per prompt with full compute and capture what the search replays.
+
+    ``prompts``: strings, or dicts of call arguments (e.g. ``prompt_embeds`` for a pipeline
+    without text encoder). ``call_kwargs`` go to every call (height, width, guidance_scale,
+    negative_prompt, ...). Prompt ``i`` uses the generator seed ``seed + i``.
+    """
+    if not prompts:
+        raise ValueError("calibrate needs at least one prompt")
+    if getattr(pipe, "transformer", None) is None:
+        raise ValueError(f"{type(pipe).__name__} has no `transformer`; budcache calibrates transformer pipelines")
+    if not hasattr(pipe.scheduler, "sigmas"):
+        raise ValueError(f"{type(pipe.scheduler).__name__} has no sigma schedule; budcache needs a flow-matching scheduler")
+    device = getattr(pipe, "_execution_device", None) or torch.device("cpu")
+    captures, schedule_kwargs, sigmas = [], {}, None
+    for i, prompt in enumerate(tqdm(prompts, desc="calibrating", disable=not progress)):
+        kwargs = {**call_kwargs, **(prompt if isinstance(prompt, dict) else {"prompt": prompt})}
+        kwargs.update(num_inference_steps=num_inference_steps, output_type="latent",
+                      generator=torch.Generator(device).manual_seed(seed + i))
+        recorder = _Recorder()
+        with torch.no_grad(), _capturing(pipe, recorder, schedule_kwargs):
+            pipe(**kwargs)
+        if len(recorder.steps) != num_inference_steps:
+            raise RuntimeError(f"the pipeline ran {len(recorder.steps)} scheduler steps, expected {num_inference_steps}")
+        these = [s.sigma for s in recorder.steps] + [float(pipe.scheduler.sigmas[-1])]
+        if sigmas is not None and not np.allclose(these, sigmas, rtol=0, atol=1e-6):
+            raise ValueError("calibration prompts produced different sigma schedules; use one resolution and step count")
+        sigmas = these
+        captures.append(Capture(recorder.latents, recorder.final, recorder.steps, _call_settings(pipe, kwargs)))
+    return Calibration(pipe, captures, sigmas, dict(schedule_kwargs))

@@ -1,0 +1,127 @@
+"""calibrate -> search -> apply on real diffusers pipelines (tiny random configs, CPU, no text encoders)."""
+
+import pytest
+import torch
+
+import budcache
+from budcache import replay
+from budcache.capture import calibrate
+from budcache.search import SearchConfig
+from budcache.tiny import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_wan_pipeline
+
+QUICK = SearchConfig(iterations=30, starts=1, kicks=0)
+K, B = 10, 4
+
+
+def _flux():
+    def prompt():
+        return dict(prompt_embeds=torch.randn(1, 8, 32), pooled_prompt_embeds=torch.randn(1, 32),
+                    negative_prompt_embeds=torch.randn(1, 8, 32), negative_pooled_prompt_embeds=torch.randn(1, 32))
+    return tiny_flux_pipeline(), prompt, dict(height=16, width=16, true_cfg_scale=3.0), ("cond", "uncond")
+
+
+def _wan():
+    def prompt():
+        return dict(prompt_embeds=torch.randn(1, 8, 32), negative_prompt_embeds=torch.randn(1, 8, 32))
+    return tiny_wan_pipeline(), prompt, dict(height=16, width=16, num_frames=5, guidance_scale=4.0), ("cond", "uncond")
+
+
+def _sd3():
+    def prompt():
+        return dict(prompt_embeds=torch.randn(1, 8, 32), pooled_prompt_embeds=torch.randn(1, 64),
+                    negative_prompt_embeds=torch.randn(1, 8, 32), negative_pooled_prompt_embeds=torch.randn(1, 64))
+    return tiny_sd3_pipeline(), prompt, dict(height=16, width=16, guidance_scale=5.0), ("default",)
+
+
+FAMILIES = {"flux-true-cfg": _flux, "wan-cfg": _wan, "sd3-batched-cfg": _sd3}
+
+
+def _run(pipe, prompt, kwargs, seed, steps=K):
+    return pipe(**prompt, **kwargs, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed),
+                output_type="latent")[0]
+
+
+def _setup(family):
+    torch.manual_seed(0)
+    pipe, make_prompt, kwargs, branches = FAMILIES[family]()
+    prompts = [make_prompt() for _ in range(2)]
+    return pipe, prompts, kwargs, branches
+
+
+@pytest.mark.parametrize("rule", ["repeat", "extrapolate"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_searched_objective_is_what_the_pipeline_gets(family, rule):
+    """The loss the search optimised is the MSE the plan then gives inside the real pipeline."""
+    pipe, prompts, kwargs, branches = _setup(family)
+    calib = calibrate(pipe, prompts, K, progress=False, **kwargs)
+    plan = budcache.search(calib, B, rule=rule, config=QUICK, progress=False)
+    assert sum(plan.mask) == B and plan.sigmas == pytest.approx(calib.sigmas)
+    errors = []
+    for i, prompt in enumerate(prompts):
+        full = _run(pipe, prompt, kwargs, i)
+        with budcache.apply(pipe, plan) as handle:
+            cached = _run(pipe, prompt, kwargs, i)
+            assert handle.summary() == {b: {"computed": B, "reused": K - B} for b in branches}
+            assert budcache.summary(pipe) == handle.summary()
+        errors.append((cached - full).pow(2).mean().item())
+    assert sum(errors) / len(errors) == pytest.approx(plan.record.objective, rel=1e-4)
+
+
+def test_capture_holds_conditioning_once_and_the_pipeline_latents():
+    pipe, prompts, kwargs, _ = _setup("flux-true-cfg")
+    calib = calibrate(pipe, prompts, K, progress=False, **kwargs)
+    steps = calib.captures[0].steps
+    assert [c.context for c in steps[0].calls] == ["cond", "uncond"]
+    assert all(s.calls[0] is steps[0].calls[0] for s in steps)  # unchanged conditioning stored once
+    final = _run(pipe, prompts[0], kwargs, 0)
+    assert torch.equal(calib.captures[0].final, final)
+    assert calib.sigmas[-1] == 0.0 and len(calib.sigmas) == K + 1
+
+
+def test_plain_fewer_step_reference_is_the_pipelines_own_schedule():
+    """default_sigmas(B) is what the pipeline itself runs at B steps, and the record's Euler loss
+    is the MSE of that B-step pipeline run to the K-step one."""
+    pipe, prompts, kwargs, _ = _setup("flux-true-cfg")
+    calib = calibrate(pipe, prompts, K, progress=False, **kwargs)
+    short = calibrate(pipe, prompts, B, progress=False, **kwargs)
+    assert calib.default_sigmas(B) == pytest.approx(short.sigmas, abs=1e-6)
+    plan = budcache.search(calib, B, config=QUICK, progress=False)
+    errors = [(_run(pipe, p, kwargs, i, B) - _run(pipe, p, kwargs, i)).pow(2).mean().item() for i, p in enumerate(prompts)]
+    assert plan.record.euler_objective == pytest.approx(sum(errors) / 2, rel=1e-3)
+
+
+def test_wrong_guidance_rule_is_refused(monkeypatch):
+    pipe, prompts, kwargs, _ = _setup("flux-true-cfg")
+    calib = calibrate(pipe, prompts[:1], K, progress=False, **kwargs)
+    monkeypatch.setitem(replay.COMBINE, "FluxPipeline", lambda outputs, calls, settings: outputs[0])
+    with pytest.raises(ValueError, match="does not reproduce the pipeline's velocity"):
+        budcache.search(calib, B, config=QUICK, progress=False)
+
+
+def test_calibration_leaves_nothing_behind_even_when_the_pipeline_fails():
+    pipe, prompts, kwargs, _ = _setup("flux-true-cfg")
+    before = _run(pipe, prompts[0], kwargs, 0)
+    with pytest.raises(Exception):
+        calibrate(pipe, [prompts[0], dict(prompt_embeds=torch.randn(1, 8, 7))], K, progress=False, **kwargs)
+    assert "step" not in vars(pipe.scheduler) and "set_timesteps" not in vars(pipe.scheduler)
+    assert pipe.transformer._diffusers_hook.get_hook("budcache_capture") is None
+    assert torch.equal(_run(pipe, prompts[0], kwargs, 0), before)
+
+
+def test_bad_calibration_input():
+    pipe, prompts, kwargs, _ = _setup("flux-true-cfg")
+    with pytest.raises(ValueError, match="at least one prompt"):
+        calibrate(pipe, [], K)
+    mixed = [dict(prompts[0], height=16, width=16), dict(prompts[1], height=32, width=32)]
+    with pytest.raises(ValueError, match="different sigma schedules"):
+        calibrate(pipe, mixed, K, progress=False, true_cfg_scale=3.0)
+
+
+def test_predictive_rule_validated_on_held_out_captures():
+    pipe, prompts, kwargs, _ = _setup("wan-cfg")
+    calib = calibrate(pipe, prompts[:1], K, progress=False, **kwargs)
+    held_out = calibrate(pipe, prompts[1:], K, seed=7, progress=False, **kwargs)
+    plan = budcache.search(calib, B, rule="extrapolate", validation=held_out, config=QUICK, progress=False)
+    record = plan.record
+    assert record.validation_objective is not None and record.validation_repeat_objective is not None
+    assert (plan.rule == "extrapolate") == (record.validation_objective <= record.validation_repeat_objective)
