@@ -19,7 +19,7 @@ def _add_search_options(
     p.add_argument("--steps", type=int, default=28, help="denoising steps K (default 28)")
     p.add_argument("--reuse", choices=("residual", "output"), default="residual",
                    help="what reused steps take from the cache (default residual)")
-    p.add_argument("--calib", type=int, default=calib, help=f"calibration samples (default {calib})")
+    p.add_argument("--calib", type=int, default=calib, help=f"calibration samples of the demo model (default {calib})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--iterations", type=int, default=effort.iterations,
                    help=f"annealing proposals per start (default {effort.iterations})")
@@ -41,24 +41,76 @@ def _config(a: argparse.Namespace) -> SearchConfig:
                         rules=RULES if a.search_rules else ())
 
 
-def cmd_search(a: argparse.Namespace) -> None:
-    from . import plots
-    from .demo.model import load_demo_model
-    from .demo.run import search_demo_plan
+def _call_kwargs(a: argparse.Namespace) -> dict:
+    """Pipeline call arguments from --height/--width/--guidance-scale/--negative-prompt and --call KEY=VALUE."""
+    kwargs = {k: v for k, v in dict(height=a.height, width=a.width, guidance_scale=a.guidance_scale,
+                                      negative_prompt=a.negative_prompt).items() if v is not None}
+    for item in a.call:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--call expects KEY=VALUE, got {item!r}")
+        try:
+            kwargs[key] = json.loads(value)
+        except json.JSONDecodeError:
+            kwargs[key] = value
+    return kwargs
 
-    if a.model != "demo":
-        raise SystemExit(f"--model {a.model!r}: only 'demo' is available in this version")
+
+def load_pipeline(path: str, dtype: str | None, device: str | None, offload: bool):
+    """A diffusers pipeline from a local folder or hub id, in ``dtype`` on ``device``."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, dtype or ("bfloat16" if device != "cpu" else "float32"))
+    pipe = DiffusionPipeline.from_pretrained(path, dtype=dtype)
+    if offload:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    return pipe
+
+
+def _search_pipeline(a: argparse.Namespace):
+    from . import calibrate, search
+    from .prompts import read_prompts
+
+    if a.prompts is None:
+        raise SystemExit("--pipeline needs --prompts FILE (.txt, .jsonl or .csv) with calibration prompts")
+    pipe = load_pipeline(a.pipeline, a.dtype, a.device, a.cpu_offload)
+    pipe.set_progress_bar_config(disable=True)
+    kwargs, progress = _call_kwargs(a), not a.no_progress
+    calib = calibrate(pipe, read_prompts(a.prompts), a.steps, seed=a.seed, progress=progress, **kwargs)
+    validation = None
+    if a.validation_prompts is not None:
+        validation = calibrate(pipe, read_prompts(a.validation_prompts), a.steps, seed=a.seed + 10_000,
+                               progress=progress, **kwargs)
+    return search(calib, a.budget, reuse=a.reuse, rule=a.rule, config=_config(a), validation=validation,
+                  history=a.history, progress=progress)
+
+
+def cmd_search(a: argparse.Namespace) -> None:
     if not 1 <= a.budget <= a.steps:
         raise SystemExit(f"--budget must be between 1 and --steps ({a.steps}), got {a.budget}")
-    model = load_demo_model()
-    plan, result = search_demo_plan(model, a.steps, a.budget, a.reuse, a.calib, _config(a), not a.no_progress, a.rule)
+    a.history = a.history or a.out.with_suffix(".history.png")
+    if a.pipeline is not None:
+        plan = _search_pipeline(a)
+    elif a.model == "demo":
+        from . import plots
+        from .demo.model import load_demo_model
+        from .demo.run import search_demo_plan
+
+        model = load_demo_model()
+        plan, result = search_demo_plan(model, a.steps, a.budget, a.reuse, a.calib, _config(a), not a.no_progress,
+                                        a.rule)
+        plots.plot_history({f"B={a.budget}": result}, a.history)
+    else:
+        raise SystemExit(f"--model {a.model!r}: use --model demo, or --pipeline PATH_OR_ID for a diffusers model")
     plan.save(a.out)
-    history = a.history or a.out.with_suffix(".history.png")
-    plots.plot_history({f"B={a.budget}": result}, history)
-    if result.interrupted:
+    if plan.record is not None and plan.record.interrupted:
         print("interrupted: saved the best plan found so far", file=sys.stderr)
     print(describe(plan))
-    print(f"saved {a.out} and {history}")
+    print(f"saved {a.out} and {a.history}")
 
 
 def describe(plan: CachePlan) -> str:
@@ -127,6 +179,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="search a caching plan for a fixed budget")
     p.add_argument("--model", default="demo", help="model to search for (default: the embedded demo model)")
+    p.add_argument("--pipeline", default=None, metavar="PATH_OR_ID",
+                   help="a diffusers pipeline (local folder or hub id) instead of the demo model")
+    p.add_argument("--prompts", type=Path, default=None, help="calibration prompts for --pipeline (.txt, .jsonl, .csv)")
+    p.add_argument("--validation-prompts", type=Path, default=None,
+                   help="held-out prompts on which a predictive --rule must beat repeat (default: the calibration ones)")
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--guidance-scale", type=float, default=None)
+    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--call", action="append", default=[], metavar="KEY=VALUE",
+                   help="another pipeline call argument (value parsed as JSON when it can be), repeatable")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                   help="model dtype (default bfloat16 on a GPU, float32 on CPU)")
+    p.add_argument("--device", default=None, help="torch device (default cuda when available)")
+    p.add_argument("--cpu-offload", action="store_true", help="enable_model_cpu_offload for large models")
     p.add_argument("--budget", type=int, required=True, help="transformer executions B per generation")
     p.add_argument("--out", type=Path, required=True, help="where to write the plan (JSON)")
     p.add_argument("--history", type=Path, default=None, help="search-history plot (default: next to --out)")

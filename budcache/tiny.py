@@ -33,11 +33,11 @@ def tiny_flux_pipeline(transformer: FluxTransformer2DModel | None = None):
     return pipe
 
 
-def tiny_wan_pipeline():
+def tiny_wan_pipeline(seed: int = 0):
     """A WanPipeline (text_dim 32, 16x16, 5 frames): call with ``prompt_embeds`` / ``negative_prompt_embeds``."""
     from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                            temperal_downsample=[False, True, True]).eval()
     transformer = WanTransformer3DModel(

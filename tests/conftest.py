@@ -4,7 +4,7 @@ import torch
 from budcache.gmm import GaussianMixtureFlow
 from budcache.tiny import tiny_flux_transformer
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny models gain nothing from threads; results independent of the core count
 
 
 class TinyFlux:

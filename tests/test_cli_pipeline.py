@@ -1,0 +1,65 @@
+"""`budcache search --pipeline PATH --prompts FILE` on a real diffusers pipeline saved to disk (tiny, offline)."""
+
+import json
+
+import pytest
+import torch
+from diffusers import DiffusionPipeline, FluxTransformer2DModel
+
+import budcache
+from budcache.cli import main
+from budcache.plan import PlanError
+from budcache.prompts import read_prompts
+from budcache.tiny import tiny_flux_pipeline
+from budcache.tiny_text import quiet, save_tiny_flux_pipeline
+
+STEPS, BUDGET = 8, 3
+
+
+def test_search_a_saved_pipeline_from_the_command_line(tmp_path, capsys):
+    folder = save_tiny_flux_pipeline(tmp_path / "flux")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# calibration\na red square\n\na blue circle\n")
+    out = tmp_path / "plan.json"
+    main(["search", "--pipeline", str(folder), "--prompts", str(prompts), "--budget", str(BUDGET),
+          "--steps", str(STEPS), "--height", "16", "--width", "16", "--call", "max_sequence_length=16",
+          "--iterations", "20", "--starts", "1", "--kicks", "0", "--no-progress", "--out", str(out)])
+    assert "saved" in capsys.readouterr().out and out.with_suffix(".history.png").exists()
+    plan = budcache.CachePlan.load(out)
+    assert plan.record.calibration_size == 2 and sum(plan.mask) == BUDGET
+    with quiet():
+        pipe = DiffusionPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    call = dict(height=16, width=16, max_sequence_length=16, output_type="latent")
+    with budcache.apply(pipe, plan) as handle:
+        pipe("a green triangle", num_inference_steps=STEPS, **call)
+        assert handle.summary() == {"cond": {"computed": BUDGET, "reused": STEPS - BUDGET}}
+        with pytest.raises(PlanError, match=f"searched for {STEPS} steps"):
+            pipe("a green triangle", num_inference_steps=STEPS + 1, **call)
+    deeper = FluxTransformer2DModel.from_config({**pipe.transformer.config, "num_layers": 2})
+    with pytest.raises(PlanError, match="another config"):
+        budcache.apply(tiny_flux_pipeline(deeper), plan)
+
+
+def test_search_needs_prompts_for_a_pipeline(tmp_path):
+    with pytest.raises(SystemExit, match="--prompts"):
+        main(["search", "--pipeline", str(tmp_path), "--budget", "3", "--out", str(tmp_path / "p.json")])
+
+
+def test_prompt_files(tmp_path):
+    (tmp_path / "a.jsonl").write_text('"a cat"\n{"prompt": "a dog", "negative_prompt": "blur"}\n\n{"prompt": "x"}\n')
+    assert read_prompts(tmp_path / "a.jsonl") == ["a cat", {"prompt": "a dog", "negative_prompt": "blur"}, "x"]
+    (tmp_path / "a.csv").write_text("prompt,negative_prompt\na cat,\na dog,blur\n")
+    assert read_prompts(tmp_path / "a.csv") == ["a cat", {"prompt": "a dog", "negative_prompt": "blur"}]
+    (tmp_path / "bad.jsonl").write_text('{"text": "a cat"}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:1"):
+        read_prompts(tmp_path / "bad.jsonl")
+    (tmp_path / "bad.csv").write_text("text\na cat\n")
+    with pytest.raises(ValueError, match="'prompt' column"):
+        read_prompts(tmp_path / "bad.csv")
+    (tmp_path / "empty.txt").write_text("# nothing\n\n")
+    with pytest.raises(ValueError, match="no prompts"):
+        read_prompts(tmp_path / "empty.txt")
+    with pytest.raises(ValueError, match=".txt, .jsonl or .csv"):
+        (tmp_path / "p.yaml").write_text("x")
+        read_prompts(tmp_path / "p.yaml")
