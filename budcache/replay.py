@@ -59,6 +59,7 @@ def _qwen_image(outputs: list[Any], calls: list[Call], settings: dict) -> torch.
 
 
 def _sd3(outputs: list[Any], calls: list[Call], settings: dict) -> torch.Tensor:
+    """One call on the batch ``[uncond, cond]`` (SD3, Sana)."""
     (out,) = outputs
     if calls[0].layout[1] == 1:
         return out
@@ -95,6 +96,7 @@ COMBINE: dict[str, Combine] = {
     "WanPipeline": _two_calls(_wan_scale),
     "QwenImagePipeline": _qwen_image,
     "StableDiffusion3Pipeline": _sd3,
+    "SanaPipeline": _sd3,
     "ZImagePipeline": _z_image,
 }
 

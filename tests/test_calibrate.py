@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import budcache
-from budcache import replay
+from budcache import replay, tiny_families
 from budcache.capture import calibrate
 from budcache.search import SearchConfig
 from budcache.tiny import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_wan_pipeline
@@ -33,7 +33,22 @@ def _sd3():
     return tiny_sd3_pipeline(), prompt, dict(height=16, width=16, guidance_scale=5.0), ("default",)
 
 
-FAMILIES = {"flux-true-cfg": _flux, "wan-cfg": _wan, "sd3-batched-cfg": _sd3}
+def _family(name, branches, **options):
+    def build():
+        family = tiny_families.FAMILIES[name]
+        seeds = iter(range(100))
+        def prompt():
+            kwargs = family.call_kwargs(seed=next(seeds), **options)
+            return {k: v for k, v in kwargs.items() if k not in ("generator", "output_type")}
+        return family.pipeline(), prompt, {}, branches
+    return build
+
+
+FAMILIES = {
+    "flux-true-cfg": _flux, "wan-cfg": _wan, "sd3-batched-cfg": _sd3,
+    "z-image-list-cfg": _family("z_image", ("default",)),
+    "qwen-image-true-cfg": _family("qwen_image", ("cond", "uncond")),
+}
 
 
 def _run(pipe, prompt, kwargs, seed, steps=K):
@@ -48,14 +63,9 @@ def _setup(family):
     return pipe, prompts, kwargs, branches
 
 
-@pytest.mark.parametrize("rule", ["repeat", "extrapolate"])
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_searched_objective_is_what_the_pipeline_gets(family, rule):
-    """The loss the search optimised is the MSE the plan then gives inside the real pipeline."""
-    pipe, prompts, kwargs, branches = _setup(family)
-    calib = calibrate(pipe, prompts, K, progress=False, **kwargs)
-    plan = budcache.search(calib, B, rule=rule, config=QUICK, progress=False)
-    assert sum(plan.mask) == B and plan.sigmas == pytest.approx(calib.sigmas)
+def _check_applied(pipe, prompts, kwargs, plan, branches):
+    """Apply ``plan`` inside the pipeline: B computed per branch, and the MSE to full compute is the
+    loss the search optimised."""
     errors = []
     for i, prompt in enumerate(prompts):
         full = _run(pipe, prompt, kwargs, i)
@@ -65,6 +75,29 @@ def test_searched_objective_is_what_the_pipeline_gets(family, rule):
             assert budcache.summary(pipe) == handle.summary()
         errors.append((cached - full).pow(2).mean().item())
     assert sum(errors) / len(errors) == pytest.approx(plan.record.objective, rel=1e-4)
+
+
+@pytest.mark.parametrize("rule", ["repeat", "extrapolate"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_searched_objective_is_what_the_pipeline_gets(family, rule):
+    """The loss the search optimised is the MSE the plan then gives inside the real pipeline."""
+    pipe, prompts, kwargs, branches = _setup(family)
+    calib = calibrate(pipe, prompts, K, progress=False, **kwargs)
+    plan = budcache.search(calib, B, rule=rule, config=QUICK, progress=False)
+    assert sum(plan.mask) == B and plan.sigmas == pytest.approx(calib.sigmas)
+    _check_applied(pipe, prompts, kwargs, plan, branches)
+
+
+def test_output_reuse_for_a_transformer_without_known_blocks():
+    """Sana's blocks are unknown to diffusers' registry: residual search is refused with advice,
+    output reuse searches and applies (batched CFG)."""
+    pipe, make_prompt, kwargs, branches = _family("sana", ("default",))()
+    prompts = [make_prompt(), make_prompt()]
+    calib = calibrate(pipe, prompts, K, progress=False)
+    with pytest.raises(ValueError, match="reuse='output'"):
+        budcache.search(calib, B, config=QUICK, progress=False)
+    plan = budcache.search(calib, B, reuse="output", config=QUICK, progress=False)
+    _check_applied(pipe, prompts, kwargs, plan, branches)
 
 
 def test_capture_holds_conditioning_once_and_the_pipeline_latents():
