@@ -71,7 +71,7 @@ def test_cli_search_and_show(tmp_path, capsys):
     "args, message",
     [
         (["search", "--budget", "30", "--steps", "28", "--out", "x.json"], "--budget must be between 1 and --steps"),
-        (["search", "--model", "flux", "--budget", "3", "--out", "x.json"], "only 'demo'"),
+        (["search", "--model", "flux", "--budget", "3", "--out", "x.json"], "--pipeline PATH_OR_ID"),
     ],
 )
 def test_cli_refuses_bad_input(args, message):

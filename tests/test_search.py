@@ -76,8 +76,9 @@ def test_annealing_reaches_the_exhaustive_optimum(gmm, budget):
 def test_hill_climbing_ends_in_a_local_optimum(gmm):
     ev = evaluator(gmm)
     r = anneal(ev, 4, SearchConfig(iterations=10, seed=5), progress=False)
-    assert all(ev(n) >= r.loss for n in neighbours(tuple(r.mask), 1))
-    assert len(neighbours(tuple(r.mask), 1)) == 3 * (K - 4)
+    free = tuple(range(1, K))
+    assert all(ev(n) >= r.loss for n in neighbours(tuple(r.mask), free))
+    assert len(neighbours(tuple(r.mask), free)) == 3 * (K - 4)
 
 
 def test_search_is_reproducible_and_respects_a_forced_prefix(gmm):
@@ -91,8 +92,21 @@ def test_search_is_reproducible_and_respects_a_forced_prefix(gmm):
 def test_bad_budgets_are_refused(gmm):
     with pytest.raises(PlanError, match="between 1 and the number of steps"):
         anneal(evaluator(gmm), K + 1, progress=False)
-    with pytest.raises(PlanError, match="forced_prefix"):
+    with pytest.raises(PlanError, match="more than the budget"):
         anneal(evaluator(gmm), 3, SearchConfig(forced_prefix=4), progress=False)
+    with pytest.raises(PlanError, match="outside"):
+        anneal(evaluator(gmm), 3, SearchConfig(forced=(K,)), progress=False)
+
+
+def test_forced_steps_always_compute(gmm):
+    """E.g. the first step of Wan2.2's second expert: every candidate computes it, B is kept."""
+    ev = evaluator(gmm)
+    seen = []
+    inner = ev.__class__.__call__
+    ev.__class__ = type("Spy", (ev.__class__,), {"__call__": lambda self, m: seen.append(tuple(m)) or inner(self, m)})
+    r = anneal(ev, 4, SearchConfig(iterations=40, seed=3, forced=(5, 8), kicks=1), progress=False)
+    assert r.mask[0] == r.mask[5] == r.mask[8] == 1 and sum(r.mask) == 4
+    assert seen and all(m[5] == 1 and m[8] == 1 and sum(x == 1 for x in m) == 4 for m in seen)
 
 
 def test_interrupt_keeps_the_best_mask_so_far(gmm):

@@ -6,13 +6,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..plan import CachePlan, SearchRecord, model_identity, uniform_mask
-from .anneal import SearchConfig, SearchResult, anneal, check_budget, neighbours
+from .anneal import SearchConfig, SearchResult, anneal, check_budget, fixed_steps, neighbours
 from .evaluator import METRICS, Batch, Evaluator, decode, encode
 from .exhaustive import exhaustive
 
 __all__ = [
     "METRICS", "Batch", "Evaluator", "SearchConfig", "SearchResult",
-    "anneal", "check_budget", "decode", "encode", "exhaustive", "neighbours", "search_plan",
+    "anneal", "check_budget", "decode", "fixed_steps", "encode", "exhaustive", "neighbours", "search_plan",
 ]
 
 
@@ -36,7 +36,7 @@ def search_plan(
     not better than the same mask with ``repeat`` falls back to ``repeat``.
     """
     k = evaluate.num_steps
-    check_budget(k, budget, config.forced_prefix)
+    check_budget(k, budget, config)
     result = anneal(evaluate, budget, config, progress=progress)
     evaluations, forwards = evaluate.evaluations, evaluate.forwards
     rule, rules, objective = evaluate.rule, result.rules, result.loss

@@ -29,7 +29,8 @@ Mask = Schedule
 
 @dataclass
 class SearchConfig:
-    """Search effort and options. ``forced_prefix`` steps at the start always compute."""
+    """Search effort and options. Step 0, the first ``forced_prefix`` steps and the ``forced``
+    steps (e.g. the first step of a second expert) always compute."""
 
     iterations: int = 300
     starts: int = 2
@@ -39,6 +40,7 @@ class SearchConfig:
     hill_climb: bool = True
     kicks: int = 4
     forced_prefix: int = 0
+    forced: tuple[int, ...] = ()
     seed: int = 0
     rules: tuple[str, ...] = ()
     flip_prob: float = 0.25
@@ -54,11 +56,21 @@ class SearchResult:
     interrupted: bool = False
 
 
-def check_budget(num_steps: int, budget: int, forced_prefix: int = 0) -> None:
+def fixed_steps(num_steps: int, config: SearchConfig) -> list[int]:
+    """The steps every candidate computes: 0, the forced prefix and the forced steps."""
+    bad = [f for f in config.forced if not 0 <= f < num_steps]
+    if bad:
+        raise PlanError(f"forced steps {bad} are outside 0..{num_steps - 1}")
+    return sorted({0, *range(config.forced_prefix), *config.forced})
+
+
+def check_budget(num_steps: int, budget: int, config: SearchConfig = SearchConfig()) -> None:
     if not 1 <= budget <= num_steps:
         raise PlanError(f"budget must be between 1 and the number of steps ({num_steps}), got {budget}")
-    if forced_prefix > budget:
-        raise PlanError(f"forced_prefix ({forced_prefix}) cannot exceed the budget ({budget})")
+    fixed = fixed_steps(num_steps, config)
+    if len(fixed) > budget:
+        raise PlanError(f"{len(fixed)} steps must compute ({fixed}: step 0, the forced prefix and forced steps), "
+                        f"more than the budget ({budget}); raise the budget")
 
 
 def _swap(mask: Mask, i: int, j: int) -> Mask:
@@ -68,23 +80,22 @@ def _swap(mask: Mask, i: int, j: int) -> Mask:
     return tuple(m)
 
 
-def _split(mask: Mask, first_free: int) -> tuple[list[int], list[int]]:
-    on = [i for i in range(first_free, len(mask)) if mask[i] == 1]
-    return on, [j for j in range(first_free, len(mask)) if mask[j] != 1]
+def _split(mask: Mask, free: tuple[int, ...]) -> tuple[list[int], list[int]]:
+    return [i for i in free if mask[i] == 1], [j for j in free if mask[j] != 1]
 
 
-def neighbours(mask: Mask, first_free: int, flips: tuple[int, ...] = ()) -> list[Mask]:
-    """Every swap of a computed step >= ``first_free`` with a reused step, and every rule flip
-    of a reused step to one of the schedule codes ``flips``."""
-    on, off = _split(mask, first_free)
+def neighbours(mask: Mask, free: tuple[int, ...], flips: tuple[int, ...] = ()) -> list[Mask]:
+    """Every swap of a computed step with a reused step (both among the ``free`` steps), and
+    every rule flip of a reused step to one of the schedule codes ``flips``."""
+    on, off = _split(mask, free)
     out = [_swap(mask, i, j) for i in on for j in off]
     for j in off:
         out += [mask[:j] + (c,) + mask[j + 1:] for c in flips if c != mask[j]]
     return out
 
 
-def _propose(mask: Mask, first_free: int, rng: random.Random, config: SearchConfig, flips: tuple[int, ...]) -> Mask | None:
-    on, off = _split(mask, first_free)
+def _propose(mask: Mask, free: tuple[int, ...], rng: random.Random, config: SearchConfig, flips: tuple[int, ...]) -> Mask | None:
+    on, off = _split(mask, free)
     if not off:
         return None
     if flips and (not on or rng.random() < config.flip_prob):
@@ -94,17 +105,26 @@ def _propose(mask: Mask, first_free: int, rng: random.Random, config: SearchConf
         return None
     i = rng.choice(on)
     if rng.random() < config.shift_prob:
-        targets = [j for j in (i - 1, i + 1) if first_free <= j < len(mask) and mask[j] != 1]
+        targets = [j for j in (i - 1, i + 1) if j in off]
         j = rng.choice(targets) if targets else rng.choice(off)
     else:
         j = rng.choice(off)
     return _swap(mask, i, j)
 
 
-def _random_mask(k: int, b: int, first_free: int, rng: random.Random) -> Mask:
-    fixed = max(1, first_free)
-    picks = set(range(fixed)) | set(rng.sample(range(fixed, k), b - fixed))
+def _random_mask(k: int, b: int, fixed: list[int], free: tuple[int, ...], rng: random.Random) -> Mask:
+    picks = set(fixed) | set(rng.sample(free, b - len(fixed)))
     return tuple(1 if i in picks else 0 for i in range(k))
+
+
+def _uniform_start(k: int, b: int, fixed: list[int]) -> list[int]:
+    """The uniform mask with the fixed steps switched on, each taking the nearest free computed step."""
+    mask = list(uniform_mask(k, b))
+    for f in fixed:
+        if not mask[f]:
+            j = min((j for j in range(k) if mask[j] and j not in fixed), key=lambda j: abs(j - f))
+            mask[f], mask[j] = 1, 0
+    return mask
 
 
 class _Tracker:
@@ -130,8 +150,9 @@ class _Tracker:
 def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig(), progress: bool = True) -> SearchResult:
     """SA + HC from ``config.starts`` starts (the uniform mask first, then random ones)."""
     k = evaluate.num_steps
-    check_budget(k, budget, config.forced_prefix)
-    first_free = max(1, config.forced_prefix)
+    check_budget(k, budget, config)
+    fixed = fixed_steps(k, config)
+    free = tuple(i for i in range(k) if i not in fixed)
     flips = tuple(rule_code(r) for r in dict.fromkeys((evaluate.rule, *config.rules))) if config.rules else ()
     rng = random.Random(config.seed)
     start_time = time.perf_counter()
@@ -145,18 +166,13 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
                 if progress:
                     bar.set_description_str(f"{desc} (annealing, start {s + 1}/{config.starts})", refresh=False)
                 if s == 0:
-                    base = list(uniform_mask(k, budget))
-                    for i in range(config.forced_prefix):  # respect the prefix without changing B
-                        if not base[i]:
-                            j = max(j for j in range(len(base)) if base[j] and j >= config.forced_prefix)
-                            base[i], base[j] = 1, 0
-                    current: Mask = evaluate.schedule(base)
+                    current: Mask = evaluate.schedule(_uniform_start(k, budget, fixed))
                 else:
-                    current = evaluate.schedule(_random_mask(k, budget, config.forced_prefix, rng))
+                    current = evaluate.schedule(_random_mask(k, budget, fixed, free, rng))
                 loss = track(current)
                 for it in range(config.iterations):
                     temp = config.t_start * (config.t_end / config.t_start) ** (it / max(1, config.iterations - 1))
-                    cand = _propose(current, first_free, rng, config, flips)
+                    cand = _propose(current, free, rng, config, flips)
                     bar.update()
                     if cand is None:
                         continue
@@ -166,14 +182,14 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
                     ):
                         current, loss = cand, c_loss
                 if config.hill_climb:
-                    current, loss = _hill_climb(track, current, loss, first_free, flips)
+                    current, loss = _hill_climb(track, current, loss, free, flips)
             if config.hill_climb and track.best is not None:
-                _hill_climb(track, track.best, track.best_loss, first_free, flips)
+                _hill_climb(track, track.best, track.best_loss, free, flips)
                 for _ in range(config.kicks):  # iterated local search: perturb the best, climb again
                     kicked = track.best
                     for _ in range(3):
-                        kicked = _propose(kicked, first_free, rng, config, flips) or kicked
-                    _hill_climb(track, kicked, track(kicked), first_free, flips)
+                        kicked = _propose(kicked, free, rng, config, flips) or kicked
+                    _hill_climb(track, kicked, track(kicked), free, flips)
         except KeyboardInterrupt:
             interrupted = True
     if track.best is None:
@@ -189,12 +205,12 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
     )
 
 
-def _hill_climb(track: _Tracker, mask: Mask, loss: float, first_free: int, flips: tuple[int, ...]) -> tuple[Mask, float]:
+def _hill_climb(track: _Tracker, mask: Mask, loss: float, free: int, flips: tuple[int, ...]) -> tuple[Mask, float]:
     """Steepest descent over the whole swap/shift (and rule-flip) neighbourhood, to a local optimum."""
     if not track.bar.disable:
         track.bar.set_description_str(f"{track.desc} (hill climbing)", refresh=False)
     while True:
-        scored = [(track(n), n) for n in neighbours(mask, first_free, flips)]
+        scored = [(track(n), n) for n in neighbours(mask, free, flips)]
         if not scored:
             return mask, loss
         best_loss, best = min(scored)
