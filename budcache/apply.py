@@ -190,7 +190,7 @@ def apply(pipe: Any, plan: CachePlan) -> CacheHandle:
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
     if registry.get_hook(_HOOK) is not None:
         raise RuntimeError("a budcache plan is already applied to this transformer; remove() it first")
-    stack = residual.install(transformer) if plan.reuse == "residual" else None
+    stack = residual.install(transformer) if residual.reuse_for(transformer, plan.reuse) == "residual" else None
     hook = _PlanHook(plan, stack, scheduler)
     registry.register_hook(hook, _HOOK)
     if plan.sigmas is not None and scheduler is not None:

@@ -18,7 +18,7 @@ import torch
 
 from .capture import Calibration, Call, Capture, Step, input_names, to_hidden
 from .plan import CachePlan
-from .residual import StackState, stack_hooks
+from .residual import StackState, reuse_for, stack_hooks
 from .search import Batch, Evaluator, SearchConfig, search_plan
 
 Combine = Callable[[list[Any], list[Call], dict[str, Any]], torch.Tensor]
@@ -224,6 +224,7 @@ def search(
     calibration ones). ``history``: where to plot the search history.
     """
     check_replay(calib)
+    reuse = reuse_for(calib.pipe.transformer, reuse)
     with denoisers(calib, reuse) as make:
         evaluate = Evaluator([Batch(make(c), c.latents.float()) for c in calib.captures], calib.sigmas, metric,
                              max_state_mb=max_state_mb, rule=rule, rules_in_play=config.rules)

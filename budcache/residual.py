@@ -1,19 +1,24 @@
 """Block-stack residual caching through ``diffusers.hooks``, per transformer instance.
 
-A *head* hook on the first transformer block and a *tail* hook on the last one (the layout of
-diffusers' MagCache / FirstBlockCache) bracket the whole block stack. On a computed step the
-stack runs and the tail stores ``residual = stack_out - stack_in`` (image stream). On a reused
-step the head returns ``stack_in + residual`` and every later block passes its inputs through,
-so the input embedding and the timestep-modulated output head still run at the current x and
-sigma while the blocks are skipped. Which step computes is decided by the caller (a mask), not
-by a threshold. Block return layouts come from diffusers' ``TransformerBlockRegistry``.
+Each block list of a transformer (FLUX: double blocks, then single blocks) is a *segment*: a
+head hook on its first block and a tail hook on its last (the layout of diffusers' MagCache /
+FirstBlockCache). On a computed step every segment runs and its tail stores the residual
+``out - in`` of each stream its blocks return (image, and text or audio where they return it).
+On a reused step each head returns ``in + residual`` and every later block of the segment
+passes its inputs through, so the input embedding, whatever the transformer does between
+segments and the timestep-modulated output head still run at the current x and sigma while
+all blocks are skipped. The residuals of one call travel as one tensor ``(batch, n)``, so a
+reuse rule can extrapolate them. Which step computes is decided by the caller (a mask), never
+by a threshold. Block return layouts come from diffusers' ``TransformerBlockRegistry``, or from
+:data:`OWN_BLOCKS` for classes it lacks or describes wrongly.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
@@ -26,60 +31,94 @@ _BLOCK = "budcache_stack_block"
 
 @dataclass
 class StackState:
-    """What the hooks of one block stack share. ``mode`` is ``compute`` or ``reuse``."""
+    """What the hooks of one transformer share. ``mode`` is ``compute`` or ``reuse``; ``residual``
+    holds every segment's stream residuals of the last computed call, flattened per sample."""
 
     mode: str = "compute"
     residual: torch.Tensor | None = None
-    head_input: torch.Tensor | None = None
     executions: int = 0
+    inputs: list = field(default_factory=list)  # head inputs of the open segment (compute)
+    parts: list = field(default_factory=list)  # residual pieces so far (compute)
+    offset: int = 0  # columns of ``residual`` consumed so far (reuse)
+    shapes: dict[int, list] = field(default_factory=dict)  # per segment: each stream's residual shape, or None
 
     def reset(self) -> None:
-        self.mode, self.residual, self.head_input = "compute", None, None
+        self.mode, self.residual, self.inputs, self.parts, self.offset = "compute", None, [], [], 0
+
+    def add(self, stream: torch.Tensor, shape: torch.Size | None) -> torch.Tensor:
+        """``stream`` plus its next residual piece of ``shape`` (reuse); None: passes through."""
+        if shape is None:
+            return stream
+        n = shape[1:].numel()
+        if self.residual is None or self.residual.shape[0] != shape[0] or self.offset + n > self.residual.shape[1] \
+                or torch.broadcast_shapes(stream.shape, shape) != shape:
+            raise RuntimeError(
+                "budcache: no cached residual matching this step's block inputs "
+                f"(cached {None if self.residual is None else tuple(self.residual.shape)}, stream {tuple(stream.shape)}); "
+                "the step must compute: the first step, and every step where the transformer's inputs change shape"
+            )
+        piece = self.residual[:, self.offset : self.offset + n]
+        self.offset += n
+        return stream + piece.reshape(shape).to(stream.device, stream.dtype)
 
 
-def _pack(meta: TransformerBlockMetadata, hidden: torch.Tensor, args: tuple, kwargs: dict):
-    """Build a block's return value, in its registered layout, with ``hidden`` as image stream."""
+def _streams(meta: TransformerBlockMetadata, args: tuple, kwargs: dict, output=None) -> list:
+    """The streams a block returns: from its output, or (``output`` None) from its inputs."""
+    enc = meta.return_encoder_hidden_states_index
+    if output is not None:
+        if not isinstance(output, tuple):
+            return [output]
+        return [output[meta.return_hidden_states_index]] + ([] if enc is None else [output[enc]])
+    hidden = meta._get_parameter_from_args_kwargs(meta.hidden_states_argument_name, args, kwargs)
+    if enc is None:
+        return [hidden]
+    return [hidden, meta._get_parameter_from_args_kwargs(meta.encoder_hidden_states_argument_name, args, kwargs)]
+
+
+def _pack(meta: TransformerBlockMetadata, streams: list):
+    """A block's return value, in its registered layout."""
     if meta.return_encoder_hidden_states_index is None:
-        return hidden
-    enc = meta._get_parameter_from_args_kwargs(meta.encoder_hidden_states_argument_name, args, kwargs)
+        return streams[0]
     out = [None] * (max(meta.return_hidden_states_index, meta.return_encoder_hidden_states_index) + 1)
-    out[meta.return_hidden_states_index] = hidden
-    out[meta.return_encoder_hidden_states_index] = enc
+    out[meta.return_hidden_states_index] = streams[0]
+    out[meta.return_encoder_hidden_states_index] = streams[1]
     return tuple(out)
 
 
 class _StackHook(ModelHook):
-    """Hook on a block of the stack; the head opens the stack, the tail closes it."""
+    """Hook on a block of a segment; the head opens the segment, the tail closes it."""
 
-    def __init__(self, state: StackState, meta: TransformerBlockMetadata, head: bool, tail: bool):
+    def __init__(self, state: StackState, meta: TransformerBlockMetadata, segment: int, head: bool, tail: bool,
+                 first: bool, last: bool):
         super().__init__()
-        self.state, self.meta, self.head, self.tail = state, meta, head, tail
-
-    def _hidden(self, args: tuple, kwargs: dict) -> torch.Tensor:
-        return self.meta._get_parameter_from_args_kwargs(self.meta.hidden_states_argument_name, args, kwargs)
+        self.state, self.meta, self.segment, self.head, self.tail = state, meta, segment, head, tail
+        self.first, self.last = first, last  # head of the first segment, tail of the last
 
     @torch.compiler.disable
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         state = self.state
-        hidden = self._hidden(args, kwargs)
         if state.mode == "reuse":
+            streams = _streams(self.meta, args, kwargs)
             if self.head:
-                if state.residual is None or state.residual.shape != hidden.shape:
-                    raise RuntimeError(
-                        "budcache: no cached residual of matching shape for a reused step "
-                        f"(cached {None if state.residual is None else tuple(state.residual.shape)}, "
-                        f"input {tuple(hidden.shape)}); the first step must compute"
-                    )
-                hidden = hidden + state.residual.to(hidden.device, hidden.dtype)
-            return _pack(self.meta, hidden, args, kwargs)
+                streams = [state.add(s, shape) for s, shape in zip(streams, state.shapes[self.segment])]
+            return _pack(self.meta, streams)
         if self.head:
-            state.head_input = hidden
-            state.executions += 1
+            state.inputs = _streams(self.meta, args, kwargs)
+            state.executions += self.first
         output = self.fn_ref.original_forward(*args, **kwargs)
         if self.tail:
-            out = output if not isinstance(output, tuple) else output[self.meta.return_hidden_states_index]
-            state.residual = out - state.head_input
-            state.head_input = None
+            outs = _streams(self.meta, args, kwargs, output)
+            # a second stream may be dropped (SD3's last block) or broadcast (FLUX text under batch > 1):
+            # then it is not cached and passes through on reuse
+            kept = [torch.is_tensor(o) and torch.is_tensor(i) and o.shape == i.shape for o, i in zip(outs, state.inputs)]
+            if not kept[0]:
+                raise RuntimeError(f"budcache: a block list of {type(module).__name__} changes the shape of its "
+                                   "streams; it cannot be cached as a residual, use reuse='output'")
+            state.shapes[self.segment] = [o.shape if k else None for k, o in zip(kept, outs)]
+            state.parts += [(o - i).flatten(1) for k, o, i in zip(kept, outs, state.inputs) if k]
+            state.inputs = []
+            if self.last:
+                state.residual, state.parts = torch.cat(state.parts, dim=1), []
         return output
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -87,19 +126,31 @@ class _StackHook(ModelHook):
         return module
 
 
-def transformer_blocks(transformer: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """The block stack in execution order (e.g. Flux: double blocks, then single blocks)."""
-    blocks = []
-    for name, child in transformer.named_children():
-        if name in _ALL_TRANSFORMER_BLOCK_IDENTIFIERS and isinstance(child, torch.nn.ModuleList):
-            blocks += [(f"{name}.{i}", block) for i, block in enumerate(child)]
-    return blocks
+def block_lists(transformer: torch.nn.Module) -> list[list[torch.nn.Module]]:
+    """The transformer's block lists (segments) in execution order, by diffusers' block-list names."""
+    return [list(child) for name, child in transformer.named_children()
+            if name in _ALL_TRANSFORMER_BLOCK_IDENTIFIERS and isinstance(child, torch.nn.ModuleList) and len(child)]
+
+
+def transformer_blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:
+    """Every block of every segment, in execution order."""
+    return [block for blocks in block_lists(transformer) for block in blocks]
 
 
 # Our rows beside diffusers' registry: classes it lacks or describes wrongly (by class name).
+# A new model family costs one row here (or none when diffusers registers its blocks).
+_M = TransformerBlockMetadata
 OWN_BLOCKS: dict[str, TransformerBlockMetadata] = {
     # diffusers 0.42 registers it with hidden_states_argument_name="hidden_states"; its forward takes `x`
-    "ZImageTransformerBlock": TransformerBlockMetadata(return_hidden_states_index=0, hidden_states_argument_name="x"),
+    "ZImageTransformerBlock": _M(return_hidden_states_index=0, hidden_states_argument_name="x"),
+    "QwenImage21TransformerBlock": _M(return_hidden_states_index=0),  # one joint [text, image] sequence
+    "ChromaTransformerBlock": _M(return_hidden_states_index=1, return_encoder_hidden_states_index=0),
+    "ChromaSingleTransformerBlock": _M(return_hidden_states_index=0),
+    "HunyuanVideo15TransformerBlock": _M(return_hidden_states_index=0, return_encoder_hidden_states_index=1),
+    # LTX-2 blocks return (video, audio): the audio stream takes the second slot, cached beside the video
+    "LTX2VideoTransformerBlock": _M(return_hidden_states_index=0, return_encoder_hidden_states_index=1,
+                                    encoder_hidden_states_argument_name="audio_hidden_states"),
+    "SanaTransformerBlock": _M(return_hidden_states_index=0),
 }
 
 
@@ -117,30 +168,50 @@ def block_metadata(block: torch.nn.Module) -> TransformerBlockMetadata:
         ) from None
 
 
+def has_known_blocks(transformer: torch.nn.Module) -> bool:
+    """Whether budcache can skip this transformer's block stack (else: ``output`` reuse)."""
+    try:
+        return bool(block_lists(transformer)) and all(block_metadata(b) for b in transformer_blocks(transformer))
+    except ValueError:
+        return False
+
+
+def reuse_for(model: torch.nn.Module, reuse: str) -> str:
+    """``reuse``, or ``output`` with a one-line warning when the model's blocks are unknown."""
+    if reuse == "residual" and not has_known_blocks(model):
+        warnings.warn(f"budcache: no known block list in {type(model).__name__}; falling back to output reuse "
+                      "(whole transformer calls are skipped)", stacklevel=3)
+        return "output"
+    return reuse
+
+
 def install(transformer: torch.nn.Module) -> StackState:
     """Install the stack hooks on ``transformer`` (per instance) and return their shared state."""
-    blocks = transformer_blocks(transformer)
-    if not blocks:
+    segments = block_lists(transformer)
+    if not segments:
         raise ValueError(
             f"{type(transformer).__name__} has no transformer block list "
             f"({', '.join(sorted(_ALL_TRANSFORMER_BLOCK_IDENTIFIERS))}); use reuse='output'"
         )
-    metas = [block_metadata(block) for _, block in blocks]
-    if HookRegistry.check_if_exists_or_initialize(blocks[0][1]).get_hook(_HEAD) is not None:
+    metas = [[block_metadata(block) for block in blocks] for blocks in segments]
+    if HookRegistry.check_if_exists_or_initialize(segments[0][0]).get_hook(_HEAD) is not None:
         raise RuntimeError(f"budcache residual hooks are already installed on this {type(transformer).__name__}")
     state = StackState()
-    last = len(blocks) - 1
-    for i, ((_, block), meta) in enumerate(zip(blocks, metas)):
-        hook = _StackHook(state, meta, head=i == 0, tail=i == last)
-        HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, _HEAD if i == 0 else _BLOCK)
+    for s, (blocks, block_metas) in enumerate(zip(segments, metas)):
+        for i, (block, meta) in enumerate(zip(blocks, block_metas)):
+            head, tail = i == 0, i == len(blocks) - 1
+            hook = _StackHook(state, meta, s, head, tail, first=head and s == 0, last=tail and s == len(segments) - 1)
+            HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, _HEAD if head else _BLOCK)
     return state
 
 
 def uninstall(transformer: torch.nn.Module) -> None:
-    for i, (_, block) in enumerate(transformer_blocks(transformer)):
-        registry = getattr(block, "_diffusers_hook", None)
-        if registry is not None and registry.get_hook(_HEAD if i == 0 else _BLOCK) is not None:
-            registry.remove_hook(_HEAD if i == 0 else _BLOCK, recurse=False)
+    for blocks in block_lists(transformer):
+        for i, block in enumerate(blocks):
+            name = _HEAD if i == 0 else _BLOCK
+            registry = getattr(block, "_diffusers_hook", None)
+            if registry is not None and registry.get_hook(name) is not None:
+                registry.remove_hook(name, recurse=False)
 
 
 @contextmanager

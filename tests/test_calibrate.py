@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import budcache
-from budcache import replay, tiny_families
+from budcache import replay, residual, tiny_families
 from budcache.capture import calibrate
 from budcache.search import SearchConfig
 from budcache.tiny import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_wan_pipeline
@@ -48,6 +48,7 @@ FAMILIES = {
     "flux-true-cfg": _flux, "wan-cfg": _wan, "sd3-batched-cfg": _sd3,
     "z-image-list-cfg": _family("z_image", ("default",)),
     "qwen-image-true-cfg": _family("qwen_image", ("cond", "uncond")),
+    "sana-batched-cfg": _family("sana", ("default",)),
 }
 
 
@@ -88,15 +89,16 @@ def test_searched_objective_is_what_the_pipeline_gets(family, rule):
     _check_applied(pipe, prompts, kwargs, plan, branches)
 
 
-def test_output_reuse_for_a_transformer_without_known_blocks():
-    """Sana's blocks are unknown to diffusers' registry: residual search is refused with advice,
-    output reuse searches and applies (batched CFG)."""
+def test_unknown_blocks_fall_back_to_output_reuse_with_a_warning(monkeypatch):
+    """Without budcache's row for Sana's blocks the search warns and uses output reuse, which then
+    applies (batched CFG) with exactly B transformer calls."""
+    monkeypatch.delitem(residual.OWN_BLOCKS, "SanaTransformerBlock")
     pipe, make_prompt, kwargs, branches = _family("sana", ("default",))()
     prompts = [make_prompt(), make_prompt()]
     calib = calibrate(pipe, prompts, K, progress=False)
-    with pytest.raises(ValueError, match="reuse='output'"):
-        budcache.search(calib, B, config=QUICK, progress=False)
-    plan = budcache.search(calib, B, reuse="output", config=QUICK, progress=False)
+    with pytest.warns(UserWarning, match="falling back to output reuse"):
+        plan = budcache.search(calib, B, config=QUICK, progress=False)
+    assert plan.reuse == "output"
     _check_applied(pipe, prompts, kwargs, plan, branches)
 
 

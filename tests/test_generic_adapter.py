@@ -1,12 +1,14 @@
 """The generic block-stack adapter reproduces the per-model residual reuse it replaced."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from residual_cases import cases, run
 
-REFERENCE = "tests/data/residual_reference.safetensors"  # written at commit "reference outputs" before the change
+REFERENCE = Path(__file__).parent / "data" / "residual_reference.safetensors"  # taken before the change
 
 
 @pytest.mark.parametrize("rule", ["repeat", "extrapolate"])
