@@ -1,29 +1,30 @@
 """``budcache.apply(pipe, plan)``: run a plan inside a diffusers pipeline, per instance.
 
-A stateful ``ModelHook`` on the transformer counts denoising steps per cache context (``cond`` /
-``uncond`` under CFG, each with its own cache), decides compute or reuse from the plan's mask,
-and feeds the block-stack hooks (``residual``) or returns the cached output (``output``). The step
-index comes from the pipeline's scheduler (``step_index``, so a new or interrupted generation
-restarts at step 0); a transformer used without a scheduler counts its calls, restarting on a
-timestep larger than the last one. Another batch size also restarts, so stale cache is never
-reused. A plan with
-``sigmas`` sets the scheduler's schedule exactly (shift and ``mu`` bypassed).
+A stateful ``ModelHook`` on every expert (``transformer``, and Wan2.2's ``transformer_2``)
+decides compute or reuse from the plan's mask and feeds the block-stack hooks (``residual``) or
+returns the cached output (``output``). Inside a pipeline the step index is the scheduler's
+``step_index`` and every ``set_timesteps`` call (the start of a generation, also after an
+interrupted one) clears all caches; each expert keeps one cache per branch: its cache context
+(``cond`` / ``uncond``) or, for pipelines that set none, the call's position within the step.
+A transformer used without a scheduler counts its calls per branch, restarting on a timestep
+that repeats or turns back. Another batch size also restarts a branch, so stale cache is never
+reused. A plan with ``sigmas`` makes the scheduler produce exactly those sigmas.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import functools
 import inspect
+from typing import Any
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
-from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
+from diffusers.hooks.hooks import StateManager
 
 from . import residual
-from .plan import CachePlan
-from .sampler import history_depth, predict
+from .capture import EXPERTS, ContextName
+from .plan import CachePlan, PlanError
+from .sampler import history_depth, predict, remember
 
 _HOOK = "budcache_plan"
 
@@ -33,37 +34,57 @@ def _signature(cls: type) -> inspect.Signature:
     return inspect.signature(cls.forward)
 
 
-class _Branch(BaseState):
-    """Progress of one cache context through a generation."""
+class _Branch:
+    """Progress and cache of one branch of one expert through a generation."""
 
     def __init__(self) -> None:
-        super().__init__()
         self.reset()
 
     def reset(self) -> None:
         self.step, self.last_t, self.batch, self.direction = 0, None, None, 0.0
-        self.history: list[tuple[float, torch.Tensor]] = []
-        self.computed = self.reused = 0
+        self.history: tuple[tuple[float, torch.Tensor], ...] = ()
 
 
-def _current_sigma(scheduler: Any) -> float:
-    """The sigma of the step the scheduler is about to take (before its first ``step`` call too)."""
+class _Run:
+    """What the hooks of all experts share: branches, counts, the last finished generation."""
+
+    def __init__(self, num_experts: int):
+        self.num_experts = num_experts
+        self.finished: dict[str, dict[str, int]] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        self.branches: dict[tuple[str, str], _Branch] = {}
+        self.counts: dict[str, dict[str, int]] = {}
+        self.step, self.calls_in_step = None, 0
+
+    def branch(self, expert: str, name: str) -> _Branch:
+        return self.branches.setdefault((expert, name), _Branch())
+
+    def count(self, expert: str, name: str, computed: bool) -> str:
+        """Count a step of a branch; returns the branch's summary key."""
+        key = name if self.num_experts == 1 else f"{expert}/{name}"
+        counts = self.counts.setdefault(key, {"computed": 0, "reused": 0})
+        counts["computed" if computed else "reused"] += 1
+        return key
+
+
+def _current_index(scheduler: Any) -> int:
+    """The step the scheduler is about to take (also before its first ``step`` call)."""
     index = scheduler.step_index
-    if index is None:
-        index = getattr(scheduler, "begin_index", None) or 0
-    return float(scheduler.sigmas[index])
+    return index if index is not None else (getattr(scheduler, "begin_index", None) or 0)
 
 
 class _PlanHook(ModelHook):
     _is_stateful = True
 
-    def __init__(self, plan: CachePlan, stack: residual.StackState | None, scheduler: Any):
+    def __init__(self, plan: CachePlan, stack: residual.StackState | None, scheduler: Any, expert: str, run: _Run):
         super().__init__()
-        self.plan, self.stack, self.scheduler = plan, stack, scheduler
+        self.plan, self.stack, self.scheduler, self.expert, self.run = plan, stack, scheduler, expert, run
         self.rules, self.depth = plan.step_rules, history_depth(plan.step_rules)
-        self.branches = StateManager(_Branch)
+        self.contexts = StateManager(ContextName)  # receives the pipeline's cache_context name
         self.container: type = tuple
-        self.finished: dict[str, dict[str, int]] = {}
+        self.in_pipeline = scheduler is not None and hasattr(scheduler, "step_index") and hasattr(scheduler, "sigmas")
 
     def _inputs(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[float, int]:
         """The call's timestep (``timestep`` or ``t``) and batch size."""
@@ -74,79 +95,96 @@ class _PlanHook(ModelHook):
         hidden = next(v for k, v in bound.items() if k != "self")
         return float(torch.as_tensor(t).flatten()[0]), hidden.shape[0] if torch.is_tensor(hidden) else len(hidden)
 
+    def _locate(self, t: float) -> tuple[int, str, _Branch, float]:
+        """(step, branch name, branch state, the sigma rules extrapolate in) of this call."""
+        context = self.contexts._context.name if self.contexts._context is not None else None
+        run = self.run
+        if self.in_pipeline:
+            k = _current_index(self.scheduler)
+            run.calls_in_step = run.calls_in_step + 1 if k == run.step else 1
+            run.step = k
+            name = context or ("default" if run.calls_in_step == 1 else f"call{run.calls_in_step}")
+            return k, name, run.branch(self.expert, name), float(self.scheduler.sigmas[k])
+        name = context or "default"
+        state = run.branch(self.expert, name)
+        d = t - state.last_t if state.step else 0.0
+        if state.step and (d == 0 or d * state.direction < 0):  # a timestep that repeats or turns back
+            state.reset()
+        return state.step, name, state, t
+
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
-        if self.branches._context is None:
-            self.branches.set_context(CacheContext("default"))
-        name, state = self.branches._context.name, self.branches.get_state()
         t, batch = self._inputs(module, args, kwargs)
-        if hasattr(self.scheduler, "step_index"):  # inside a pipeline: step 0 starts a generation
-            new = not self.scheduler.step_index
-        else:  # a bare transformer: a timestep that repeats or turns back starts a generation
-            d = t - state.last_t if state.step else 0.0
-            new = bool(state.step) and (d == 0 or d * state.direction < 0)
-        if new or batch != state.batch:
-            state.reset()  # also after an interrupted generation
-        k = state.step
-        if k == 0 and self.scheduler is not None and hasattr(self.scheduler, "timesteps"):
-            self.plan.check_steps(len(self.scheduler.timesteps))
-        if hasattr(self.scheduler, "step_index") and hasattr(self.scheduler, "sigmas"):
-            t = _current_sigma(self.scheduler)  # rules extrapolate in sigma, as the search does
+        k, name, state, sigma = self._locate(t)
+        if batch != state.batch:
+            state.reset()
+        if k >= self.plan.num_steps:
+            raise PlanError(f"step {k} is beyond the plan's {self.plan.num_steps} steps")
         compute = bool(self.plan.mask[k])
+        if not compute and not state.history:
+            raise PlanError(f"the plan reuses step {k}, but {self.expert} ({name}) has computed nothing since the "
+                            "generation started; the plan was made for another pipeline set-up (e.g. another "
+                            "expert boundary)")
         try:
             if self.stack is None:  # output reuse: the whole transformer call is skipped
                 if compute:
                     out = self.fn_ref.original_forward(*args, **kwargs)
                     self.container = type(out)
                     sample = out[0] if isinstance(out, tuple) else out.sample
-                    state.history = (state.history + [(t, sample)])[-self.depth:]
+                    state.history = remember(state.history, sigma, sample, self.depth)
                 else:
-                    cached = predict(state.history, t, self.rules[k])
+                    cached = predict(state.history, sigma, self.rules[k])
                     out = (cached,) if issubclass(self.container, tuple) else self.container(sample=cached)
             else:
                 if not compute:
-                    self.stack.mode, self.stack.residual = "reuse", predict(state.history, t, self.rules[k])
+                    self.stack.mode, self.stack.residual = "reuse", predict(state.history, sigma, self.rules[k])
                 out = self.fn_ref.original_forward(*args, **kwargs)
                 if compute:
-                    state.history = (state.history + [(t, self.stack.residual)])[-self.depth:]
+                    state.history = remember(state.history, sigma, self.stack.residual, self.depth)
         except BaseException:
             state.reset()
             raise
         finally:
             if self.stack is not None:
                 self.stack.reset()
-        state.computed += compute
-        state.reused += not compute
-        if k == 1:
+        key = self.run.count(self.expert, name, compute)
+        if state.step == 1:
             state.direction = t - state.last_t
         state.step, state.last_t, state.batch = k + 1, t, batch
-        if state.step == self.plan.num_steps:
-            self.finished[name] = {"computed": state.computed, "reused": state.reused}
-            state.reset()
+        if k + 1 == self.plan.num_steps:  # a generation finished
+            if self.in_pipeline:
+                self.run.finished = {b: dict(c) for b, c in self.run.counts.items()}
+            else:
+                self.run.finished[key] = self.run.counts.pop(key)
+                state.reset()
         return out
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
-        self.branches.reset()
+        self.run.reset()
         return module
 
 
 class CacheHandle:
     """What :func:`apply` installed; ``remove()`` restores the pipeline exactly."""
 
-    def __init__(self, transformer: torch.nn.Module, hook: _PlanHook, scheduler: Any, plan: CachePlan):
-        self.transformer, self.hook, self.scheduler, self.plan = transformer, hook, scheduler, plan
+    def __init__(self, experts: dict[str, torch.nn.Module], run: _Run, scheduler: Any, plan: CachePlan):
+        self.experts, self.run, self.scheduler, self.plan = experts, run, scheduler, plan
 
     def summary(self) -> dict[str, dict[str, int]]:
-        """Computed and reused steps of the last finished generation, per CFG branch."""
-        return dict(self.hook.finished)
+        """Computed and reused steps of the last finished generation, per CFG branch (and per expert)."""
+        return {b: dict(c) for b, c in self.run.finished.items()}
 
     def remove(self) -> None:
-        registry = getattr(self.transformer, "_diffusers_hook", None)
-        if registry is not None and registry.get_hook(_HOOK) is not None:
-            registry.remove_hook(_HOOK, recurse=False)
-        if self.hook.stack is not None:
-            residual.uninstall(self.transformer)
-        if self.scheduler is not None and "set_timesteps" in vars(self.scheduler):
-            del self.scheduler.set_timesteps
+        for module in self.experts.values():
+            registry = getattr(module, "_diffusers_hook", None)
+            if registry is not None and registry.get_hook(_HOOK) is not None:
+                hook = registry.get_hook(_HOOK)
+                registry.remove_hook(_HOOK, recurse=False)
+                if hook.stack is not None:
+                    residual.uninstall(module)
+        if self.scheduler is not None:
+            vars(self.scheduler).pop("set_timesteps", None)
+        for module in self.experts.values():
+            vars(module).pop("_budcache_handle", None)
 
     def __enter__(self) -> CacheHandle:
         return self
@@ -156,43 +194,63 @@ class CacheHandle:
 
 
 def summary(pipe: Any) -> dict[str, dict[str, int]]:
-    """Computed and reused steps per CFG branch of the last generation of ``pipe`` (with a plan applied)."""
-    transformer = getattr(pipe, "transformer", pipe)
-    registry = getattr(transformer, "_diffusers_hook", None)
-    hook = registry.get_hook(_HOOK) if registry is not None else None
-    if hook is None:
+    """Computed and reused steps per branch of the last generation of ``pipe`` (with a plan applied)."""
+    handle = getattr(getattr(pipe, "transformer", pipe), "_budcache_handle", None)
+    if handle is None:
         raise ValueError("no budcache plan is applied to this pipeline; call budcache.apply(pipe, plan) first")
-    return dict(hook.finished)
+    return handle.summary()
 
 
-def _pin_sigmas(scheduler: Any, plan: CachePlan) -> None:
-    """Make ``scheduler.set_timesteps`` (this instance only) produce exactly ``plan_sigmas``; the
-    pipeline's own ``sigmas`` / ``timesteps`` / step count are ignored (the plan fixes them)."""
-    original, plan_sigmas = scheduler.set_timesteps, plan.sigmas
+def _wrap_set_timesteps(scheduler: Any, plan: CachePlan, run: _Run) -> None:
+    """Per instance: refuse another step count, start a new generation, and (for a plan with
+    ``sigmas``) make the schedule exactly the plan's; when the scheduler's own schedule already
+    equals them, its timesteps are kept as they are."""
+    original = scheduler.set_timesteps
     train = scheduler.config.get("num_train_timesteps", 1000)
 
-    def set_timesteps(num_inference_steps=None, device=None, sigmas=None, mu=None, timesteps=None, **kwargs):
-        asked = next((len(v) for v in (sigmas, timesteps) if v is not None), num_inference_steps)
+    @functools.wraps(original)
+    def set_timesteps(*args, **kwargs):
+        bound = inspect.signature(original).bind(*args, **kwargs).arguments
+        asked = next((len(bound[n]) for n in ("sigmas", "timesteps") if bound.get(n) is not None),
+                     bound.get("num_inference_steps"))
         if asked is not None:
             plan.check_steps(int(asked))
-        original(len(plan_sigmas) - 1, device=device, **({} if mu is None else {"mu": mu}))
-        scheduler.sigmas = torch.tensor(plan_sigmas, dtype=torch.float32, device=device)
-        scheduler.timesteps = scheduler.sigmas[:-1] * train
+        run.reset()
+        result = original(*args, **kwargs)
+        if plan.sigmas is not None:
+            want = torch.tensor(plan.sigmas, dtype=torch.float32, device=scheduler.sigmas.device)
+            if scheduler.sigmas.shape != want.shape or not torch.allclose(scheduler.sigmas.float(), want, atol=1e-6):
+                scheduler.sigmas = want
+                scheduler.timesteps = want[:-1] * train
+        return result
 
     scheduler.set_timesteps = set_timesteps
 
 
+def _check_boundary(pipe: Any, plan: CachePlan) -> None:
+    config = getattr(pipe, "config", {})
+    boundary = config.get("boundary_ratio") if getattr(pipe, "transformer_2", None) is not None else None
+    if boundary != plan.boundary_ratio:
+        raise PlanError(f"this plan was searched with expert boundary_ratio={plan.boundary_ratio}, the pipeline has "
+                        f"{boundary}; search a plan for this set-up")
+
+
 def apply(pipe: Any, plan: CachePlan) -> CacheHandle:
-    """Install ``plan`` on ``pipe.transformer`` (or on a transformer passed directly)."""
-    transformer = getattr(pipe, "transformer", pipe)
+    """Install ``plan`` on ``pipe``'s transformer(s) (or on a transformer passed directly)."""
+    experts = {n: getattr(pipe, n) for n in EXPERTS if getattr(pipe, n, None) is not None} or {"transformer": pipe}
     scheduler = getattr(pipe, "scheduler", None)
-    plan.check_model(transformer)
-    registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    if registry.get_hook(_HOOK) is not None:
-        raise RuntimeError("a budcache plan is already applied to this transformer; remove() it first")
-    stack = residual.install(transformer) if residual.reuse_for(transformer, plan.reuse) == "residual" else None
-    hook = _PlanHook(plan, stack, scheduler)
-    registry.register_hook(hook, _HOOK)
-    if plan.sigmas is not None and scheduler is not None:
-        _pin_sigmas(scheduler, plan)
-    return CacheHandle(transformer, hook, scheduler, plan)
+    plan.check_model(experts["transformer"])
+    if scheduler is not None:
+        _check_boundary(pipe, plan)
+    if any(getattr(m, "_budcache_handle", None) is not None for m in experts.values()):
+        raise RuntimeError("a budcache plan is already applied to this pipeline; remove() it first")
+    run = _Run(len(experts))
+    reuse = residual.reuse_for(experts["transformer"], plan.reuse)
+    handle = CacheHandle(experts, run, scheduler, plan)
+    for name, module in experts.items():
+        stack = residual.install(module) if reuse == "residual" else None
+        HookRegistry.check_if_exists_or_initialize(module).register_hook(_PlanHook(plan, stack, scheduler, name, run), _HOOK)
+        module._budcache_handle = handle
+    if scheduler is not None and hasattr(scheduler, "set_timesteps"):
+        _wrap_set_timesteps(scheduler, plan, run)
+    return handle

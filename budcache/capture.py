@@ -122,6 +122,22 @@ class Calibration:
     def pipeline(self) -> str:
         return type(self.pipe).__name__
 
+    def forced_steps(self) -> list[int]:
+        """Steps whose transformer calls change (another expert, CFG on/off, other argument shapes
+        or settings): a cache from before cannot serve them, so they compute and restart the cache."""
+        forced = set()
+        for capture in self.captures:
+            shapes = [tuple(_structure(c) for c in step.calls) for step in capture.steps]
+            forced |= {k for k in range(1, len(shapes)) if shapes[k] != shapes[k - 1]}
+        return sorted(forced)
+
+    @property
+    def boundary_ratio(self) -> float | None:
+        """The expert boundary of a two-expert pipeline (Wan2.2), else None."""
+        if getattr(self.pipe, "transformer_2", None) is None:
+            return None
+        return self.pipe.config.get("boundary_ratio")
+
     def experts(self) -> dict[str, torch.nn.Module]:
         return {name: getattr(self.pipe, name) for name in EXPERTS if getattr(self.pipe, name, None) is not None}
 
@@ -143,7 +159,9 @@ class Calibration:
         return [float(s) for s in scheduler.sigmas]
 
 
-class _Context(BaseState):
+class ContextName(BaseState):
+    """Stateless: a hook holds a ``StateManager`` of it only to learn the pipeline's cache context."""
+
     def reset(self) -> None:
         pass
 
@@ -156,7 +174,7 @@ class _CaptureHook(ModelHook):
     def __init__(self, name: str, calls: list):
         super().__init__()
         self.name, self.calls = name, calls
-        self.contexts = StateManager(_Context)
+        self.contexts = StateManager(ContextName)
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         bound = inspect.signature(type(module).forward).bind(module, *args, **kwargs)
@@ -197,6 +215,19 @@ class _Recorder:
         self.steps.append(Step(sigma, timesteps, calls, model_output.detach().float().clone()))
         self.final = out.detach().clone()
         self.pending.clear()
+
+
+def _structure(call: Call) -> tuple:
+    """What a cache depends on: expert, branch, input layout, and the arguments' shapes and settings."""
+    def sig(v: Any) -> Any:
+        if torch.is_tensor(v):
+            return ("tensor", tuple(v.shape))
+        if isinstance(v, (list, tuple)):
+            return tuple(sig(x) for x in v)
+        if isinstance(v, dict):
+            return tuple(sorted((k, sig(x)) for k, x in v.items()))
+        return v if isinstance(v, (int, float, str, bool, type(None))) else type(v).__name__
+    return call.module, call.context, call.layout, str(call.dtype), sig(call.kwargs)
 
 
 def _same_call(a: Call, b: Call) -> bool:

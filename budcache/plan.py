@@ -49,7 +49,8 @@ class CachePlan:
     ``sigmas`` holds K+1 strictly decreasing values ending in 0, or None for the pipeline's
     default schedule. Reused steps read the cache by ``rule`` (``repeat`` or ``extrapolate`` /
     ``extrapolate2`` in sigma), or by ``rules[k]`` per step when given. ``model`` names what
-    the plan was searched for (``class`` and a config ``fingerprint``).
+    the plan was searched for (``class`` and a config ``fingerprint``); ``boundary_ratio`` the
+    expert boundary of a two-expert pipeline (Wan2.2), whose first low-noise step computes.
     """
 
     num_steps: int
@@ -60,6 +61,7 @@ class CachePlan:
     rules: list[str] | None = None
     sigmas: list[float] | None = None
     model: dict[str, str] = field(default_factory=dict)
+    boundary_ratio: float | None = None
     record: SearchRecord | None = None
 
     def __post_init__(self) -> None:
@@ -95,6 +97,9 @@ class CachePlan:
                 raise PlanError(f"field 'rules' holds unknown rule(s) {bad}; choose from {RULES}")
         if self.sigmas is not None:
             check_sigmas(self.sigmas, k, "field 'sigmas'")
+        if self.boundary_ratio is not None and not (isinstance(self.boundary_ratio, (int, float))
+                                                    and 0 < self.boundary_ratio < 1):
+            raise PlanError(f"field 'boundary_ratio' must be null or in (0, 1), got {self.boundary_ratio!r}")
 
     # -- derived ----------------------------------------------------------------------------
     @property

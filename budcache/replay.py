@@ -9,6 +9,7 @@ for another model.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -220,14 +221,19 @@ def search(
 ) -> CachePlan:
     """Search the best ``budget``-of-K plan for the calibrated pipeline (K = calibration steps).
 
+    Steps where the transformer calls change (e.g. the first step of Wan2.2's second expert)
+    always compute, and the cache restarts there.
+
     ``validation``: other captures on which a predictive rule must beat ``repeat`` (default: the
     calibration ones). ``history``: where to plot the search history.
     """
     check_replay(calib)
     reuse = reuse_for(calib.pipe.transformer, reuse)
+    forced = calib.forced_steps()
+    config = dataclasses.replace(config, forced=tuple(sorted({*config.forced, *forced})))
     with denoisers(calib, reuse) as make:
         evaluate = Evaluator([Batch(make(c), c.latents.float()) for c in calib.captures], calib.sigmas, metric,
-                             max_state_mb=max_state_mb, rule=rule, rules_in_play=config.rules)
+                             max_state_mb=max_state_mb, rule=rule, rules_in_play=config.rules, restarts=forced)
         error = max(_relative_error(t, c.final) for t, c in zip(evaluate.teacher, calib.captures))
         if not error <= 10 * _tolerance(calib):
             raise ValueError(f"the replayed full-compute trajectory differs from the pipeline's result (relative "
@@ -237,9 +243,10 @@ def search(
             if validation.sigmas != calib.sigmas:
                 raise ValueError("validation captures use another sigma schedule than the calibration ones")
             check = Evaluator([Batch(make(c), c.latents.float()) for c in validation.captures], calib.sigmas,
-                              metric, max_state_mb=0, rule=rule, rules_in_play=config.rules)
+                              metric, max_state_mb=0, rule=rule, rules_in_play=config.rules, restarts=forced)
         plan, result = search_plan(evaluate, budget, reuse=reuse, model=calib.pipe.transformer, config=config,
                                    euler_sigmas=calib.default_sigmas(budget), validation=check, progress=progress)
+    plan.boundary_ratio = calib.boundary_ratio
     if history is not None:
         from .plots import plot_history
 

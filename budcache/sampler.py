@@ -127,15 +127,26 @@ def check_rules(rules: str | Sequence[str], num_steps: int) -> list[str]:
     return rules
 
 
+def remember(history: Sequence[tuple[float, torch.Tensor]], sigma: float, cache: torch.Tensor, depth: int,
+             restart: bool = False) -> tuple[tuple[float, torch.Tensor], ...]:
+    """The last ``depth`` cache entries after a computed step; earlier entries of another shape
+    (the transformer's inputs changed) or before a ``restart`` (another expert) are dropped."""
+    shape = getattr(cache, "shape", None)
+    kept = () if restart else tuple(e for e in history if getattr(e[1], "shape", None) == shape)
+    return (*kept, (sigma, cache))[-depth:]
+
+
 def euler_step(
-    denoiser: Denoiser, state: State, sigmas: Sequence[float], compute: bool, rule: str = "repeat", depth: int = 1
+    denoiser: Denoiser, state: State, sigmas: Sequence[float], compute: bool, rule: str = "repeat", depth: int = 1,
+    restart: bool = False,
 ) -> State:
-    """One cached Euler step: x <- x + (sigma_{k+1} - sigma_k) * v_k; keeps ``depth`` cache entries."""
+    """One cached Euler step: x <- x + (sigma_{k+1} - sigma_k) * v_k; keeps ``depth`` cache entries
+    (``restart``: none from before this step)."""
     k = state.step
     history = state.history
     if compute:
         v, cache = denoiser.compute(state.x, sigmas[k])
-        history = (*history, (sigmas[k], cache))[-depth:]
+        history = remember(history, sigmas[k], cache, depth, restart)
     else:
         if not history:
             raise ValueError(f"step {k} reuses a cache but no earlier step computed; mask[0] must be 1")

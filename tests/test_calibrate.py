@@ -160,3 +160,32 @@ def test_predictive_rule_validated_on_held_out_captures():
     record = plan.record
     assert record.validation_objective is not None and record.validation_repeat_objective is not None
     assert (plan.rule == "extrapolate") == (record.validation_objective <= record.validation_repeat_objective)
+
+
+def test_wan22_two_experts():
+    """The first low-noise step computes and restarts the cache; each expert keeps its own caches;
+    the summary counts per expert and branch; another boundary is refused."""
+    pipe, make_prompt, kwargs, _ = _family("wan22", ())()
+    prompts = [make_prompt(), make_prompt()]
+    calib = calibrate(pipe, prompts, K, progress=False)
+    experts = [s.calls[0].module for s in calib.captures[0].steps]
+    switch = experts.index("transformer_2")
+    assert 0 < switch < K and set(experts[switch:]) == {"transformer_2"}
+    assert calib.forced_steps() == [switch]
+    plan = budcache.search(calib, B, rule="extrapolate", config=QUICK, progress=False)
+    assert plan.mask[switch] == 1 and plan.boundary_ratio == 0.875
+    errors = []
+    for i, prompt in enumerate(prompts):
+        full = _run(pipe, prompt, kwargs, i)
+        with budcache.apply(pipe, plan) as handle:
+            cached = _run(pipe, prompt, kwargs, i)
+            summary = handle.summary()
+        errors.append((cached - full).pow(2).mean().item())
+        for branch in ("cond", "uncond"):
+            high, low = summary[f"transformer/{branch}"], summary[f"transformer_2/{branch}"]
+            assert high["computed"] == sum(plan.mask[:switch]) and low["computed"] == sum(plan.mask[switch:])
+            assert high["computed"] + high["reused"] == switch and low["computed"] + low["reused"] == K - switch
+    assert sum(errors) / len(errors) == pytest.approx(plan.record.objective, rel=1e-4)
+    pipe.register_to_config(boundary_ratio=0.5)
+    with pytest.raises(budcache.PlanError, match="boundary_ratio=0.875"):
+        budcache.apply(pipe, plan)

@@ -9,7 +9,7 @@ an evaluated one at step p resumes from step p instead of step 0.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -71,9 +71,11 @@ class Evaluator:
         max_state_mb: float = 1024.0,
         rule: str = "repeat",
         rules_in_play: Sequence[str] = (),
+        restarts: Collection[int] = (),
     ):
         """``rule``: how reused steps read the cache when a plain 0/1 mask is scored;
-        ``rules_in_play``: other rules that scored schedules may use (sets the cache depth)."""
+        ``rules_in_play``: other rules that scored schedules may use (sets the cache depth);
+        ``restarts``: steps where the cache starts afresh (another expert; they must compute)."""
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; choose one of {sorted(METRICS)}")
         if not batches:
@@ -86,6 +88,7 @@ class Evaluator:
         self.samples = sum(b.noise.shape[0] for b in self.batches)
         self.rule = check_rules(rule, 1)[0]
         self.depth = history_depth(check_rules([rule, *rules_in_play], 1 + len(rules_in_play)))
+        self.restarts = frozenset(restarts)
         self.memo: dict[Schedule, float] = {}
         self.states: OrderedDict[Schedule, list[State]] = OrderedDict()
         self.state_bytes = 0
@@ -119,7 +122,9 @@ class Evaluator:
         states = self._resume(mask) if on_grid else [State(0, b.noise) for b in self.batches]
         for k in range(states[0].step, len(mask)):
             compute, rule = mask[k] == 1, code_rule(mask[k])
-            states = [euler_step(b.denoiser, s, sigmas, compute, rule, self.depth) for b, s in zip(self.batches, states)]
+            restart = k in self.restarts
+            states = [euler_step(b.denoiser, s, sigmas, compute, rule, self.depth, restart)
+                      for b, s in zip(self.batches, states)]
             if compute:
                 self.forwards += self.samples
             if not all(torch.isfinite(s.x).all() for s in states):
