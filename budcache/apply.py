@@ -22,7 +22,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import StateManager
 
 from . import residual
-from .capture import EXPERTS, ContextName
+from .capture import EXPERTS, ContextName, override
 from .plan import CachePlan, PlanError
 from .sampler import history_depth, predict, remember
 
@@ -208,7 +208,6 @@ def _wrap_set_timesteps(scheduler: Any, plan: CachePlan, run: _Run) -> None:
     original = scheduler.set_timesteps
     train = scheduler.config.get("num_train_timesteps", 1000)
 
-    @functools.wraps(original)
     def set_timesteps(*args, **kwargs):
         bound = inspect.signature(original).bind(*args, **kwargs).arguments
         asked = next((len(bound[n]) for n in ("sigmas", "timesteps") if bound.get(n) is not None),
@@ -224,7 +223,7 @@ def _wrap_set_timesteps(scheduler: Any, plan: CachePlan, run: _Run) -> None:
                 scheduler.timesteps = want[:-1] * train
         return result
 
-    scheduler.set_timesteps = set_timesteps
+    override(scheduler, "set_timesteps", functools.wraps(original)(set_timesteps))
 
 
 def _check_boundary(pipe: Any, plan: CachePlan) -> None:

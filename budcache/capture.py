@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Iterator, Sequence
+import types
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,26 @@ from tqdm.auto import tqdm
 
 _HOOK = "budcache_capture"
 EXPERTS = ("transformer", "transformer_2")  # Wan2.2 runs the second expert below its boundary
+
+
+class _Override:
+    """A method override on one instance (``obj.name = fn``) that a deep copy of the instance does
+    not inherit: the copy gets the class's own method (LTX-2 deep-copies its scheduler)."""
+
+    def __init__(self, owner: Any, name: str, fn: Callable):
+        self.owner, self.name, self.fn = owner, name, fn
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+    def __deepcopy__(self, memo: dict):
+        return types.MethodType(getattr(type(self.owner), self.name), memo.get(id(self.owner), self.owner))
+
+
+def override(obj: Any, name: str, fn: Callable) -> None:
+    """Replace ``obj.name`` by ``fn`` on this instance only; undo with ``vars(obj).pop(name)``."""
+    setattr(obj, name, _Override(obj, name, fn))
 
 
 @functools.lru_cache(maxsize=None)
@@ -49,28 +70,35 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-def _layout(hidden: Any, x: torch.Tensor) -> tuple[str, int]:
+def _layout(hidden: Any, x: torch.Tensor) -> tuple[tuple[str, int], torch.Tensor | None]:
     """How a call's latent input derives from the scheduler's latents ``x``: the same tensor,
-    ``n`` copies along the batch (batched CFG), or a list of per-sample frames (Z-Image)."""
+    ``n`` copies along the batch (batched CFG), a list of per-sample frames (Z-Image), or the
+    latents with constant channels appended (image conditioning); and those channels."""
     if torch.is_tensor(hidden) and hidden.shape[0] % x.shape[0] == 0:
         n = hidden.shape[0] // x.shape[0]
         if hidden.shape[1:] == x.shape[1:] and torch.equal(hidden, to_hidden(("tensor", n), x, hidden.dtype)):
-            return "tensor", n
+            return ("tensor", n), None
+        c = x.shape[1]
+        if n == 1 and x.dim() > 2 and hidden.shape[1] > c and hidden.shape[2:] == x.shape[2:] \
+                and torch.equal(hidden[:, :c], x.to(hidden.dtype)):
+            return ("concat", 1), hidden[:, c:].clone()
     if isinstance(hidden, (list, tuple)) and hidden and len(hidden) % x.shape[0] == 0:
         n = len(hidden) // x.shape[0]
         expect = to_hidden(("frames", n), x, hidden[0].dtype)
         if all(h.shape == e.shape and torch.equal(h, e) for h, e in zip(hidden, expect)):
-            return "frames", n
+            return ("frames", n), None
     raise ValueError(
         "budcache cannot express how this pipeline builds the transformer input from its latents "
-        "(supported: the latents, copies of them along the batch, per-sample frames); "
-        "use budcache.apply with a plan searched elsewhere, or open an issue with the pipeline class"
+        "(supported: the latents, copies of them along the batch, per-sample frames, latents with constant "
+        "channels appended); apply a plan searched elsewhere, or open an issue with the pipeline class"
     )
 
 
-def to_hidden(layout: tuple[str, int], x: torch.Tensor, dtype: torch.dtype) -> Any:
+def to_hidden(layout: tuple[str, int], x: torch.Tensor, dtype: torch.dtype, extra: torch.Tensor | None = None) -> Any:
     kind, n = layout
     h = x.to(dtype).repeat(n, *[1] * (x.dim() - 1)) if n > 1 else x.to(dtype)
+    if kind == "concat":
+        return torch.cat([h, extra], dim=1)
     return list(h.unsqueeze(2).unbind(0)) if kind == "frames" else h
 
 
@@ -83,6 +111,7 @@ class Call:
     kwargs: dict[str, Any]
     layout: tuple[str, int]
     dtype: torch.dtype
+    extra: torch.Tensor | None = None  # constant channels appended to the latents ("concat" layout)
 
 
 @dataclass
@@ -199,7 +228,9 @@ class _Recorder:
 
     def close_step(self, sigma: float, model_output: torch.Tensor, sample: torch.Tensor, out: torch.Tensor) -> None:
         if not self.pending:
-            raise RuntimeError("budcache: a scheduler step ran without a transformer call; cannot calibrate this pipeline")
+            raise RuntimeError("budcache: the pipeline took a scheduler step without a transformer call (a second "
+                               "latent stream, like LTX-2's audio?); calibrate supports pipelines with one latent "
+                               "stream; budcache.apply works with any plan")
         if self.latents is None:
             self.latents = sample.detach().clone()
         previous = self.steps[-1].calls if self.steps else []
@@ -207,9 +238,17 @@ class _Recorder:
         for i, (name, context, arguments, (hidden_name, t_name)) in enumerate(self.pending):
             hidden, timestep = arguments.pop(hidden_name), arguments.pop(t_name)
             dtype = (hidden if torch.is_tensor(hidden) else hidden[0]).dtype
-            call = Call(name, context, arguments, _layout(hidden, sample), dtype)
+            layout, extra = _layout(hidden, sample)
+            call = Call(name, context, arguments, layout, dtype, extra)
             if i < len(previous) and _same_call(previous[i], call):
                 call = previous[i]  # unchanged conditioning is stored once
+            elif i < len(previous) and _structure(previous[i]) == _structure(call):
+                changed = sorted(k for k in call.kwargs if not _same(call.kwargs[k], previous[i].kwargs.get(k)))
+                raise ValueError(
+                    f"budcache cannot replay this pipeline: the transformer argument(s) {changed} change from step "
+                    "to step (a second latent stream, like LTX-2's audio?); calibrate and search support pipelines "
+                    "whose only evolving input is the latents; budcache.apply works with any plan"
+                )
             calls.append(call)
             timesteps.append(torch.as_tensor(timestep).detach().clone())
         self.steps.append(Step(sigma, timesteps, calls, model_output.detach().float().clone()))
@@ -227,11 +266,12 @@ def _structure(call: Call) -> tuple:
         if isinstance(v, dict):
             return tuple(sorted((k, sig(x)) for k, x in v.items()))
         return v if isinstance(v, (int, float, str, bool, type(None))) else type(v).__name__
-    return call.module, call.context, call.layout, str(call.dtype), sig(call.kwargs)
+    return call.module, call.context, call.layout, str(call.dtype), sig(call.extra), sig(call.kwargs)
 
 
 def _same_call(a: Call, b: Call) -> bool:
-    return (a.module, a.context, a.layout, a.dtype) == (b.module, b.context, b.layout, b.dtype) and _same(a.kwargs, b.kwargs)
+    return (a.module, a.context, a.layout, a.dtype) == (b.module, b.context, b.layout, b.dtype) \
+        and _same(a.extra, b.extra) and _same(a.kwargs, b.kwargs)
 
 
 @contextmanager
@@ -241,7 +281,6 @@ def _capturing(pipe: Any, recorder: _Recorder, schedule_kwargs: dict) -> Iterato
     experts = [(n, getattr(pipe, n)) for n in EXPERTS if getattr(pipe, n, None) is not None]
     step, set_timesteps = scheduler.step, scheduler.set_timesteps
 
-    @functools.wraps(step)
     def step_wrapper(model_output, timestep, sample, *args, **kwargs):
         index = scheduler.step_index if scheduler.step_index is not None else (scheduler.begin_index or 0)
         sigma = float(scheduler.sigmas[index])
@@ -250,7 +289,6 @@ def _capturing(pipe: Any, recorder: _Recorder, schedule_kwargs: dict) -> Iterato
         recorder.close_step(sigma, model_output, sample, prev)
         return out
 
-    @functools.wraps(set_timesteps)
     def set_timesteps_wrapper(*args, **kwargs):
         bound = inspect.signature(set_timesteps).bind(*args, **kwargs).arguments
         schedule_kwargs.clear()
@@ -260,7 +298,8 @@ def _capturing(pipe: Any, recorder: _Recorder, schedule_kwargs: dict) -> Iterato
     try:
         for name, module in experts:
             HookRegistry.check_if_exists_or_initialize(module).register_hook(_CaptureHook(name, recorder.pending), _HOOK)
-        scheduler.step, scheduler.set_timesteps = step_wrapper, set_timesteps_wrapper
+        override(scheduler, "step", functools.wraps(step)(step_wrapper))
+        override(scheduler, "set_timesteps", functools.wraps(set_timesteps)(set_timesteps_wrapper))
         yield
     finally:
         for _, module in experts:

@@ -22,7 +22,7 @@ from .plan import CachePlan
 from .residual import StackState, reuse_for, stack_hooks
 from .search import Batch, Evaluator, SearchConfig, search_plan
 
-Combine = Callable[[list[Any], list[Call], dict[str, Any]], torch.Tensor]
+Combine = Callable[[list[Any], list[Call], dict[str, Any], torch.Tensor], torch.Tensor]  # outputs, calls, settings, x
 
 
 def _guided(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
@@ -30,14 +30,22 @@ def _guided(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Ten
 
 
 def _by_context(outputs: list[Any], calls: list[Call]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cond, uncond): by cache context, or in call order (every pipeline calls cond first)."""
     named = {c.context: o for c, o in zip(calls, outputs)}
-    return named["cond"], named["uncond"]
+    for cond, uncond in (("cond", "uncond"), ("pred_cond", "pred_uncond")):
+        if cond in named and uncond in named:
+            return named[cond], named[uncond]
+    return outputs[0], outputs[1]
 
 
-def _two_calls(scale: Callable[[dict, str], float]) -> Combine:
-    """A ``cond`` and an ``uncond`` call per step (Flux true CFG, Wan, ...)."""
+def _two_calls(scale: Callable[[dict, str], float], tokens: slice | None = None) -> Combine:
+    """A cond and an uncond call per step (Flux true CFG, Wan, Chroma, CogView4, ...); ``tokens``
+    (a slice of the last ``x.shape[1]`` or first) keeps the latent tokens of the outputs."""
 
-    def combine(outputs: list[Any], calls: list[Call], settings: dict) -> torch.Tensor:
+    def combine(outputs: list[Any], calls: list[Call], settings: dict, x: torch.Tensor) -> torch.Tensor:
+        if tokens is not None:
+            n = x.shape[1]
+            outputs = [o[:, -n:] if tokens == "last" else o[:, :n] for o in outputs]
         if len(outputs) == 1:
             return outputs[0]
         cond, uncond = _by_context(outputs, calls)
@@ -46,12 +54,16 @@ def _two_calls(scale: Callable[[dict, str], float]) -> Combine:
     return combine
 
 
+def _setting(name: str) -> Callable[[dict, str], float]:
+    return lambda settings, _: settings[name]
+
+
 def _wan_scale(settings: dict, module: str) -> float:
     second = settings.get("guidance_scale_2")
     return second if module == "transformer_2" and second is not None else settings["guidance_scale"]
 
 
-def _qwen_image(outputs: list[Any], calls: list[Call], settings: dict) -> torch.Tensor:
+def _qwen_image(outputs: list[Any], calls: list[Call], settings: dict, x: torch.Tensor) -> torch.Tensor:
     if len(outputs) == 1:
         return outputs[0]
     cond, uncond = _by_context(outputs, calls)
@@ -59,7 +71,7 @@ def _qwen_image(outputs: list[Any], calls: list[Call], settings: dict) -> torch.
     return guided * (cond.norm(dim=-1, keepdim=True) / guided.norm(dim=-1, keepdim=True))
 
 
-def _sd3(outputs: list[Any], calls: list[Call], settings: dict) -> torch.Tensor:
+def _batched(outputs: list[Any], calls: list[Call], settings: dict, x: torch.Tensor) -> torch.Tensor:
     """One call on the batch ``[uncond, cond]`` (SD3, Sana)."""
     (out,) = outputs
     if calls[0].layout[1] == 1:
@@ -68,7 +80,7 @@ def _sd3(outputs: list[Any], calls: list[Call], settings: dict) -> torch.Tensor:
     return _guided(text, uncond, settings["guidance_scale"])
 
 
-def _z_image(outputs: list[Any], calls: list[Call], settings: dict) -> torch.Tensor:
+def _z_image(outputs: list[Any], calls: list[Call], settings: dict, x: torch.Tensor) -> torch.Tensor:
     out = torch.stack([o.float() for o in outputs[0]])
     if calls[0].layout[1] == 2:
         pos, neg = out.chunk(2)
@@ -83,22 +95,36 @@ def _z_image(outputs: list[Any], calls: list[Call], settings: dict) -> torch.Ten
     return -out.squeeze(2)
 
 
-def _single(outputs: list[Any], calls: list[Call], settings: dict) -> torch.Tensor:
+def _guider(outputs: list[Any], calls: list[Call], settings: dict, x: torch.Tensor) -> torch.Tensor:
+    """The pipeline's own ``guider`` component (HunyuanVideo 1.5)."""
+    if len(outputs) == 1:
+        return outputs[0]
+    cond, uncond = _by_context(outputs, calls)
+    return settings["guider"].forward(cond, uncond).pred
+
+
+def _single(outputs: list[Any], calls: list[Call], settings: dict, x: torch.Tensor) -> torch.Tensor:
     if len(outputs) != 1 or calls[0].layout[1] != 1:
         raise ValueError(
-            f"budcache knows no guidance rule for this pipeline ({len(outputs)} transformer calls per step); "
+            f"budcache knows no guidance rule for this pipeline ({len(outputs)} transformer call(s) per step, "
+            f"{calls[0].layout[1]} samples per latent); "
             f"supported: {', '.join(sorted(COMBINE))}, and any pipeline with one unguided call per step"
         )
     return outputs[0]
 
 
 COMBINE: dict[str, Combine] = {
-    "FluxPipeline": _two_calls(lambda s, _: s["true_cfg_scale"]),
+    "FluxPipeline": _two_calls(_setting("true_cfg_scale")),
+    "Flux2KleinPipeline": _two_calls(_setting("guidance_scale"), tokens="first"),
     "WanPipeline": _two_calls(_wan_scale),
+    "ChromaPipeline": _two_calls(_setting("guidance_scale")),
+    "CogView4Pipeline": _two_calls(_setting("guidance_scale")),
     "QwenImagePipeline": _qwen_image,
-    "StableDiffusion3Pipeline": _sd3,
-    "SanaPipeline": _sd3,
+    "QwenImage21Pipeline": _two_calls(_setting("true_cfg_scale"), tokens="last"),
+    "StableDiffusion3Pipeline": _batched,
+    "SanaPipeline": _batched,
     "ZImagePipeline": _z_image,
+    "HunyuanVideo15Pipeline": _guider,
 }
 
 
@@ -122,6 +148,7 @@ class PipelineDenoiser:
     def __init__(self, calib: Calibration, capture: Capture, stacks: dict[str, StackState] | None):
         self.capture, self.stacks, self.executions = capture, stacks, 0
         self.experts, self.combine = calib.experts(), combine_for(calib.pipe)
+        self.settings = {**capture.settings, "guider": getattr(calib.pipe, "guider", None)}
         self.grid = {s.sigma: s for s in capture.steps}
         first, last = capture.steps[0], capture.steps[-1]
         span = last.sigma - first.sigma
@@ -148,14 +175,14 @@ class PipelineDenoiser:
             try:
                 if stack is not None and cache is not None:
                     stack.mode, stack.residual = "reuse", cache[i]
-                out = module(**call.kwargs, **{hidden: to_hidden(call.layout, x, call.dtype), t: timesteps[i]})
+                out = module(**call.kwargs, **{hidden: to_hidden(call.layout, x, call.dtype, call.extra), t: timesteps[i]})
                 if stack is not None:
                     residuals.append(stack.residual)
             finally:
                 if stack is not None:
                     stack.reset()
             outputs.append(out[0] if isinstance(out, tuple) else out.sample)
-        return self.combine(outputs, step.calls, self.capture.settings).float(), residuals
+        return self.combine(outputs, step.calls, self.settings, x).float(), residuals
 
     def compute(self, x: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
         self.executions += 1

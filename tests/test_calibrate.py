@@ -128,7 +128,7 @@ def test_plain_fewer_step_reference_is_the_pipelines_own_schedule():
 def test_wrong_guidance_rule_is_refused(monkeypatch):
     pipe, prompts, kwargs, _ = _setup("flux-true-cfg")
     calib = calibrate(pipe, prompts[:1], K, progress=False, **kwargs)
-    monkeypatch.setitem(replay.COMBINE, "FluxPipeline", lambda outputs, calls, settings: outputs[0])
+    monkeypatch.setitem(replay.COMBINE, "FluxPipeline", lambda outputs, calls, settings, x: outputs[0])
     with pytest.raises(ValueError, match="does not reproduce the pipeline's velocity"):
         budcache.search(calib, B, config=QUICK, progress=False)
 
