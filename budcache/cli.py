@@ -86,7 +86,7 @@ def _search_pipeline(a: argparse.Namespace):
         validation = calibrate(pipe, read_prompts(a.validation_prompts), a.steps, seed=a.seed + 10_000,
                                progress=progress, **kwargs)
     return search(calib, a.budget, reuse=a.reuse, rule=a.rule, config=_config(a), validation=validation,
-                  history=a.history, progress=progress)
+                  max_state_mb=a.state_mb, history=a.history, progress=progress)
 
 
 def cmd_search(a: argparse.Namespace) -> None:
@@ -194,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model dtype (default bfloat16 on a GPU, float32 on CPU)")
     p.add_argument("--device", default=None, help="torch device (default cuda when available)")
     p.add_argument("--cpu-offload", action="store_true", help="enable_model_cpu_offload for large models")
+    p.add_argument("--state-mb", type=float, default=1024.0,
+                   help="memory for stored prefix states (prefix reuse; default 1024 MB; raise it on a large GPU)")
     p.add_argument("--budget", type=int, required=True, help="transformer executions B per generation")
     p.add_argument("--out", type=Path, required=True, help="where to write the plan (JSON)")
     p.add_argument("--history", type=Path, default=None, help="search-history plot (default: next to --out)")

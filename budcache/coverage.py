@@ -107,7 +107,7 @@ class Coverage:
                 and self.executions == sum(c["computed"] for c in self.branches.values()))
 
 
-class _Spy:
+class Spy:
     """Counts head-block executions and records the timesteps each transformer call received."""
 
     def __init__(self, experts: dict[str, torch.nn.Module]):
@@ -137,7 +137,7 @@ class _Spy:
             h.remove()
 
 
-def _run(pipe: Any, kwargs: dict, steps: int):
+def run(pipe: Any, kwargs: dict, steps: int):
     out = pipe(**kwargs, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="latent")
     return out[0]
 
@@ -165,32 +165,43 @@ def _mask(steps: int, budget: int, forced: list[int]) -> list[int]:
     return mask
 
 
+def experts(pipe: Any) -> dict[str, torch.nn.Module]:
+    return {n: getattr(pipe, n) for n in ("transformer", "transformer_2") if getattr(pipe, n, None) is not None}
+
+
+def plans(pipe: Any, kwargs: dict, steps: int, budget: int, bend: float = 0.0) -> tuple[CachePlan, CachePlan]:
+    """A uniform plan that computes the pipeline's forced steps (its sigmas bent by ``bend``: a
+    schedule the pipeline would not pick) and an all-ones plan, both for ``kwargs``."""
+    try:
+        calib = calibrate(pipe, [kwargs], steps, progress=False)
+        forced, default, boundary = calib.forced_steps(), calib.sigmas, calib.boundary_ratio
+    except ValueError:  # a pipeline calibrate does not support (LTX-2): its own schedule, no forced steps
+        run(pipe, kwargs, steps)
+        forced, default, boundary = [], [float(s) for s in pipe.scheduler.sigmas], None
+    sigmas = [s + bend * s * (1 - s) for s in default] if bend else None
+    plan = CachePlan(num_steps=steps, budget=budget, mask=_mask(steps, budget, forced), sigmas=sigmas,
+                     boundary_ratio=boundary)
+    return plan, CachePlan(num_steps=steps, budget=steps, mask=[1] * steps, boundary_ratio=boundary)
+
+
 def check(name: str, steps: int = 8, budget: int = 4, search_check: bool = True) -> Coverage:
     """Run every coverage check of one family (see the module docstring)."""
     with torch.no_grad():
         pipe, kwargs = FAMILIES[name]()
-        experts = {n: getattr(pipe, n) for n in ("transformer", "transformer_2") if getattr(pipe, n, None) is not None}
-        full = _run(pipe, kwargs, steps)
-        try:
-            calib = calibrate(pipe, [kwargs], steps, progress=False)
-            forced, default, boundary = calib.forced_steps(), calib.sigmas, calib.boundary_ratio
-        except ValueError:  # a pipeline calibrate does not support (LTX-2): its own schedule, no forced steps
-            forced, default, boundary = [], [float(s) for s in pipe.scheduler.sigmas], None
-        ones = CachePlan(num_steps=steps, budget=steps, mask=[1] * steps, boundary_ratio=boundary)
+        full = run(pipe, kwargs, steps)
+        plan, ones = plans(pipe, kwargs, steps, budget, bend=0.02)
+        sigmas = plan.sigmas
         with apply(pipe, ones):
-            all_ones = _equal(_run(pipe, kwargs, steps), full)
-        sigmas = [s + 0.02 * s * (1 - s) for s in default]  # a schedule the pipeline would not pick
-        plan = CachePlan(num_steps=steps, budget=budget, mask=_mask(steps, budget, forced), sigmas=sigmas,
-                         boundary_ratio=boundary)
-        spy = _Spy(experts)
+            all_ones = _equal(run(pipe, kwargs, steps), full)
+        spy = Spy(experts(pipe))
         try:
             with apply(pipe, plan) as handle:
-                _run(pipe, kwargs, steps)
+                run(pipe, kwargs, steps)
                 branches = handle.summary()
                 seen = [float(s) for s in pipe.scheduler.sigmas]
         finally:
             spy.remove()
-        removed = _equal(_run(pipe, kwargs, steps), full)
+        removed = _equal(run(pipe, kwargs, steps), full)
         calls = len(spy.timesteps) // steps
         per_step = [spy.timesteps[i] for i in range(0, len(spy.timesteps), calls)]
         result = Coverage(
@@ -200,7 +211,7 @@ def check(name: str, steps: int = 8, budget: int = 4, search_check: bool = True)
             executions=spy.executions, all_ones_identical=all_ones, removed_identical=removed,
             sigmas_reach=seen == [float(torch.tensor(s, dtype=torch.float32)) for s in sigmas]
             and _affine(sigmas[:-1], per_step), budget=budget, steps=steps,
-            details={"forced": forced, "mask": plan.strip},
+            details={"mask": plan.strip},
         )
         if search_check:
             result.search = _search_check(pipe, kwargs, steps, budget)
@@ -219,15 +230,15 @@ def _search_check(pipe: Any, kwargs: dict, steps: int, budget: int) -> str:
                       progress=False)
     except (ValueError, RuntimeError) as e:
         return "no: " + str(e).split(" (")[0].split(";")[0].removeprefix("budcache ")
-    full = _run(pipe, kwargs, steps)
+    full = run(pipe, kwargs, steps)
     with apply(pipe, plan):
-        cached = _run(pipe, kwargs, steps)
-    error = float(torch.stack([(c.float() - f.float()).pow(2).mean() for c, f in zip(_list(cached), _list(full))]).mean())
+        cached = run(pipe, kwargs, steps)
+    error = float(torch.stack([(c.float() - f.float()).pow(2).mean() for c, f in zip(as_list(cached), as_list(full))]).mean())
     ok = abs(error - plan.record.objective) <= 1e-4 * max(plan.record.objective, 1e-12) + 1e-12
     return "exact" if ok else f"mismatch: applied {error:.3g} vs searched {plan.record.objective:.3g}"
 
 
-def _list(x: Any) -> list:
+def as_list(x: Any) -> list:
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
