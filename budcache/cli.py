@@ -27,6 +27,8 @@ def _add_search_options(
                    help=f"annealing starts: the uniform mask, then random ones (default {effort.starts})")
     p.add_argument("--kicks", type=int, default=effort.kicks,
                    help=f"perturb-and-climb rounds after hill climbing (default {effort.kicks})")
+    p.add_argument("--no-hill-climb", action="store_true",
+                   help="skip hill climbing (K*B neighbours a round: the bulk of a search at large K)")
     p.add_argument("--forced-prefix", type=int, default=0, help="first steps that always compute (default 0)")
     if rule:
         p.add_argument("--rule", choices=RULES, default="repeat",
@@ -38,7 +40,7 @@ def _add_search_options(
 
 def _config(a: argparse.Namespace) -> SearchConfig:
     return SearchConfig(iterations=a.iterations, starts=a.starts, kicks=a.kicks, forced_prefix=a.forced_prefix, seed=a.seed,
-                        rules=RULES if a.search_rules else ())
+                        rules=RULES if a.search_rules else (), hill_climb=not a.no_hill_climb)
 
 
 def _call_kwargs(a: argparse.Namespace) -> dict:
@@ -162,13 +164,33 @@ def cmd_demo(a: argparse.Namespace) -> None:
     print(f"wrote plans, table.txt, results.json, samples.png and plots to {a.out}/")
 
 
-def cmd_compare(a: argparse.Namespace) -> None:
-    from .demo.run import compare_plans
+def _budgets(text: str) -> list[int]:
+    """``6,8,10,14`` or ``4..20``."""
+    if ".." in text:
+        lo, hi = text.split("..")
+        return list(range(int(lo), int(hi) + 1))
+    return [int(b) for b in text.split(",") if b.strip()]
 
+
+def cmd_compare(a: argparse.Namespace) -> None:
     if a.model != "demo":
-        raise SystemExit(f"--model {a.model!r}: only 'demo' is available in this version")
-    compare_plans(a.plans, a.out, a.held_out, a.seed)
-    print(f"wrote table.txt and results.json to {a.out}/")
+        raise SystemExit(f"--model {a.model!r}: compare runs on the demo model in this version")
+    if a.plans:
+        from .demo.run import compare_plans
+
+        compare_plans(a.plans, a.out, a.held_out, a.seed)
+        print(f"wrote table.txt and results.json to {a.out}/")
+        return
+    from . import compare
+
+    budgets = _budgets(a.budgets)
+    if not budgets or not all(1 <= b <= a.steps for b in budgets):
+        raise SystemExit(f"--budgets must lie in 1..--steps ({a.steps}), got {a.budgets!r}")
+    config = SearchConfig(iterations=a.iterations, starts=a.starts, kicks=a.kicks, seed=a.seed)
+    with compare.demo_problem(a.calib, a.held_out, a.seed, a.steps) as problem:
+        rows, images = compare.compare(problem, budgets, tuple(a.rules), config, progress=not a.no_progress)
+    compare.write(rows, images, a.out)
+    print(f"wrote table.txt, results.csv, results.json, quality_vs_nfe.png and samples_B*.png to {a.out}/")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,11 +230,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the whole plan as JSON")
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("compare", help="compare saved plans with uniform masks and plain solvers at the same NFE")
-    p.add_argument("plans", type=Path, nargs="+", help="plan files (grouped by budget)")
+    p = sub.add_parser("compare", help="every caching policy at matched NFE on held-out samples (or saved plans)")
+    p.add_argument("plans", type=Path, nargs="*", help="saved plans to score instead (grouped by budget)")
     p.add_argument("--model", default="demo")
+    p.add_argument("--steps", type=int, default=28)
+    p.add_argument("--budgets", default="6,8,10,14", help="comma list or range, e.g. 6,8,10,14 or 4..20")
+    p.add_argument("--rules", nargs="+", choices=RULES, default=["repeat", "extrapolate"],
+                   help="shared reuse rules: every policy runs under each (default: repeat extrapolate)")
+    p.add_argument("--calib", type=int, default=16, help="calibration samples (search, thresholds, edge weights)")
     p.add_argument("--held-out", type=int, default=100, help="held-out samples (never calibration ones)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--iterations", type=int, default=DEMO_EFFORT.iterations)
+    p.add_argument("--starts", type=int, default=DEMO_EFFORT.starts)
+    p.add_argument("--kicks", type=int, default=DEMO_EFFORT.kicks)
+    p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", type=Path, default=Path("compare-out"))
     p.set_defaults(func=cmd_compare)
 

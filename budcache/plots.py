@@ -59,7 +59,8 @@ def plot_history(results: Mapping[str, SearchResult], path: str | Path) -> Path:
 
 
 def image_grid(rows: Sequence[tuple[str, torch.Tensor]], path: str | Path, columns: int = 10) -> Path:
-    """One row of images (N, 1, H, W) in [-1, 1] per labelled method."""
+    """One row of images (N, 1, H, W) in [-1, 1] per labelled method (at most ``columns`` each)."""
+    columns = min(columns, *(len(images) for _, images in rows))
     fig, axes = plt.subplots(len(rows), columns, figsize=(columns * 0.8, len(rows) * 0.9), squeeze=False)
     for r, (name, images) in enumerate(rows):
         for c in range(columns):
@@ -69,4 +70,22 @@ def image_grid(rows: Sequence[tuple[str, torch.Tensor]], path: str | Path, colum
             ax.set_yticks([])
         axes[r][0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=7)
     fig.subplots_adjust(wspace=0.05, hspace=0.05)
+    return _save(fig, path)
+
+
+def plot_quality_vs_nfe(rows: Sequence, path: str | Path) -> Path:
+    """PSNR against mean NFE, one line per method and reuse rule (``rows``: compare.Row)."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    lines: dict[str, list] = {}
+    for r in rows:
+        method = r.method if not r.method.startswith("plain ") else "plain " + r.method.split("-step ")[-1]
+        lines.setdefault(method + ("" if r.rule == "-" else f" [{r.rule}]"), []).append((r.nfe_mean, r.psnr))
+    for i, (name, points) in enumerate(sorted(lines.items())):
+        points.sort()
+        style = "-" if "[extrapolate" in name else ("--" if "[repeat" in name else ":")
+        ax.plot(*zip(*points), style, marker="o", ms=3, lw=2.2 if name.startswith("budcache") else 1.1,
+                color=f"C{i % 10}", label=name)
+    ax.set_xlabel("NFE (mean per sample)")
+    ax.set_ylabel("PSNR vs full compute (dB)")
+    ax.legend(fontsize=6.5, frameon=False, ncol=2)
     return _save(fig, path)

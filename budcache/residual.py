@@ -50,7 +50,9 @@ class StackState:
         if shape is None:
             return stream
         n = shape[1:].numel()
-        if self.residual is None or self.residual.shape[0] != shape[0] or self.offset + n > self.residual.shape[1] \
+        if self.residual is not None:  # the stream layout is structural; the batch is the cached one's
+            shape = torch.Size((self.residual.shape[0], *shape[1:]))
+        if self.residual is None or self.offset + n > self.residual.shape[1] \
                 or torch.broadcast_shapes(stream.shape, shape) != shape:
             raise RuntimeError(
                 "budcache: no cached residual matching this step's block inputs "

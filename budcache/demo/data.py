@@ -22,3 +22,16 @@ def to_digit_features(images: torch.Tensor) -> np.ndarray:
     """(N,1,16,16) images in [-1,1] -> (N,64) features on the 8x8, 0..16 scale of ``load_digits``."""
     small = F.avg_pool2d(images.float().clamp(-1, 1), 2)
     return ((small + 1.0) * 8.0).reshape(images.shape[0], 64).numpy()
+
+
+def digit_classifier():
+    """An RBF SVC trained on the real 8x8 digits (labels generated samples via ``to_digit_features``)."""
+    from sklearn.svm import SVC
+
+    _, labels, raw = load_digits_16()
+    return SVC(gamma=0.001, C=10).fit(raw, labels.numpy())
+
+
+def accuracy(classifier, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of generated (N,1,16,16) images the classifier labels with their conditioning class."""
+    return float((classifier.predict(to_digit_features(images)) == labels.numpy()).mean())

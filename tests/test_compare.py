@@ -1,0 +1,80 @@
+"""The same-NFE comparison: TeaCache's per-sample rule, and `budcache compare` on the demo model."""
+
+import json
+
+import pytest
+import torch
+
+from budcache import compare, teacache
+from budcache.cli import main
+from budcache.demo.problem import demo_denoisers, demo_inputs
+from budcache.sampler import linear_sigmas
+from budcache.search import SearchConfig
+
+K = 8
+
+
+@pytest.fixture(scope="module")
+def rescaled(demo_model):
+    noise, labels = demo_inputs(6, 3)
+    with demo_denoisers(demo_model, "residual") as make, teacache.indicator(demo_model.transformer) as signal:
+        rescale = teacache.fit_rescaler(make(labels), signal, noise, linear_sigmas(K))
+        yield make, signal, noise, labels, rescale
+
+
+@torch.no_grad()
+def test_teacache_rule(rescaled):
+    make, signal, noise, labels, rescale = rescaled
+    assert rescale.order == 4
+    sigmas = linear_sigmas(K)
+    _, nfe = teacache.sample(make(labels), signal, noise, sigmas, rescale, [-1.0] * 6)
+    assert nfe.tolist() == [K] * 6  # nothing is ever below a negative threshold
+    _, nfe = teacache.sample(make(labels), signal, noise, sigmas, rescale, [1e9] * 6)
+    assert nfe.tolist() == [2] * 6  # first and last steps always compute
+    thresholds = [0.05, 0.1, 0.2, 0.05, 0.1, 0.2]
+    x, nfe = teacache.sample(make(labels), signal, noise, sigmas, rescale, thresholds, "extrapolate")
+    for i in (1, 5):  # a batched run gives every sample what it gets alone
+        xi, ni = teacache.sample(make(labels[i:i + 1]), signal, noise[i:i + 1], sigmas, rescale, [thresholds[i]],
+                                 "extrapolate")
+        assert ni.item() == nfe[i].item() and torch.allclose(xi[0], x[i], atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def rows():
+    with compare.demo_problem(calibration=4, held_out=6, seed=1, steps=K) as problem:
+        return compare.compare(problem, [3, 5], ("repeat",), SearchConfig(iterations=15, starts=1, kicks=0),
+                               thresholds=torch.logspace(-2, 0.5, 12).tolist(), progress=False)
+
+
+def test_every_policy_at_matched_nfe(rows):
+    rows, images = rows
+    for b in (3, 5):
+        at = {r.method: r for r in rows if r.budget == b}
+        assert {"budcache", "uniform / FORA", "TaylorSeer", "MagCache", "LeMiCa", "TeaCache (global threshold)",
+                "TeaCache (per-sample threshold)", f"plain {b}-step Euler", f"plain {b}-step AB2"} == set(at)
+        for name in ("budcache", "uniform / FORA", "TaylorSeer", "LeMiCa", f"plain {b}-step Euler"):
+            assert at[name].nfe_mean == b and at[name].nfe_sd == 0 and at[name].mask.count("#") in (0, b)
+        per_sample = at["TeaCache (per-sample threshold)"]
+        assert per_sample.nfe_max <= b or per_sample.nfe_min == per_sample.nfe_max
+        assert all(0 <= r.accuracy <= 1 and r.psnr > 10 for r in at.values())
+        assert images[f"B={b} budcache [repeat]"].shape == images["full"].shape
+
+
+def test_table_sorted_by_quality(rows):
+    text = compare.table(rows[0])
+    block = [line for line in text.split("\n\n")[0].splitlines()[2:] if line.strip()]
+    by_psnr = sorted((r for r in rows[0] if r.budget == 3), key=lambda r: -r.psnr)
+    assert [line[4:38].strip() for line in block] == [r.method for r in by_psnr]
+
+
+def test_cli_compare_writes_everything(tmp_path):
+    out = tmp_path / "cmp"
+    main(["--threads", "1", "compare", "--model", "demo", "--steps", str(K), "--budgets", "3,4", "--rules", "repeat",
+          "--calib", "4", "--held-out", "5", "--iterations", "10", "--starts", "1", "--kicks", "0",
+          "--no-progress", "--out", str(out)])
+    for name in ("table.txt", "results.csv", "results.json", "quality_vs_nfe.png", "samples_B3.png", "samples_B4.png"):
+        assert (out / name).exists(), name
+    records = json.loads((out / "results.json").read_text())
+    assert {r["budget"] for r in records} == {3, 4} and all("nfe_mean" in r for r in records)
+    with pytest.raises(SystemExit, match="--budgets"):
+        main(["compare", "--budgets", "0,40", "--out", str(tmp_path / "x")])
