@@ -13,6 +13,25 @@ from .search import SearchConfig
 DEMO_EFFORT = SearchConfig(iterations=100, starts=1, kicks=0)  # `budcache demo` must finish in minutes
 
 
+def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
+    """Options that load and call a diffusers pipeline (search and compare)."""
+    p.add_argument("--pipeline", default=None, metavar="PATH_OR_ID",
+                   help="a diffusers pipeline (local folder or hub id) instead of the demo model")
+    p.add_argument("--prompts", type=Path, default=None, help="calibration prompts for --pipeline (.txt, .jsonl, .csv)")
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--guidance-scale", type=float, default=None)
+    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--call", action="append", default=[], metavar="KEY=VALUE",
+                   help="another pipeline call argument (value parsed as JSON when it can be), repeatable")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                   help="model dtype (default bfloat16 on a GPU, float32 on CPU)")
+    p.add_argument("--device", default=None, help="torch device (default cuda when available)")
+    p.add_argument("--cpu-offload", action="store_true", help="enable_model_cpu_offload for large models")
+    p.add_argument("--state-mb", type=float, default=1024.0,
+                   help="memory for stored prefix states (prefix reuse; default 1024 MB; raise it on a large GPU)")
+
+
 def _add_search_options(
     p: argparse.ArgumentParser, effort: SearchConfig = SearchConfig(), calib: int = 32, rule: bool = True
 ) -> None:
@@ -89,6 +108,21 @@ def _search_pipeline(a: argparse.Namespace):
                                progress=progress, **kwargs)
     return search(calib, a.budget, reuse=a.reuse, rule=a.rule, config=_config(a), validation=validation,
                   max_state_mb=a.state_mb, history=a.history, progress=progress)
+
+
+def _pipeline_problem(a: argparse.Namespace):
+    from . import calibrate, compare
+    from .prompts import read_prompts
+
+    if a.prompts is None or a.held_out_prompts is None:
+        raise SystemExit("compare --pipeline needs --prompts (calibration) and --held-out-prompts FILE")
+    pipe = load_pipeline(a.pipeline, a.dtype, a.device, a.cpu_offload)
+    pipe.set_progress_bar_config(disable=True)
+    kwargs, progress = _call_kwargs(a), not a.no_progress
+    calib = calibrate(pipe, read_prompts(a.prompts), a.steps, seed=a.seed, progress=progress, **kwargs)
+    held_out = calibrate(pipe, read_prompts(a.held_out_prompts), a.steps, seed=a.seed + compare.HELD_OUT_SEED_OFFSET,
+                         progress=progress, **kwargs)
+    return compare.pipeline_problem(calib, held_out)
 
 
 def cmd_search(a: argparse.Namespace) -> None:
@@ -173,8 +207,8 @@ def _budgets(text: str) -> list[int]:
 
 
 def cmd_compare(a: argparse.Namespace) -> None:
-    if a.model != "demo":
-        raise SystemExit(f"--model {a.model!r}: compare runs on the demo model in this version")
+    if a.pipeline is None and a.model != "demo":
+        raise SystemExit(f"--model {a.model!r}: use --model demo, or --pipeline PATH_OR_ID for a diffusers model")
     if a.plans:
         from .demo.run import compare_plans
 
@@ -187,7 +221,11 @@ def cmd_compare(a: argparse.Namespace) -> None:
     if not budgets or not all(1 <= b <= a.steps for b in budgets):
         raise SystemExit(f"--budgets must lie in 1..--steps ({a.steps}), got {a.budgets!r}")
     config = SearchConfig(iterations=a.iterations, starts=a.starts, kicks=a.kicks, seed=a.seed)
-    with compare.demo_problem(a.calib, a.held_out, a.seed, a.steps) as problem:
+    if a.pipeline is not None:
+        problem = _pipeline_problem(a)
+    else:
+        problem = compare.demo_problem(a.calib, a.held_out, a.seed, a.steps)
+    with problem as problem:
         rows, images = compare.compare(problem, budgets, tuple(a.rules), config, progress=not a.no_progress)
     compare.write(rows, images, a.out)
     print(f"wrote table.txt, results.csv, results.json, quality_vs_nfe.png and samples_B*.png to {a.out}/")
@@ -201,23 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="search a caching plan for a fixed budget")
     p.add_argument("--model", default="demo", help="model to search for (default: the embedded demo model)")
-    p.add_argument("--pipeline", default=None, metavar="PATH_OR_ID",
-                   help="a diffusers pipeline (local folder or hub id) instead of the demo model")
-    p.add_argument("--prompts", type=Path, default=None, help="calibration prompts for --pipeline (.txt, .jsonl, .csv)")
+    _add_pipeline_options(p)
     p.add_argument("--validation-prompts", type=Path, default=None,
                    help="held-out prompts on which a predictive --rule must beat repeat (default: the calibration ones)")
-    p.add_argument("--height", type=int, default=None)
-    p.add_argument("--width", type=int, default=None)
-    p.add_argument("--guidance-scale", type=float, default=None)
-    p.add_argument("--negative-prompt", default=None)
-    p.add_argument("--call", action="append", default=[], metavar="KEY=VALUE",
-                   help="another pipeline call argument (value parsed as JSON when it can be), repeatable")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
-                   help="model dtype (default bfloat16 on a GPU, float32 on CPU)")
-    p.add_argument("--device", default=None, help="torch device (default cuda when available)")
-    p.add_argument("--cpu-offload", action="store_true", help="enable_model_cpu_offload for large models")
-    p.add_argument("--state-mb", type=float, default=1024.0,
-                   help="memory for stored prefix states (prefix reuse; default 1024 MB; raise it on a large GPU)")
     p.add_argument("--budget", type=int, required=True, help="transformer executions B per generation")
     p.add_argument("--out", type=Path, required=True, help="where to write the plan (JSON)")
     p.add_argument("--history", type=Path, default=None, help="search-history plot (default: next to --out)")
@@ -233,12 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="every caching policy at matched NFE on held-out samples (or saved plans)")
     p.add_argument("plans", type=Path, nargs="*", help="saved plans to score instead (grouped by budget)")
     p.add_argument("--model", default="demo")
+    _add_pipeline_options(p)
+    p.add_argument("--held-out-prompts", type=Path, default=None, help="evaluation prompts for --pipeline")
     p.add_argument("--steps", type=int, default=28)
     p.add_argument("--budgets", default="6,8,10,14", help="comma list or range, e.g. 6,8,10,14 or 4..20")
     p.add_argument("--rules", nargs="+", choices=RULES, default=["repeat", "extrapolate"],
                    help="shared reuse rules: every policy runs under each (default: repeat extrapolate)")
-    p.add_argument("--calib", type=int, default=16, help="calibration samples (search, thresholds, edge weights)")
-    p.add_argument("--held-out", type=int, default=100, help="held-out samples (never calibration ones)")
+    p.add_argument("--calib", type=int, default=16,
+                   help="demo calibration samples (search, thresholds, edge weights); --pipeline uses --prompts")
+    p.add_argument("--held-out", type=int, default=100, help="demo held-out samples (never calibration ones)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--iterations", type=int, default=DEMO_EFFORT.iterations)
     p.add_argument("--starts", type=int, default=DEMO_EFFORT.starts)

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import metrics, plots, policies, teacache
-from .sampler import euler, linear_sigmas, sample
+from .sampler import linear_sigmas, sample
 from .search import Batch, Evaluator, SearchConfig, search_plan
 from .solvers import adams_bashforth2
 
@@ -43,7 +43,7 @@ class Row:
     nfe_max: int
     mse: float
     psnr: float
-    ssim: float
+    ssim: float | None
     speedup: float | None = None
     accuracy: float | None = None
     mask: str = ""
@@ -53,16 +53,14 @@ class Row:
 
 @dataclass
 class Problem:
-    """What the comparison needs from a model: calibration and held-out batches and how to run them."""
+    """What the comparison needs from a model: calibration and held-out batches and how to score them."""
 
     steps: int
     sigmas: list[float]
-    make: Callable  # (which: "calib" | "eval") -> Denoiser bound to that set's conditioning
-    noise: dict[str, torch.Tensor]
-    velocity: Callable  # eval-set velocity fn(x, sigma) for plain solvers
-    images: Callable[[torch.Tensor], torch.Tensor]  # latents -> images in [-1, 1]
+    batches: Callable[[str], list[Batch]]  # "calib" | "eval" -> fresh (denoiser, noise) batches
+    fewer_sigmas: Callable[[int], list[float]]  # the schedule plain B-step sampling uses
     signal: list  # TeaCache indicator sink (filled on every transformer call)
-    model: torch.nn.Module
+    images: Callable[[torch.Tensor], torch.Tensor] | None = None  # latents -> images in [-1, 1]; None: latents
     score: Callable[[torch.Tensor], dict] | None = None  # extra per-method scores (e.g. digit accuracy)
 
 
@@ -80,20 +78,36 @@ def _timed(fn: Callable[[], torch.Tensor], repeats: int = 3) -> tuple[torch.Tens
     return out, best
 
 
+def _static(problem: Problem, which: str, sigmas: Sequence[float], mask: Sequence[int], rule) -> torch.Tensor:
+    return torch.cat([sample(b.denoiser, b.noise, sigmas, mask, rule) for b in problem.batches(which)])
+
+
+def _ab2(problem: Problem, which: str, sigmas: Sequence[float]) -> torch.Tensor:
+    return torch.cat([adams_bashforth2(lambda x, s, d=b.denoiser: d.compute(x, s)[0], b.noise, sigmas)
+                      for b in problem.batches(which)])
+
+
+def _teacache(problem: Problem, which: str, rescale, thresholds: Sequence[float], rule: str):
+    """(final latents, NFE) of every sample of a set, one threshold per sample."""
+    out, start = [], 0
+    for b in problem.batches(which):
+        n = b.noise.shape[0]
+        out.append(teacache.sample(b.denoiser, problem.signal, b.noise, problem.sigmas, rescale,
+                                   thresholds[start:start + n], rule))
+        start += n
+    return torch.cat([x for x, _ in out]), torch.cat([nfe for _, nfe in out])
+
+
 def _magcache_ratios(problem: Problem) -> list[float]:
     """Cached quantity of every step of one full-compute run on the calibration samples."""
-    denoiser, x, caches = problem.make("calib"), problem.noise["calib"], []
-    for k in range(problem.steps):
-        v, cache = denoiser.compute(x, problem.sigmas[k])
-        caches.append(cache)
-        x = x + (problem.sigmas[k + 1] - problem.sigmas[k]) * v
-    return policies.magcache_ratios(caches)
-
-
-def _teacache_finals(problem: Problem, rescale, thresholds: Sequence[float], which: str, rule: str):
-    """(final latents, NFE per sample) for every threshold of the grid on one sample set."""
-    return [teacache.sample(problem.make(which), problem.signal, problem.noise[which], problem.sigmas, rescale, [t],
-                            rule) for t in thresholds]
+    caches = [[] for _ in range(problem.steps)]
+    for b in problem.batches("calib"):
+        x = b.noise
+        for k in range(problem.steps):
+            v, cache = b.denoiser.compute(x, problem.sigmas[k])
+            caches[k].append(cache)
+            x = x + (problem.sigmas[k + 1] - problem.sigmas[k]) * v
+    return policies.magcache_ratios([torch.cat(c) for c in caches])
 
 
 def _per_sample_thresholds(problem: Problem, rescale, thresholds: Sequence[float], runs: list, budget: int,
@@ -117,14 +131,22 @@ def _per_sample_thresholds(problem: Problem, rescale, thresholds: Sequence[float
         if not todo.any():
             break
         mid = (lo + hi) / 2
-        x_mid, nfe_mid = teacache.sample(problem.make("eval"), problem.signal, problem.noise["eval"], problem.sigmas,
-                                         rescale, mid.tolist(), rule)
+        x_mid, nfe_mid = _teacache(problem, "eval", rescale, mid.tolist(), rule)
         better = todo & (score(nfe_mid) < score(nfe))
         x = torch.where(better.view(-1, *[1] * (x.dim() - 1)), x_mid, x)
         nfe = torch.where(better, nfe_mid, nfe)
         lo = torch.where(nfe_mid > budget, mid, lo)
         hi = torch.where(nfe_mid < budget, mid, hi)
     return x, nfe
+
+
+def _scores(x: torch.Tensor, full: torch.Tensor, problem: Problem) -> dict:
+    """MSE on latents; PSNR / SSIM on images (demo), or PSNR on latents over the reference's range."""
+    if problem.images is None:
+        span = float(full.max() - full.min())
+        return {"psnr": metrics.psnr(x.flatten(1), full.flatten(1), data_range=span), "ssim": None}
+    scores = metrics.report(problem.images(x), problem.images(full))
+    return {"psnr": scores["psnr"], "ssim": scores["ssim"]}
 
 
 @torch.no_grad()
@@ -136,33 +158,30 @@ def compare(
     thresholds: Sequence[float] | None = None,
     progress: bool = True,
 ) -> tuple[list[Row], dict[str, torch.Tensor]]:
-    """Rows for every (budget, rule, policy), and sample images per ``"B=<b> <method>"`` (plus ``"full"``)."""
+    """Rows for every (budget, rule, policy), and outputs per ``"B=<b> <method> [rule]"`` (plus ``"full"``)."""
     k, sigmas = problem.steps, problem.sigmas
     thresholds = list(thresholds or torch.logspace(-3, 0.5, 40).tolist())
-    full, t_full = _timed(lambda: sample(problem.make("eval"), problem.noise["eval"], sigmas, [1] * k))
-    ref = problem.images(full)
+    full, t_full = _timed(lambda: _static(problem, "eval", sigmas, [1] * k, "repeat"))
     rows: list[Row] = []
-    images = {"full": ref}
+    show = problem.images or (lambda x: x)
+    images = {"full": show(full)}
 
     def add(budget: int, method: str, rule: str, x: torch.Tensor, nfe, seconds: float | None = None, **info) -> None:
-        img = problem.images(x)
-        scores = metrics.report(img, ref)
-        extra = problem.score(img) if problem.score else {}
-        rows.append(Row(budget, method, rule, **_nfe(nfe), mse=metrics.mse(x, full), psnr=scores["psnr"],
-                        ssim=scores["ssim"], speedup=None if seconds is None else t_full / seconds,
-                        accuracy=extra.get("accuracy"), **info))
-        images[f"B={budget} {method}" + ("" if rule == "-" else f" [{rule}]")] = img
+        extra = problem.score(problem.images(x)) if problem.score else {}
+        rows.append(Row(budget, method, rule, **_nfe(nfe), mse=metrics.mse(x, full), **_scores(x, full, problem),
+                        speedup=None if seconds is None else t_full / seconds, accuracy=extra.get("accuracy"), **info))
+        images[f"B={budget} {method}" + ("" if rule == "-" else f" [{rule}]")] = show(x)
 
-    n_eval = problem.noise["eval"].shape[0]
-    rescale = teacache.fit_rescaler(problem.make("calib"), problem.signal, problem.noise["calib"], sigmas)
+    n_eval = full.shape[0]
+    rescale = teacache.fit_rescaler([(b.denoiser, b.noise) for b in problem.batches("calib")], problem.signal, sigmas)
     ratios = _magcache_ratios(problem)
     bar = tqdm(total=len(rules) * len(budgets), desc="compare", disable=not progress)
     for rule in rules:
-        batches = [Batch(problem.make("calib"), problem.noise["calib"])]
-        evaluate = Evaluator(batches, sigmas, rule=rule, rules_in_play=config.rules)
-        weights = policies.lemica_edge_weights(Evaluator(batches, sigmas, metric="l1", rule=rule))
-        tea_calib = _teacache_finals(problem, rescale, thresholds, "calib", rule)
-        tea_eval = _teacache_finals(problem, rescale, thresholds, "eval", rule)
+        evaluate = Evaluator(problem.batches("calib"), sigmas, rule=rule, rules_in_play=config.rules)
+        weights = policies.lemica_edge_weights(Evaluator(problem.batches("calib"), sigmas, metric="l1", rule=rule))
+        n_calib = sum(b.noise.shape[0] for b in problem.batches("calib"))
+        tea_calib = [_teacache(problem, "calib", rescale, [t] * n_calib, rule) for t in thresholds]
+        tea_eval = [_teacache(problem, "eval", rescale, [t] * n_eval, rule) for t in thresholds]
         for b in budgets:
             bar.set_postfix(rule=rule, B=b)
             plan, _ = search_plan(evaluate, b, reuse="residual", config=config, progress=False)
@@ -174,8 +193,7 @@ def compare(
             masks["MagCache"] = (mask, rule, "" if info["exact"] else f"closest reachable NFE {sum(mask)}")
             masks["LeMiCa"] = (policies.lemica_path(weights, k, b), rule, "")
             for method, (mask, mask_rule, note) in masks.items():
-                run = lambda: sample(problem.make("eval"), problem.noise["eval"], sigmas, mask, mask_rule)  # noqa: E731
-                x, seconds = _timed(run)
+                x, seconds = _timed(lambda: _static(problem, "eval", sigmas, mask, mask_rule))
                 add(b, method, rule, x, [sum(mask)] * n_eval, seconds, mask="".join("#" if m else "." for m in mask),
                     note=note)
             # TeaCache P1: one global threshold, mean NFE on the calibration samples closest to B
@@ -191,9 +209,10 @@ def compare(
             bar.update()
     bar.close()
     for b in budgets:
-        x, seconds = _timed(lambda: euler(problem.velocity, problem.noise["eval"], linear_sigmas(b)))
+        fewer = problem.fewer_sigmas(b)
+        x, seconds = _timed(lambda: _static(problem, "eval", fewer, [1] * b, "repeat"))
         add(b, f"plain {b}-step Euler", "-", x, [b] * n_eval, seconds)
-        x, seconds = _timed(lambda: adams_bashforth2(problem.velocity, problem.noise["eval"], linear_sigmas(b)))
+        x, seconds = _timed(lambda: _ab2(problem, "eval", fewer))
         add(b, f"plain {b}-step AB2", "-", x, [b] * n_eval, seconds)
     return rows, images
 
@@ -214,12 +233,36 @@ def demo_problem(calibration: int = 16, held_out: int = 100, seed: int = 0, step
         with ExitStack() as stack:
             make = stack.enter_context(demo_denoisers(model, "residual"))
             signal = stack.enter_context(teacache.indicator(model.transformer))
-            labels = sets["eval"][1]
             yield Problem(
-                steps=steps, sigmas=linear_sigmas(steps), make=lambda which: make(sets[which][1]),
-                noise={w: s[0] for w, s in sets.items()},
-                velocity=lambda x, s: model(x, torch.tensor(s), labels), images=unpack, signal=signal,
-                model=model.transformer, score=lambda img: {"accuracy": accuracy(classifier, img, labels)},
+                steps=steps, sigmas=linear_sigmas(steps),
+                batches=lambda which: [Batch(make(sets[which][1]), sets[which][0])],
+                fewer_sigmas=linear_sigmas, signal=signal, images=unpack,
+                score=lambda img: {"accuracy": accuracy(classifier, img, sets["eval"][1])},
+            )
+
+    return build()
+
+
+def pipeline_problem(calib, held_out):
+    """The comparison problem on calibrated pipeline captures (``budcache.calibrate``): one batch
+    per prompt, scored on latents (PSNR over the reference's range); a context manager."""
+    from contextlib import ExitStack, contextmanager
+
+    from .replay import denoisers
+
+    if held_out.sigmas != calib.sigmas:
+        raise ValueError("held-out captures use another sigma schedule than the calibration ones")
+
+    @contextmanager
+    def build():
+        with ExitStack() as stack:
+            make = stack.enter_context(denoisers(calib, "residual"))
+            signal = stack.enter_context(teacache.indicator(calib.pipe.transformer))
+            sets = {"calib": calib.captures, "eval": held_out.captures}
+            yield Problem(
+                steps=calib.num_steps, sigmas=calib.sigmas,
+                batches=lambda which: [Batch(make(c), c.latents.float()) for c in sets[which]],
+                fewer_sigmas=calib.default_sigmas, signal=signal,
             )
 
     return build()
@@ -236,8 +279,9 @@ def table(rows: Sequence[Row]) -> str:
             nfe = f"{r.nfe_mean:.2f}±{r.nfe_sd:.2f} [{r.nfe_min},{r.nfe_max}]"
             speed = f"{r.speedup:7.2f}x" if r.speedup is not None else f"{'':>8}"
             acc = f"{r.accuracy:6.3f}" if r.accuracy is not None else f"{'':>6}"
+            ssim = f"{r.ssim:7.4f}" if r.ssim is not None else f"{'':>7}"
             lines.append(f"{b:>3} {r.method:<34} {r.rule:<12} {nfe:<24} {speed} {r.mse:10.3e} {r.psnr:7.2f} "
-                         f"{r.ssim:7.4f} {acc}  {r.note}")
+                         f"{ssim} {acc}  {r.note}")
         lines.append("")
     return "\n".join(lines)
 
@@ -254,7 +298,7 @@ def write(rows: Sequence[Row], images: dict[str, torch.Tensor], out: Path, sampl
         writer.writeheader()
         writer.writerows(records)
     plots.plot_quality_vs_nfe(rows, out / "quality_vs_nfe.png")
-    for b in sorted({r.budget for r in rows}):
+    for b in sorted({r.budget for r in rows}) if images["full"].dim() == 4 and images["full"].shape[1] in (1, 3) else ():
         grid = [("full", images["full"][:samples])]
         grid += [(name.removeprefix(f"B={b} "), img[:samples]) for name, img in images.items()
                  if name.startswith(f"B={b} ")]

@@ -64,19 +64,22 @@ def _per_sample(u: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def fit_rescaler(denoiser: Denoiser, signal: list, x: torch.Tensor, sigmas: Sequence[float], degree: int = 4) -> np.poly1d:
-    """Fit the polynomial from full-compute runs: pairs (relL1 of consecutive indicators, relL1
-    of consecutive model outputs) pooled over all steps and samples."""
-    inputs, outputs, prev_u, prev_v = [], [], None, None
-    for k in range(len(sigmas) - 1):
-        signal.clear()
-        v, _ = denoiser.compute(x, sigmas[k])
-        u = _per_sample(signal[-1], x.shape[0])
-        if prev_u is not None:
-            inputs.append(rel_l1(u, prev_u))
-            outputs.append(rel_l1(v, prev_v))
-        x = x + (sigmas[k + 1] - sigmas[k]) * v
-        prev_u, prev_v = u, v
+def fit_rescaler(batches: Sequence[tuple[Denoiser, torch.Tensor]], signal: list, sigmas: Sequence[float],
+                 degree: int = 4) -> np.poly1d:
+    """Fit the polynomial from full-compute runs of ``(denoiser, noise)`` batches: pairs (relL1 of
+    consecutive indicators, relL1 of consecutive model outputs) pooled over all steps and samples."""
+    inputs, outputs = [], []
+    for denoiser, x in batches:
+        prev_u = prev_v = None
+        for k in range(len(sigmas) - 1):
+            signal.clear()
+            v, _ = denoiser.compute(x, sigmas[k])
+            u = _per_sample(signal[0], x.shape[0])
+            if prev_u is not None:
+                inputs.append(rel_l1(u, prev_u))
+                outputs.append(rel_l1(v, prev_v))
+            x = x + (sigmas[k + 1] - sigmas[k]) * v
+            prev_u, prev_v = u, v
     return np.poly1d(np.polyfit(torch.cat(inputs).numpy(), torch.cat(outputs).numpy(), degree))
 
 
@@ -102,7 +105,7 @@ def sample(
     for k in range(k_steps):
         signal.clear()
         v_c, cache = denoiser.compute(x, sigmas[k])
-        u = _per_sample(signal[-1], n)
+        u = _per_sample(signal[0], n)  # the first call of the step (cond under CFG) decides
         if prev_u is None or k == k_steps - 1:
             compute = torch.ones(n, dtype=torch.bool)
         else:
@@ -111,13 +114,13 @@ def sample(
         prev_u = u
         acc[compute] = 0.0
         nfe += compute
+        own = (lambda i: cache) if n == 1 else (lambda i: cache[i])  # noqa: E731  (one sample: all its calls)
         v = v_c
         if not compute.all():
-            cached = torch.stack([predict(histories[i], sigmas[k], rule) if not compute[i] else cache[i]
-                                  for i in range(n)])
-            v_r = denoiser.reuse(x, sigmas[k], cached)
+            cached = [predict(histories[i], sigmas[k], rule) if not compute[i] else own(i) for i in range(n)]
+            v_r = denoiser.reuse(x, sigmas[k], cached[0] if n == 1 else torch.stack(cached))
             v = torch.where(compute.view(-1, *[1] * (v.dim() - 1)), v_c, v_r)
-        histories = [remember(histories[i], sigmas[k], cache[i], depth) if compute[i] else histories[i]
+        histories = [remember(histories[i], sigmas[k], own(i), depth) if compute[i] else histories[i]
                      for i in range(n)]
         x = x + (sigmas[k + 1] - sigmas[k]) * v
     return x, nfe

@@ -18,7 +18,7 @@ K = 8
 def rescaled(demo_model):
     noise, labels = demo_inputs(6, 3)
     with demo_denoisers(demo_model, "residual") as make, teacache.indicator(demo_model.transformer) as signal:
-        rescale = teacache.fit_rescaler(make(labels), signal, noise, linear_sigmas(K))
+        rescale = teacache.fit_rescaler([(make(labels), noise)], signal, linear_sigmas(K))
         yield make, signal, noise, labels, rescale
 
 
@@ -78,3 +78,25 @@ def test_cli_compare_writes_everything(tmp_path):
     assert {r["budget"] for r in records} == {3, 4} and all("nfe_mean" in r for r in records)
     with pytest.raises(SystemExit, match="--budgets"):
         main(["compare", "--budgets", "0,40", "--out", str(tmp_path / "x")])
+
+
+def test_compare_a_pipeline_from_the_command_line(tmp_path):
+    """Real text-to-image pipeline saved to disk (tiny FLUX with text encoders), true CFG: two
+    calls per step, per-branch caches, TeaCache deciding on the conditional call."""
+    from budcache.tiny_text import save_tiny_flux_pipeline
+
+    folder = save_tiny_flux_pipeline(tmp_path / "flux")
+    (tmp_path / "calib.txt").write_text("a red square\na blue circle\n")
+    (tmp_path / "eval.txt").write_text("a green triangle\na cat\na house\n")
+    out = tmp_path / "cmp"
+    main(["--threads", "1", "compare", "--pipeline", str(folder), "--prompts", str(tmp_path / "calib.txt"),
+          "--held-out-prompts", str(tmp_path / "eval.txt"), "--steps", "6", "--budgets", "3", "--rules", "extrapolate",
+          "--height", "16", "--width", "16", "--negative-prompt", "blurry", "--call", "true_cfg_scale=2",
+          "--call", "max_sequence_length=16", "--iterations", "10", "--starts", "1", "--kicks", "0",
+          "--no-progress", "--out", str(out)])
+    records = json.loads((out / "results.json").read_text())
+    by = {r["method"]: r for r in records}
+    assert by["budcache"]["nfe_mean"] == 3 and by["budcache"]["ssim"] is None
+    assert by["TeaCache (per-sample threshold)"]["nfe_max"] <= 3 or by["TeaCache (per-sample threshold)"]["nfe_sd"] == 0
+    assert (out / "quality_vs_nfe.png").exists() and not list(out.glob("samples_B*.png"))
+    assert all(r["psnr"] > 0 for r in records)
