@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -231,6 +232,27 @@ def cmd_compare(a: argparse.Namespace) -> None:
     print(f"wrote table.txt, results.csv, results.json, quality_vs_nfe.png and samples_B*.png to {a.out}/")
 
 
+def cmd_align(a: argparse.Namespace) -> None:
+    from .align import AlignConfig
+    from .demo.model import load_demo_model
+    from .demo.run import align_demo_plan
+    from .plots import plot_alignment
+
+    if a.model != "demo":
+        raise SystemExit(f"--model {a.model!r}: align runs on the demo model from the command line; "
+                         "use budcache.align(plan, batches) in Python for a calibrated pipeline")
+    plan = CachePlan.load(a.plan)
+    config = AlignConfig(epochs=a.epochs, lr=a.lr, checkpointing=not a.no_checkpointing)
+    aligned, result = align_demo_plan(load_demo_model(), plan, a.calib, a.validation, a.seed, config, not a.no_progress)
+    aligned.save(a.out)
+    figure = plot_alignment(aligned, result, a.out.with_suffix(".png"))
+    v0, v1 = result.validation_loss[0], min(result.validation_loss)
+    print(describe(aligned))
+    print(f"validation MSE {v0:.4g} -> {v1:.4g} ({10 * math.log10(v0 / v1):+.2f} dB), "
+          f"{'kept epoch ' + str(result.best_epoch) if result.improved else 'input schedule kept'}")
+    print(f"saved {a.out} and {figure}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="budcache", description="Budget-constrained step-level diffusion caching")
     parser.add_argument("--threads", type=int, default=None,
@@ -247,6 +269,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--history", type=Path, default=None, help="search-history plot (default: next to --out)")
     _add_search_options(p)
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("align", help="stage 2: learn a plan's sigma schedule by distillation (demo model)")
+    p.add_argument("plan", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="where to write the aligned plan")
+    p.add_argument("--model", default="demo")
+    p.add_argument("--calib", type=int, default=16, help="calibration samples (default 16)")
+    p.add_argument("--validation", type=int, default=32, help="held-out validation samples (default 32)")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-checkpointing", action="store_true", help="keep every activation (more memory)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_align)
 
     p = sub.add_parser("show", help="print a plan, optionally plot it")
     p.add_argument("plan", type=Path)

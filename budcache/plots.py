@@ -89,3 +89,29 @@ def plot_quality_vs_nfe(rows: Sequence, path: str | Path) -> Path:
     ax.set_ylabel("PSNR vs full compute (dB)")
     ax.legend(fontsize=6.5, frameon=False, ncol=2)
     return _save(fig, path)
+
+
+def plot_alignment(plan: CachePlan, result, path: str | Path) -> Path:
+    """The schedule before and after alignment over the mask, and the training / validation loss."""
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.6))
+    k = plan.num_steps
+    for sigmas, name, color in ((result.initial, "before", "0.6"), (result.sigmas, "after", "C3")):
+        ax.plot(range(k + 1), sigmas, color=color, lw=1.2, label=name)
+        ax.scatter([i for i in range(k) if plan.mask[i]], [sigmas[i] for i in range(k) if plan.mask[i]],
+                   color=color, s=22, zorder=3)
+        ax.scatter([i for i in range(k) if not plan.mask[i]], [sigmas[i] for i in range(k) if not plan.mask[i]],
+                   facecolor="white", edgecolor=color, s=18, zorder=3)
+    ax.set_xlabel("step (filled: computed)")
+    ax.set_ylabel("sigma")
+    ax.set_title(f"B={plan.budget}/K={k}  {plan.strip}", fontsize=8, family="monospace")
+    ax.legend(fontsize=8, frameon=False)
+    epochs = range(1, len(result.train_loss) + 1)
+    bx.plot(epochs, result.train_loss, label="training")
+    bx.plot(range(len(result.validation_loss)), result.validation_loss, label="validation")
+    if result.best_epoch:
+        bx.axvline(result.best_epoch, color="0.6", ls=":", lw=1, label=f"kept (epoch {result.best_epoch})")
+    bx.set_xlabel("epoch")
+    bx.set_ylabel("MSE vs teacher")
+    bx.set_yscale("log")
+    bx.legend(fontsize=8, frameon=False)
+    return _save(fig, path)

@@ -26,7 +26,7 @@ def demo_denoisers(model: DigitsFlux, reuse: str) -> Iterator:
     """Yields ``make(labels) -> Denoiser``; residual hooks live only inside the ``with`` block."""
 
     def fn_for(labels: torch.Tensor):
-        return lambda x, sigma: model(x, torch.tensor(sigma), labels)
+        return lambda x, sigma: model(x, sigma, labels)
 
     if reuse == "output":
         yield lambda labels: OutputDenoiser(fn_for(labels))

@@ -46,6 +46,19 @@ def search_demo_plan(
         )
 
 
+def align_demo_plan(model: DigitsFlux, plan: CachePlan, calibration: int = 16, validation: int = 32, seed: int = 0,
+                    config=None, progress: bool = True):
+    """Stage 2 on the demo model: the plan's sigmas learned on ``calibration`` samples, the best kept
+    on ``validation`` other ones."""
+    from ..align import AlignConfig, align
+
+    plan.check_model(model.transformer)
+    with demo_denoisers(model, plan.reuse) as make:
+        return align(plan, demo_batches(make, *demo_inputs(calibration, seed)),
+                     demo_batches(make, *demo_inputs(validation, seed + VALIDATION_SEED_OFFSET)),
+                     config or AlignConfig(), progress=progress)
+
+
 @torch.no_grad()
 def _timed(fn, repeats: int = 3) -> tuple[torch.Tensor, float]:
     best, out = float("inf"), None

@@ -1,0 +1,147 @@
+"""Stage 2: learn the sigma schedule of a fixed plan by teacher-student distillation.
+
+The K+1 sigmas are parametrized so they stay strictly decreasing with fixed endpoints: K
+logits give positive increments by a softmax, and the schedule is ``sigma_max`` minus their
+cumulative sum scaled to ``sigma_max - sigma_min`` (initialised at the plan's schedule). The
+student is the cached sampler with the plan's mask and rule over those sigmas; the loss is the
+MSE between its final latent and the full-compute teacher's, for the frozen network. Gradients
+are accumulated over the calibration batches, clipped, and applied by AdamW under a cosine
+learning rate; each computed step is checkpointed, so backpropagation through K steps keeps
+only the steps' inputs and outputs, not their activations. The schedule with the best
+validation loss is kept, and the input schedule is returned if nothing beats it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.checkpoint import checkpoint
+from tqdm.auto import tqdm
+
+from .plan import CachePlan, PlanError
+from .sampler import Denoiser, history_depth, predict, remember
+from .search import Batch
+
+
+@dataclass
+class AlignConfig:
+    epochs: int = 40
+    lr: float = 0.05
+    weight_decay: float = 0.0
+    clip: float = 1.0
+    checkpointing: bool = True
+
+
+@dataclass
+class AlignResult:
+    sigmas: list[float]
+    initial: list[float]
+    train_loss: list[float] = field(default_factory=list)  # per epoch
+    validation_loss: list[float] = field(default_factory=list)  # [initial, after epoch 1, ...]
+    best_epoch: int = 0  # 0: the input schedule was kept
+
+    @property
+    def improved(self) -> bool:
+        return self.best_epoch > 0
+
+
+class Schedule(torch.nn.Module):
+    """Strictly decreasing sigmas with fixed endpoints: softmax increments, cumulative sum."""
+
+    def __init__(self, sigmas: Sequence[float]):
+        super().__init__()
+        s = torch.as_tensor(sigmas, dtype=torch.float64)
+        if s.dim() != 1 or len(s) < 2 or not bool((s[:-1] > s[1:]).all()):
+            raise PlanError("a schedule to align must be strictly decreasing with at least 2 values")
+        self.register_buffer("high", s[0].clone())
+        self.register_buffer("low", s[-1].clone())
+        self.logits = torch.nn.Parameter(((s[:-1] - s[1:]) / (s[0] - s[-1])).log())
+
+    def forward(self) -> torch.Tensor:
+        steps = torch.softmax(self.logits, 0).cumsum(0)
+        inner = self.high - (self.high - self.low) * steps[:-1]
+        return torch.cat([self.high[None], inner, self.low[None]])
+
+
+def student(denoiser: Denoiser, noise: torch.Tensor, sigmas: torch.Tensor, mask: Sequence[int],
+            rules: Sequence[str], checkpointing: bool = True) -> torch.Tensor:
+    """The cached Euler sampler, differentiable in ``sigmas``; computed steps are checkpointed."""
+    depth, history, x = history_depth(rules), (), noise
+    for k, computed in enumerate(mask):
+        sigma = sigmas[k].to(noise.dtype)
+        if computed:
+            if checkpointing:
+                v, cache = checkpoint(denoiser.compute, x, sigma, use_reentrant=False)
+            else:
+                v, cache = denoiser.compute(x, sigma)
+            history = remember(history, sigma, cache, depth)
+        else:
+            v = denoiser.reuse(x, sigma, predict(history, sigma, rules[k]))
+        x = x + (sigmas[k + 1] - sigmas[k]).to(noise.dtype) * v
+    return x
+
+
+@torch.no_grad()
+def _teacher(batch: Batch, sigmas: Sequence[float]) -> torch.Tensor:
+    s = torch.as_tensor(sigmas, dtype=torch.float64)
+    return student(batch.denoiser, batch.noise, s, [1] * (len(sigmas) - 1), ["repeat"] * (len(sigmas) - 1), False)
+
+
+def _loss(batches, teachers, sigmas, plan: CachePlan, checkpointing: bool, backward: bool) -> float:
+    total, n = 0.0, sum(b.noise.shape[0] for b in batches)
+    for b, t in zip(batches, teachers):
+        x = student(b.denoiser, b.noise, sigmas, plan.mask, plan.step_rules, checkpointing)
+        loss = (x - t).pow(2).mean() * (b.noise.shape[0] / n)
+        if not torch.isfinite(loss):
+            return float("inf")
+        if backward:
+            loss.backward()
+        total += float(loss.detach())
+    return total
+
+
+def align(
+    plan: CachePlan,
+    batches: Sequence[Batch],
+    validation: Sequence[Batch] | None = None,
+    config: AlignConfig = AlignConfig(),
+    teacher_sigmas: Sequence[float] | None = None,
+    progress: bool = True,
+) -> tuple[CachePlan, AlignResult]:
+    """Learn the sigmas of ``plan`` (its mask and rules fixed) on ``batches``; keep the schedule with
+    the best loss on ``validation`` (default: the calibration batches). The teacher runs full
+    compute over ``teacher_sigmas`` (default: the plan's schedule)."""
+    if plan.sigmas is None:
+        raise PlanError("this plan has no sigmas (pipeline default); search it with stored sigmas to align it")
+    validation = list(validation or batches)
+    teacher = teacher_sigmas or plan.sigmas
+    teachers = [_teacher(b, teacher) for b in batches]
+    val_teachers = [_teacher(b, teacher) for b in validation]
+    schedule = Schedule(plan.sigmas)
+    opt = torch.optim.AdamW(schedule.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    lr = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, config.epochs))
+    with torch.no_grad():
+        best = _loss(validation, val_teachers, schedule(), plan, False, False)
+    result = AlignResult(sigmas=list(plan.sigmas), initial=list(plan.sigmas), validation_loss=[best])
+    bar = tqdm(range(config.epochs), desc=f"align B={plan.budget}/{plan.num_steps}", disable=not progress, leave=False)
+    for epoch in bar:
+        opt.zero_grad()
+        train = _loss(batches, teachers, schedule(), plan, config.checkpointing, True)
+        if not torch.isfinite(torch.tensor(train)):
+            break
+        torch.nn.utils.clip_grad_norm_(schedule.parameters(), config.clip)
+        opt.step()
+        lr.step()
+        with torch.no_grad():
+            sigmas = schedule()
+            val = _loss(validation, val_teachers, sigmas, plan, False, False)
+        result.train_loss.append(train)
+        result.validation_loss.append(val)
+        if val < best:
+            best, result.best_epoch, result.sigmas = val, epoch + 1, sigmas.tolist()
+        bar.set_postfix(train=f"{train:.3g}", val=f"{val:.3g}", best=f"{best:.3g}", refresh=False)
+    result.sigmas[0], result.sigmas[-1] = plan.sigmas[0], plan.sigmas[-1]  # endpoints exactly as given
+    return dataclasses.replace(plan, sigmas=result.sigmas), result
