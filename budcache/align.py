@@ -6,8 +6,8 @@ cumulative sum scaled to ``sigma_max - sigma_min`` (initialised at the plan's sc
 student is the cached sampler with the plan's mask and rule over those sigmas; the loss is the
 MSE between its final latent and the full-compute teacher's, for the frozen network. Gradients
 are accumulated over the calibration batches, clipped, and applied by AdamW under a cosine
-learning rate; each computed step is checkpointed, so backpropagation through K steps keeps
-only the steps' inputs and outputs, not their activations. The schedule with the best
+learning rate; each step is checkpointed, so backpropagation through K steps keeps only the
+steps' inputs and outputs, not their activations. The schedule with the best
 validation loss is kept, and the input schedule is returned if nothing beats it.
 """
 
@@ -68,7 +68,8 @@ class Schedule(torch.nn.Module):
 
 def student(denoiser: Denoiser, noise: torch.Tensor, sigmas: torch.Tensor, mask: Sequence[int],
             rules: Sequence[str], checkpointing: bool = True) -> torch.Tensor:
-    """The cached Euler sampler, differentiable in ``sigmas``; computed steps are checkpointed."""
+    """The cached Euler sampler, differentiable in ``sigmas``; every step is checkpointed (only its
+    inputs are kept for backward, its activations are recomputed)."""
     depth, history, x = history_depth(rules), (), noise
     for k, computed in enumerate(mask):
         sigma = sigmas[k].to(noise.dtype)
@@ -78,6 +79,8 @@ def student(denoiser: Denoiser, noise: torch.Tensor, sigmas: torch.Tensor, mask:
             else:
                 v, cache = denoiser.compute(x, sigma)
             history = remember(history, sigma, cache, depth)
+        elif checkpointing:
+            v = checkpoint(denoiser.reuse, x, sigma, predict(history, sigma, rules[k]), use_reentrant=False)
         else:
             v = denoiser.reuse(x, sigma, predict(history, sigma, rules[k]))
         x = x + (sigmas[k + 1] - sigmas[k]).to(noise.dtype) * v
