@@ -28,8 +28,8 @@ from .search import Batch
 
 @dataclass
 class AlignConfig:
-    epochs: int = 40
-    lr: float = 0.05
+    epochs: int = 80
+    lr: float = 0.2
     weight_decay: float = 0.0
     clip: float = 1.0
     checkpointing: bool = True
@@ -132,7 +132,8 @@ def align(
     bar = tqdm(range(config.epochs), desc=f"align B={plan.budget}/{plan.num_steps}", disable=not progress, leave=False)
     for epoch in bar:
         opt.zero_grad()
-        train = _loss(batches, teachers, schedule(), plan, config.checkpointing, True)
+        with torch.enable_grad():  # also when called under no_grad (e.g. from the comparison)
+            train = _loss(batches, teachers, schedule(), plan, config.checkpointing, True)
         if not torch.isfinite(torch.tensor(train)):
             break
         torch.nn.utils.clip_grad_norm_(schedule.parameters(), config.clip)

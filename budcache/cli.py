@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .plan import RULES, CachePlan, PlanError
+from .align import AlignConfig
 from .search import SearchConfig
 
 DEMO_EFFORT = SearchConfig(iterations=100, starts=1, kicks=0)  # `budcache demo` must finish in minutes
@@ -227,13 +228,13 @@ def cmd_compare(a: argparse.Namespace) -> None:
     else:
         problem = compare.demo_problem(a.calib, a.held_out, a.seed, a.steps)
     with problem as problem:
-        rows, images = compare.compare(problem, budgets, tuple(a.rules), config, progress=not a.no_progress)
+        rows, images = compare.compare(problem, budgets, tuple(a.rules), config, progress=not a.no_progress,
+                                       align_epochs=a.align_epochs)
     compare.write(rows, images, a.out)
     print(f"wrote table.txt, results.csv, results.json, quality_vs_nfe.png and samples_B*.png to {a.out}/")
 
 
 def cmd_align(a: argparse.Namespace) -> None:
-    from .align import AlignConfig
     from .demo.model import load_demo_model
     from .demo.run import align_demo_plan
     from .plots import plot_alignment
@@ -276,8 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="demo")
     p.add_argument("--calib", type=int, default=16, help="calibration samples (default 16)")
     p.add_argument("--validation", type=int, default=32, help="held-out validation samples (default 32)")
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--epochs", type=int, default=AlignConfig.epochs)
+    p.add_argument("--lr", type=float, default=AlignConfig.lr)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-checkpointing", action="store_true", help="keep every activation (more memory)")
     p.add_argument("--no-progress", action="store_true")
@@ -294,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="demo")
     _add_pipeline_options(p)
     p.add_argument("--held-out-prompts", type=Path, default=None, help="evaluation prompts for --pipeline")
+    p.add_argument("--align-epochs", type=int, default=0,
+                   help="also stage 2: align budcache's plan and plain Euler's B-step schedule (0: skip)")
     p.add_argument("--steps", type=int, default=28)
     p.add_argument("--budgets", default="6,8,10,14", help="comma list or range, e.g. 6,8,10,14 or 4..20")
     p.add_argument("--rules", nargs="+", choices=RULES, default=["repeat", "extrapolate"],

@@ -23,6 +23,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import metrics, plots, policies, teacache
+from .align import AlignConfig, align
+from .plan import CachePlan
 from .sampler import linear_sigmas, sample
 from .search import Batch, Evaluator, SearchConfig, search_plan
 from .solvers import adams_bashforth2
@@ -157,8 +159,12 @@ def compare(
     config: SearchConfig = SearchConfig(),
     thresholds: Sequence[float] | None = None,
     progress: bool = True,
+    align_epochs: int = 0,
 ) -> tuple[list[Row], dict[str, torch.Tensor]]:
-    """Rows for every (budget, rule, policy), and outputs per ``"B=<b> <method> [rule]"`` (plus ``"full"``)."""
+    """Rows for every (budget, rule, policy), and outputs per ``"B=<b> <method> [rule]"`` (plus ``"full"``).
+
+    ``align_epochs`` > 0 adds stage 2: budcache's plan with its schedule aligned, and plain B-step
+    Euler with its B-step schedule aligned the same way (both on the calibration samples)."""
     k, sigmas = problem.steps, problem.sigmas
     thresholds = list(thresholds or torch.logspace(-3, 0.5, 40).tolist())
     full, t_full = _timed(lambda: _static(problem, "eval", sigmas, [1] * k, "repeat"))
@@ -192,8 +198,12 @@ def compare(
             mask, info = policies.magcache_for_budget(ratios, k, b)
             masks["MagCache"] = (mask, rule, "" if info["exact"] else f"closest reachable NFE {sum(mask)}")
             masks["LeMiCa"] = (policies.lemica_path(weights, k, b), rule, "")
+            schedules = dict.fromkeys(masks, sigmas)
+            if align_epochs:
+                aligned, _ = align(plan, problem.batches("calib"), config=AlignConfig(epochs=align_epochs), progress=False)
+                masks["budcache + aligned sigmas"], schedules["budcache + aligned sigmas"] = masks["budcache"], aligned.sigmas
             for method, (mask, mask_rule, note) in masks.items():
-                x, seconds = _timed(lambda: _static(problem, "eval", sigmas, mask, mask_rule))
+                x, seconds = _timed(lambda: _static(problem, "eval", schedules[method], mask, mask_rule))
                 add(b, method, rule, x, [sum(mask)] * n_eval, seconds, mask="".join("#" if m else "." for m in mask),
                     note=note)
             # TeaCache P1: one global threshold, mean NFE on the calibration samples closest to B
@@ -214,6 +224,12 @@ def compare(
         add(b, f"plain {b}-step Euler", "-", x, [b] * n_eval, seconds)
         x, seconds = _timed(lambda: _ab2(problem, "eval", fewer))
         add(b, f"plain {b}-step AB2", "-", x, [b] * n_eval, seconds)
+        if align_epochs:
+            euler = CachePlan(num_steps=b, budget=b, mask=[1] * b, sigmas=fewer)
+            aligned, _ = align(euler, problem.batches("calib"), config=AlignConfig(epochs=align_epochs),
+                               teacher_sigmas=sigmas, progress=False)
+            x, seconds = _timed(lambda: _static(problem, "eval", aligned.sigmas, [1] * b, "repeat"))
+            add(b, f"plain {b}-step Euler, aligned sigmas", "-", x, [b] * n_eval, seconds)
     return rows, images
 
 

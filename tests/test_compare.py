@@ -43,7 +43,7 @@ def test_teacache_rule(rescaled):
 def rows():
     with compare.demo_problem(calibration=4, held_out=6, seed=1, steps=K) as problem:
         return compare.compare(problem, [3, 5], ("repeat",), SearchConfig(iterations=15, starts=1, kicks=0),
-                               thresholds=torch.logspace(-2, 0.5, 12).tolist(), progress=False)
+                               thresholds=torch.logspace(-2, 0.5, 12).tolist(), progress=False, align_epochs=2)
 
 
 def test_every_policy_at_matched_nfe(rows):
@@ -51,7 +51,8 @@ def test_every_policy_at_matched_nfe(rows):
     for b in (3, 5):
         at = {r.method: r for r in rows if r.budget == b}
         assert {"budcache", "uniform / FORA", "TaylorSeer", "MagCache", "LeMiCa", "TeaCache (global threshold)",
-                "TeaCache (per-sample threshold)", f"plain {b}-step Euler", f"plain {b}-step AB2"} == set(at)
+                "TeaCache (per-sample threshold)", f"plain {b}-step Euler", f"plain {b}-step AB2",
+                "budcache + aligned sigmas", f"plain {b}-step Euler, aligned sigmas"} == set(at)
         for name in ("budcache", "uniform / FORA", "TaylorSeer", "LeMiCa", f"plain {b}-step Euler"):
             assert at[name].nfe_mean == b and at[name].nfe_sd == 0 and at[name].mask.count("#") in (0, b)
         per_sample = at["TeaCache (per-sample threshold)"]
