@@ -72,10 +72,12 @@ class Evaluator:
         rule: str = "repeat",
         rules_in_play: Sequence[str] = (),
         restarts: Collection[int] = (),
+        teacher_sigmas: Sequence[float] | None = None,
     ):
         """``rule``: how reused steps read the cache when a plain 0/1 mask is scored;
         ``rules_in_play``: other rules that scored schedules may use (sets the cache depth);
-        ``restarts``: steps where the cache starts afresh (another expert; they must compute)."""
+        ``restarts``: steps where the cache starts afresh (another expert; they must compute);
+        ``teacher_sigmas``: the teacher's schedule when it is not the search grid (stage 2)."""
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; choose one of {sorted(METRICS)}")
         if not batches:
@@ -93,7 +95,10 @@ class Evaluator:
         self.states: OrderedDict[Schedule, list[State]] = OrderedDict()
         self.state_bytes = 0
         self.forwards = 0  # block-stack executions, per calibration sample
-        self.teacher = [s.x for s in self._run((1,) * self.num_steps)]
+        if teacher_sigmas is None:
+            self.teacher = [s.x for s in self._run((1,) * self.num_steps)]
+        else:
+            self.teacher = [s.x for s in self._run((1,) * (len(teacher_sigmas) - 1), teacher_sigmas)]
 
     # -- trajectories -----------------------------------------------------------------------
     def _store(self, key: Schedule, states: list[State]) -> None:
