@@ -10,23 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 
-from budcache import coverage
+from budcache import coverage, metrics
 
 K, B = 28, 10
-
-
-def _best(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def measure(name: str, repeats: int) -> dict:
@@ -45,9 +35,9 @@ def measure(name: str, repeats: int) -> dict:
         calls = len(spy.timesteps)
         plain = hooked = float("inf")
         for _ in range(repeats):  # interleaved, so drift in machine load hits both alike
-            plain = min(plain, _best(run, 1))
+            plain = min(plain, metrics.timed(run, 1)[1])
             with coverage.apply(pipe, ones):
-                hooked = min(hooked, _best(run, 1))
+                hooked = min(hooked, metrics.timed(run, 1)[1])
     error = sum(float((c.float() - f.float()).norm() / f.float().norm()) for c, f in
                 zip(coverage.as_list(cached), coverage.as_list(full))) / len(coverage.as_list(full))
     return {

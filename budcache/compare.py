@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import json
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -69,15 +68,6 @@ class Problem:
 def _nfe(values: Sequence[int] | torch.Tensor) -> dict:
     t = torch.as_tensor(values, dtype=torch.float64)
     return dict(nfe_mean=float(t.mean()), nfe_sd=float(t.std(unbiased=False)), nfe_min=int(t.min()), nfe_max=int(t.max()))
-
-
-def _timed(fn: Callable[[], torch.Tensor], repeats: int = 3) -> tuple[torch.Tensor, float]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return out, best
 
 
 def _static(problem: Problem, which: str, sigmas: Sequence[float], mask: Sequence[int], rule) -> torch.Tensor:
@@ -167,7 +157,7 @@ def compare(
     Euler with its B-step schedule aligned the same way (both on the calibration samples)."""
     k, sigmas = problem.steps, problem.sigmas
     thresholds = list(thresholds or torch.logspace(-3, 0.5, 40).tolist())
-    full, t_full = _timed(lambda: _static(problem, "eval", sigmas, [1] * k, "repeat"))
+    full, t_full = metrics.timed(lambda: _static(problem, "eval", sigmas, [1] * k, "repeat"))
     rows: list[Row] = []
     show = problem.images or (lambda x: x)
     images = {"full": show(full)}
@@ -203,7 +193,7 @@ def compare(
                 aligned, _ = align(plan, problem.batches("calib"), config=AlignConfig(epochs=align_epochs), progress=False)
                 masks["budcache + aligned sigmas"], schedules["budcache + aligned sigmas"] = masks["budcache"], aligned.sigmas
             for method, (mask, mask_rule, note) in masks.items():
-                x, seconds = _timed(lambda: _static(problem, "eval", schedules[method], mask, mask_rule))
+                x, seconds = metrics.timed(lambda: _static(problem, "eval", schedules[method], mask, mask_rule))
                 add(b, method, rule, x, [sum(mask)] * n_eval, seconds, mask="".join("#" if m else "." for m in mask),
                     note=note)
             # TeaCache P1: one global threshold, mean NFE on the calibration samples closest to B
@@ -220,15 +210,15 @@ def compare(
     bar.close()
     for b in budgets:
         fewer = problem.fewer_sigmas(b)
-        x, seconds = _timed(lambda: _static(problem, "eval", fewer, [1] * b, "repeat"))
+        x, seconds = metrics.timed(lambda: _static(problem, "eval", fewer, [1] * b, "repeat"))
         add(b, f"plain {b}-step Euler", "-", x, [b] * n_eval, seconds)
-        x, seconds = _timed(lambda: _ab2(problem, "eval", fewer))
+        x, seconds = metrics.timed(lambda: _ab2(problem, "eval", fewer))
         add(b, f"plain {b}-step AB2", "-", x, [b] * n_eval, seconds)
         if align_epochs:
             euler = CachePlan(num_steps=b, budget=b, mask=[1] * b, sigmas=fewer)
             aligned, _ = align(euler, problem.batches("calib"), config=AlignConfig(epochs=align_epochs),
                                teacher_sigmas=sigmas, progress=False)
-            x, seconds = _timed(lambda: _static(problem, "eval", aligned.sigmas, [1] * b, "repeat"))
+            x, seconds = metrics.timed(lambda: _static(problem, "eval", aligned.sigmas, [1] * b, "repeat"))
             add(b, f"plain {b}-step Euler, aligned sigmas", "-", x, [b] * n_eval, seconds)
     return rows, images
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -59,16 +58,6 @@ def align_demo_plan(model: DigitsFlux, plan: CachePlan, calibration: int = 16, v
                      config or AlignConfig(), progress=progress)
 
 
-@torch.no_grad()
-def _timed(fn, repeats: int = 3) -> tuple[torch.Tensor, float]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return out, best
-
-
 def evaluate_plans(model: DigitsFlux, plans: dict[str, CachePlan], held_out: int = 100, seed: int = 0) -> dict:
     """Held-out comparison against full compute of plans for one budget (keyed by a label), the
     uniform mask under each plan's rule, and every plain B-step solver; speedups measured in
@@ -83,7 +72,7 @@ def evaluate_plans(model: DigitsFlux, plans: dict[str, CachePlan], held_out: int
             raise ValueError(f"plans compared together need one budget, got {b} and {plan.budget}")
     sigmas = first.sigmas or linear_sigmas(k)
     velocity = lambda x, s: model(x, torch.tensor(s), labels)  # noqa: E731
-    full, t_full = _timed(lambda: euler(velocity, noise, sigmas))
+    full, t_full = metrics.timed(lambda: euler(velocity, noise, sigmas))
     rows, speedup, executions, masks = {}, {}, {}, {}
     for label, plan in plans.items():
         name = f"plan ({label})"
@@ -91,10 +80,10 @@ def evaluate_plans(model: DigitsFlux, plans: dict[str, CachePlan], held_out: int
             denoiser = make(labels)
             rows[name] = sample(denoiser, noise, sigmas, plan.mask, plan.step_rules)
             executions[name], masks[name] = denoiser.executions, plan.strip
-            _, t_plan = _timed(lambda: sample(denoiser, noise, sigmas, plan.mask, plan.step_rules))
+            _, t_plan = metrics.timed(lambda: sample(denoiser, noise, sigmas, plan.mask, plan.step_rules))
             speedup[name] = t_full / t_plan
             rows[f"uniform mask ({plan.rule})"] = sample(make(labels), noise, sigmas, uniform_mask(k, b), plan.rule)
-    _, t_fewer = _timed(lambda: euler(velocity, noise, linear_sigmas(b)))
+    _, t_fewer = metrics.timed(lambda: euler(velocity, noise, linear_sigmas(b)))
     speedup[f"plain {b}-step Euler"] = t_full / t_fewer
     rows.update(plain_solvers(velocity, noise, b))
     ref = unpack(full)
