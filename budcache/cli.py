@@ -35,7 +35,8 @@ def _add_pipeline_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_search_options(
-    p: argparse.ArgumentParser, effort: SearchConfig = SearchConfig(), calib: int = 32, rule: bool = True
+    p: argparse.ArgumentParser, effort: SearchConfig = SearchConfig(), calib: int = 32, rule: bool = True,
+    checkpoint: bool = False,
 ) -> None:
     p.add_argument("--steps", type=int, default=28, help="denoising steps K (default 28)")
     p.add_argument("--reuse", choices=("residual", "output"), default="residual",
@@ -57,11 +58,18 @@ def _add_search_options(
     p.add_argument("--search-rules", action="store_true",
                    help="search the reuse rule of every step jointly with the mask")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    if checkpoint:
+        p.add_argument("--checkpoint", type=Path, default=None,
+                       help="save the evaluations here as they come (default: next to --out)")
+        p.add_argument("--checkpoint-every", type=int, default=25, help="evaluations between checkpoint writes")
+        p.add_argument("--resume", action="store_true",
+                       help="continue an interrupted search from --checkpoint (same final plan as an uninterrupted run)")
 
 
 def _config(a: argparse.Namespace) -> SearchConfig:
     return SearchConfig(iterations=a.iterations, starts=a.starts, kicks=a.kicks, forced_prefix=a.forced_prefix, seed=a.seed,
-                        rules=RULES if a.search_rules else (), hill_climb=not a.no_hill_climb)
+                        rules=RULES if a.search_rules else (), hill_climb=not a.no_hill_climb,
+                        checkpoint_every=getattr(a, "checkpoint_every", 25))
 
 
 def _call_kwargs(a: argparse.Namespace) -> dict:
@@ -109,7 +117,8 @@ def _search_pipeline(a: argparse.Namespace):
         validation = calibrate(pipe, read_prompts(a.validation_prompts), a.steps, seed=a.seed + 10_000,
                                progress=progress, **kwargs)
     return search(calib, a.budget, reuse=a.reuse, rule=a.rule, config=_config(a), validation=validation,
-                  max_state_mb=a.state_mb, history=a.history, progress=progress)
+                  max_state_mb=a.state_mb, history=a.history, progress=progress, checkpoint=a.checkpoint,
+                  resume=a.resume)
 
 
 def _pipeline_problem(a: argparse.Namespace):
@@ -131,6 +140,9 @@ def cmd_search(a: argparse.Namespace) -> None:
     if not 1 <= a.budget <= a.steps:
         raise SystemExit(f"--budget must be between 1 and --steps ({a.steps}), got {a.budget}")
     a.history = a.history or a.out.with_suffix(".history.png")
+    a.checkpoint = a.checkpoint or a.out.with_suffix(".checkpoint.json")
+    if a.resume and not a.checkpoint.exists():
+        raise SystemExit(f"--resume: no checkpoint at {a.checkpoint}")
     if a.pipeline is not None:
         plan = _search_pipeline(a)
     elif a.model == "demo":
@@ -140,7 +152,7 @@ def cmd_search(a: argparse.Namespace) -> None:
 
         model = load_demo_model()
         plan, result = search_demo_plan(model, a.steps, a.budget, a.reuse, a.calib, _config(a), not a.no_progress,
-                                        a.rule)
+                                        a.rule, a.checkpoint, a.resume)
         plots.plot_history({f"B={a.budget}": result}, a.history)
     else:
         raise SystemExit(f"--model {a.model!r}: use --model demo, or --pipeline PATH_OR_ID for a diffusers model")
@@ -148,7 +160,7 @@ def cmd_search(a: argparse.Namespace) -> None:
     if plan.record is not None and plan.record.interrupted:
         print("interrupted: saved the best plan found so far", file=sys.stderr)
     print(describe(plan))
-    print(f"saved {a.out} and {a.history}")
+    print(f"saved {a.out} and {a.history} (evaluations in {a.checkpoint})")
 
 
 def describe(plan: CachePlan) -> str:
@@ -268,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=int, required=True, help="transformer executions B per generation")
     p.add_argument("--out", type=Path, required=True, help="where to write the plan (JSON)")
     p.add_argument("--history", type=Path, default=None, help="search-history plot (default: next to --out)")
-    _add_search_options(p)
+    _add_search_options(p, checkpoint=True)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("align", help="stage 2: learn a plan's sigma schedule by distillation (demo model)")

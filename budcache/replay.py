@@ -245,6 +245,8 @@ def search(
     max_state_mb: float = 1024.0,
     history: str | Path | None = None,
     progress: bool = True,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
 ) -> CachePlan:
     """Search the best ``budget``-of-K plan for the calibrated pipeline (K = calibration steps).
 
@@ -252,7 +254,8 @@ def search(
     always compute, and the cache restarts there.
 
     ``validation``: other captures on which a predictive rule must beat ``repeat`` (default: the
-    calibration ones). ``history``: where to plot the search history.
+    calibration ones). ``history``: where to plot the search history. ``checkpoint`` / ``resume``:
+    save evaluations as they come and continue an interrupted search (see ``search_plan``).
     """
     check_replay(calib)
     reuse = reuse_for(calib.pipe.transformer, reuse)
@@ -272,7 +275,8 @@ def search(
             check = Evaluator([Batch(make(c), c.latents.float()) for c in validation.captures], calib.sigmas,
                               metric, max_state_mb=0, rule=rule, rules_in_play=config.rules, restarts=forced)
         plan, result = search_plan(evaluate, budget, reuse=reuse, model=calib.pipe.transformer, config=config,
-                                   euler_sigmas=calib.default_sigmas(budget), validation=check, progress=progress)
+                                   euler_sigmas=calib.default_sigmas(budget), validation=check, progress=progress,
+                                   checkpoint=checkpoint, resume=resume)
     plan.boundary_ratio = calib.boundary_ratio
     if history is not None:
         from .plots import plot_history

@@ -28,6 +28,8 @@ def search_demo_plan(
     config: SearchConfig = SearchConfig(),
     progress: bool = True,
     rule: str = "repeat",
+    checkpoint: Path | None = None,
+    resume: bool = False,
 ) -> tuple[CachePlan, SearchResult]:
     """Stage-1 search on the demo model with ``calibration`` samples drawn from ``config.seed``;
     a predictive rule is validated on as many other samples against ``repeat``."""
@@ -42,6 +44,7 @@ def search_demo_plan(
         return search_plan(
             evaluator(noise, labels), budget, reuse=reuse, model=model.transformer, config=config,
             euler_sigmas=linear_sigmas(budget), validation=validation, progress=progress,
+            checkpoint=checkpoint, resume=resume,
         )
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ..plan import CachePlan, SearchRecord, model_identity, uniform_mask
+from .checkpoint import Checkpoint, identity
 from .anneal import SearchConfig, SearchResult, anneal, check_budget, fixed_steps, neighbours
 from .evaluator import METRICS, Batch, Evaluator, decode, encode
 from .exhaustive import exhaustive
@@ -27,17 +29,26 @@ def search_plan(
     validation: Evaluator | None = None,
     store_sigmas: bool = True,
     progress: bool = True,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
 ) -> tuple[CachePlan, SearchResult]:
     """Search a mask (under ``evaluate.rule``, or with per-step rules when ``config.rules``) and
     wrap it in a :class:`CachePlan` with its search record.
 
     ``euler_sigmas``: the B-step schedule of plain fewer-step Euler, scored as a reference.
     ``validation``: an evaluator on other samples; a predictive plan whose validation loss is
-    not better than the same mask with ``repeat`` falls back to ``repeat``.
+    not better than the same mask with ``repeat`` falls back to ``repeat``. ``checkpoint``: a file
+    the evaluations are saved to as they come; ``resume`` continues from it (same final plan).
     """
     k = evaluate.num_steps
     check_budget(k, budget, config)
-    result = anneal(evaluate, budget, config, progress=progress)
+    saver = None
+    if checkpoint is not None:
+        ident = identity(evaluate, budget, config, model_identity(model) if model is not None else None)
+        saver = Checkpoint(checkpoint, ident, config.checkpoint_every)
+        if resume and Path(checkpoint).exists():
+            saver.restore(evaluate)
+    result = anneal(evaluate, budget, config, progress=progress, checkpoint=saver)
     evaluations, forwards = evaluate.evaluations, evaluate.forwards
     rule, rules, objective = evaluate.rule, result.rules, result.loss
     repeat = encode(result.mask, "repeat")

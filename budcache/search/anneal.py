@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from ..plan import PlanError, uniform_mask
+from .checkpoint import Checkpoint
 from .evaluator import Evaluator, Schedule, decode, rule_code
 
 Mask = Schedule
@@ -44,6 +45,7 @@ class SearchConfig:
     seed: int = 0
     rules: tuple[str, ...] = ()
     flip_prob: float = 0.25
+    checkpoint_every: int = 25  # evaluations between checkpoint writes (when the search has a checkpoint)
 
 
 @dataclass
@@ -130,25 +132,31 @@ def _uniform_start(k: int, b: int, fixed: list[int]) -> list[int]:
 class _Tracker:
     """Best mask so far and the loss history, shared by every phase."""
 
-    def __init__(self, evaluate: Evaluator, bar: tqdm, desc: str):
-        self.evaluate, self.bar, self.desc = evaluate, bar, desc
+    def __init__(self, evaluate: Evaluator, bar: tqdm, desc: str, checkpoint: Checkpoint | None = None):
+        self.evaluate, self.bar, self.desc, self.checkpoint = evaluate, bar, desc, checkpoint
         self.best: Mask | None = None
         self.best_loss = math.inf
         self.history: list[tuple[int, float, float]] = []
+        self.seen: set[Mask] = set()
 
     def __call__(self, mask: Mask) -> float:
-        seen = self.evaluate.evaluations
         loss = self.evaluate(mask)
         if loss < self.best_loss:
             self.best, self.best_loss = mask, loss
-        if self.evaluate.evaluations > seen:  # memo hits add nothing to the history
-            self.history.append((self.evaluate.evaluations, loss, self.best_loss))
-        self.bar.set_postfix(best=f"{self.best_loss:.4g}", evals=self.evaluate.evaluations, refresh=False)
+        key = self.evaluate.schedule(mask)
+        if key not in self.seen:  # repeated masks add nothing to the history (also when replayed from a checkpoint)
+            self.seen.add(key)
+            self.history.append((len(self.seen), loss, self.best_loss))
+        if self.checkpoint is not None:
+            self.checkpoint.maybe_save(self.evaluate)
+        self.bar.set_postfix(best=f"{self.best_loss:.4g}", evals=len(self.seen), refresh=False)
         return loss
 
 
-def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig(), progress: bool = True) -> SearchResult:
-    """SA + HC from ``config.starts`` starts (the uniform mask first, then random ones)."""
+def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig(), progress: bool = True,
+           checkpoint: Checkpoint | None = None) -> SearchResult:
+    """SA + HC from ``config.starts`` starts (the uniform mask first, then random ones); with a
+    ``checkpoint`` the evaluations are saved as they come (see :mod:`.checkpoint`)."""
     k = evaluate.num_steps
     check_budget(k, budget, config)
     fixed = fixed_steps(k, config)
@@ -159,7 +167,7 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
     total = config.starts * config.iterations
     desc = f"search B={budget}/{k}"
     with tqdm(total=total, desc=desc, disable=not progress, leave=False) as bar:
-        track = _Tracker(evaluate, bar, desc)
+        track = _Tracker(evaluate, bar, desc, checkpoint)
         interrupted = False
         try:
             for s in range(config.starts):
@@ -192,6 +200,9 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
                     _hill_climb(track, kicked, track(kicked), free, flips)
         except KeyboardInterrupt:
             interrupted = True
+        finally:
+            if checkpoint is not None:
+                checkpoint.save(evaluate)
     if track.best is None:
         raise KeyboardInterrupt("search interrupted before any mask was evaluated")
     mask, rules = decode(track.best, evaluate.rule)

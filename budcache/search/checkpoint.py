@@ -1,0 +1,71 @@
+"""Resumable searches: the evaluator's memo table, written atomically every few evaluations.
+
+The search is deterministic for a seed, so resuming replays it from the start with every
+earlier evaluation answered from the saved table (no forward passes) and continues where the
+interrupted run stopped: the final plan is the one an uninterrupted run finds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..plan import PlanError
+from .evaluator import Evaluator
+
+FORMAT = "budcache-search-checkpoint/1"
+
+
+def identity(evaluate: Evaluator, budget: int, config: Any, model: Any = None) -> dict:
+    """What a checkpoint must match to be resumed: the problem (sigmas, rule, calibration noise,
+    model), the budget and the search settings."""
+    noise = hashlib.sha256(b"".join(b.noise.detach().cpu().float().numpy().tobytes() for b in evaluate.batches))
+    settings = {k: v for k, v in vars(config).items() if k != "checkpoint_every"}
+    return {"budget": budget, "sigmas": evaluate.sigmas, "rule": evaluate.rule, "metric": evaluate.metric,
+            "calibration": noise.hexdigest()[:16], "model": model, "config": json.loads(json.dumps(settings, default=str))}
+
+
+class Checkpoint:
+    def __init__(self, path: str | Path, ident: dict, every: int = 25):
+        self.path, self.ident, self.every, self.saved_at = Path(path), ident, every, 0
+
+    def restore(self, evaluate: Evaluator) -> int:
+        """Load a saved table into ``evaluate``; returns how many evaluations it holds."""
+        try:
+            data = json.loads(self.path.read_text())
+            if data.get("format") != FORMAT:
+                raise ValueError(f"format {data.get('format')!r}")
+            memo = {tuple(int(c) for c in key.split(",")): float(loss) for key, loss in data["memo"].items()}
+            forwards = int(data["forwards"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise PlanError(f"{self.path}: not a readable search checkpoint ({e}); delete it to start afresh") from None
+        for field, value in self.ident.items():
+            if data.get("identity", {}).get(field) != value:
+                raise PlanError(f"{self.path} was written for another search ({field} differs); delete it or "
+                                "search without --resume")
+        evaluate.memo.update(memo)
+        evaluate.forwards = forwards
+        self.saved_at = len(memo)
+        return len(memo)
+
+    def maybe_save(self, evaluate: Evaluator) -> None:
+        if evaluate.evaluations - self.saved_at >= self.every:
+            self.save(evaluate)
+
+    def save(self, evaluate: Evaluator) -> None:
+        data = {"format": FORMAT, "identity": self.ident, "forwards": evaluate.forwards,
+                "memo": {",".join(map(str, k)): v for k, v in evaluate.memo.items()}}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self.saved_at = evaluate.evaluations

@@ -1,0 +1,77 @@
+"""Resumable searches: a killed run resumes to the plan an uninterrupted run finds."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from budcache.cli import main
+from budcache.plan import CachePlan, PlanError
+from budcache.search import Batch, Evaluator, SearchConfig, anneal, search_plan
+from budcache.sampler import OutputDenoiser, linear_sigmas
+
+K, B = 12, 4
+CONFIG = SearchConfig(iterations=80, seed=3, kicks=2, checkpoint_every=5)
+
+
+def evaluator(gmm):
+    return Evaluator([Batch(OutputDenoiser(gmm), gmm.noise(16, seed=0))], linear_sigmas(K))
+
+
+def test_interrupted_search_resumes_to_the_same_plan(gmm, tmp_path):
+    reference, _ = search_plan(evaluator(gmm), B, reuse="output", config=CONFIG, progress=False)
+    ev = evaluator(gmm)
+    inner = ev.__class__.__call__
+    calls = []
+
+    def stop_after_40(self, mask):
+        calls.append(1)
+        if len(calls) == 40:
+            raise KeyboardInterrupt
+        return inner(self, mask)
+
+    ev.__class__ = type("Interrupted", (ev.__class__,), {"__call__": stop_after_40})
+    ckpt = tmp_path / "search.json"
+    partial, _ = search_plan(ev, B, reuse="output", config=CONFIG, progress=False, checkpoint=ckpt)
+    assert partial.record.interrupted and ckpt.exists()
+    saved = len(json.loads(ckpt.read_text())["memo"])
+    fresh = evaluator(gmm)
+    resumed, _ = search_plan(fresh, B, reuse="output", config=CONFIG, progress=False, checkpoint=ckpt, resume=True)
+    assert 0 < saved < fresh.evaluations
+    assert resumed.mask == reference.mask and resumed.record.objective == reference.record.objective
+    assert resumed.record.evaluations == reference.record.evaluations
+
+
+def test_bad_checkpoints_are_refused(gmm, tmp_path):
+    ckpt = tmp_path / "search.json"
+    search_plan(evaluator(gmm), B, reuse="output", config=CONFIG, progress=False, checkpoint=ckpt)
+    with pytest.raises(PlanError, match="budget differs"):
+        search_plan(evaluator(gmm), B + 1, reuse="output", config=CONFIG, progress=False, checkpoint=ckpt, resume=True)
+    ckpt.write_text(ckpt.read_text()[:100])
+    with pytest.raises(PlanError, match="not a readable search checkpoint"):
+        search_plan(evaluator(gmm), B, reuse="output", config=CONFIG, progress=False, checkpoint=ckpt, resume=True)
+
+
+def test_search_killed_with_sigkill_resumes_from_the_command_line(tmp_path):
+    args = ["search", "--model", "demo", "--steps", "16", "--budget", "5", "--calib", "4", "--iterations", "400",
+            "--starts", "2", "--kicks", "4", "--checkpoint-every", "5", "--no-progress"]
+    out, ckpt = tmp_path / "killed.json", tmp_path / "killed.checkpoint.json"
+    proc = subprocess.Popen([sys.executable, "-m", "budcache.cli", "--threads", "1", *args, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (ckpt.exists() and len(json.loads(ckpt.read_text() or "{}").get("memo", {})) >= 30):
+        assert proc.poll() is None and time.time() < deadline, "search ended before it could be killed"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    torch.set_num_threads(1)
+    main([*args, "--out", str(out), "--resume"])
+    main([*args, "--out", str(tmp_path / "whole.json"), "--checkpoint", str(tmp_path / "whole.ckpt.json")])
+    resumed, whole = CachePlan.load(out), CachePlan.load(tmp_path / "whole.json")
+    assert resumed.mask == whole.mask and resumed.record.objective == whole.record.objective
