@@ -266,6 +266,22 @@ def cmd_align(a: argparse.Namespace) -> None:
     print(f"saved {a.out} and {figure}")
 
 
+def cmd_frontier(a: argparse.Namespace) -> None:
+    from .frontier import demo_frontier
+
+    if a.model != "demo":
+        raise SystemExit(f"--model {a.model!r}: frontier runs on the demo model in this version")
+    budgets = _budgets(a.budgets)
+    if not budgets or not all(1 <= b <= a.steps for b in budgets):
+        raise SystemExit(f"--budgets must lie in 1..--steps ({a.steps}), got {a.budgets!r}")
+    a.out.mkdir(parents=True, exist_ok=True)
+    rows = demo_frontier(a.out, budgets, a.steps, a.calib, a.held_out, _config(a), not a.no_progress)
+    for r in rows:
+        print(f"B={r['budget']:>2}  {r['mask']}  budcache {r['budcache']:6.2f} dB   uniform {r['uniform mask']:6.2f}   "
+              f"Euler {r['plain Euler']:6.2f}")
+    print(f"wrote plan_B*.json, frontier.json and frontier.png to {a.out}/")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="budcache", description="Budget-constrained step-level diffusion caching")
     parser.add_argument("--threads", type=int, default=None,
@@ -282,6 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--history", type=Path, default=None, help="search-history plot (default: next to --out)")
     _add_search_options(p, checkpoint=True)
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("frontier", help="plans for every budget in one run, and the quality-vs-budget curve")
+    p.add_argument("--model", default="demo")
+    p.add_argument("--budgets", default="4..20", help="comma list or range (default 4..20)")
+    p.add_argument("--held-out", type=int, default=100, help="held-out samples for the curve")
+    p.add_argument("--out", type=Path, default=Path("frontier-out"))
+    _add_search_options(p, DEMO_EFFORT, calib=16, rule=False)
+    p.set_defaults(func=cmd_frontier)
 
     p = sub.add_parser("align", help="stage 2: learn a plan's sigma schedule by distillation (demo model)")
     p.add_argument("plan", type=Path)

@@ -115,3 +115,15 @@ def plot_alignment(plan: CachePlan, result, path: str | Path) -> Path:
     bx.set_yscale("log")
     bx.legend(fontsize=8, frameon=False)
     return _save(fig, path)
+
+
+def plot_frontier(rows: Sequence[dict], path: str | Path) -> Path:
+    """Held-out PSNR against the budget for budcache's plans, the uniform mask and plain Euler."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    budgets = [r["budget"] for r in rows]
+    for name, style in (("budcache", "-o"), ("uniform mask", "--s"), ("plain Euler", ":^")):
+        ax.plot(budgets, [r[name] for r in rows], style, ms=4, label=name)
+    ax.set_xlabel("budget B (block-stack executions)")
+    ax.set_ylabel("PSNR vs full compute (dB)")
+    ax.legend(fontsize=8, frameon=False)
+    return _save(fig, path)

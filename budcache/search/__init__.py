@@ -31,6 +31,7 @@ def search_plan(
     progress: bool = True,
     checkpoint: str | Path | None = None,
     resume: bool = False,
+    start: Sequence[int] | None = None,
 ) -> tuple[CachePlan, SearchResult]:
     """Search a mask (under ``evaluate.rule``, or with per-step rules when ``config.rules``) and
     wrap it in a :class:`CachePlan` with its search record.
@@ -39,6 +40,7 @@ def search_plan(
     ``validation``: an evaluator on other samples; a predictive plan whose validation loss is
     not better than the same mask with ``repeat`` falls back to ``repeat``. ``checkpoint``: a file
     the evaluations are saved to as they come; ``resume`` continues from it (same final plan).
+    ``start``: the first annealing start (e.g. a neighbouring budget's plan), else the uniform mask.
     """
     k = evaluate.num_steps
     check_budget(k, budget, config)
@@ -48,7 +50,7 @@ def search_plan(
         saver = Checkpoint(checkpoint, ident, config.checkpoint_every)
         if resume and Path(checkpoint).exists():
             saver.restore(evaluate)
-    result = anneal(evaluate, budget, config, progress=progress, checkpoint=saver)
+    result = anneal(evaluate, budget, config, progress=progress, checkpoint=saver, start=start)
     evaluations, forwards = evaluate.evaluations, evaluate.forwards
     rule, rules, objective = evaluate.rule, result.rules, result.loss
     repeat = encode(result.mask, "repeat")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
@@ -154,9 +155,9 @@ class _Tracker:
 
 
 def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig(), progress: bool = True,
-           checkpoint: Checkpoint | None = None) -> SearchResult:
-    """SA + HC from ``config.starts`` starts (the uniform mask first, then random ones); with a
-    ``checkpoint`` the evaluations are saved as they come (see :mod:`.checkpoint`)."""
+           checkpoint: Checkpoint | None = None, start: Sequence[int] | None = None) -> SearchResult:
+    """SA + HC from ``config.starts`` starts (``start`` or the uniform mask first, then random
+    ones); with a ``checkpoint`` the evaluations are saved as they come (see :mod:`.checkpoint`)."""
     k = evaluate.num_steps
     check_budget(k, budget, config)
     fixed = fixed_steps(k, config)
@@ -174,7 +175,10 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
                 if progress:
                     bar.set_description_str(f"{desc} (annealing, start {s + 1}/{config.starts})", refresh=False)
                 if s == 0:
-                    current: Mask = evaluate.schedule(_uniform_start(k, budget, fixed))
+                    first = list(start) if start is not None else _uniform_start(k, budget, fixed)
+                    if len(first) != k or sum(first) != budget or any(not first[f] for f in fixed):
+                        raise PlanError(f"the start mask must have {k} steps, {budget} computed, steps {fixed} among them")
+                    current: Mask = evaluate.schedule(first)
                 else:
                     current = evaluate.schedule(_random_mask(k, budget, fixed, free, rng))
                 loss = track(current)

@@ -1,0 +1,36 @@
+"""`budcache frontier`: one plan per budget in one run, warm-started from the neighbour."""
+
+import json
+
+import pytest
+
+from budcache.cli import main
+from budcache.frontier import grow
+from budcache.plan import CachePlan, PlanError
+from budcache.search import SearchConfig, anneal
+
+
+def test_grow_fills_the_middle_of_the_longest_gap():
+    assert grow([1, 0, 0, 0, 0, 1, 0]) == [1, 0, 1, 0, 0, 1, 0]
+    assert grow([1, 0, 1, 0, 0, 0]) == [1, 0, 1, 0, 1, 0]
+    with pytest.raises(ValueError):
+        grow([1, 1])
+
+
+def test_a_bad_start_mask_is_refused(gmm):
+    from test_search import evaluator
+
+    with pytest.raises(PlanError, match="start mask"):
+        anneal(evaluator(gmm), 3, SearchConfig(iterations=5), progress=False, start=[1, 1, 0, 0])
+
+
+def test_cli_frontier(tmp_path):
+    out = tmp_path / "fr"
+    main(["--threads", "1", "frontier", "--steps", "8", "--budgets", "2..5", "--calib", "4", "--held-out", "6",
+          "--iterations", "10", "--starts", "1", "--no-progress", "--out", str(out)])
+    rows = json.loads((out / "frontier.json").read_text())["rows"]
+    assert [r["budget"] for r in rows] == [2, 3, 4, 5] and (out / "frontier.png").exists()
+    for r in rows:
+        plan = CachePlan.load(out / f"plan_B{r['budget']}.json")
+        assert sum(plan.mask) == r["budget"] and plan.strip == r["mask"]
+        assert r["budcache"] > 10 and r["plain Euler"] > 10
