@@ -325,13 +325,14 @@ def calibrate(
     *,
     seed: int = 0,
     progress: bool = True,
+    seeds: Sequence[int] | None = None,
     **call_kwargs: Any,
 ) -> Calibration:
     """Run ``pipe`` once per prompt with full compute and capture what the search replays.
 
     ``prompts``: strings, or dicts of call arguments (e.g. ``prompt_embeds`` for a pipeline
     without text encoder). ``call_kwargs`` go to every call (height, width, guidance_scale,
-    negative_prompt, ...). Prompt ``i`` uses the generator seed ``seed + i``.
+    negative_prompt, ...). Prompt ``i`` uses the generator seed ``seed + i`` (or ``seeds[i]``).
     """
     if not prompts:
         raise ValueError("calibrate needs at least one prompt")
@@ -344,7 +345,7 @@ def calibrate(
     for i, prompt in enumerate(tqdm(prompts, desc="calibrating", disable=not progress)):
         kwargs = {**call_kwargs, **(prompt if isinstance(prompt, dict) else {"prompt": prompt})}
         kwargs.update(num_inference_steps=num_inference_steps, output_type="latent",
-                      generator=torch.Generator(device).manual_seed(seed + i))
+                      generator=torch.Generator(device).manual_seed(seed + i if seeds is None else seeds[i]))
         recorder = _Recorder()
         with torch.no_grad(), _capturing(pipe, recorder, schedule_kwargs):
             pipe(**kwargs)

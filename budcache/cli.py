@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -102,23 +103,35 @@ def load_pipeline(path: str, dtype: str | None, device: str | None, offload: boo
     return pipe
 
 
-def _search_pipeline(a: argparse.Namespace):
-    from . import calibrate, search
+def _calibrate_shard(pipe, path: Path, a: argparse.Namespace, seed: int, rank: int, world: int, kwargs: dict):
+    """This rank's share of the prompts in ``path`` (prompt i keeps seed ``seed + i``)."""
+    from . import calibrate
     from .prompts import read_prompts
+
+    prompts = read_prompts(path)
+    if len(prompts) < world:
+        raise SystemExit(f"{path}: {len(prompts)} prompts for {world} processes; give each process at least one")
+    mine = range(rank, len(prompts), world)
+    return calibrate(pipe, [prompts[i] for i in mine], a.steps, seeds=[seed + i for i in mine],
+                     progress=not a.no_progress, **kwargs)
+
+
+def _search_pipeline(a: argparse.Namespace, rank: int = 0, world: int = 1):
+    from . import search
 
     if a.prompts is None:
         raise SystemExit("--pipeline needs --prompts FILE (.txt, .jsonl or .csv) with calibration prompts")
-    pipe = load_pipeline(a.pipeline, a.dtype, a.device, a.cpu_offload)
+    device = a.device or (f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if world > 1 else None)
+    pipe = load_pipeline(a.pipeline, a.dtype, device, a.cpu_offload)
     pipe.set_progress_bar_config(disable=True)
-    kwargs, progress = _call_kwargs(a), not a.no_progress
-    calib = calibrate(pipe, read_prompts(a.prompts), a.steps, seed=a.seed, progress=progress, **kwargs)
+    kwargs = _call_kwargs(a)
+    calib = _calibrate_shard(pipe, a.prompts, a, a.seed, rank, world, kwargs)
     validation = None
     if a.validation_prompts is not None:
-        validation = calibrate(pipe, read_prompts(a.validation_prompts), a.steps, seed=a.seed + 10_000,
-                               progress=progress, **kwargs)
+        validation = _calibrate_shard(pipe, a.validation_prompts, a, a.seed + 10_000, rank, world, kwargs)
     return search(calib, a.budget, reuse=a.reuse, rule=a.rule, config=_config(a), validation=validation,
-                  max_state_mb=a.state_mb, history=a.history, progress=progress, checkpoint=a.checkpoint,
-                  resume=a.resume)
+                  max_state_mb=a.state_mb, history=None if rank else a.history, progress=not a.no_progress,
+                  checkpoint=a.checkpoint, resume=a.resume)
 
 
 def _pipeline_problem(a: argparse.Namespace):
@@ -143,8 +156,11 @@ def cmd_search(a: argparse.Namespace) -> None:
     a.checkpoint = a.checkpoint or a.out.with_suffix(".checkpoint.json")
     if a.resume and not a.checkpoint.exists():
         raise SystemExit(f"--resume: no checkpoint at {a.checkpoint}")
+    rank, world = _rank()
+    if rank:
+        a.no_progress = True
     if a.pipeline is not None:
-        plan = _search_pipeline(a)
+        plan = _search_pipeline(a, rank, world)
     elif a.model == "demo":
         from . import plots
         from .demo.model import load_demo_model
@@ -152,10 +168,13 @@ def cmd_search(a: argparse.Namespace) -> None:
 
         model = load_demo_model()
         plan, result = search_demo_plan(model, a.steps, a.budget, a.reuse, a.calib, _config(a), not a.no_progress,
-                                        a.rule, a.checkpoint, a.resume)
-        plots.plot_history({f"B={a.budget}": result}, a.history)
+                                        a.rule, a.checkpoint, a.resume, shard=(rank, world))
+        if not rank:
+            plots.plot_history({f"B={a.budget}": result}, a.history)
     else:
         raise SystemExit(f"--model {a.model!r}: use --model demo, or --pipeline PATH_OR_ID for a diffusers model")
+    if rank:
+        return
     plan.save(a.out)
     if plan.record is not None and plan.record.interrupted:
         print("interrupted: saved the best plan found so far", file=sys.stderr)
@@ -357,6 +376,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_search_options(p, DEMO_EFFORT, calib=16, rule=False)
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _rank() -> tuple[int, int]:
+    """(rank, world size): under ``torchrun`` the process group is set up here (NCCL on GPUs, else gloo)."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -30,14 +30,17 @@ def search_demo_plan(
     rule: str = "repeat",
     checkpoint: Path | None = None,
     resume: bool = False,
+    shard: tuple[int, int] = (0, 1),
 ) -> tuple[CachePlan, SearchResult]:
     """Stage-1 search on the demo model with ``calibration`` samples drawn from ``config.seed``;
-    a predictive rule is validated on as many other samples against ``repeat``."""
+    a predictive rule is validated on as many other samples against ``repeat``. ``shard`` =
+    (rank, world size): this process's share of the samples under ``torch.distributed``."""
+    rank, world = shard
     noise, labels = demo_inputs(calibration, config.seed)
     with demo_denoisers(model, reuse) as make:
         def evaluator(noise, labels):
-            return Evaluator(demo_batches(make, noise, labels), linear_sigmas(steps), rule=rule,
-                             rules_in_play=config.rules)
+            return Evaluator(demo_batches(make, noise[rank::world], labels[rank::world]), linear_sigmas(steps),
+                             rule=rule, rules_in_play=config.rules)
 
         predictive = rule != "repeat" or bool(config.rules)
         validation = evaluator(*demo_inputs(calibration, config.seed + VALIDATION_SEED_OFFSET)) if predictive else None

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..plan import CachePlan, SearchRecord, model_identity, uniform_mask
 from .checkpoint import Checkpoint, identity
 from .anneal import SearchConfig, SearchResult, anneal, check_budget, fixed_steps, neighbours
@@ -16,6 +18,15 @@ __all__ = [
     "METRICS", "Batch", "Evaluator", "SearchConfig", "SearchResult",
     "anneal", "check_budget", "decode", "fixed_steps", "encode", "exhaustive", "neighbours", "search_plan",
 ]
+
+
+def _over_ranks(evaluate: Evaluator, *values: int) -> list[int]:
+    """``values`` summed over the ranks of a distributed search (as they are otherwise)."""
+    if not evaluate.distributed:
+        return list(values)
+    total = torch.tensor(values, dtype=torch.float64)
+    torch.distributed.all_reduce(total)
+    return [int(v) for v in total]
 
 
 def search_plan(
@@ -51,7 +62,8 @@ def search_plan(
         if resume and Path(checkpoint).exists():
             saver.restore(evaluate)
     result = anneal(evaluate, budget, config, progress=progress, checkpoint=saver, start=start)
-    evaluations, forwards = evaluate.evaluations, evaluate.forwards
+    evaluations = evaluate.evaluations
+    samples, forwards = _over_ranks(evaluate, evaluate.samples, evaluate.forwards)
     rule, rules, objective = evaluate.rule, result.rules, result.loss
     repeat = encode(result.mask, "repeat")
     repeat_objective = evaluate(repeat)
@@ -72,9 +84,9 @@ def search_plan(
         teacher_steps=k,
         evaluations=evaluations,
         forwards=forwards,
-        forwards_without_prefix_reuse=evaluate.samples * (k + evaluations * budget),
+        forwards_without_prefix_reuse=samples * (k + evaluations * budget),
         seed=config.seed,
-        calibration_size=evaluate.samples,
+        calibration_size=samples,
         seconds=round(result.seconds, 2),
         interrupted=result.interrupted,
     )

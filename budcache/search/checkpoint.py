@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch.distributed as dist
+
 from ..plan import PlanError
 from .evaluator import Evaluator
 
@@ -25,13 +27,16 @@ def identity(evaluate: Evaluator, budget: int, config: Any, model: Any = None) -
     model), the budget and the search settings."""
     noise = hashlib.sha256(b"".join(b.noise.detach().cpu().float().numpy().tobytes() for b in evaluate.batches))
     settings = {k: v for k, v in vars(config).items() if k != "checkpoint_every"}
+    world = dist.get_world_size() if evaluate.distributed else 1
     return {"budget": budget, "sigmas": evaluate.sigmas, "rule": evaluate.rule, "metric": evaluate.metric,
-            "calibration": noise.hexdigest()[:16], "model": model, "config": json.loads(json.dumps(settings, default=str))}
+            "calibration": noise.hexdigest()[:16], "world_size": world, "model": model,
+            "config": json.loads(json.dumps(settings, default=str))}
 
 
 class Checkpoint:
     def __init__(self, path: str | Path, ident: dict, every: int = 25):
         self.path, self.ident, self.every, self.saved_at = Path(path), ident, every, 0
+        self.rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0  # rank 0 writes
 
     def restore(self, evaluate: Evaluator) -> int:
         """Load a saved table into ``evaluate``; returns how many evaluations it holds."""
@@ -44,6 +49,8 @@ class Checkpoint:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise PlanError(f"{self.path}: not a readable search checkpoint ({e}); delete it to start afresh") from None
         for field, value in self.ident.items():
+            if field == "calibration" and self.rank:  # other ranks hold other shards than rank 0 hashed
+                continue
             if data.get("identity", {}).get(field) != value:
                 raise PlanError(f"{self.path} was written for another search ({field} differs); delete it or "
                                 "search without --resume")
@@ -57,6 +64,9 @@ class Checkpoint:
             self.save(evaluate)
 
     def save(self, evaluate: Evaluator) -> None:
+        self.saved_at = evaluate.evaluations
+        if self.rank:
+            return
         data = {"format": FORMAT, "identity": self.ident, "forwards": evaluate.forwards,
                 "memo": {",".join(map(str, k)): v for k, v in evaluate.memo.items()}}
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,4 +78,3 @@ class Checkpoint:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        self.saved_at = evaluate.evaluations

@@ -13,6 +13,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from ..plan import RULES
 from ..sampler import Denoiser, State, check_rules, euler_step, history_depth
@@ -60,7 +61,11 @@ def decode(schedule: Schedule, default: str = "repeat") -> tuple[list[int], list
 
 
 class Evaluator:
-    """Scores masks against the teacher on fixed calibration batches, counting transformer forwards."""
+    """Scores masks against the teacher on fixed calibration batches, counting transformer forwards.
+
+    Under ``torch.distributed`` each rank holds its shard of the calibration samples and every
+    loss is all-reduced, so all ranks see the same losses and, with the same seed, take the same
+    search decisions (``forwards`` stays per rank)."""
 
     def __init__(
         self,
@@ -91,6 +96,7 @@ class Evaluator:
         self.rule = check_rules(rule, 1)[0]
         self.depth = history_depth(check_rules([rule, *rules_in_play], 1 + len(rules_in_play)))
         self.restarts = frozenset(restarts)
+        self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.memo: dict[Schedule, float] = {}
         self.states: OrderedDict[Schedule, list[State]] = OrderedDict()
         self.state_bytes = 0
@@ -139,8 +145,12 @@ class Evaluator:
         return states
 
     def _loss(self, finals: list[State]) -> float:
-        total = sum(self.distance(s.x.float(), t.float()).sum() for s, t in zip(finals, self.teacher))
-        loss = float(total) / self.samples
+        """Mean distance per sample, over every rank's samples under ``torch.distributed``."""
+        local = sum(self.distance(s.x.float(), t.float()).double().sum() for s, t in zip(finals, self.teacher))
+        total = torch.tensor([float(local), float(self.samples)], dtype=torch.float64)
+        if self.distributed:
+            dist.all_reduce(total)
+        loss = float(total[0] / total[1])
         return loss if loss == loss and loss != float("inf") else float("inf")
 
     # -- public -----------------------------------------------------------------------------
