@@ -30,8 +30,13 @@ _HOOK = "budcache_plan"
 
 
 @functools.lru_cache(maxsize=None)
-def _signature(cls: type) -> inspect.Signature:
-    return inspect.signature(cls.forward)
+def _positions(cls: type) -> tuple[str, str, int]:
+    """(latent argument name, timestep argument name, the timestep's positional index) of ``cls.forward``."""
+    params = list(inspect.signature(cls.forward).parameters)[1:]
+    timestep = next((p for p in ("timestep", "t") if p in params), None)
+    if timestep is None:
+        raise ValueError(f"budcache: cannot find the timestep argument of {cls.__name__}.forward")
+    return params[0], timestep, params.index(timestep)
 
 
 class _Branch:
@@ -88,11 +93,9 @@ class _PlanHook(ModelHook):
 
     def _inputs(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[float, int]:
         """The call's timestep (``timestep`` or ``t``) and batch size."""
-        bound = _signature(type(module)).bind_partial(module, *args, **kwargs).arguments
-        t = bound.get("timestep", bound.get("t"))
-        if t is None:
-            raise ValueError(f"budcache: cannot find the timestep argument of {type(module).__name__}.forward")
-        hidden = next(v for k, v in bound.items() if k != "self")
+        hidden_name, t_name, t_index = _positions(type(module))
+        t = kwargs[t_name] if t_name in kwargs else args[t_index]
+        hidden = args[0] if args else kwargs[hidden_name]
         return float(torch.as_tensor(t).flatten()[0]), hidden.shape[0] if torch.is_tensor(hidden) else len(hidden)
 
     def _locate(self, t: float) -> tuple[int, str, _Branch, float]:
