@@ -260,7 +260,7 @@ def cmd_compare(a: argparse.Namespace) -> None:
         problem = compare.demo_problem(a.calib, a.held_out, a.seed, a.steps)
     with problem as problem:
         rows, images = compare.compare(problem, budgets, tuple(a.rules), config, progress=not a.no_progress,
-                                       align_epochs=a.align_epochs)
+                                       align_epochs=a.align_epochs, magcache=a.magcache)
     compare.write(rows, images, a.out)
     print(f"wrote table.txt, results.csv, results.json, quality_vs_nfe.png and samples_B*.png to {a.out}/")
 
@@ -350,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="demo")
     _add_pipeline_options(p)
     p.add_argument("--held-out-prompts", type=Path, default=None, help="evaluation prompts for --pipeline")
+    p.add_argument("--magcache", choices=("flux", "wan2.1-1.3b", "diffusers"), default="flux",
+                   help="MagCache preset (max skip, retention) kept while its threshold is scanned (default flux)")
     p.add_argument("--align-epochs", type=int, default=0,
                    help="also stage 2: align budcache's plan and plain Euler's B-step schedule (0: skip)")
     p.add_argument("--steps", type=int, default=28)

@@ -13,6 +13,7 @@ held-out samples, never the calibration ones, against full K-step compute with t
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -45,6 +46,7 @@ class Row:
     mse: float
     psnr: float
     ssim: float | None
+    lpips: float | None = None
     speedup: float | None = None
     accuracy: float | None = None
     mask: str = ""
@@ -132,13 +134,20 @@ def _per_sample_thresholds(problem: Problem, rescale, thresholds: Sequence[float
     return x, nfe
 
 
-def _scores(x: torch.Tensor, full: torch.Tensor, problem: Problem) -> dict:
-    """MSE on latents; PSNR / SSIM on images (demo), or PSNR on latents over the reference's range."""
+def lpips_available() -> bool:
+    """Whether the optional ``lpips`` extra is installed (it also needs its weights locally)."""
+    return importlib.util.find_spec("lpips") is not None
+
+
+def _scores(x: torch.Tensor, full: torch.Tensor, problem: Problem, lpips: bool) -> dict:
+    """MSE on latents; PSNR / SSIM (and LPIPS) on images (demo), or PSNR on latents over the
+    reference's range."""
     if problem.images is None:
         span = float(full.max() - full.min())
         return {"psnr": metrics.psnr(x.flatten(1), full.flatten(1), data_range=span), "ssim": None}
-    scores = metrics.report(problem.images(x), problem.images(full))
-    return {"psnr": scores["psnr"], "ssim": scores["ssim"]}
+    img, ref = problem.images(x), problem.images(full)
+    scores = metrics.report(img, ref)
+    return {"psnr": scores["psnr"], "ssim": scores["ssim"], "lpips": metrics.lpips(img, ref) if lpips else None}
 
 
 @torch.no_grad()
@@ -150,21 +159,27 @@ def compare(
     thresholds: Sequence[float] | None = None,
     progress: bool = True,
     align_epochs: int = 0,
+    magcache: str = "flux",
 ) -> tuple[list[Row], dict[str, torch.Tensor]]:
     """Rows for every (budget, rule, policy), and outputs per ``"B=<b> <method> [rule]"`` (plus ``"full"``).
 
     ``align_epochs`` > 0 adds stage 2: budcache's plan with its schedule aligned, and plain B-step
-    Euler with its B-step schedule aligned the same way (both on the calibration samples)."""
+    Euler with its B-step schedule aligned the same way (both on the calibration samples).
+    ``magcache``: the MagCache preset whose max skip and retention are kept while its threshold
+    is scanned (``policies.MAGCACHE_PRESETS``)."""
     k, sigmas = problem.steps, problem.sigmas
     thresholds = list(thresholds or torch.logspace(-3, 0.5, 40).tolist())
     full, t_full = metrics.timed(lambda: _static(problem, "eval", sigmas, [1] * k, "repeat"))
     rows: list[Row] = []
+    lpips = problem.images is not None and lpips_available()
+    if problem.images is not None and not lpips:
+        print("LPIPS skipped: it needs the optional extra (pip install 'budcache[lpips]') and its weights")
     show = problem.images or (lambda x: x)
     images = {"full": show(full)}
 
     def add(budget: int, method: str, rule: str, x: torch.Tensor, nfe, seconds: float | None = None, **info) -> None:
         extra = problem.score(problem.images(x)) if problem.score else {}
-        rows.append(Row(budget, method, rule, **_nfe(nfe), mse=metrics.mse(x, full), **_scores(x, full, problem),
+        rows.append(Row(budget, method, rule, **_nfe(nfe), mse=metrics.mse(x, full), **_scores(x, full, problem, lpips),
                         speedup=None if seconds is None else t_full / seconds, accuracy=extra.get("accuracy"), **info))
         images[f"B={budget} {method}" + ("" if rule == "-" else f" [{rule}]")] = show(x)
 
@@ -185,7 +200,9 @@ def compare(
             mask, note = policies.fora_for_budget(k, b)
             masks["uniform / FORA"] = (mask, rule, note)
             masks["TaylorSeer"] = (policies.taylorseer_for_budget(k, b), rule, "")
-            mask, info = policies.magcache_for_budget(ratios, k, b)
+            preset = policies.MAGCACHE_PRESETS[magcache]
+            mask, info = policies.magcache_for_budget(ratios, k, b, max_skip=int(preset["max_skip"]),
+                                                      retention=preset["retention"])
             masks["MagCache"] = (mask, rule, "" if info["exact"] else f"closest reachable NFE {sum(mask)}")
             masks["LeMiCa"] = (policies.lemica_path(weights, k, b), rule, "")
             schedules = dict.fromkeys(masks, sigmas)

@@ -94,6 +94,15 @@ def taylorseer_for_budget(num_steps: int, budget: int, warmup: int = 3) -> Mask:
 
 
 # -- MagCache ----------------------------------------------------------------------------------
+# MagCache's published settings (threshold E, max skip K, retention R): FLUX E024K5R01, Wan2.1-1.3B
+# E012K2R02, diffusers' MagCacheConfig defaults. The comparison scans the threshold to hit B.
+MAGCACHE_PRESETS: dict[str, dict[str, float]] = {
+    "flux": {"threshold": 0.24, "max_skip": 5, "retention": 0.1},
+    "wan2.1-1.3b": {"threshold": 0.12, "max_skip": 2, "retention": 0.2},
+    "diffusers": {"threshold": 0.06, "max_skip": 3, "retention": 0.2},
+}
+
+
 def magcache_ratios(residuals: Sequence[torch.Tensor]) -> list[float]:
     """MagCache's magnitude ratios from the cached quantity (residual or velocity, batch first) of
     every step of one full-compute run: gamma_k = mean over samples of ||r_k|| / ||r_{k-1}||

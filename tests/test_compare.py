@@ -101,3 +101,14 @@ def test_compare_a_pipeline_from_the_command_line(tmp_path):
     assert by["TeaCache (per-sample threshold)"]["nfe_max"] <= 3 or by["TeaCache (per-sample threshold)"]["nfe_sd"] == 0
     assert (out / "quality_vs_nfe.png").exists() and not list(out.glob("samples_B*.png"))
     assert all(r["psnr"] > 0 for r in records)
+
+
+def test_results_depend_only_on_the_seed(capsys):
+    def run():
+        with compare.demo_problem(calibration=3, held_out=4, seed=2, steps=6) as problem:
+            rows, _ = compare.compare(problem, [3], ("repeat",), SearchConfig(iterations=5, starts=1, kicks=0),
+                                      thresholds=[0.05, 0.2, 1.0], progress=False)
+        return [(r.method, r.mask, r.psnr, r.nfe_mean) for r in rows]
+
+    assert run() == run()
+    assert "LPIPS skipped" in capsys.readouterr().out or compare.lpips_available()
