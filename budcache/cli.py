@@ -50,6 +50,8 @@ def _add_search_options(
                    help=f"annealing starts: the uniform mask, then random ones (default {effort.starts})")
     p.add_argument("--kicks", type=int, default=effort.kicks,
                    help=f"perturb-and-climb rounds after hill climbing (default {effort.kicks})")
+    p.add_argument("--batch-candidates", type=int, default=1,
+                   help="hill-climbing neighbours evaluated together in one batched forward (default 1: off)")
     p.add_argument("--no-hill-climb", action="store_true",
                    help="skip hill climbing (K*B neighbours a round: the bulk of a search at large K)")
     p.add_argument("--forced-prefix", type=int, default=0, help="first steps that always compute (default 0)")
@@ -70,7 +72,7 @@ def _add_search_options(
 def _config(a: argparse.Namespace) -> SearchConfig:
     return SearchConfig(iterations=a.iterations, starts=a.starts, kicks=a.kicks, forced_prefix=a.forced_prefix, seed=a.seed,
                         rules=RULES if a.search_rules else (), hill_climb=not a.no_hill_climb,
-                        checkpoint_every=getattr(a, "checkpoint_every", 25))
+                        checkpoint_every=getattr(a, "checkpoint_every", 25), batch_candidates=a.batch_candidates)
 
 
 def _call_kwargs(a: argparse.Namespace) -> dict:

@@ -40,7 +40,8 @@ def demo_denoisers(model: DigitsFlux, reuse: str) -> Iterator:
 def demo_batches(make, noise: torch.Tensor, labels: torch.Tensor, batch_size: int = 64) -> list[Batch]:
     """Split inputs into calibration batches bound to their labels."""
     return [
-        Batch(make(labels[i : i + batch_size]), noise[i : i + batch_size])
+        Batch(make(labels[i : i + batch_size]), noise[i : i + batch_size],
+              replicate=lambda n, part=labels[i : i + batch_size]: make(part.repeat(n)))
         for i in range(0, noise.shape[0], batch_size)
     ]
 

@@ -47,6 +47,7 @@ class SearchConfig:
     rules: tuple[str, ...] = ()
     flip_prob: float = 0.25
     checkpoint_every: int = 25  # evaluations between checkpoint writes (when the search has a checkpoint)
+    batch_candidates: int = 1  # hill-climbing neighbours evaluated together in one batched forward
 
 
 @dataclass
@@ -140,6 +141,11 @@ class _Tracker:
         self.history: list[tuple[int, float, float]] = []
         self.seen: set[Mask] = set()
 
+    def many(self, masks: list[Mask], group: int) -> list[float]:
+        """Losses of several masks, the new ones evaluated ``group`` at a time in batched forwards."""
+        self.evaluate.many(masks, group)
+        return [self(m) for m in masks]
+
     def __call__(self, mask: Mask) -> float:
         loss = self.evaluate(mask)
         if loss < self.best_loss:
@@ -194,14 +200,14 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
                     ):
                         current, loss = cand, c_loss
                 if config.hill_climb:
-                    current, loss = _hill_climb(track, current, loss, free, flips)
+                    current, loss = _hill_climb(track, current, loss, free, flips, config.batch_candidates)
             if config.hill_climb and track.best is not None:
-                _hill_climb(track, track.best, track.best_loss, free, flips)
+                _hill_climb(track, track.best, track.best_loss, free, flips, config.batch_candidates)
                 for _ in range(config.kicks):  # iterated local search: perturb the best, climb again
                     kicked = track.best
                     for _ in range(3):
                         kicked = _propose(kicked, free, rng, config, flips) or kicked
-                    _hill_climb(track, kicked, track(kicked), free, flips)
+                    _hill_climb(track, kicked, track(kicked), free, flips, config.batch_candidates)
         except KeyboardInterrupt:
             interrupted = True
         finally:
@@ -220,12 +226,15 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
     )
 
 
-def _hill_climb(track: _Tracker, mask: Mask, loss: float, free: int, flips: tuple[int, ...]) -> tuple[Mask, float]:
-    """Steepest descent over the whole swap/shift (and rule-flip) neighbourhood, to a local optimum."""
+def _hill_climb(track: _Tracker, mask: Mask, loss: float, free: tuple[int, ...], flips: tuple[int, ...],
+                group: int = 1) -> tuple[Mask, float]:
+    """Steepest descent over the whole swap/shift (and rule-flip) neighbourhood, to a local optimum;
+    ``group`` neighbours at a time share one batched forward."""
     if not track.bar.disable:
         track.bar.set_description_str(f"{track.desc} (hill climbing)", refresh=False)
     while True:
-        scored = [(track(n), n) for n in neighbours(mask, free, flips)]
+        candidates = neighbours(mask, free, flips)
+        scored = list(zip(track.many(candidates, group), candidates))
         if not scored:
             return mask, loss
         best_loss, best = min(scored)

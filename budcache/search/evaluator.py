@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from ..plan import RULES
-from ..sampler import Denoiser, State, check_rules, euler_step, history_depth
+from ..sampler import Denoiser, State, check_rules, euler_step, history_depth, predict, remember
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 METRICS: dict[str, Distance] = {
@@ -27,10 +27,13 @@ METRICS: dict[str, Distance] = {
 
 @dataclass
 class Batch:
-    """One calibration batch: its denoiser (bound to its conditioning) and its initial noise."""
+    """One calibration batch: its denoiser (bound to its conditioning) and its initial noise;
+    ``replicate(n)``, when given, is a denoiser for the conditioning repeated ``n`` times (several
+    candidate masks evaluated in one batched forward)."""
 
     denoiser: Denoiser
     noise: torch.Tensor
+    replicate: Callable[[int], Denoiser] | None = None
 
 
 def _nbytes(states: list[State]) -> int:
@@ -168,6 +171,55 @@ class Evaluator:
         if key not in self.memo:
             self.memo[key] = self._loss(self._run(key))
         return self.memo[key]
+
+    def many(self, masks: Sequence[Sequence[int]], group: int = 1) -> list[float]:
+        """Losses of several masks; new ones are advanced ``group`` at a time in batched forwards
+        (each batch's ``replicate``), every candidate from its own stored prefix."""
+        keys = [self.schedule(m) for m in masks]
+        new = list(dict.fromkeys(k for k in keys if k not in self.memo))
+        if group > 1 and len(new) > 1 and all(b.replicate is not None for b in self.batches):
+            for i in range(0, len(new), group):
+                chunk = new[i:i + group]
+                for key, finals in zip(chunk, self._run_many(chunk)):
+                    self.memo[key] = self._loss(finals)
+        return [self(k) for k in keys]
+
+    @torch.no_grad()
+    def _run_many(self, keys: list[Schedule]) -> list[list[State]]:
+        """Final states of several schedules, advanced together step by step."""
+        states = [list(self._resume(key)) for key in keys]  # own lists: stored prefixes are shared
+        for k in range(min(s[0].step for s in states), self.num_steps):
+            active = [c for c, s in enumerate(states) if s[0].step == k]
+            for compute in (True, False):
+                group = [c for c in active if (keys[c][k] == 1) == compute]
+                if not group:
+                    continue
+                for bi, b in enumerate(self.batches):
+                    self._advance(b, [states[c] for c in group], bi, keys, group, k, compute)
+                if compute:
+                    self.forwards += self.samples * len(group)
+            for c in active:
+                if k + 1 < self.num_steps and all(torch.isfinite(s.x).all() for s in states[c]):
+                    self._store(keys[c][: k + 1], list(states[c]))
+        return states
+
+    def _advance(self, b: Batch, group: list[list[State]], bi: int, keys, members: list[int], k: int,
+                 compute: bool) -> None:
+        """One cached Euler step of batch ``bi`` for every candidate in ``group``, in one forward."""
+        sigmas, n = self.sigmas, b.noise.shape[0]
+        denoiser = b.replicate(len(group))
+        x = torch.cat([g[bi].x for g in group])
+        if compute:
+            v, cache = denoiser.compute(x, sigmas[k])
+        else:
+            rules = [code_rule(keys[c][k]) for c in members]
+            v = denoiser.reuse(x, sigmas[k], torch.cat([predict(g[bi].history, sigmas[k], r) for g, r in zip(group, rules)]))
+        for j, g in enumerate(group):
+            rows = slice(j * n, (j + 1) * n)
+            history = g[bi].history
+            if compute:
+                history = remember(history, sigmas[k], cache[rows], self.depth, k in self.restarts)
+            g[bi] = State(k + 1, g[bi].x + (sigmas[k + 1] - sigmas[k]) * v[rows], history)
 
     def schedule_loss(self, sigmas: Sequence[float]) -> float:
         """Loss of plain Euler over another schedule (e.g. B evenly spaced steps), not memoized."""
