@@ -1,9 +1,6 @@
 """`budcache search --pipeline PATH --prompts FILE` on a real diffusers pipeline saved to disk (tiny, offline)."""
 
-import json
-
 import pytest
-import torch
 from diffusers import DiffusionPipeline, FluxTransformer2DModel
 
 import budcache
