@@ -42,7 +42,7 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     with compare.demo_problem(a.calib, a.held_out) as problem:
-        rows, images = compare.compare(problem, _budgets(a.budgets), ("repeat", "extrapolate"), DEMO_EFFORT)
+        rows, images = compare.compare(problem, _budgets(a.budgets, 28), ("repeat", "extrapolate"), DEMO_EFFORT)
     compare.write(rows, images, a.out)
     result = {"rows": [{k: v for k, v in asdict(r).items() if k != "extra"} for r in rows], "goals": goals(rows)}
     (a.out / "bench.json").write_text(json.dumps(result, indent=1))

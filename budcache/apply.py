@@ -22,21 +22,11 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import StateManager
 
 from . import residual
-from .capture import EXPERTS, ContextName, override
+from .capture import EXPERTS, ContextName, input_positions, override
 from .plan import CachePlan, PlanError
 from .sampler import history_depth, predict, remember
 
 _HOOK = "budcache_plan"
-
-
-@functools.lru_cache(maxsize=None)
-def _positions(cls: type) -> tuple[str, str, int]:
-    """(latent argument name, timestep argument name, the timestep's positional index) of ``cls.forward``."""
-    params = list(inspect.signature(cls.forward).parameters)[1:]
-    timestep = next((p for p in ("timestep", "t") if p in params), None)
-    if timestep is None:
-        raise ValueError(f"budcache: cannot find the timestep argument of {cls.__name__}.forward")
-    return params[0], timestep, params.index(timestep)
 
 
 class _Branch:
@@ -93,7 +83,7 @@ class _PlanHook(ModelHook):
 
     def _inputs(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[float, int]:
         """The call's timestep (``timestep`` or ``t``) and batch size."""
-        hidden_name, t_name, t_index = _positions(type(module))
+        hidden_name, t_name, t_index = input_positions(type(module))
         t = kwargs[t_name] if t_name in kwargs else args[t_index]
         hidden = args[0] if args else kwargs[hidden_name]
         return float(torch.as_tensor(t).flatten()[0]), hidden.shape[0] if torch.is_tensor(hidden) else len(hidden)
@@ -184,10 +174,9 @@ class CacheHandle:
                 registry.remove_hook(_HOOK, recurse=False)
                 if hook.stack is not None:
                     residual.uninstall(module)
+            vars(module).pop("_budcache_handle", None)
         if self.scheduler is not None:
             vars(self.scheduler).pop("set_timesteps", None)
-        for module in self.experts.values():
-            vars(module).pop("_budcache_handle", None)
 
     def __enter__(self) -> CacheHandle:
         return self

@@ -51,13 +51,19 @@ def _parameters(cls: type) -> tuple[str, ...]:
     return tuple(inspect.signature(cls.forward).parameters)
 
 
-def input_names(module: torch.nn.Module) -> tuple[str, str]:
-    """Names of the latent input and the timestep in ``module.forward``."""
-    params = _parameters(type(module))
+@functools.lru_cache(maxsize=None)
+def input_positions(cls: type) -> tuple[str, str, int]:
+    """(latent argument name, timestep argument name, the timestep's positional index) of ``cls.forward``."""
+    params = _parameters(cls)[1:]
     timestep = next((p for p in ("timestep", "t") if p in params), None)
     if timestep is None:
-        raise ValueError(f"budcache: {type(module).__name__}.forward has no `timestep` (or `t`) argument")
-    return params[1], timestep
+        raise ValueError(f"budcache: {cls.__name__}.forward has no `timestep` (or `t`) argument")
+    return params[0], timestep, params.index(timestep)
+
+
+def input_names(module: torch.nn.Module) -> tuple[str, str]:
+    """Names of the latent input and the timestep in ``module.forward``."""
+    return input_positions(type(module))[:2]
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -233,12 +233,16 @@ def cmd_demo(a: argparse.Namespace) -> None:
     print(f"wrote plans, table.txt, results.json, samples.png and plots to {a.out}/")
 
 
-def _budgets(text: str) -> list[int]:
-    """``6,8,10,14`` or ``4..20``."""
+def _budgets(text: str, steps: int) -> list[int]:
+    """``6,8,10,14`` or ``4..20``, each within 1..``steps``."""
     if ".." in text:
         lo, hi = text.split("..")
-        return list(range(int(lo), int(hi) + 1))
-    return [int(b) for b in text.split(",") if b.strip()]
+        budgets = list(range(int(lo), int(hi) + 1))
+    else:
+        budgets = [int(b) for b in text.split(",") if b.strip()]
+    if not budgets or not all(1 <= b <= steps for b in budgets):
+        raise SystemExit(f"--budgets must lie in 1..--steps ({steps}), got {text!r}")
+    return budgets
 
 
 def cmd_compare(a: argparse.Namespace) -> None:
@@ -252,9 +256,7 @@ def cmd_compare(a: argparse.Namespace) -> None:
         return
     from . import compare
 
-    budgets = _budgets(a.budgets)
-    if not budgets or not all(1 <= b <= a.steps for b in budgets):
-        raise SystemExit(f"--budgets must lie in 1..--steps ({a.steps}), got {a.budgets!r}")
+    budgets = _budgets(a.budgets, a.steps)
     config = SearchConfig(iterations=a.iterations, starts=a.starts, kicks=a.kicks, seed=a.seed)
     if a.pipeline is not None:
         problem = _pipeline_problem(a)
@@ -292,9 +294,7 @@ def cmd_frontier(a: argparse.Namespace) -> None:
 
     if a.model != "demo":
         raise SystemExit(f"--model {a.model!r}: frontier runs on the demo model in this version")
-    budgets = _budgets(a.budgets)
-    if not budgets or not all(1 <= b <= a.steps for b in budgets):
-        raise SystemExit(f"--budgets must lie in 1..--steps ({a.steps}), got {a.budgets!r}")
+    budgets = _budgets(a.budgets, a.steps)
     a.out.mkdir(parents=True, exist_ok=True)
     rows = demo_frontier(a.out, budgets, a.steps, a.calib, a.held_out, _config(a), not a.no_progress)
     for r in rows:
