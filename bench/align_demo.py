@@ -15,16 +15,16 @@ from pathlib import Path
 
 import torch
 
-from budcache import metrics
+from budcache.evaluation import metrics
 from budcache.align import AlignConfig, align
-from budcache.cli import DEMO_EFFORT
+from budcache.cli.options import DEMO_EFFORT
 from budcache.demo.model import load_demo_model, unpack
-from budcache.demo.problem import demo_batches, demo_denoisers, demo_inputs
-from budcache.demo.run import HELD_OUT_SEED_OFFSET, VALIDATION_SEED_OFFSET, search_demo_plan
+from budcache.demo.problem import demo_batches, demo_denoisers, demo_inputs, demo_source
+from budcache.source import HELD_OUT_SEED_OFFSET, VALIDATION_SEED_OFFSET
 from budcache.plan import CachePlan
-from budcache.plots import plot_alignment
-from budcache.sampler import linear_sigmas, sample
-from budcache.search import Evaluator, search_plan
+from budcache.evaluation.plots import plot_alignment
+from budcache.sampling import linear_sigmas, sample
+from budcache.search import Evaluator, search_plan, search_source
 
 K = 28
 
@@ -65,7 +65,8 @@ def main() -> None:
     model, config = load_demo_model(), AlignConfig(epochs=a.epochs, lr=a.lr)
     rows = []
     for b in a.budgets:
-        plan, _ = search_demo_plan(model, K, b, "residual", 16, DEMO_EFFORT, False, "repeat")
+        with demo_source(K, 16, held_out=0, model=model) as source:
+            plan, _ = search_source(source, b, config=DEMO_EFFORT, progress=False)
         euler = CachePlan(num_steps=b, budget=b, mask=[1] * b, sigmas=linear_sigmas(b))
         with demo_denoisers(model, "residual") as make:
             train = demo_batches(make, *demo_inputs(16, 0))

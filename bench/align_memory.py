@@ -14,16 +14,16 @@ from pathlib import Path
 
 import torch
 
-from budcache.align import Schedule, student
+from budcache.align import SigmaSchedule, student
 from budcache.demo.model import load_demo_model
 from budcache.demo.problem import demo_denoisers, demo_inputs
 from budcache.plan import uniform_mask
-from budcache.sampler import linear_sigmas
+from budcache.sampling import linear_sigmas
 
 
 def measure(model, make, noise, labels, k: int, checkpointing: bool) -> dict:
     mask = uniform_mask(k, max(2, k // 3))
-    schedule = Schedule(linear_sigmas(k))
+    schedule = SigmaSchedule(linear_sigmas(k))
     sizes: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:

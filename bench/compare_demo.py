@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from budcache import compare
-from budcache.cli import DEMO_EFFORT, _budgets
+from budcache.demo.problem import demo_source
+from budcache.evaluation import compare, report
+from budcache.cli.options import DEMO_EFFORT, parse_budgets
 
 
 def goals(rows: list[compare.Row]) -> dict:
@@ -41,9 +42,9 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("bench-out/compare_demo"))
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    with compare.demo_problem(a.calib, a.held_out) as problem:
-        rows, images = compare.compare(problem, _budgets(a.budgets, 28), ("repeat", "extrapolate"), DEMO_EFFORT)
-    compare.write(rows, images, a.out)
+    with demo_source(28, a.calib, validation=0, held_out=a.held_out) as source:
+        rows, images = compare.compare(source, parse_budgets(a.budgets, 28), ("repeat", "extrapolate"), DEMO_EFFORT)
+    report.write(rows, images, a.out)
     result = {"rows": [{k: v for k, v in asdict(r).items() if k != "extra"} for r in rows], "goals": goals(rows)}
     (a.out / "bench.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result["goals"], indent=1))

@@ -12,9 +12,11 @@ import argparse
 import json
 from pathlib import Path
 
+import _root  # noqa: F401  (tests.fixtures)
 import torch
 
-from budcache import coverage, metrics
+from budcache.evaluation import metrics
+from tests.fixtures import coverage
 
 K, B = 28, 10
 

@@ -16,6 +16,7 @@ import statistics
 import time
 from pathlib import Path
 
+import _root  # noqa: F401  (tests.fixtures)
 import torch
 
 import budcache
@@ -93,14 +94,14 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     from budcache.demo.model import load_demo_model
     from budcache.demo.problem import demo_inputs
-    from budcache.sampler import euler, linear_sigmas
+    from budcache.sampling import euler, linear_sigmas
 
     model = load_demo_model()
     noise, labels = demo_inputs(16, 0)
     demo = measure("demo DigitsFlux (16 samples)", model.transformer, model.transformer,
                    lambda: euler(lambda x, s: model(x, torch.tensor(s), labels), noise, linear_sigmas(K)), a.repeats)
 
-    from budcache.tiny import tiny_flux_pipeline
+    from tests.fixtures.tiny import tiny_flux_pipeline
 
     pipe = tiny_flux_pipeline()
     transformer = pipe.transformer

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
-from budcache import metrics
+from budcache.evaluation import metrics
 from budcache.demo.model import load_demo_model, unpack
-from budcache.demo.problem import demo_denoisers, demo_inputs
-from budcache.demo.run import HELD_OUT_SEED_OFFSET, search_demo_plan
+from budcache.demo.problem import demo_denoisers, demo_inputs, demo_source
+from budcache.source import HELD_OUT_SEED_OFFSET
 from budcache.plan import RULES, uniform_mask
-from budcache.sampler import euler, linear_sigmas, sample
-from budcache.search import SearchConfig
-from budcache.solvers import plain_solvers
+from budcache.sampling import euler, linear_sigmas, sample
+from budcache.search import SearchConfig, search_source
+from budcache.sampling.solvers import plain_solvers
 
 VARIANTS = {rule: (rule, ()) for rule in RULES} | {"per-step": ("repeat", RULES)}
 
@@ -60,9 +60,9 @@ def main() -> None:
             for name in a.variants:
                 rule, rules = VARIANTS[name]
                 t = time.perf_counter()
-                plan, _ = search_demo_plan(model, a.steps, b, reuse, a.calib,
-                                           SearchConfig(iterations=a.iterations, starts=a.starts,
-                                                                        kicks=a.kicks, rules=rules), False, rule)
+                config = SearchConfig(iterations=a.iterations, starts=a.starts, kicks=a.kicks, rules=rules)
+                with demo_source(a.steps, a.calib, held_out=0, reuse=reuse, model=model) as source:
+                    plan, _ = search_source(source, b, rule=rule, config=config, progress=False)
                 with demo_denoisers(model, reuse) as make, torch.no_grad():
                     searched = sample(make(labels), noise, sigmas, plan.mask, plan.step_rules)
                     uniform = sample(make(labels), noise, sigmas, uniform_mask(a.steps, b), rule)

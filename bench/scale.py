@@ -45,7 +45,7 @@ def batched() -> list[dict]:
 
     from budcache.demo.model import load_demo_model
     from budcache.demo.problem import demo_batches, demo_denoisers, demo_inputs
-    from budcache.sampler import linear_sigmas
+    from budcache.sampling import linear_sigmas
     from budcache.search import Evaluator, SearchConfig, anneal
 
     torch.set_num_threads(1)

@@ -14,13 +14,14 @@ import statistics
 import time
 from pathlib import Path
 
+import _root  # noqa: F401  (tests.fixtures)
 import torch
 
 from budcache.demo.model import load_demo_model
 from budcache.demo.problem import demo_batches, demo_denoisers, demo_inputs
-from budcache.gmm import GaussianMixtureFlow
+from tests.fixtures.gmm import GaussianMixtureFlow
 from budcache.plan import uniform_mask
-from budcache.sampler import OutputDenoiser, linear_sigmas
+from budcache.sampling import OutputDenoiser, linear_sigmas
 from budcache.search import Batch, Evaluator, SearchConfig, anneal, exhaustive
 
 

@@ -1,14 +1,19 @@
-"""budcache: budget-constrained step-level caching for diffusion transformers."""
+"""budcache: budget-constrained step-level caching for diffusion transformers.
 
-from .apply import CacheHandle, apply, summary
-from .capture import Calibration, calibrate
-from .plan import CachePlan, PlanError, SearchRecord, uniform_mask
-from .residual import stack_hooks
-from .replay import search
-from .sampler import OutputDenoiser, ResidualDenoiser, euler, linear_sigmas, sample
+The data flow, one stage a name: ``calibrate`` a pipeline -> ``search`` a plan -> ``align`` its
+sigmas (optional) -> ``apply`` it at inference (``summary``, ``remove``).
+"""
+
+from . import align, search
+from .calibration import Calibration, calibrate
+from .errors import BudcacheError, CheckpointError, PlanError, SearchError
+from .hooks import CacheHandle, apply, remove, stack_hooks, summary
+from .plan import CachePlan, SearchRecord, uniform_mask
+from .sampling import OutputDenoiser, ResidualDenoiser, euler, linear_sigmas, sample
 
 __all__ = [
-    "calibrate", "Calibration", "search", "apply", "summary", "CacheHandle", "CachePlan", "PlanError", "SearchRecord", "uniform_mask", "stack_hooks",
-    "OutputDenoiser", "ResidualDenoiser", "euler", "linear_sigmas", "sample",
+    "calibrate", "Calibration", "search", "align", "apply", "remove", "summary", "CacheHandle", "CachePlan",
+    "SearchRecord", "uniform_mask", "stack_hooks", "OutputDenoiser", "ResidualDenoiser", "euler", "linear_sigmas",
+    "sample", "BudcacheError", "PlanError", "SearchError", "CheckpointError",
 ]
 __version__ = "0.1.0"

@@ -14,16 +14,16 @@ validation loss is kept, and the input schedule is returned if nothing beats it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
+from ._stage import callable_module
 from .plan import CachePlan, PlanError
-from .sampler import Denoiser, history_depth, predict, remember
-from .search import Batch
+from .sampling.denoisers import Batch, Checkpointed, Denoiser
+from .sampling.loop import sample
 
 
 @dataclass
@@ -48,7 +48,7 @@ class AlignResult:
         return self.best_epoch > 0
 
 
-class Schedule(torch.nn.Module):
+class SigmaSchedule(torch.nn.Module):
     """Strictly decreasing sigmas with fixed endpoints: softmax increments, cumulative sum."""
 
     def __init__(self, sigmas: Sequence[float]):
@@ -67,36 +67,24 @@ class Schedule(torch.nn.Module):
 
 
 def student(denoiser: Denoiser, noise: torch.Tensor, sigmas: torch.Tensor, mask: Sequence[int],
-            rules: Sequence[str], checkpointing: bool = True) -> torch.Tensor:
-    """The cached Euler sampler, differentiable in ``sigmas``; every step is checkpointed (only its
-    inputs are kept for backward, its activations are recomputed)."""
-    depth, history, x = history_depth(rules), (), noise
-    for k, computed in enumerate(mask):
-        sigma = sigmas[k].to(noise.dtype)
-        if computed:
-            if checkpointing:
-                v, cache = checkpoint(denoiser.compute, x, sigma, use_reentrant=False)
-            else:
-                v, cache = denoiser.compute(x, sigma)
-            history = remember(history, sigma, cache, depth)
-        elif checkpointing:
-            v = checkpoint(denoiser.reuse, x, sigma, predict(history, sigma, rules[k]), use_reentrant=False)
-        else:
-            v = denoiser.reuse(x, sigma, predict(history, sigma, rules[k]))
-        x = x + (sigmas[k + 1] - sigmas[k]).to(noise.dtype) * v
-    return x
+            rules: Sequence[str], checkpointing: bool = True, restarts: Collection[int] = ()) -> torch.Tensor:
+    """The one cached loop over ``sigmas`` (a tensor: differentiable in them); with
+    ``checkpointing`` every call keeps only its inputs for backward."""
+    return sample(Checkpointed(denoiser) if checkpointing else denoiser, noise, sigmas.to(noise.dtype), mask, rules,
+                  restarts=restarts, check_finite=False)
 
 
 @torch.no_grad()
-def _teacher(batch: Batch, sigmas: Sequence[float]) -> torch.Tensor:
-    s = torch.as_tensor(sigmas, dtype=torch.float64)
-    return student(batch.denoiser, batch.noise, s, [1] * (len(sigmas) - 1), ["repeat"] * (len(sigmas) - 1), False)
+def _teacher(batch: Batch, sigmas: Sequence[float], restarts: Collection[int]) -> torch.Tensor:
+    return sample(batch.denoiser, batch.noise, sigmas, [1] * (len(sigmas) - 1), restarts=restarts,
+                  check_finite=False)
 
 
-def _loss(batches, teachers, sigmas, plan: CachePlan, checkpointing: bool, backward: bool) -> float:
+def _loss(batches, teachers, sigmas, plan: CachePlan, checkpointing: bool, backward: bool,
+          restarts: Collection[int]) -> float:
     total, n = 0.0, sum(b.noise.shape[0] for b in batches)
     for b, t in zip(batches, teachers):
-        x = student(b.denoiser, b.noise, sigmas, plan.mask, plan.step_rules, checkpointing)
+        x = student(b.denoiser, b.noise, sigmas, plan.mask, plan.step_rules, checkpointing, restarts)
         loss = (x - t).pow(2).mean() * (b.noise.shape[0] / n)
         if not torch.isfinite(loss):
             return float("inf")
@@ -113,27 +101,29 @@ def align(
     config: AlignConfig = AlignConfig(),
     teacher_sigmas: Sequence[float] | None = None,
     progress: bool = True,
+    restarts: Collection[int] = (),
 ) -> tuple[CachePlan, AlignResult]:
     """Learn the sigmas of ``plan`` (its mask and rules fixed) on ``batches``; keep the schedule with
     the best loss on ``validation`` (default: the calibration batches). The teacher runs full
-    compute over ``teacher_sigmas`` (default: the plan's schedule)."""
+    compute over ``teacher_sigmas`` (default: the plan's schedule); ``restarts``: steps where the
+    cache restarts (another expert)."""
     if plan.sigmas is None:
         raise PlanError("this plan has no sigmas (pipeline default); search it with stored sigmas to align it")
     validation = list(validation or batches)
     teacher = teacher_sigmas or plan.sigmas
-    teachers = [_teacher(b, teacher) for b in batches]
-    val_teachers = [_teacher(b, teacher) for b in validation]
-    schedule = Schedule(plan.sigmas)
+    teachers = [_teacher(b, teacher, restarts) for b in batches]
+    val_teachers = [_teacher(b, teacher, restarts) for b in validation]
+    schedule = SigmaSchedule(plan.sigmas)
     opt = torch.optim.AdamW(schedule.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     lr = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, config.epochs))
     with torch.no_grad():
-        best = _loss(validation, val_teachers, schedule(), plan, False, False)
+        best = _loss(validation, val_teachers, schedule(), plan, False, False, restarts)
     result = AlignResult(sigmas=list(plan.sigmas), initial=list(plan.sigmas), validation_loss=[best])
     bar = tqdm(range(config.epochs), desc=f"align B={plan.budget}/{plan.num_steps}", disable=not progress, leave=False)
     for epoch in bar:
         opt.zero_grad()
         with torch.enable_grad():  # also when called under no_grad (e.g. from the comparison)
-            train = _loss(batches, teachers, schedule(), plan, config.checkpointing, True)
+            train = _loss(batches, teachers, schedule(), plan, config.checkpointing, True, restarts)
         if not torch.isfinite(torch.tensor(train)):
             break
         torch.nn.utils.clip_grad_norm_(schedule.parameters(), config.clip)
@@ -141,7 +131,7 @@ def align(
         lr.step()
         with torch.no_grad():
             sigmas = schedule()
-            val = _loss(validation, val_teachers, sigmas, plan, False, False)
+            val = _loss(validation, val_teachers, sigmas, plan, False, False, restarts)
         result.train_loss.append(train)
         result.validation_loss.append(val)
         if val < best:
@@ -149,3 +139,6 @@ def align(
         bar.set_postfix(train=f"{train:.3g}", val=f"{val:.3g}", best=f"{best:.3g}", refresh=False)
     result.sigmas[0], result.sigmas[-1] = plan.sigmas[0], plan.sigmas[-1]  # endpoints exactly as given
     return dataclasses.replace(plan, sigmas=result.sigmas), result
+
+
+callable_module(__name__, align)

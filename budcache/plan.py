@@ -12,13 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import PlanError
+from .sampling.rules import MARKS, RULES
+
 SCHEMA_VERSION = 1
 REUSE_MODES = ("residual", "output")
-RULES = ("repeat", "extrapolate", "extrapolate2")
-
-
-class PlanError(ValueError):
-    """A plan file or plan object is invalid, or does not fit the model or call it is used with."""
 
 
 @dataclass
@@ -140,6 +138,36 @@ class CachePlan:
                 f"this plan was searched for {self.num_steps} steps, the call asks for {num_steps}; "
                 f"use num_inference_steps={self.num_steps} or search a plan for {num_steps} steps"
             )
+
+    def describe(self) -> str:
+        """A few lines for people: the mask, the budget, the schedule, the model and the search record."""
+        lines = [f"mask    {self.strip}"]
+        if self.rules is not None:
+            lines.append("rules   " + "".join("#" if m else MARKS[r] for m, r in zip(self.mask, self.rules))
+                         + "   (" + ", ".join(f"{m} {r}" for r, m in MARKS.items()) + ")")
+        lines += [
+            f"budget  {self.budget}/{self.num_steps} steps compute ({self.reuse} reuse, "
+            f"rule {self.rule if self.rules is None else 'per step'}), ideal speedup {self.ideal_speedup:.2f}x",
+            f"sigmas  {'pipeline default' if self.sigmas is None else 'custom, ' + str(len(self.sigmas)) + ' values'}",
+        ]
+        if self.model:
+            lines.append(f"model   {self.model.get('class')} ({self.model.get('fingerprint')})")
+        r = self.record
+        if r is not None:
+            refs = [f"searched {r.objective:.4g}"]
+            if r.uniform_objective is not None:
+                refs.append(f"uniform mask {r.uniform_objective:.4g}")
+            if r.euler_objective is not None:
+                refs.append(f"plain {self.budget}-step Euler {r.euler_objective:.4g}")
+            if r.repeat_objective is not None and (self.rule != "repeat" or self.rules is not None):
+                refs.append(f"same mask with repeat {r.repeat_objective:.4g}")
+            lines += [
+                f"loss    {r.metric} vs the {r.teacher_steps}-step teacher: " + ", ".join(refs),
+                f"search  {r.evaluations} masks, {r.forwards} transformer forwards "
+                f"({r.forwards_without_prefix_reuse} without prefix reuse), {r.calibration_size} calibration "
+                f"samples, seed {r.seed}, {r.seconds:.1f}s" + (", interrupted" if r.interrupted else ""),
+            ]
+        return "\n".join(lines)
 
     # -- io ---------------------------------------------------------------------------------
     def to_dict(self) -> dict:

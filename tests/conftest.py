@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from budcache.gmm import GaussianMixtureFlow
-from budcache.tiny import tiny_flux_transformer
+from tests.fixtures.gmm import GaussianMixtureFlow
+from tests.fixtures.tiny import tiny_flux_transformer
 
 torch.set_num_threads(1)  # tiny models gain nothing from threads; results independent of the core count
 

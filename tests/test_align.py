@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from budcache.align import AlignConfig, Schedule, align, student
+from budcache.align import AlignConfig, SigmaSchedule, align, student
 from budcache.cli import main
 from budcache.demo.problem import demo_batches, demo_denoisers, demo_inputs
 from budcache.plan import CachePlan, PlanError
-from budcache.sampler import linear_sigmas
+from budcache.sampling import linear_sigmas
 
 K = 8
 PLAN = CachePlan(num_steps=K, budget=3, mask=[1, 0, 0, 1, 0, 0, 1, 0], rule="extrapolate", sigmas=linear_sigmas(K))
@@ -15,14 +15,14 @@ PLAN = CachePlan(num_steps=K, budget=3, mask=[1, 0, 0, 1, 0, 0, 1, 0], rule="ext
 
 def test_schedule_starts_at_the_plan_and_stays_strictly_decreasing():
     sigmas = [1.0, 0.9, 0.7, 0.4, 0.2, 0.0]
-    schedule = Schedule(sigmas)
+    schedule = SigmaSchedule(sigmas)
     assert torch.allclose(schedule(), torch.tensor(sigmas, dtype=torch.float64), atol=1e-12)
     with torch.no_grad():
         schedule.logits.copy_(torch.randn(5) * 5)
     s = schedule()
     assert s[0] == 1.0 and s[-1] == 0.0 and bool((s[:-1] > s[1:]).all())
     with pytest.raises(PlanError, match="strictly decreasing"):
-        Schedule([1.0, 0.5, 0.5, 0.0])
+        SigmaSchedule([1.0, 0.5, 0.5, 0.0])
 
 
 def test_checkpointing_gives_the_same_gradient(demo_model):
@@ -30,7 +30,7 @@ def test_checkpointing_gives_the_same_gradient(demo_model):
     grads = []
     with demo_denoisers(demo_model, "residual") as make:
         for checkpointing in (True, False):
-            schedule = Schedule(PLAN.sigmas)
+            schedule = SigmaSchedule(PLAN.sigmas)
             x = student(make(labels), noise, schedule(), PLAN.mask, PLAN.step_rules, checkpointing)
             x.pow(2).mean().backward()
             grads.append(schedule.logits.grad.clone())
@@ -46,7 +46,7 @@ def test_checkpointing_keeps_fewer_activations(demo_model):
         for checkpointing in (True, False):
             total = []
             with torch.autograd.graph.saved_tensors_hooks(lambda t: total.append(t.nbytes) or t, lambda t: t):
-                student(make(labels), noise, Schedule(plan.sigmas)(), plan.mask, plan.step_rules, checkpointing)
+                student(make(labels), noise, SigmaSchedule(plan.sigmas)(), plan.mask, plan.step_rules, checkpointing)
             saved.append(sum(total))
     assert saved[0] < saved[1] / 3
 

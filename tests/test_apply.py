@@ -5,7 +5,7 @@ import torch
 
 import budcache
 from budcache.plan import CachePlan, PlanError, model_identity, uniform_mask
-from budcache.tiny import tiny_flux_pipeline, tiny_wan_pipeline
+from tests.fixtures.tiny import tiny_flux_pipeline, tiny_wan_pipeline
 
 
 @pytest.fixture
@@ -134,7 +134,7 @@ def test_wan_cfg_branches_each_follow_the_mask_with_their_own_cache():
 @torch.no_grad()
 def test_sd3_without_cache_context_batched_cfg():
     """SD3 sets no cache context and batches cond/uncond in one call: one 'default' branch."""
-    from budcache.tiny import tiny_sd3_pipeline
+    from tests.fixtures.tiny import tiny_sd3_pipeline
 
     pipe = tiny_sd3_pipeline()
 

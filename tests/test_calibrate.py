@@ -4,10 +4,12 @@ import pytest
 import torch
 
 import budcache
-from budcache import replay, residual, tiny_families
-from budcache.capture import calibrate
+from budcache import families
+from budcache.calibration import replay
+from tests.fixtures import tiny_families
+from budcache.calibration import calibrate
 from budcache.search import SearchConfig
-from budcache.tiny import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_wan_pipeline
+from tests.fixtures.tiny import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_wan_pipeline
 
 QUICK = SearchConfig(iterations=30, starts=1, kicks=0)
 K, B = 10, 4
@@ -92,7 +94,7 @@ def test_searched_objective_is_what_the_pipeline_gets(family, rule):
 def test_unknown_blocks_fall_back_to_output_reuse_with_a_warning(monkeypatch):
     """Without budcache's row for Sana's blocks the search warns and uses output reuse, which then
     applies (batched CFG) with exactly B transformer calls."""
-    monkeypatch.delitem(residual.OWN_BLOCKS, "SanaTransformerBlock")
+    monkeypatch.delitem(families.OWN_BLOCKS, "SanaTransformerBlock")
     pipe, make_prompt, kwargs, branches = _family("sana", ("default",))()
     prompts = [make_prompt(), make_prompt()]
     calib = calibrate(pipe, prompts, K, progress=False)
@@ -128,7 +130,7 @@ def test_plain_fewer_step_reference_is_the_pipelines_own_schedule():
 def test_wrong_guidance_rule_is_refused(monkeypatch):
     pipe, prompts, kwargs, _ = _setup("flux-true-cfg")
     calib = calibrate(pipe, prompts[:1], K, progress=False, **kwargs)
-    monkeypatch.setitem(replay.COMBINE, "FluxPipeline", lambda outputs, calls, settings, x: outputs[0])
+    monkeypatch.setattr(replay, "combine_for", lambda pipe: lambda outputs, calls, settings, x: outputs[0])
     with pytest.raises(ValueError, match="does not reproduce the pipeline's velocity"):
         budcache.search(calib, B, config=QUICK, progress=False)
 

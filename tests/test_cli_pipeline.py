@@ -6,9 +6,9 @@ from diffusers import DiffusionPipeline, FluxTransformer2DModel
 import budcache
 from budcache.cli import main
 from budcache.plan import PlanError
-from budcache.prompts import read_prompts
-from budcache.tiny import tiny_flux_pipeline
-from budcache.tiny_text import quiet, save_tiny_flux_pipeline
+from budcache.calibration.prompts import read_prompts
+from tests.fixtures.tiny import tiny_flux_pipeline
+from tests.fixtures.tiny_text import quiet, save_tiny_flux_pipeline
 
 STEPS, BUDGET = 8, 3
 

@@ -5,10 +5,11 @@ import json
 import pytest
 import torch
 
-from budcache import compare, teacache
+from budcache.baselines import teacache
+from budcache.evaluation import compare, report
 from budcache.cli import main
-from budcache.demo.problem import demo_denoisers, demo_inputs
-from budcache.sampler import linear_sigmas
+from budcache.demo.problem import demo_denoisers, demo_inputs, demo_source
+from budcache.sampling import linear_sigmas
 from budcache.search import SearchConfig
 
 K = 8
@@ -41,7 +42,7 @@ def test_teacache_rule(rescaled):
 
 @pytest.fixture(scope="module")
 def rows():
-    with compare.demo_problem(calibration=4, held_out=6, seed=1, steps=K) as problem:
+    with demo_source(steps=K, calibration=4, validation=0, held_out=6, seed=1) as problem:
         return compare.compare(problem, [3, 5], ("repeat",), SearchConfig(iterations=15, starts=1, kicks=0),
                                thresholds=torch.logspace(-2, 0.5, 12).tolist(), progress=False, align_epochs=2)
 
@@ -62,7 +63,7 @@ def test_every_policy_at_matched_nfe(rows):
 
 
 def test_table_sorted_by_quality(rows):
-    text = compare.table(rows[0])
+    text = report.table(rows[0])
     block = [line for line in text.split("\n\n")[0].splitlines()[2:] if line.strip()]
     by_psnr = sorted((r for r in rows[0] if r.budget == 3), key=lambda r: -r.psnr)
     assert [line[4:38].strip() for line in block] == [r.method for r in by_psnr]
@@ -84,7 +85,7 @@ def test_cli_compare_writes_everything(tmp_path):
 def test_compare_a_pipeline_from_the_command_line(tmp_path):
     """Real text-to-image pipeline saved to disk (tiny FLUX with text encoders), true CFG: two
     calls per step, per-branch caches, TeaCache deciding on the conditional call."""
-    from budcache.tiny_text import save_tiny_flux_pipeline
+    from tests.fixtures.tiny_text import save_tiny_flux_pipeline
 
     folder = save_tiny_flux_pipeline(tmp_path / "flux")
     (tmp_path / "calib.txt").write_text("a red square\na blue circle\n")
@@ -105,7 +106,7 @@ def test_compare_a_pipeline_from_the_command_line(tmp_path):
 
 def test_results_depend_only_on_the_seed(capsys):
     def run():
-        with compare.demo_problem(calibration=3, held_out=4, seed=2, steps=6) as problem:
+        with demo_source(steps=6, calibration=3, validation=0, held_out=4, seed=2) as problem:
             rows, _ = compare.compare(problem, [3], ("repeat",), SearchConfig(iterations=5, starts=1, kicks=0),
                                       thresholds=[0.05, 0.2, 1.0], progress=False)
         return [(r.method, r.mask, r.psnr, r.nfe_mean) for r in rows]

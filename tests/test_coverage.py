@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from budcache import coverage
+from tests.fixtures import coverage
 
 README = Path(__file__).parent.parent / "README.md"
 SEARCH_UNSUPPORTED = {"LTX-2"}  # a second latent stream (audio) evolves with the video: apply only
@@ -26,7 +26,7 @@ def test_family(name, readme_rows):
         assert c.search.startswith("no: ")
     else:
         assert c.search == "exact"
-    assert coverage.row(c) in readme_rows, "README coverage table is stale: run `python -m budcache.coverage`"
+    assert coverage.row(c) in readme_rows, "README coverage table is stale: run `python -m tests.fixtures.coverage`"
 
 
 def test_readme_table_lists_every_family_once(readme_rows):

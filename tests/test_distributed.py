@@ -10,8 +10,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from budcache.gmm import GaussianMixtureFlow
-from budcache.sampler import OutputDenoiser, linear_sigmas
+from tests.fixtures.gmm import GaussianMixtureFlow
+from budcache.sampling import OutputDenoiser, linear_sigmas
 from budcache.search import Batch, Evaluator, SearchConfig, search_plan
 
 K, B, N = 14, 5, 24

@@ -5,8 +5,9 @@ import json
 import pytest
 
 from budcache.cli import main
-from budcache.frontier import grow
-from budcache.plan import CachePlan, PlanError
+from budcache.search import grow
+from budcache.errors import SearchError
+from budcache.plan import CachePlan
 from budcache.search import SearchConfig, anneal
 
 
@@ -18,9 +19,9 @@ def test_grow_fills_the_middle_of_the_longest_gap():
 
 
 def test_a_bad_start_mask_is_refused(gmm):
-    from test_search import evaluator
+    from tests.test_search import evaluator
 
-    with pytest.raises(PlanError, match="start mask"):
+    with pytest.raises(SearchError, match="start mask"):
         anneal(evaluator(gmm), 3, SearchConfig(iterations=5), progress=False, start=[1, 1, 0, 0])
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from residual_cases import cases, run
+from tests.fixtures.residual_cases import cases, run
 
 REFERENCE = Path(__file__).parent / "data" / "residual_reference.safetensors"  # taken before the change
 
@@ -22,10 +22,11 @@ def test_same_outputs_as_before_the_generic_adapter(rule):
 
 def test_unknown_blocks_apply_as_output_reuse_with_a_warning(monkeypatch):
     """A residual plan on a transformer whose blocks budcache does not know skips whole calls."""
-    from budcache import apply, residual, tiny_families
+    from budcache import apply, families
+    from tests.fixtures import tiny_families
     from budcache.plan import CachePlan
 
-    monkeypatch.delitem(residual.OWN_BLOCKS, "SanaTransformerBlock")
+    monkeypatch.delitem(families.OWN_BLOCKS, "SanaTransformerBlock")
     family = tiny_families.FAMILIES["sana"]
     pipe, kwargs = family.pipeline(), family.call_kwargs(seed=0)
     calls = []

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from budcache.plan import CachePlan, PlanError, SearchRecord, model_identity, uniform_mask
-from budcache.sampler import linear_sigmas
+from budcache.sampling import linear_sigmas
 
 
 def make_plan(**kw):

@@ -4,13 +4,13 @@ import random
 import pytest
 import torch
 
-from budcache import policies
+from budcache.baselines import magcache
 from budcache.plan import uniform_mask
-from budcache.policies import (
+from budcache.baselines import (
     fora_for_budget, fora_mask, lemica_edge_weights, lemica_path, magcache_for_budget, magcache_mask, magcache_ratios,
     static_policies, taylorseer_for_budget, taylorseer_mask,
 )
-from budcache.sampler import OutputDenoiser, linear_sigmas, sample
+from budcache.sampling import OutputDenoiser, linear_sigmas, sample
 from budcache.search import Batch, Evaluator
 
 # MagCache's published FLUX-dev ratios (28 steps), notes/baselines.md section 2
@@ -103,8 +103,8 @@ def test_magcache_rule_boundaries():
 
 
 def test_magcache_resamples_by_nearest_index():
-    assert policies._resample([1, 2, 3, 4, 5], 3) == [1, 3, 5]
-    assert policies._resample([1, 2, 3, 4, 5], 1) == [5]
+    assert magcache._resample([1, 2, 3, 4, 5], 3) == [1, 3, 5]
+    assert magcache._resample([1, 2, 3, 4, 5], 1) == [5]
     ratios = [1.0, 1.5, 1.5, 1.5, 1.5]
     assert magcache_mask(ratios, 0.6, 5, 0.0, num_steps=3) == magcache_mask([1.0, 1.5, 1.5], 0.6, 5, 0.0)
     assert len(magcache_mask(FLUX, 0.24, 5, 0.1, num_steps=50)) == 50

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from budcache.cli import main
-from budcache.plan import CachePlan, PlanError
+from budcache.errors import CheckpointError
+from budcache.plan import CachePlan
 from budcache.search import Batch, Evaluator, SearchConfig, anneal, search_plan
-from budcache.sampler import OutputDenoiser, linear_sigmas
+from budcache.sampling import OutputDenoiser, linear_sigmas
 
 K, B = 12, 4
 CONFIG = SearchConfig(iterations=80, seed=3, kicks=2, checkpoint_every=5)
@@ -50,10 +51,10 @@ def test_interrupted_search_resumes_to_the_same_plan(gmm, tmp_path):
 def test_bad_checkpoints_are_refused(gmm, tmp_path):
     ckpt = tmp_path / "search.json"
     search_plan(evaluator(gmm), B, reuse="output", config=CONFIG, progress=False, checkpoint=ckpt)
-    with pytest.raises(PlanError, match="budget differs"):
+    with pytest.raises(CheckpointError, match="budget differs"):
         search_plan(evaluator(gmm), B + 1, reuse="output", config=CONFIG, progress=False, checkpoint=ckpt, resume=True)
     ckpt.write_text(ckpt.read_text()[:100])
-    with pytest.raises(PlanError, match="not a readable search checkpoint"):
+    with pytest.raises(CheckpointError, match="not a readable search checkpoint"):
         search_plan(evaluator(gmm), B, reuse="output", config=CONFIG, progress=False, checkpoint=ckpt, resume=True)
 
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from budcache.residual import install, stack_hooks, uninstall
-from budcache.sampler import OutputDenoiser, ResidualDenoiser, State, euler, euler_step, linear_sigmas, sample
+from budcache.hooks.stack import install, stack_hooks, uninstall
+from budcache.sampling import OutputDenoiser, ResidualDenoiser, State, advance, euler, linear_sigmas, sample
 
 MASKS = [[1, 0, 0, 1, 0, 1, 0, 0, 1, 0], [1, 1, 1, 0, 0, 0, 0, 0, 0, 1], [1] + [0] * 9, [1] * 10]
 
@@ -99,7 +99,7 @@ def test_hooks_removed_and_state_reset_when_a_call_fails(tiny_flux):
 def test_reuse_without_cache_and_nan_are_clear_errors(gmm):
     x = gmm.noise(4, 0)
     with pytest.raises(ValueError, match="mask\\[0\\] must be 1"):
-        euler_step(OutputDenoiser(gmm), State(0, x), linear_sigmas(4), compute=False)
+        advance(OutputDenoiser(gmm), [State(0, x)], linear_sigmas(4), False, ["repeat"], 1)
     nan_fn = lambda x, s: torch.full_like(x, float("nan"))  # noqa: E731
     with pytest.raises(FloatingPointError, match="non-finite latent after step 0"):
         sample(OutputDenoiser(nan_fn), x, linear_sigmas(4), [1, 0, 1, 0])

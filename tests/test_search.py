@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 
-from budcache.plan import PlanError, uniform_mask
-from budcache.sampler import OutputDenoiser, linear_sigmas, sample
+from budcache.errors import SearchError
+from budcache.plan import uniform_mask
+from budcache.sampling import OutputDenoiser, linear_sigmas, sample
 from budcache.search import Batch, Evaluator, SearchConfig, anneal, exhaustive, neighbours, search_plan
 
 K = 10
@@ -90,11 +91,11 @@ def test_search_is_reproducible_and_respects_a_forced_prefix(gmm):
 
 
 def test_bad_budgets_are_refused(gmm):
-    with pytest.raises(PlanError, match="between 1 and the number of steps"):
+    with pytest.raises(SearchError, match="between 1 and the number of steps"):
         anneal(evaluator(gmm), K + 1, progress=False)
-    with pytest.raises(PlanError, match="more than the budget"):
+    with pytest.raises(SearchError, match="more than the budget"):
         anneal(evaluator(gmm), 3, SearchConfig(forced_prefix=4), progress=False)
-    with pytest.raises(PlanError, match="outside"):
+    with pytest.raises(SearchError, match="outside"):
         anneal(evaluator(gmm), 3, SearchConfig(forced=(K,)), progress=False)
 
 

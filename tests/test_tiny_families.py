@@ -1,9 +1,9 @@
-"""Every tiny family in ``budcache.tiny_families`` builds offline, runs, and is deterministic."""
+"""Every tiny family in ``tests.fixtures.tiny_families`` builds offline, runs, and is deterministic."""
 
 import pytest
 import torch
 
-from budcache.tiny_families import FAMILIES
+from tests.fixtures.tiny_families import FAMILIES
 
 NAMES = sorted(FAMILIES)
 WITH_PIPELINE = [name for name in NAMES if FAMILIES[name].pipeline is not None]

@@ -3,7 +3,7 @@ import torch
 from diffusers import DiffusionPipeline
 from safetensors.torch import load_file
 
-from budcache.tiny_text import (
+from tests.fixtures.tiny_text import (
     FluxPipeline, WanPipeline, quiet, save_tiny_flux_pipeline, save_tiny_wan_pipeline,
 )
 

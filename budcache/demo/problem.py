@@ -1,16 +1,18 @@
-"""Calibration and held-out inputs for the demo model, and its denoisers for each reuse mode."""
+"""The demo model as a model source: calibration, validation and held-out inputs, its denoisers for
+each reuse mode, and how its outputs are judged (images, digit accuracy)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 
-from ..residual import stack_hooks
-from ..sampler import OutputDenoiser, ResidualDenoiser
-from ..search import Batch
-from .model import CHANNELS, NUM_CLASSES, TOKENS, DigitsFlux
+from ..hooks.stack import stack_hooks
+from ..sampling.denoisers import Batch, OutputDenoiser, ResidualDenoiser
+from ..sampling.loop import linear_sigmas
+from ..source import HELD_OUT_SEED_OFFSET, SETS, VALIDATION_SEED_OFFSET, Source
+from .model import CHANNELS, NUM_CLASSES, TOKENS, DigitsFlux, load_demo_model, unpack
 
 
 def demo_inputs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,3 +47,40 @@ def demo_batches(make, noise: torch.Tensor, labels: torch.Tensor, batch_size: in
         for i in range(0, noise.shape[0], batch_size)
     ]
 
+
+
+@contextmanager
+def demo_source(steps: int = 28, calibration: int = 16, validation: int | None = None, held_out: int = 100,
+                seed: int = 0, reuse: str = "residual", shard: tuple[int, int] = (0, 1),
+                model: DigitsFlux | None = None) -> Iterator[Source]:
+    """The demo model as a :class:`~budcache.source.Source` over ``steps`` linear sigmas:
+    ``calibration`` samples from ``seed``, ``validation`` (default: as many) from
+    ``seed + VALIDATION_SEED_OFFSET``, ``held_out`` from ``seed + HELD_OUT_SEED_OFFSET``; ``shard`` =
+    (rank, world size) keeps this process's share of the calibration and validation samples.
+    ``batches(which, reuse)`` gives denoisers of either reuse mode (default ``reuse``)."""
+    from .data import accuracy, digit_classifier
+
+    model = model or load_demo_model()
+    rank, world = shard
+    counts = {"calib": calibration, "validation": calibration if validation is None else validation, "eval": held_out}
+    offsets = {"calib": 0, "validation": VALIDATION_SEED_OFFSET, "eval": HELD_OUT_SEED_OFFSET}
+    inputs = {w: demo_inputs(counts[w], seed + offsets[w]) for w in SETS if counts[w]}
+    for which in ("calib", "validation"):
+        if which in inputs:
+            inputs[which] = tuple(t[rank::world] for t in inputs[which])
+    classifier = []
+
+    def score(images: torch.Tensor) -> dict:
+        classifier[:] = classifier or [digit_classifier()]
+        return {"accuracy": accuracy(classifier[0], images, inputs["eval"][1])}
+
+    with ExitStack() as hooks:
+        makers = {"output": lambda labels: OutputDenoiser(lambda x, sigma: model(x, sigma, labels))}
+        if reuse == "residual":
+            makers["residual"] = hooks.enter_context(demo_denoisers(model, "residual"))
+
+        def batches(which: str, mode: str | None = None) -> list[Batch]:
+            return demo_batches(makers[mode or reuse], *inputs[which])
+
+        yield Source(sigmas=linear_sigmas(steps), batches=batches, fewer_sigmas=linear_sigmas,
+                     model=model.transformer, reuse=reuse, sets=tuple(inputs), images=unpack, score=score)

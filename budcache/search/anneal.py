@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from ..plan import PlanError, uniform_mask
+from ..errors import SearchError
+from ..plan import uniform_mask
 from .checkpoint import Checkpoint
-from .evaluator import Evaluator, Schedule, decode, rule_code
+from ..sampling.rules import Schedule, decode, rule_code
+from .evaluator import Evaluator
 
 Mask = Schedule
 
@@ -64,16 +66,16 @@ def fixed_steps(num_steps: int, config: SearchConfig) -> list[int]:
     """The steps every candidate computes: 0, the forced prefix and the forced steps."""
     bad = [f for f in config.forced if not 0 <= f < num_steps]
     if bad:
-        raise PlanError(f"forced steps {bad} are outside 0..{num_steps - 1}")
+        raise SearchError(f"forced steps {bad} are outside 0..{num_steps - 1}")
     return sorted({0, *range(config.forced_prefix), *config.forced})
 
 
 def check_budget(num_steps: int, budget: int, config: SearchConfig = SearchConfig()) -> None:
     if not 1 <= budget <= num_steps:
-        raise PlanError(f"budget must be between 1 and the number of steps ({num_steps}), got {budget}")
+        raise SearchError(f"budget must be between 1 and the number of steps ({num_steps}), got {budget}")
     fixed = fixed_steps(num_steps, config)
     if len(fixed) > budget:
-        raise PlanError(f"{len(fixed)} steps must compute ({fixed}: step 0, the forced prefix and forced steps), "
+        raise SearchError(f"{len(fixed)} steps must compute ({fixed}: step 0, the forced prefix and forced steps), "
                         f"more than the budget ({budget}); raise the budget")
 
 
@@ -183,7 +185,7 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
                 if s == 0:
                     first = list(start) if start is not None else _uniform_start(k, budget, fixed)
                     if len(first) != k or sum(first) != budget or any(not first[f] for f in fixed):
-                        raise PlanError(f"the start mask must have {k} steps, {budget} computed, steps {fixed} among them")
+                        raise SearchError(f"the start mask must have {k} steps, {budget} computed, steps {fixed} among them")
                     current: Mask = evaluate.schedule(first)
                 else:
                     current = evaluate.schedule(_random_mask(k, budget, fixed, free, rng))

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from ..plan import PlanError
+from ..errors import CheckpointError
 from .evaluator import Evaluator
 
 FORMAT = "budcache-search-checkpoint/1"
@@ -47,15 +47,14 @@ class Checkpoint:
             memo = {tuple(int(c) for c in key.split(",")): float(loss) for key, loss in data["memo"].items()}
             forwards = int(data["forwards"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise PlanError(f"{self.path}: not a readable search checkpoint ({e}); delete it to start afresh") from None
+            raise CheckpointError(f"{self.path}: not a readable search checkpoint ({e}); delete it to start afresh") from None
         for field, value in self.ident.items():
             if field == "calibration" and self.rank:  # other ranks hold other shards than rank 0 hashed
                 continue
             if data.get("identity", {}).get(field) != value:
-                raise PlanError(f"{self.path} was written for another search ({field} differs); delete it or "
+                raise CheckpointError(f"{self.path} was written for another search ({field} differs); delete it or "
                                 "search without --resume")
-        evaluate.memo.update(memo)
-        evaluate.forwards = forwards
+        evaluate.load_state_dict({"memo": memo, "forwards": forwards})
         self.saved_at = len(memo)
         return len(memo)
 
@@ -67,8 +66,9 @@ class Checkpoint:
         self.saved_at = evaluate.evaluations
         if self.rank:
             return
-        data = {"format": FORMAT, "identity": self.ident, "forwards": evaluate.forwards,
-                "memo": {",".join(map(str, k)): v for k, v in evaluate.memo.items()}}
+        state = evaluate.state_dict()
+        data = {"format": FORMAT, "identity": self.ident, "forwards": state["forwards"],
+                "memo": {",".join(map(str, k)): v for k, v in state["memo"].items()}}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
         try:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from ..plan import RULES
-from ..sampler import Denoiser, State, check_rules, euler_step, history_depth, predict, remember
+from ..sampling.denoisers import Batch
+from ..sampling.loop import State, advance, sample
+from ..sampling.rules import Schedule, check_rules, code_rule, decode, encode, history_depth
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 METRICS: dict[str, Distance] = {
@@ -25,42 +25,8 @@ METRICS: dict[str, Distance] = {
 }
 
 
-@dataclass
-class Batch:
-    """One calibration batch: its denoiser (bound to its conditioning) and its initial noise;
-    ``replicate(n)``, when given, is a denoiser for the conditioning repeated ``n`` times (several
-    candidate masks evaluated in one batched forward)."""
-
-    denoiser: Denoiser
-    noise: torch.Tensor
-    replicate: Callable[[int], Denoiser] | None = None
-
-
 def _nbytes(states: list[State]) -> int:
     return sum(s.x.nbytes + sum(c.nbytes for _, c in s.history) for s in states)
-
-
-Schedule = tuple[int, ...]  # per step: 1 computes, 2 + RULES.index(rule) reuses with that rule
-
-
-def rule_code(rule: str) -> int:
-    """The schedule code of a reused step that follows ``rule``."""
-    return 2 + RULES.index(rule)
-
-
-def code_rule(code: int, default: str = "repeat") -> str:
-    """The rule of a schedule code (``default`` for a computed step)."""
-    return default if code == 1 else RULES[code - 2]
-
-
-def encode(mask: Sequence[int], rules: str | Sequence[str]) -> Schedule:
-    rules = check_rules(rules, len(mask))
-    return tuple(1 if m else rule_code(r) for m, r in zip(mask, rules))
-
-
-def decode(schedule: Schedule, default: str = "repeat") -> tuple[list[int], list[str]]:
-    """(mask, per-step rules); computed steps carry ``default``."""
-    return [1 if c == 1 else 0 for c in schedule], [code_rule(c, default) for c in schedule]
 
 
 class Evaluator:
@@ -129,23 +95,27 @@ class Evaluator:
         return [State(0, b.noise) for b in self.batches]
 
     @torch.no_grad()
-    def _run(self, mask: Schedule, sigmas: Sequence[float] | None = None) -> list[State]:
-        """Final states of every batch for a schedule; prefix states are stored on the search grid."""
+    def _run(self, key: Schedule, sigmas: Sequence[float] | None = None) -> list[State]:
+        """Final states of every batch for a schedule (the one loop, each batch from its stored
+        prefix); prefix states are stored on the search grid. A non-finite trajectory gives NaN."""
         on_grid = sigmas is None
         sigmas = self.sigmas if on_grid else [float(s) for s in sigmas]
-        states = self._resume(mask) if on_grid else [State(0, b.noise) for b in self.batches]
-        for k in range(states[0].step, len(mask)):
-            compute, rule = mask[k] == 1, code_rule(mask[k])
-            restart = k in self.restarts
-            states = [euler_step(b.denoiser, s, sigmas, compute, rule, self.depth, restart)
-                      for b, s in zip(self.batches, states)]
-            if compute:
-                self.forwards += self.samples
-            if not all(torch.isfinite(s.x).all() for s in states):
-                return [State(len(mask), torch.full_like(s.x, float("nan"))) for s in states]
-            if on_grid and k + 1 < len(mask):
-                self._store(mask[: k + 1], states)
-        return states
+        starts = self._resume(key) if on_grid else [State(0, b.noise) for b in self.batches]
+        mask, rules = decode(key)
+        trail: list[list[State]] = [[] for _ in key]  # per step: every batch's state after it
+        finals = []
+        for b, start in zip(self.batches, starts):
+            try:
+                x = sample(b.denoiser, b.noise, sigmas, mask, rules, restarts=self.restarts, depth=self.depth,
+                           start=start, callback=lambda info: trail[info.step].append(info.state))
+            except FloatingPointError:
+                return [State(len(key), torch.full_like(s.x, float("nan"))) for s in starts]
+            finals.append(State(len(key), x))
+        self.forwards += self.samples * sum(mask[starts[0].step:])
+        if on_grid:
+            for k in range(starts[0].step, len(key) - 1):
+                self._store(key[: k + 1], trail[k])
+        return finals
 
     def _loss(self, finals: list[State]) -> float:
         """Mean distance per sample, over every rank's samples under ``torch.distributed``."""
@@ -186,7 +156,8 @@ class Evaluator:
 
     @torch.no_grad()
     def _run_many(self, keys: list[Schedule]) -> list[list[State]]:
-        """Final states of several schedules, advanced together step by step."""
+        """Final states of several schedules, advanced together step by step: the candidates that
+        compute (or reuse) at a step share one batched forward per batch (``Batch.replicate``)."""
         states = [list(self._resume(key)) for key in keys]  # own lists: stored prefixes are shared
         for k in range(min(s[0].step for s in states), self.num_steps):
             active = [c for c, s in enumerate(states) if s[0].step == k]
@@ -194,8 +165,12 @@ class Evaluator:
                 group = [c for c in active if (keys[c][k] == 1) == compute]
                 if not group:
                     continue
+                rules = [code_rule(keys[c][k]) for c in group]
                 for bi, b in enumerate(self.batches):
-                    self._advance(b, [states[c] for c in group], bi, keys, group, k, compute)
+                    moved, _ = advance(b.replicate(len(group)), [states[c][bi] for c in group], self.sigmas, compute,
+                                       rules, self.depth, k in self.restarts)
+                    for c, state in zip(group, moved):
+                        states[c][bi] = state
                 if compute:
                     self.forwards += self.samples * len(group)
             for c in active:
@@ -203,27 +178,18 @@ class Evaluator:
                     self._store(keys[c][: k + 1], list(states[c]))
         return states
 
-    def _advance(self, b: Batch, group: list[list[State]], bi: int, keys, members: list[int], k: int,
-                 compute: bool) -> None:
-        """One cached Euler step of batch ``bi`` for every candidate in ``group``, in one forward."""
-        sigmas, n = self.sigmas, b.noise.shape[0]
-        denoiser = b.replicate(len(group))
-        x = torch.cat([g[bi].x for g in group])
-        if compute:
-            v, cache = denoiser.compute(x, sigmas[k])
-        else:
-            rules = [code_rule(keys[c][k]) for c in members]
-            v = denoiser.reuse(x, sigmas[k], torch.cat([predict(g[bi].history, sigmas[k], r) for g, r in zip(group, rules)]))
-        for j, g in enumerate(group):
-            rows = slice(j * n, (j + 1) * n)
-            history = g[bi].history
-            if compute:
-                history = remember(history, sigmas[k], cache[rows], self.depth, k in self.restarts)
-            g[bi] = State(k + 1, g[bi].x + (sigmas[k + 1] - sigmas[k]) * v[rows], history)
-
     def schedule_loss(self, sigmas: Sequence[float]) -> float:
         """Loss of plain Euler over another schedule (e.g. B evenly spaced steps), not memoized."""
         return self._loss(self._run((1,) * (len(sigmas) - 1), sigmas))
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps: the memo table (schedule -> loss) and the forwards spent."""
+        return {"memo": dict(self.memo), "forwards": self.forwards}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Answer the saved evaluations from memory from now on (see :mod:`.checkpoint`)."""
+        self.memo.update(state["memo"])
+        self.forwards = int(state["forwards"])
 
     @property
     def evaluations(self) -> int:

@@ -8,10 +8,10 @@ transformer directly: no text encoding and no VAE decoding per evaluated mask.
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
-import types
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,51 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
-from diffusers.hooks.hooks import BaseState, StateManager
 from tqdm.auto import tqdm
 
+from ..hooks.experts import context_name, contexts, experts, input_names, step_index
+from ..hooks.override import override, restore
+
 _HOOK = "budcache_capture"
-EXPERTS = ("transformer", "transformer_2")  # Wan2.2 runs the second expert below its boundary
-
-
-class _Override:
-    """A method override on one instance (``obj.name = fn``) that a deep copy of the instance does
-    not inherit: the copy gets the class's own method (LTX-2 deep-copies its scheduler)."""
-
-    def __init__(self, owner: Any, name: str, fn: Callable):
-        self.owner, self.name, self.fn = owner, name, fn
-        functools.update_wrapper(self, fn)
-
-    def __call__(self, *args, **kwargs):
-        return self.fn(*args, **kwargs)
-
-    def __deepcopy__(self, memo: dict):
-        return types.MethodType(getattr(type(self.owner), self.name), memo.get(id(self.owner), self.owner))
-
-
-def override(obj: Any, name: str, fn: Callable) -> None:
-    """Replace ``obj.name`` by ``fn`` on this instance only; undo with ``vars(obj).pop(name)``."""
-    setattr(obj, name, _Override(obj, name, fn))
-
-
-@functools.lru_cache(maxsize=None)
-def _parameters(cls: type) -> tuple[str, ...]:
-    return tuple(inspect.signature(cls.forward).parameters)
-
-
-@functools.lru_cache(maxsize=None)
-def input_positions(cls: type) -> tuple[str, str, int]:
-    """(latent argument name, timestep argument name, the timestep's positional index) of ``cls.forward``."""
-    params = _parameters(cls)[1:]
-    timestep = next((p for p in ("timestep", "t") if p in params), None)
-    if timestep is None:
-        raise ValueError(f"budcache: {cls.__name__}.forward has no `timestep` (or `t`) argument")
-    return params[0], timestep, params.index(timestep)
-
-
-def input_names(module: torch.nn.Module) -> tuple[str, str]:
-    """Names of the latent input and the timestep in ``module.forward``."""
-    return input_positions(type(module))[:2]
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -174,13 +135,11 @@ class Calibration:
         return self.pipe.config.get("boundary_ratio")
 
     def experts(self) -> dict[str, torch.nn.Module]:
-        return {name: getattr(self.pipe, name) for name in EXPERTS if getattr(self.pipe, name, None) is not None}
+        return experts(self.pipe)
 
     def default_sigmas(self, num_steps: int) -> list[float]:
         """The pipeline's own schedule for ``num_steps`` steps (plain fewer-step sampling), built by
         the scheduler as calibration called it (same shift / ``mu``)."""
-        import copy
-
         scheduler = copy.deepcopy(self.pipe.scheduler)
         kwargs = dict(self.schedule_kwargs)
         sigmas = kwargs.pop("sigmas", None)
@@ -194,13 +153,6 @@ class Calibration:
         return [float(s) for s in scheduler.sigmas]
 
 
-class ContextName(BaseState):
-    """Stateless: a hook holds a ``StateManager`` of it only to learn the pipeline's cache context."""
-
-    def reset(self) -> None:
-        pass
-
-
 class _CaptureHook(ModelHook):
     """Records every call of a transformer: expert name, cache context, bound arguments."""
 
@@ -209,13 +161,13 @@ class _CaptureHook(ModelHook):
     def __init__(self, name: str, calls: list):
         super().__init__()
         self.name, self.calls = name, calls
-        self.contexts = StateManager(ContextName)
+        self.contexts = contexts()
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         bound = inspect.signature(type(module).forward).bind(module, *args, **kwargs)
         arguments = dict(bound.arguments)
         arguments.pop("self")
-        context = self.contexts._context.name if self.contexts._context is not None else None
+        context = context_name(self.contexts)
         self.calls.append((self.name, context, arguments, input_names(module)))
         return self.fn_ref.original_forward(*args, **kwargs)
 
@@ -284,12 +236,11 @@ def _same_call(a: Call, b: Call) -> bool:
 def _capturing(pipe: Any, recorder: _Recorder, schedule_kwargs: dict) -> Iterator[None]:
     """Per-instance capture hooks on the experts and wrappers on the scheduler, always removed."""
     scheduler = pipe.scheduler
-    experts = [(n, getattr(pipe, n)) for n in EXPERTS if getattr(pipe, n, None) is not None]
+    modules = list(experts(pipe).items())
     step, set_timesteps = scheduler.step, scheduler.set_timesteps
 
     def step_wrapper(model_output, timestep, sample, *args, **kwargs):
-        index = scheduler.step_index if scheduler.step_index is not None else (scheduler.begin_index or 0)
-        sigma = float(scheduler.sigmas[index])
+        sigma = float(scheduler.sigmas[step_index(scheduler)])
         out = step(model_output, timestep, sample, *args, **kwargs)
         prev = out[0] if isinstance(out, tuple) else out.prev_sample
         recorder.close_step(sigma, model_output, sample, prev)
@@ -302,18 +253,17 @@ def _capturing(pipe: Any, recorder: _Recorder, schedule_kwargs: dict) -> Iterato
         return set_timesteps(*args, **kwargs)
 
     try:
-        for name, module in experts:
+        for name, module in modules:
             HookRegistry.check_if_exists_or_initialize(module).register_hook(_CaptureHook(name, recorder.pending), _HOOK)
         override(scheduler, "step", functools.wraps(step)(step_wrapper))
         override(scheduler, "set_timesteps", functools.wraps(set_timesteps)(set_timesteps_wrapper))
         yield
     finally:
-        for _, module in experts:
+        for _, module in modules:
             registry = getattr(module, "_diffusers_hook", None)
             if registry is not None and registry.get_hook(_HOOK) is not None:
                 registry.remove_hook(_HOOK, recurse=False)
-        for attr in ("step", "set_timesteps"):
-            vars(scheduler).pop(attr, None)
+        restore(scheduler, "step", "set_timesteps")
 
 
 def _call_settings(pipe: Any, kwargs: dict) -> dict[str, Any]:

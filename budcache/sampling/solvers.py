@@ -11,7 +11,8 @@ from collections.abc import Callable, Sequence
 import torch
 from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
-from .sampler import VelocityFn, euler, linear_sigmas
+from .denoisers import VelocityFn
+from .loop import euler, linear_sigmas
 
 FLOW = dict(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=1.0)
 SCHEDULERS: dict[str, Callable[[], object]] = {

@@ -1,33 +1,27 @@
-"""Figures: a plan's mask over its sigma schedule, search histories, image grids."""
+"""Figures: a plan's mask over its sigma schedule, image grids, quality against NFE, alignment, frontier.
+
+Figures are drawn on ``matplotlib.figure.Figure`` directly: no pyplot, no backend switched.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+from ..plan import CachePlan
+from ..search.history import figure, plot_history, save
 
-from .plan import CachePlan  # noqa: E402
-from .search import SearchResult  # noqa: E402
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+__all__ = ["plot_plan", "plot_history", "image_grid", "plot_quality_vs_nfe", "plot_alignment", "plot_frontier"]
 
 
 def plot_plan(plan: CachePlan, path: str | Path) -> Path:
     """The sigma schedule with computed steps as filled markers and reused ones hollow."""
     k = plan.num_steps
     sigmas = plan.sigmas if plan.sigmas is not None else torch.linspace(1, 0, k + 1).tolist()
-    fig, ax = plt.subplots(figsize=(max(6, k * 0.28), 3.2))
+    fig = figure(figsize=(max(6, k * 0.28), 3.2))
+    ax = fig.subplots()
     ax.plot(range(k + 1), sigmas, color="0.7", lw=1, zorder=1)
     on = [i for i in range(k) if plan.mask[i]]
     off = [i for i in range(k) if not plan.mask[i]]
@@ -41,27 +35,14 @@ def plot_plan(plan: CachePlan, path: str | Path) -> Path:
     if plan.sigmas is None:
         ax.text(0.99, 0.95, "pipeline default schedule (shown linear)", transform=ax.transAxes,
                 ha="right", va="top", fontsize=7, color="0.4")
-    return _save(fig, path)
-
-
-def plot_history(results: Mapping[str, SearchResult], path: str | Path) -> Path:
-    """Loss of each evaluated mask and the best so far, against the evaluation count."""
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    for i, (name, r) in enumerate(results.items()):
-        evals = [h[0] for h in r.history]
-        ax.scatter(evals, [h[1] for h in r.history], s=3, alpha=0.25, color=f"C{i}")
-        ax.plot(evals, [h[2] for h in r.history], color=f"C{i}", lw=1.5, label=f"{name} (best {r.loss:.3g})")
-    ax.set_yscale("log")
-    ax.set_xlabel("evaluations (distinct masks)")
-    ax.set_ylabel("loss vs teacher")
-    ax.legend(fontsize=8, frameon=False)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def image_grid(rows: Sequence[tuple[str, torch.Tensor]], path: str | Path, columns: int = 10) -> Path:
     """One row of images (N, 1, H, W) in [-1, 1] per labelled method (at most ``columns`` each)."""
     columns = min(columns, *(len(images) for _, images in rows))
-    fig, axes = plt.subplots(len(rows), columns, figsize=(columns * 0.8, len(rows) * 0.9), squeeze=False)
+    fig = figure(figsize=(columns * 0.8, len(rows) * 0.9))
+    axes = fig.subplots(len(rows), columns, squeeze=False)
     for r, (name, images) in enumerate(rows):
         for c in range(columns):
             ax = axes[r][c]
@@ -70,12 +51,13 @@ def image_grid(rows: Sequence[tuple[str, torch.Tensor]], path: str | Path, colum
             ax.set_yticks([])
         axes[r][0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=7)
     fig.subplots_adjust(wspace=0.05, hspace=0.05)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_quality_vs_nfe(rows: Sequence, path: str | Path) -> Path:
     """PSNR against mean NFE, one line per method and reuse rule (``rows``: compare.Row)."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig = figure(figsize=(7.5, 4.5))
+    ax = fig.subplots()
     lines: dict[str, list] = {}
     for r in rows:
         method = r.method if not r.method.startswith("plain ") else "plain " + r.method.split("-step ")[-1]
@@ -88,12 +70,13 @@ def plot_quality_vs_nfe(rows: Sequence, path: str | Path) -> Path:
     ax.set_xlabel("NFE (mean per sample)")
     ax.set_ylabel("PSNR vs full compute (dB)")
     ax.legend(fontsize=6.5, frameon=False, ncol=2)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_alignment(plan: CachePlan, result, path: str | Path) -> Path:
     """The schedule before and after alignment over the mask, and the training / validation loss."""
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.6))
+    fig = figure(figsize=(11, 3.6))
+    ax, bx = fig.subplots(1, 2)
     k = plan.num_steps
     for sigmas, name, color in ((result.initial, "before", "0.6"), (result.sigmas, "after", "C3")):
         ax.plot(range(k + 1), sigmas, color=color, lw=1.2, label=name)
@@ -114,16 +97,17 @@ def plot_alignment(plan: CachePlan, result, path: str | Path) -> Path:
     bx.set_ylabel("MSE vs teacher")
     bx.set_yscale("log")
     bx.legend(fontsize=8, frameon=False)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def plot_frontier(rows: Sequence[dict], path: str | Path) -> Path:
     """Held-out PSNR against the budget for budcache's plans, the uniform mask and plain Euler."""
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig = figure(figsize=(6.5, 4))
+    ax = fig.subplots()
     budgets = [r["budget"] for r in rows]
     for name, style in (("budcache", "-o"), ("uniform mask", "--s"), ("plain Euler", ":^")):
         ax.plot(budgets, [r[name] for r in rows], style, ms=4, label=name)
     ax.set_xlabel("budget B (block-stack executions)")
     ax.set_ylabel("PSNR vs full compute (dB)")
     ax.legend(fontsize=8, frameon=False)
-    return _save(fig, path)
+    return save(fig, path)

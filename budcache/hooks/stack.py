@@ -10,7 +10,7 @@ segments and the timestep-modulated output head still run at the current x and s
 all blocks are skipped. The residuals of one call travel as one tensor ``(batch, n)``, so a
 reuse rule can extrapolate them. Which step computes is decided by the caller (a mask), never
 by a threshold. Block return layouts come from diffusers' ``TransformerBlockRegistry``, or from
-:data:`OWN_BLOCKS` for classes it lacks or describes wrongly.
+the ``blocks`` rows of :mod:`budcache.families` for classes it lacks or describes wrongly.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks._common import _ALL_TRANSFORMER_BLOCK_IDENTIFIERS
 from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
+
+from ..families import OWN_BLOCKS
 
 _HEAD = "budcache_stack_head"
 _BLOCK = "budcache_stack_block"
@@ -44,6 +46,16 @@ class StackState:
 
     def reset(self) -> None:
         self.mode, self.residual, self.inputs, self.parts, self.offset = "compute", None, [], [], 0
+
+    @contextmanager
+    def step(self, residual: torch.Tensor | None = None) -> Iterator[StackState]:
+        """One transformer call: computing (``residual`` None; read ``.residual`` before leaving), or
+        reusing ``residual``; the state is reset afterwards, also when the call raises."""
+        self.mode, self.residual = ("compute", None) if residual is None else ("reuse", residual)
+        try:
+            yield self
+        finally:
+            self.reset()
 
     def add(self, stream: torch.Tensor, shape: torch.Size | None) -> torch.Tensor:
         """``stream`` plus its next residual piece of ``shape`` (reuse); None: passes through."""
@@ -137,23 +149,6 @@ def block_lists(transformer: torch.nn.Module) -> list[list[torch.nn.Module]]:
 def transformer_blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:
     """Every block of every segment, in execution order."""
     return [block for blocks in block_lists(transformer) for block in blocks]
-
-
-# Our rows beside diffusers' registry: classes it lacks or describes wrongly (by class name).
-# A new model family costs one row here (or none when diffusers registers its blocks).
-_M = TransformerBlockMetadata
-OWN_BLOCKS: dict[str, TransformerBlockMetadata] = {
-    # diffusers 0.42 registers it with hidden_states_argument_name="hidden_states"; its forward takes `x`
-    "ZImageTransformerBlock": _M(return_hidden_states_index=0, hidden_states_argument_name="x"),
-    "QwenImage21TransformerBlock": _M(return_hidden_states_index=0),  # one joint [text, image] sequence
-    "ChromaTransformerBlock": _M(return_hidden_states_index=1, return_encoder_hidden_states_index=0),
-    "ChromaSingleTransformerBlock": _M(return_hidden_states_index=0),
-    "HunyuanVideo15TransformerBlock": _M(return_hidden_states_index=0, return_encoder_hidden_states_index=1),
-    # LTX-2 blocks return (video, audio): the audio stream takes the second slot, cached beside the video
-    "LTX2VideoTransformerBlock": _M(return_hidden_states_index=0, return_encoder_hidden_states_index=1,
-                                    encoder_hidden_states_argument_name="audio_hidden_states"),
-    "SanaTransformerBlock": _M(return_hidden_states_index=0),
-}
 
 
 def block_metadata(block: torch.nn.Module) -> TransformerBlockMetadata:

@@ -19,12 +19,12 @@ from typing import Any
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
-from diffusers.hooks.hooks import StateManager
 
-from . import residual
-from .capture import EXPERTS, ContextName, input_positions, override
-from .plan import CachePlan, PlanError
-from .sampler import history_depth, predict, remember
+from ..plan import CachePlan, PlanError
+from ..sampling.rules import history_depth, predict, remember
+from . import stack as residual
+from .experts import context_name, contexts, experts, input_positions, step_index
+from .override import override, restore
 
 _HOOK = "budcache_plan"
 
@@ -64,12 +64,6 @@ class _Run:
         return key
 
 
-def _current_index(scheduler: Any) -> int:
-    """The step the scheduler is about to take (also before its first ``step`` call)."""
-    index = scheduler.step_index
-    return index if index is not None else (getattr(scheduler, "begin_index", None) or 0)
-
-
 class _PlanHook(ModelHook):
     _is_stateful = True
 
@@ -77,7 +71,7 @@ class _PlanHook(ModelHook):
         super().__init__()
         self.plan, self.stack, self.scheduler, self.expert, self.run = plan, stack, scheduler, expert, run
         self.rules, self.depth = plan.step_rules, history_depth(plan.step_rules)
-        self.contexts = StateManager(ContextName)  # receives the pipeline's cache_context name
+        self.contexts = contexts()  # receives the pipeline's cache_context name
         self.container: type = tuple
         self.in_pipeline = scheduler is not None and hasattr(scheduler, "step_index") and hasattr(scheduler, "sigmas")
 
@@ -90,10 +84,10 @@ class _PlanHook(ModelHook):
 
     def _locate(self, t: float) -> tuple[int, str, _Branch, float]:
         """(step, branch name, branch state, the sigma rules extrapolate in) of this call."""
-        context = self.contexts._context.name if self.contexts._context is not None else None
+        context = context_name(self.contexts)
         run = self.run
         if self.in_pipeline:
-            k = _current_index(self.scheduler)
+            k = step_index(self.scheduler)
             run.calls_in_step = run.calls_in_step + 1 if k == run.step else 1
             run.step = k
             name = context or ("default" if run.calls_in_step == 1 else f"call{run.calls_in_step}")
@@ -128,17 +122,13 @@ class _PlanHook(ModelHook):
                     cached = predict(state.history, sigma, self.rules[k])
                     out = (cached,) if issubclass(self.container, tuple) else self.container(sample=cached)
             else:
-                if not compute:
-                    self.stack.mode, self.stack.residual = "reuse", predict(state.history, sigma, self.rules[k])
-                out = self.fn_ref.original_forward(*args, **kwargs)
-                if compute:
-                    state.history = remember(state.history, sigma, self.stack.residual, self.depth)
+                with self.stack.step(None if compute else predict(state.history, sigma, self.rules[k])) as stack:
+                    out = self.fn_ref.original_forward(*args, **kwargs)
+                    if compute:
+                        state.history = remember(state.history, sigma, stack.residual, self.depth)
         except BaseException:
             state.reset()
             raise
-        finally:
-            if self.stack is not None:
-                self.stack.reset()
         key = self.run.count(self.expert, name, compute)
         if state.step == 1:
             state.direction = t - state.last_t
@@ -176,21 +166,13 @@ class CacheHandle:
                     residual.uninstall(module)
             vars(module).pop("_budcache_handle", None)
         if self.scheduler is not None:
-            vars(self.scheduler).pop("set_timesteps", None)
+            restore(self.scheduler, "set_timesteps")
 
     def __enter__(self) -> CacheHandle:
         return self
 
     def __exit__(self, *exc) -> None:
         self.remove()
-
-
-def summary(pipe: Any) -> dict[str, dict[str, int]]:
-    """Computed and reused steps per branch of the last generation of ``pipe`` (with a plan applied)."""
-    handle = getattr(getattr(pipe, "transformer", pipe), "_budcache_handle", None)
-    if handle is None:
-        raise ValueError("no budcache plan is applied to this pipeline; call budcache.apply(pipe, plan) first")
-    return handle.summary()
 
 
 def _wrap_set_timesteps(scheduler: Any, plan: CachePlan, run: _Run) -> None:
@@ -228,20 +210,37 @@ def _check_boundary(pipe: Any, plan: CachePlan) -> None:
 
 def apply(pipe: Any, plan: CachePlan) -> CacheHandle:
     """Install ``plan`` on ``pipe``'s transformer(s) (or on a transformer passed directly)."""
-    experts = {n: getattr(pipe, n) for n in EXPERTS if getattr(pipe, n, None) is not None} or {"transformer": pipe}
+    modules = experts(pipe) or {"transformer": pipe}
     scheduler = getattr(pipe, "scheduler", None)
-    plan.check_model(experts["transformer"])
+    plan.check_model(modules["transformer"])
     if scheduler is not None:
         _check_boundary(pipe, plan)
-    if any(getattr(m, "_budcache_handle", None) is not None for m in experts.values()):
+    if any(getattr(m, "_budcache_handle", None) is not None for m in modules.values()):
         raise RuntimeError("a budcache plan is already applied to this pipeline; remove() it first")
-    run = _Run(len(experts))
-    reuse = residual.reuse_for(experts["transformer"], plan.reuse)
-    handle = CacheHandle(experts, run, scheduler, plan)
-    for name, module in experts.items():
+    run = _Run(len(modules))
+    reuse = residual.reuse_for(modules["transformer"], plan.reuse)
+    handle = CacheHandle(modules, run, scheduler, plan)
+    for name, module in modules.items():
         stack = residual.install(module) if reuse == "residual" else None
         HookRegistry.check_if_exists_or_initialize(module).register_hook(_PlanHook(plan, stack, scheduler, name, run), _HOOK)
         module._budcache_handle = handle
     if scheduler is not None and hasattr(scheduler, "set_timesteps"):
         _wrap_set_timesteps(scheduler, plan, run)
     return handle
+
+
+def _handle(pipe: Any) -> CacheHandle:
+    handle = getattr(getattr(pipe, "transformer", pipe), "_budcache_handle", None)
+    if handle is None:
+        raise ValueError("no budcache plan is applied to this pipeline; call budcache.apply(pipe, plan) first")
+    return handle
+
+
+def summary(pipe: Any) -> dict[str, dict[str, int]]:
+    """Computed and reused steps per branch of the last generation of ``pipe`` (with a plan applied)."""
+    return _handle(pipe).summary()
+
+
+def remove(pipe: Any) -> None:
+    """Remove the plan applied to ``pipe`` (the same as ``handle.remove()``)."""
+    _handle(pipe).remove()

@@ -1,0 +1,137 @@
+"""Replay captured pipeline steps at any (x, sigma): the pipeline as a model source.
+
+A step's transformer calls are re-run with the captured conditioning at the new latent and
+timestep, and combined into a velocity the way the pipeline does it (its CFG formula, the
+``combine`` of its entry in :mod:`budcache.families`). The replay is checked against the
+pipeline's own velocities, so a wrong entry fails loudly instead of searching for another model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+
+import torch
+
+from ..families import combine_for, for_pipeline
+from ..hooks.experts import input_names
+from ..hooks.stack import StackState, reuse_for, stack_hooks
+from ..sampling.denoisers import Batch
+from ..source import SETS, Source, relative_error
+from .capture import Calibration, Capture, Step, to_hidden
+
+class PipelineDenoiser:
+    """The velocity of one captured generation at (x, sigma), computing or reusing per call.
+
+    Conditioning comes from the captured step with that sigma (the nearest one off the grid,
+    where timesteps follow the affine sigma -> timestep map of the capture). Residual caches
+    hold one entry per call (one per CFG branch).
+    """
+
+    def __init__(self, calib: Calibration, capture: Capture, stacks: dict[str, StackState] | None):
+        self.capture, self.stacks, self.executions = capture, stacks, 0
+        self.experts, self.combine = calib.experts(), combine_for(calib.pipe)
+        self.settings = {**capture.settings, "guider": getattr(calib.pipe, "guider", None)}
+        self.grid = {s.sigma: s for s in capture.steps}
+        first, last = capture.steps[0], capture.steps[-1]
+        span = last.sigma - first.sigma
+        self.slopes = [(b.double() - a.double()) / span if span else torch.zeros_like(a, dtype=torch.float64)
+                       for a, b in zip(first.timesteps, last.timesteps)]
+
+    def _step(self, sigma: float) -> tuple[Step, list[torch.Tensor]]:
+        step = self.grid.get(sigma)
+        if step is not None:
+            return step, step.timesteps
+        step = min(self.capture.steps, key=lambda s: abs(s.sigma - sigma))
+        first = self.capture.steps[0]
+        timesteps = [(a.double() + slope * (sigma - first.sigma)).to(a.dtype)
+                     for a, slope in zip(first.timesteps, self.slopes)]
+        return step, timesteps
+
+    def _velocity(self, x: torch.Tensor, sigma: float, cache: torch.Tensor | None) -> tuple[torch.Tensor, list]:
+        step, timesteps = self._step(sigma)
+        outputs, residuals = [], []
+        for i, call in enumerate(step.calls):
+            module = self.experts[call.module]
+            stack = self.stacks[call.module] if self.stacks is not None else None
+            hidden, t = input_names(module)
+            inputs = {hidden: to_hidden(call.layout, x, call.dtype, call.extra), t: timesteps[i]}
+            if stack is None:
+                out = module(**call.kwargs, **inputs)
+            else:
+                with stack.step(None if cache is None else cache[i]):
+                    out = module(**call.kwargs, **inputs)
+                    residuals.append(stack.residual)
+            outputs.append(out[0] if isinstance(out, tuple) else out.sample)
+        return self.combine(outputs, step.calls, self.settings, x).float(), residuals
+
+    def compute(self, x: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        self.executions += 1
+        v, residuals = self._velocity(x, sigma, None)
+        if self.stacks is None:
+            return v, v
+        if len({r.shape for r in residuals}) != 1:
+            raise RuntimeError("budcache: the calls of one step cache residuals of different shapes")
+        return v, torch.stack(residuals)
+
+    def reuse(self, x: torch.Tensor, sigma: float, cache: torch.Tensor) -> torch.Tensor:
+        return cache if self.stacks is None else self._velocity(x, sigma, cache)[0]
+
+
+@contextmanager
+def denoisers(calib: Calibration, reuse: str) -> Iterator[Callable[..., PipelineDenoiser]]:
+    """Yields ``make(capture, reuse=reuse)``; with ``residual`` reuse the hooks on every expert live
+    only inside the ``with`` block (and ``make(capture, "output")`` still gives output reuse)."""
+    if reuse not in ("residual", "output"):
+        raise ValueError(f"reuse must be 'residual' or 'output', got {reuse!r}")
+    with ExitStack() as hooks:
+        stacks = None
+        if reuse == "residual":
+            stacks = {name: hooks.enter_context(stack_hooks(m)) for name, m in calib.experts().items()}
+        yield lambda capture, mode=reuse: PipelineDenoiser(calib, capture, stacks if mode == "residual" else None)
+
+
+def _tolerance(calib: Calibration) -> float:
+    return 1e-3 if calib.pipe.transformer.dtype == torch.float32 else 5e-2
+
+
+def check_replay(calib: Calibration) -> float:
+    """Replay step 0 of the first capture and compare with the velocity the pipeline used;
+    raises when the replay does not reproduce the pipeline. Returns the relative error."""
+    capture = calib.captures[0]
+    with torch.no_grad(), denoisers(calib, "output") as make:
+        v, _ = make(capture).compute(capture.latents.float(), calib.sigmas[0])
+    error = relative_error(v, capture.steps[0].velocity)
+    if not error <= _tolerance(calib):
+        family = for_pipeline(calib.pipe)
+        known = "a family without a guidance rule" if family is None else f"family {family.name}"
+        raise ValueError(
+            f"budcache's replay of {calib.pipeline} ({known}) does not reproduce the pipeline's velocity at step 0 "
+            f"(relative error {error:.3g}); its guidance is not supported (see budcache.families for the supported "
+            "pipelines; any pipeline with one unguided transformer call per step works)"
+        )
+    return error
+
+
+@contextmanager
+def pipeline_source(calib: Calibration, reuse: str = "residual", *, validation: Calibration | None = None,
+                    held_out: Calibration | None = None) -> Iterator[Source]:
+    """A :class:`~budcache.source.Source` on calibrated captures: one batch per prompt; ``validation``
+    and ``held_out`` captures (same schedule) become the ``validation`` and ``eval`` sets. The
+    replay is checked first (:func:`check_replay`); residual hooks live inside the ``with`` block."""
+    check_replay(calib)
+    for name, other in (("validation", validation), ("held-out", held_out)):
+        if other is not None and other.sigmas != calib.sigmas:
+            raise ValueError(f"{name} captures use another sigma schedule than the calibration ones")
+    reuse = reuse_for(calib.pipe.transformer, reuse)
+    sets = {"calib": calib.captures, "validation": validation and validation.captures,
+            "eval": held_out and held_out.captures}
+    with denoisers(calib, reuse) as make:
+        yield Source(
+            sigmas=calib.sigmas,
+            batches=lambda which, mode=None: [Batch(make(c, mode or reuse), c.latents.float()) for c in sets[which]],
+            fewer_sigmas=calib.default_sigmas, model=calib.pipe.transformer, reuse=reuse,
+            sets=tuple(w for w in SETS if sets[w]), restarts=tuple(calib.forced_steps()),
+            boundary_ratio=calib.boundary_ratio, reference=[c.final for c in calib.captures],
+            tolerance=10 * _tolerance(calib),
+        )

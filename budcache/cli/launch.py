@@ -1,0 +1,104 @@
+"""Launching a command: the process group under ``torchrun``, pipeline loading, prompt files, and the
+model source a command runs on (``--model demo`` or ``--pipeline``), built the same way for all."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..calibration import calibrate, pipeline_source, read_prompts
+from ..source import HELD_OUT_SEED_OFFSET, VALIDATION_SEED_OFFSET, Source
+from .options import call_kwargs
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size): under ``torchrun`` the process group is set up here (NCCL on GPUs, else gloo)."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def load_pipeline(path: str, dtype: str | None, device: str | None, offload: bool):
+    """A diffusers pipeline from a local folder or hub id, in ``dtype`` on ``device``."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, dtype or ("bfloat16" if device != "cpu" else "float32"))
+    pipe = DiffusionPipeline.from_pretrained(path, dtype=dtype)
+    if offload:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    return pipe
+
+
+def calibrate_shard(pipe: Any, path: Path, steps: int, seed: int, rank: int = 0, world: int = 1,
+                    progress: bool = True, **kwargs: Any):
+    """This rank's share of the prompts in ``path`` (prompt i keeps seed ``seed + i``)."""
+    prompts = read_prompts(path)
+    if len(prompts) < world:
+        raise SystemExit(f"{path}: {len(prompts)} prompts for {world} processes; give each process at least one")
+    mine = range(rank, len(prompts), world)
+    return calibrate(pipe, [prompts[i] for i in mine], steps, seeds=[seed + i for i in mine], progress=progress,
+                     **kwargs)
+
+
+def check_source_options(a: argparse.Namespace, held_out: bool = False) -> None:
+    """Refuse a bad model choice before anything is loaded."""
+    if a.pipeline is None:
+        if a.model != "demo":
+            raise SystemExit(f"--model {a.model!r}: use --model demo, or --pipeline PATH_OR_ID for a diffusers model")
+        return
+    if a.prompts is None:
+        raise SystemExit("--pipeline needs --prompts FILE (.txt, .jsonl or .csv) with calibration prompts")
+    if held_out and getattr(a, "held_out_prompts", None) is None:
+        raise SystemExit(f"{a.command} --pipeline needs --held-out-prompts FILE (evaluation prompts)")
+    for name in ("prompts", "validation_prompts", "held_out_prompts"):
+        path = getattr(a, name, None)
+        if path is not None and not Path(path).is_file():
+            raise SystemExit(f"--{name.replace('_', '-')}: {path} does not exist")
+
+
+@contextmanager
+def open_source(a: argparse.Namespace, *, held_out: bool = False, validation: bool = True, rank: int = 0,
+                world: int = 1, reuse: str | None = None, steps: int | None = None) -> Iterator[Source]:
+    """The model source of a command: the demo model, or the pipeline calibrated on ``--prompts``
+    (validation: ``--validation-prompts`` at seed + 5000; held out: ``--held-out-prompts`` at seed
+    + 10000; ``validation`` False: no validation set). Under ``torchrun`` each rank holds its share of
+    the calibration and validation sets. ``steps``: K when not ``--steps`` (a plan's)."""
+    check_source_options(a, held_out)
+    reuse, steps = reuse or a.reuse, steps or a.steps
+    progress = not a.no_progress
+    if a.pipeline is None:
+        from ..demo.problem import demo_source
+
+        count = getattr(a, "validation", None) if validation else 0
+        with demo_source(steps, a.calib, count, a.held_out if held_out else 0,
+                         a.seed, reuse, shard=(rank, world)) as source:
+            yield source
+        return
+    device = a.device or (f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if world > 1 else None)
+    pipe = load_pipeline(a.pipeline, a.dtype, device, a.cpu_offload)
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = call_kwargs(a)
+    calib = calibrate_shard(pipe, a.prompts, steps, a.seed, rank, world, progress, **kwargs)
+    checks = evaluation = None
+    if validation and a.validation_prompts is not None:
+        checks = calibrate_shard(pipe, a.validation_prompts, steps, a.seed + VALIDATION_SEED_OFFSET, rank, world,
+                                     progress, **kwargs)
+    if held_out:
+        evaluation = calibrate_shard(pipe, a.held_out_prompts, steps, a.seed + HELD_OUT_SEED_OFFSET,
+                                     progress=progress, **kwargs)
+    with pipeline_source(calib, reuse, validation=checks, held_out=evaluation) as source:
+        yield source

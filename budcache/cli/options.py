@@ -1,0 +1,116 @@
+"""Option groups shared by the commands: the model source, the search effort, the budgets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..sampling.rules import RULES
+from ..search import SearchConfig
+
+DEMO_EFFORT = SearchConfig(iterations=100, starts=1, kicks=0)  # `demo`, `compare`, `frontier` must finish in minutes
+
+
+def add_source_options(p: argparse.ArgumentParser, calib: int = 16, held_out: bool = False,
+                       validation: int | None = None) -> None:
+    """``--model demo`` or ``--pipeline PATH_OR_ID`` with its prompts and call arguments."""
+    g = p.add_argument_group("model source (the demo model, or a diffusers pipeline)")
+    g.add_argument("--model", default="demo", help="the embedded demo model (default), or use --pipeline")
+    g.add_argument("--pipeline", default=None, metavar="PATH_OR_ID",
+                   help="a diffusers pipeline (local folder or hub id) instead of the demo model")
+    g.add_argument("--steps", type=int, default=28, help="denoising steps K (default 28)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the noise (prompt i: seed + i) and of the search")
+    g.add_argument("--calib", type=int, default=calib, help=f"calibration samples of the demo model (default {calib})")
+    g.add_argument("--prompts", type=Path, default=None, help="calibration prompts for --pipeline (.txt, .jsonl, .csv)")
+    g.add_argument("--validation-prompts", type=Path, default=None,
+                   help="other prompts on which a predictive rule must beat repeat, or stage 2 keeps its best "
+                        "schedule (default: the calibration ones)")
+    if validation is not None:
+        g.add_argument("--validation", type=int, default=validation,
+                       help=f"validation samples of the demo model (default {validation})")
+    if held_out:
+        g.add_argument("--held-out", type=int, default=100, help="held-out demo samples (never calibration ones)")
+        g.add_argument("--held-out-prompts", type=Path, default=None, help="held-out evaluation prompts for --pipeline")
+    g.add_argument("--height", type=int, default=None)
+    g.add_argument("--width", type=int, default=None)
+    g.add_argument("--guidance-scale", type=float, default=None)
+    g.add_argument("--negative-prompt", default=None)
+    g.add_argument("--call", action="append", default=[], metavar="KEY=VALUE",
+                   help="another pipeline call argument (value parsed as JSON when it can be), repeatable")
+    g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                   help="model dtype (default bfloat16 on a GPU, float32 on CPU)")
+    g.add_argument("--device", default=None, help="torch device (default cuda when available)")
+    g.add_argument("--cpu-offload", action="store_true", help="enable_model_cpu_offload for large models")
+    g.add_argument("--reuse", choices=("residual", "output"), default="residual",
+                   help="what reused steps take from the cache (default residual)")
+
+
+def add_search_options(p: argparse.ArgumentParser, effort: SearchConfig = SearchConfig(), rule: bool = True,
+                       checkpoint: bool = False) -> None:
+    """Search effort, reuse rule, prefix-state memory, optional checkpointing."""
+    g = p.add_argument_group("search")
+    g.add_argument("--iterations", type=int, default=effort.iterations,
+                   help=f"annealing proposals per start (default {effort.iterations})")
+    g.add_argument("--starts", type=int, default=effort.starts,
+                   help=f"annealing starts: the uniform mask, then random ones (default {effort.starts})")
+    g.add_argument("--kicks", type=int, default=effort.kicks,
+                   help=f"perturb-and-climb rounds after hill climbing (default {effort.kicks})")
+    g.add_argument("--batch-candidates", type=int, default=1,
+                   help="hill-climbing neighbours evaluated together in one batched forward (default 1: off)")
+    g.add_argument("--no-hill-climb", action="store_true",
+                   help="skip hill climbing (K*B neighbours a round: the bulk of a search at large K)")
+    g.add_argument("--forced-prefix", type=int, default=0, help="first steps that always compute (default 0)")
+    if rule:
+        g.add_argument("--rule", choices=RULES, default="repeat",
+                       help="how reused steps read the cache: repeat, or extrapolate(2) in sigma (default repeat)")
+    g.add_argument("--search-rules", action="store_true",
+                   help="search the reuse rule of every step jointly with the mask")
+    g.add_argument("--state-mb", type=float, default=1024.0,
+                   help="memory for stored prefix states (prefix reuse; default 1024 MB; raise it on a large GPU)")
+    if checkpoint:
+        g.add_argument("--checkpoint", type=Path, default=None,
+                       help="save the evaluations here as they come (default: next to --out)")
+        g.add_argument("--checkpoint-every", type=int, default=25, help="evaluations between checkpoint writes")
+        g.add_argument("--resume", action="store_true",
+                       help="continue an interrupted search from --checkpoint (same final plan as an uninterrupted run)")
+
+
+def add_progress_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def search_config(a: argparse.Namespace) -> SearchConfig:
+    return SearchConfig(iterations=a.iterations, starts=a.starts, kicks=a.kicks, forced_prefix=a.forced_prefix,
+                        seed=a.seed, rules=RULES if a.search_rules else (), hill_climb=not a.no_hill_climb,
+                        checkpoint_every=getattr(a, "checkpoint_every", 25), batch_candidates=a.batch_candidates)
+
+
+def call_kwargs(a: argparse.Namespace) -> dict:
+    """Pipeline call arguments from --height/--width/--guidance-scale/--negative-prompt and --call KEY=VALUE."""
+    kwargs = {k: v for k, v in dict(height=a.height, width=a.width, guidance_scale=a.guidance_scale,
+                                      negative_prompt=a.negative_prompt).items() if v is not None}
+    for item in a.call:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--call expects KEY=VALUE, got {item!r}")
+        try:
+            kwargs[key] = json.loads(value)
+        except json.JSONDecodeError:
+            kwargs[key] = value
+    return kwargs
+
+
+def parse_budgets(text: str, steps: int) -> list[int]:
+    """``6,8,10,14`` or ``4..20``, each within 1..``steps``."""
+    try:
+        if ".." in text:
+            lo, hi = text.split("..")
+            budgets = list(range(int(lo), int(hi) + 1))
+        else:
+            budgets = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise SystemExit(f"--budgets takes a comma list (6,8,10) or a range (4..20), got {text!r}") from None
+    if not budgets or not all(1 <= b <= steps for b in budgets):
+        raise SystemExit(f"--budgets must lie in 1..--steps ({steps}), got {text!r}")
+    return budgets

@@ -1,0 +1,43 @@
+"""``budcache frontier``: plans for every budget in one run on any model source, and the held-out
+quality-vs-budget curve beside the uniform mask and plain Euler."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ..plan import uniform_mask
+from ..search import SearchConfig, search_frontier
+from ..source import Source
+from . import metrics, plots
+from .compare import static_outputs
+from .report import Report
+
+
+@torch.no_grad()
+def frontier(source: Source, budgets: Sequence[int], out: Path, config: SearchConfig = SearchConfig(),
+             progress: bool = True) -> list[dict]:
+    """Search every budget (see :func:`budcache.search.search_frontier`), score each plan on the
+    held-out set, and write ``plan_B<b>.json``, ``frontier.json`` and ``frontier.png`` to ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    plans, cost = search_frontier(source, budgets, config, progress)
+    k = source.num_steps
+    full, t_full = metrics.timed(lambda: static_outputs(source, "eval", source.sigmas, [1] * k, "repeat"), repeats=1)
+    report = Report(source, full, t_full)
+    rows = []
+    for b, plan in plans.items():
+        plan.save(out / f"plan_B{b}.json")
+        n = full.shape[0]
+        report.add(b, "budcache", "repeat", static_outputs(source, "eval", plan.sigmas or source.sigmas, plan.mask, "repeat"),
+                   [b] * n)
+        report.add(b, "uniform mask", "repeat", static_outputs(source, "eval", source.sigmas, uniform_mask(k, b), "repeat"),
+                   [b] * n)
+        report.add(b, "plain Euler", "-", static_outputs(source, "eval", source.fewer_sigmas(b), [1] * b, "repeat"), [b] * n)
+        psnr = {r.method: r.psnr for r in report.rows[-3:]}
+        rows.append({"budget": b, "mask": plan.strip, "calibration_loss": plan.record.objective, **psnr})
+    (out / "frontier.json").write_text(json.dumps({"rows": rows, **cost}, indent=1))
+    plots.plot_frontier(rows, out / "frontier.png")
+    return rows

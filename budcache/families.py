@@ -1,0 +1,207 @@
+"""Per-family knowledge, one entry per model family: adding a family is one entry in :data:`FAMILIES`.
+
+An entry names the family's pipeline and transformer classes and holds what budcache cannot read
+from the model itself:
+
+* ``blocks``: return layouts of block classes that diffusers' ``TransformerBlockRegistry`` lacks
+  or describes wrongly (residual reuse needs to know which return value is which stream);
+* ``combine``: how the pipeline combines a step's transformer calls into one velocity (its CFG
+  formula), which the search replays;
+* ``experts``: the pipeline attributes that hold transformers (Wan2.2 runs two experts);
+* ``indicator``: where TeaCache reads its signal (``norm1``: block 0's modulated input;
+  ``time``: the time embedding; ``input``: block 0's input; None: ``time`` when the transformer
+  has a time embedder, else ``input``).
+
+How the pipeline builds the transformer's latent input (the same tensor, batched CFG copies,
+per-sample frames, appended channels) is detected at calibration and needs no entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from diffusers.hooks._helpers import TransformerBlockMetadata
+
+if TYPE_CHECKING:
+    from .calibration.capture import Call
+
+Combine = Callable[[list[Any], list["Call"], dict[str, Any], torch.Tensor], torch.Tensor]  # outputs, calls, settings, x
+
+
+# -- CFG combinations ---------------------------------------------------------------------------
+def _guided(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    return uncond + scale * (cond - uncond)
+
+
+def _by_context(outputs: list[Any], calls: list[Call]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cond, uncond): by cache context, or in call order (every pipeline calls cond first)."""
+    named = {c.context: o for c, o in zip(calls, outputs)}
+    for cond, uncond in (("cond", "uncond"), ("pred_cond", "pred_uncond")):
+        if cond in named and uncond in named:
+            return named[cond], named[uncond]
+    return outputs[0], outputs[1]
+
+
+def _two_calls(scale: Callable[[dict, str], float], tokens: str | None = None) -> Combine:
+    """A cond and an uncond call per step (Flux true CFG, Wan, Chroma, CogView4, ...); ``tokens``
+    (``"last"`` or ``"first"``) keeps that many latent tokens (``x.shape[1]``) of the outputs."""
+
+    def combine(outputs: list[Any], calls: list[Call], settings: dict, x: torch.Tensor) -> torch.Tensor:
+        if tokens is not None:
+            n = x.shape[1]
+            outputs = [o[:, -n:] if tokens == "last" else o[:, :n] for o in outputs]
+        if len(outputs) == 1:
+            return outputs[0]
+        cond, uncond = _by_context(outputs, calls)
+        return _guided(cond, uncond, scale(settings, calls[0].module))
+
+    return combine
+
+
+def _setting(name: str) -> Callable[[dict, str], float]:
+    return lambda settings, _: settings[name]
+
+
+def _wan_scale(settings: dict, module: str) -> float:
+    second = settings.get("guidance_scale_2")
+    return second if module == "transformer_2" and second is not None else settings["guidance_scale"]
+
+
+def _qwen_image(outputs: list[Any], calls: list[Call], settings: dict, x: torch.Tensor) -> torch.Tensor:
+    if len(outputs) == 1:
+        return outputs[0]
+    cond, uncond = _by_context(outputs, calls)
+    guided = _guided(cond, uncond, settings["true_cfg_scale"])
+    return guided * (cond.norm(dim=-1, keepdim=True) / guided.norm(dim=-1, keepdim=True))
+
+
+def _batched(outputs: list[Any], calls: list[Call], settings: dict, x: torch.Tensor) -> torch.Tensor:
+    """One call on the batch ``[uncond, cond]`` (SD3, Sana)."""
+    (out,) = outputs
+    if calls[0].layout[1] == 1:
+        return out
+    uncond, text = out.chunk(2)
+    return _guided(text, uncond, settings["guidance_scale"])
+
+
+def _z_image(outputs: list[Any], calls: list[Call], settings: dict, x: torch.Tensor) -> torch.Tensor:
+    out = torch.stack([o.float() for o in outputs[0]])
+    if calls[0].layout[1] == 2:
+        pos, neg = out.chunk(2)
+        pred = pos + settings["guidance_scale"] * (pos - neg)
+        limit = float(settings.get("cfg_normalization") or 0.0)
+        if limit > 0:
+            dims = tuple(range(1, pred.dim()))
+            cap = torch.linalg.vector_norm(pos, dim=dims, keepdim=True) * limit
+            norm = torch.linalg.vector_norm(pred, dim=dims, keepdim=True)
+            pred = torch.where(norm > cap, pred * (cap / norm), pred)
+        out = pred
+    return -out.squeeze(2)
+
+
+def _guider(outputs: list[Any], calls: list[Call], settings: dict, x: torch.Tensor) -> torch.Tensor:
+    """The pipeline's own ``guider`` component (HunyuanVideo 1.5)."""
+    if len(outputs) == 1:
+        return outputs[0]
+    cond, uncond = _by_context(outputs, calls)
+    return settings["guider"].forward(cond, uncond).pred
+
+
+def _single(outputs: list[Any], calls: list[Call], settings: dict, x: torch.Tensor) -> torch.Tensor:
+    if len(outputs) != 1 or calls[0].layout[1] != 1:
+        known = sorted(p for f in FAMILIES for p in f.pipelines if f.combine is not None)
+        raise ValueError(
+            f"budcache knows no guidance rule for this pipeline ({len(outputs)} transformer call(s) per step, "
+            f"{calls[0].layout[1]} samples per latent); "
+            f"supported: {', '.join(known)}, and any pipeline with one unguided call per step"
+        )
+    return outputs[0]
+
+
+# -- the table ----------------------------------------------------------------------------------
+_M = TransformerBlockMetadata
+
+
+@dataclass(frozen=True)
+class Family:
+    """What budcache knows about one model family (see the module docstring)."""
+
+    name: str
+    pipelines: tuple[str, ...]
+    transformers: tuple[str, ...]
+    blocks: dict[str, TransformerBlockMetadata] = field(default_factory=dict)
+    combine: Combine | None = None  # None: one unguided call per step
+    experts: tuple[str, ...] = ("transformer",)
+    indicator: str | None = None
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family("FLUX.1", ("FluxPipeline",), ("FluxTransformer2DModel",), combine=_two_calls(_setting("true_cfg_scale")),
+           indicator="norm1"),
+    Family("FLUX.2", ("Flux2Pipeline",), ("Flux2Transformer2DModel",), indicator="norm1"),
+    Family("FLUX.2 Klein", ("Flux2KleinPipeline",), ("Flux2Transformer2DModel",),
+           combine=_two_calls(_setting("guidance_scale"), tokens="first"), indicator="norm1"),
+    # Wan2.2 A14B runs `transformer` above its boundary and `transformer_2` below it
+    Family("Wan2.1 / Wan2.2", ("WanPipeline",), ("WanTransformer3DModel",), combine=_two_calls(_wan_scale),
+           experts=("transformer", "transformer_2"), indicator="time"),
+    Family("SD3", ("StableDiffusion3Pipeline",), ("SD3Transformer2DModel",), combine=_batched),
+    # diffusers 0.42 registers ZImageTransformerBlock with hidden_states_argument_name="hidden_states"; it takes `x`
+    Family("Z-Image", ("ZImagePipeline",), ("ZImageTransformer2DModel",), combine=_z_image,
+           blocks={"ZImageTransformerBlock": _M(return_hidden_states_index=0, hidden_states_argument_name="x")}),
+    Family("Qwen-Image", ("QwenImagePipeline",), ("QwenImageTransformer2DModel",), combine=_qwen_image,
+           indicator="norm1"),
+    Family("Qwen-Image 2.1", ("QwenImage21Pipeline",), ("QwenImage21Transformer2DModel",),
+           combine=_two_calls(_setting("true_cfg_scale"), tokens="last"), indicator="norm1",
+           blocks={"QwenImage21TransformerBlock": _M(return_hidden_states_index=0)}),  # one joint [text, image] sequence
+    Family("Chroma", ("ChromaPipeline",), ("ChromaTransformer2DModel",), combine=_two_calls(_setting("guidance_scale")),
+           indicator="norm1",
+           blocks={"ChromaTransformerBlock": _M(return_hidden_states_index=1, return_encoder_hidden_states_index=0),
+                   "ChromaSingleTransformerBlock": _M(return_hidden_states_index=0)}),
+    # LTX-2 blocks return (video, audio): the audio stream takes the second slot, cached beside the video
+    Family("LTX-2", ("LTX2Pipeline",), ("LTX2VideoTransformer3DModel",),
+           blocks={"LTX2VideoTransformerBlock": _M(return_hidden_states_index=0, return_encoder_hidden_states_index=1,
+                                                   encoder_hidden_states_argument_name="audio_hidden_states")}),
+    Family("HunyuanVideo 1.5", ("HunyuanVideo15Pipeline",), ("HunyuanVideo15Transformer3DModel",), combine=_guider,
+           blocks={"HunyuanVideo15TransformerBlock": _M(return_hidden_states_index=0,
+                                                        return_encoder_hidden_states_index=1)}),
+    Family("CogView4", ("CogView4Pipeline",), ("CogView4Transformer2DModel",),
+           combine=_two_calls(_setting("guidance_scale"))),
+    Family("Sana", ("SanaPipeline",), ("SanaTransformer2DModel",), combine=_batched,
+           blocks={"SanaTransformerBlock": _M(return_hidden_states_index=0)}),
+)
+
+DEFAULT_EXPERTS = ("transformer", "transformer_2")  # for pipelines of no known family
+OWN_BLOCKS: dict[str, TransformerBlockMetadata] = {k: v for f in FAMILIES for k, v in f.blocks.items()}
+
+
+def _by_class(obj: Any, names: Callable[[Family], tuple[str, ...]]) -> Family | None:
+    for cls in type(obj).__mro__:
+        for family in FAMILIES:
+            if cls.__name__ in names(family):
+                return family
+    return None
+
+
+def for_pipeline(pipe: Any) -> Family | None:
+    """The family of a pipeline (by its class or a base class), or None."""
+    return _by_class(pipe, lambda f: f.pipelines)
+
+
+def for_transformer(model: Any) -> Family | None:
+    """The family of a transformer (by its class or a base class), or None."""
+    return _by_class(model, lambda f: f.transformers)
+
+
+def combine_for(pipe: Any) -> Combine:
+    """The CFG combination of ``pipe``; other pipelines may only make one unguided call per step."""
+    family = for_pipeline(pipe)
+    return family.combine if family is not None and family.combine is not None else _single
+
+
+def expert_names(pipe: Any) -> tuple[str, ...]:
+    """The attributes of ``pipe`` that may hold a transformer."""
+    family = for_pipeline(pipe)
+    return family.experts if family is not None else DEFAULT_EXPERTS

@@ -1,0 +1,98 @@
+"""Denoisers: the velocity at (x, sigma), computed, or derived from a cache entry.
+
+``compute(x, sigma)`` runs the expensive part and returns ``(velocity, cache_entry)``;
+``reuse(x, sigma, cache)`` derives the velocity at the current (x, sigma) from a cache entry
+(what the reuse rule predicted from the last computed steps). Two kinds ship:
+
+* :class:`OutputDenoiser` reuses the whole velocity (equal to Euler on the computed sigmas);
+* :class:`ResidualDenoiser` reuses the transformer's block-stack residual while the input
+  embedding and the output head run at the current x and sigma.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+if TYPE_CHECKING:
+    from ..hooks.stack import StackState
+
+VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]
+
+
+class Denoiser(Protocol):
+    executions: int
+
+    def compute(self, x: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def reuse(self, x: torch.Tensor, sigma: float, cache: torch.Tensor) -> torch.Tensor: ...
+
+
+class OutputDenoiser:
+    """Reuse the last computed velocity. ``executions`` counts expensive calls."""
+
+    def __init__(self, fn: VelocityFn):
+        self.fn, self.executions = fn, 0
+
+    def compute(self, x: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        self.executions += 1
+        v = self.fn(x, sigma)
+        return v, v
+
+    def reuse(self, x: torch.Tensor, sigma: float, cache: torch.Tensor) -> torch.Tensor:
+        return cache
+
+
+class ResidualDenoiser:
+    """Reuse the block-stack residual of a transformer hooked with :func:`budcache.hooks.stack_hooks`.
+
+    ``fn`` calls the whole model (embedding, blocks, head) and returns the velocity.
+    """
+
+    def __init__(self, fn: VelocityFn, stack: StackState):
+        self.fn, self.stack = fn, stack
+
+    @property
+    def executions(self) -> int:
+        return self.stack.executions
+
+    def compute(self, x: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        with self.stack.step() as stack:
+            v = self.fn(x, sigma)
+            return v, stack.residual
+
+    def reuse(self, x: torch.Tensor, sigma: float, cache: torch.Tensor) -> torch.Tensor:
+        with self.stack.step(cache):
+            return self.fn(x, sigma)
+
+
+class Checkpointed:
+    """A denoiser whose calls keep only their inputs for backward (activations are recomputed)."""
+
+    def __init__(self, denoiser: Denoiser):
+        self.denoiser = denoiser
+
+    @property
+    def executions(self) -> int:
+        return self.denoiser.executions
+
+    def compute(self, x: torch.Tensor, sigma) -> tuple[torch.Tensor, torch.Tensor]:
+        return checkpoint(self.denoiser.compute, x, sigma, use_reentrant=False)
+
+    def reuse(self, x: torch.Tensor, sigma, cache: torch.Tensor) -> torch.Tensor:
+        return checkpoint(self.denoiser.reuse, x, sigma, cache, use_reentrant=False)
+
+
+@dataclass
+class Batch:
+    """One batch of samples: its denoiser (bound to its conditioning) and its initial noise;
+    ``replicate(n)``, when given, is a denoiser for the conditioning repeated ``n`` times (several
+    candidate plans advanced in one batched forward)."""
+
+    denoiser: Denoiser
+    noise: torch.Tensor
+    replicate: Callable[[int], Denoiser] | None = None

@@ -1,0 +1,45 @@
+"""The budget frontier: plans for every budget in one run, each search warm-started from its
+neighbour's plan and sharing one evaluator (memo and prefix states)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tqdm.auto import tqdm
+
+from ..plan import CachePlan
+from ..source import Source
+from .anneal import SearchConfig
+from .plan_search import search_source, source_evaluator
+
+
+def grow(mask: Sequence[int]) -> list[int]:
+    """``mask`` with one more computed step: the middle of its longest run of reused steps."""
+    runs, start = [], None
+    for i, m in enumerate([*mask, 1]):
+        if not m and start is None:
+            start = i
+        elif m and start is not None:
+            runs.append((i - start, -start, start, i))
+            start = None
+    if not runs:
+        raise ValueError("every step already computes")
+    _, _, a, b = max(runs)
+    out = list(mask)
+    out[(a + b - 1) // 2] = 1
+    return out
+
+
+def search_frontier(source: Source, budgets: Sequence[int], config: SearchConfig = SearchConfig(),
+                    progress: bool = True) -> tuple[dict[int, CachePlan], dict[str, int]]:
+    """One plan per budget (ascending) on the source's calibration set; each search starts from the
+    previous budget's plan grown by one step. Returns the plans and the shared evaluator's
+    ``evaluations`` and ``forwards``."""
+    evaluate = source_evaluator(source, "calib", config=config)
+    plans: dict[int, CachePlan] = {}
+    previous = None
+    for b in tqdm(sorted(budgets), desc="frontier", disable=not progress):
+        start = grow(previous.mask) if previous is not None and previous.budget == b - 1 else None
+        plan, _ = search_source(source, b, config=config, progress=False, start=start, evaluate=evaluate)
+        plans[b] = previous = plan
+    return plans, {"evaluations": evaluate.evaluations, "forwards": evaluate.forwards}

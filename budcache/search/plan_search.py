@@ -1,0 +1,180 @@
+"""Searching a plan: the stage-1 search wrapped into a :class:`~budcache.plan.CachePlan`, on an
+evaluator, on any model source, or on a calibrated pipeline (:func:`search`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..calibration.capture import Calibration
+from ..calibration.replay import pipeline_source
+from ..plan import CachePlan, SearchRecord, model_identity, uniform_mask
+from ..sampling.rules import encode
+from ..source import Source
+from .anneal import SearchConfig, SearchResult, anneal, check_budget
+from .checkpoint import Checkpoint, identity
+from .evaluator import Evaluator
+from .history import plot_history
+
+
+def _over_ranks(evaluate: Evaluator, *values: int) -> list[int]:
+    """``values`` summed over the ranks of a distributed search (as they are otherwise)."""
+    if not evaluate.distributed:
+        return list(values)
+    total = torch.tensor(values, dtype=torch.float64)
+    torch.distributed.all_reduce(total)
+    return [int(v) for v in total]
+
+
+def search_plan(
+    evaluate: Evaluator,
+    budget: int,
+    *,
+    reuse: str,
+    model: Any = None,
+    config: SearchConfig = SearchConfig(),
+    euler_sigmas: Sequence[float] | None = None,
+    validation: Evaluator | None = None,
+    store_sigmas: bool = True,
+    progress: bool = True,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    start: Sequence[int] | None = None,
+    boundary_ratio: float | None = None,
+) -> tuple[CachePlan, SearchResult]:
+    """Search a mask (under ``evaluate.rule``, or with per-step rules when ``config.rules``) and
+    wrap it in a :class:`CachePlan` with its search record.
+
+    ``euler_sigmas``: the B-step schedule of plain fewer-step Euler, scored as a reference.
+    ``validation``: an evaluator on other samples; a predictive plan whose validation loss is
+    not better than the same mask with ``repeat`` falls back to ``repeat``. ``checkpoint``: a file
+    the evaluations are saved to as they come; ``resume`` continues from it (same final plan).
+    ``start``: the first annealing start (e.g. a neighbouring budget's plan), else the uniform mask.
+    ``boundary_ratio``: the expert boundary the plan is for (two-expert pipelines).
+    """
+    k = evaluate.num_steps
+    check_budget(k, budget, config)
+    saver = None
+    if checkpoint is not None:
+        ident = identity(evaluate, budget, config, model_identity(model) if model is not None else None)
+        saver = Checkpoint(checkpoint, ident, config.checkpoint_every)
+        if resume and Path(checkpoint).exists():
+            saver.restore(evaluate)
+    result = anneal(evaluate, budget, config, progress=progress, checkpoint=saver, start=start)
+    evaluations = evaluate.evaluations
+    samples, forwards = _over_ranks(evaluate, evaluate.samples, evaluate.forwards)
+    rule, rules, objective = evaluate.rule, result.rules, result.loss
+    repeat = encode(result.mask, "repeat")
+    repeat_objective = evaluate(repeat)
+    check = validation or evaluate
+    v_plan = v_repeat = None
+    if rule != "repeat" or rules is not None:
+        v_plan, v_repeat = check(encode(result.mask, rules or rule)), check(repeat)
+        if not v_plan <= v_repeat:  # never worse than plain repetition (inf/NaN included)
+            rule, rules, objective = "repeat", None, repeat_objective
+    record = SearchRecord(
+        objective=objective,
+        repeat_objective=repeat_objective,
+        validation_objective=v_plan,
+        validation_repeat_objective=v_repeat,
+        metric=evaluate.metric,
+        uniform_objective=evaluate(uniform_mask(k, budget)),
+        euler_objective=None if euler_sigmas is None else evaluate.schedule_loss(euler_sigmas),
+        teacher_steps=k,
+        evaluations=evaluations,
+        forwards=forwards,
+        forwards_without_prefix_reuse=samples * (k + evaluations * budget),
+        seed=config.seed,
+        calibration_size=samples,
+        seconds=round(result.seconds, 2),
+        interrupted=result.interrupted,
+    )
+    plan = CachePlan(
+        num_steps=k,
+        budget=budget,
+        mask=result.mask,
+        reuse=reuse,
+        rule=rule,
+        rules=rules,
+        sigmas=list(evaluate.sigmas) if store_sigmas else None,
+        model=model_identity(model) if model is not None else {},
+        boundary_ratio=boundary_ratio,
+        record=record,
+    )
+    return plan, result
+
+
+def source_evaluator(source: Source, which: str, *, rule: str = "repeat", config: SearchConfig = SearchConfig(),
+                     metric: str = "mse", max_state_mb: float = 1024.0) -> Evaluator:
+    """An evaluator on one set of a model source (cache restarting at the source's restart steps)."""
+    return Evaluator(source.batches(which), source.sigmas, metric, max_state_mb=max_state_mb, rule=rule,
+                     rules_in_play=config.rules, restarts=source.restarts)
+
+
+def search_source(
+    source: Source,
+    budget: int,
+    *,
+    rule: str = "repeat",
+    config: SearchConfig = SearchConfig(),
+    metric: str = "mse",
+    max_state_mb: float = 1024.0,
+    progress: bool = True,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    start: Sequence[int] | None = None,
+    evaluate: Evaluator | None = None,
+) -> tuple[CachePlan, SearchResult]:
+    """Search the best ``budget``-of-K plan on a model source's calibration set. The source's
+    restart steps always compute; a predictive rule must beat ``repeat`` on its validation set
+    (else on the calibration set). ``evaluate``: an evaluator of this source to reuse (frontier)."""
+    check_budget(source.num_steps, budget, config)
+    config = dataclasses.replace(config, forced=tuple(sorted({*config.forced, *source.restarts})))
+    if evaluate is None:
+        evaluate = source_evaluator(source, "calib", rule=rule, config=config, metric=metric,
+                                    max_state_mb=max_state_mb)
+        source.check_teacher(evaluate.teacher)
+    predictive = evaluate.rule != "repeat" or bool(config.rules)
+    validation = None
+    if predictive and source.has("validation"):
+        validation = source_evaluator(source, "validation", rule=evaluate.rule, config=config, metric=metric,
+                                      max_state_mb=0)
+    return search_plan(evaluate, budget, reuse=source.reuse, model=source.model, config=config,
+                       euler_sigmas=source.fewer_sigmas(budget), validation=validation, progress=progress,
+                       checkpoint=checkpoint, resume=resume, start=start, boundary_ratio=source.boundary_ratio)
+
+
+def search(
+    calib: Calibration,
+    budget: int,
+    *,
+    reuse: str = "residual",
+    rule: str = "repeat",
+    config: SearchConfig = SearchConfig(),
+    validation: Calibration | None = None,
+    metric: str = "mse",
+    max_state_mb: float = 1024.0,
+    history: str | Path | None = None,
+    progress: bool = True,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+) -> CachePlan:
+    """Search the best ``budget``-of-K plan for a calibrated pipeline (K = calibration steps).
+
+    Steps where the transformer calls change (e.g. the first step of Wan2.2's second expert)
+    always compute, and the cache restarts there. ``validation``: other captures on which a
+    predictive rule must beat ``repeat`` (default: the calibration ones). ``history``: where to
+    plot the search history. ``checkpoint`` / ``resume``: save evaluations as they come and
+    continue an interrupted search (see :func:`search_plan`).
+    """
+    with pipeline_source(calib, reuse, validation=validation) as source:
+        plan, result = search_source(source, budget, rule=rule, config=config, metric=metric,
+                                     max_state_mb=max_state_mb, progress=progress, checkpoint=checkpoint,
+                                     resume=resume)
+    if history is not None:
+        plot_history({f"B={budget}": result}, history)
+    return plan
