@@ -82,15 +82,21 @@ def _teacher(batch: Batch, sigmas: Sequence[float], restarts: Collection[int]) -
 
 def _loss(batches, teachers, sigmas, plan: CachePlan, checkpointing: bool, backward: bool,
           restarts: Collection[int]) -> float:
+    """Mean MSE to the teachers over all batches; with ``backward`` its gradient reaches ``sigmas``
+    (each batch backpropagates to a leaf copy of them and frees its own graph; the schedule's graph
+    is used once, after the last batch)."""
     total, n = 0.0, sum(b.noise.shape[0] for b in batches)
+    leaf = sigmas.detach().requires_grad_() if backward else sigmas
     for b, t in zip(batches, teachers):
-        x = student(b.denoiser, b.noise, sigmas, plan.mask, plan.step_rules, checkpointing, restarts)
+        x = student(b.denoiser, b.noise, leaf, plan.mask, plan.step_rules, checkpointing, restarts)
         loss = (x - t).pow(2).mean() * (b.noise.shape[0] / n)
         if not torch.isfinite(loss):
             return float("inf")
         if backward:
             loss.backward()
         total += float(loss.detach())
+    if backward:
+        sigmas.backward(leaf.grad)
     return total
 
 

@@ -77,3 +77,16 @@ def test_cli_align(tmp_path, capsys, demo_model):
     aligned = CachePlan.load(tmp_path / "a.json")
     assert aligned.mask == plan.mask and (tmp_path / "a.png").exists()
     assert "validation MSE" in capsys.readouterr().out
+
+
+def test_several_batches_give_the_gradient_of_one(demo_model):
+    """Calibration split into batches (a pipeline source has one per prompt) trains like one batch."""
+    noise, labels = demo_inputs(6, 0)
+    losses = []
+    with demo_denoisers(demo_model, "residual") as make:
+        for size in (6, 2):
+            torch.manual_seed(0)
+            _, result = align(PLAN, demo_batches(make, noise, labels, batch_size=size), config=AlignConfig(epochs=3),
+                              progress=False)
+            losses.append(result.train_loss)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)

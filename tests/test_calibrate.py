@@ -191,3 +191,36 @@ def test_wan22_two_experts():
     pipe.register_to_config(boundary_ratio=0.5)
     with pytest.raises(budcache.PlanError, match="boundary_ratio=0.875"):
         budcache.apply(pipe, plan)
+
+
+def test_wan22_one_plan_one_loss_in_search_compare_and_pipeline():
+    """One Wan2.2 plan under ``extrapolate`` gets the same loss from the search's evaluator, from the
+    comparison's loop and inside the real pipeline: the cache restarts at the expert boundary in all
+    three (without the restart the comparison would score another trajectory)."""
+    from budcache.calibration import pipeline_source
+    from budcache.evaluation.compare import static_outputs
+    from budcache.plan import model_identity
+    from budcache.sampling import sample
+    from budcache.search.plan_search import source_evaluator
+
+    pipe, make_prompt, kwargs, _ = _family("wan22", ())()
+    prompts = [make_prompt(), make_prompt()]
+    calib = calibrate(pipe, prompts, K, progress=False)
+    switch = calib.forced_steps()[0]
+    mask = [1 if k in (0, switch) or k % 3 == 0 else 0 for k in range(K)]
+    plan = budcache.CachePlan(num_steps=K, budget=sum(mask), mask=mask, rule="extrapolate", sigmas=calib.sigmas,
+                              boundary_ratio=calib.boundary_ratio, model=model_identity(pipe.transformer))
+    with torch.no_grad(), pipeline_source(calib, held_out=calib) as source:
+        searched = source_evaluator(source, "calib", rule="extrapolate")(mask)
+        full = static_outputs(source, "eval", calib.sigmas, [1] * K, "repeat")
+        compared = (static_outputs(source, "eval", calib.sigmas, mask, "extrapolate") - full).pow(2).flatten(1).mean(1)
+        no_restart = torch.cat([sample(b.denoiser, b.noise, calib.sigmas, mask, "extrapolate")
+                                for b in source.batches("eval")])
+    applied = []
+    for i, prompt in enumerate(prompts):
+        reference = _run(pipe, prompt, kwargs, i)
+        with budcache.apply(pipe, plan):
+            applied.append((_run(pipe, prompt, kwargs, i) - reference).pow(2).mean().item())
+    assert float(compared.mean()) == pytest.approx(searched, rel=1e-4)
+    assert sum(applied) / len(applied) == pytest.approx(searched, rel=1e-4)
+    assert float((no_restart - full).pow(2).mean()) != pytest.approx(searched, rel=1e-3)

@@ -60,3 +60,28 @@ def test_prompt_files(tmp_path):
     with pytest.raises(ValueError, match=".txt, .jsonl or .csv"):
         (tmp_path / "p.yaml").write_text("x")
         read_prompts(tmp_path / "p.yaml")
+
+
+def test_frontier_and_align_a_saved_pipeline_from_the_command_line(tmp_path, capsys):
+    """`frontier` and `align` take --pipeline exactly like `search`: the demo is one model source among others."""
+    import json
+
+    folder = save_tiny_flux_pipeline(tmp_path / "flux")
+    for name, text in (("calib.txt", "a red square\na blue circle\n"), ("val.txt", "a green star\n"),
+                       ("held.txt", "a grey cat\na black dog\n")):
+        (tmp_path / name).write_text(text)
+    source = ["--pipeline", str(folder), "--prompts", str(tmp_path / "calib.txt"), "--steps", "6", "--height", "16",
+              "--width", "16", "--call", "max_sequence_length=16", "--no-progress"]
+    main(["frontier", *source, "--held-out-prompts", str(tmp_path / "held.txt"), "--budgets", "2..3",
+          "--iterations", "10", "--out", str(tmp_path / "fr")])
+    rows = json.loads((tmp_path / "fr" / "frontier.json").read_text())["rows"]
+    assert [r["budget"] for r in rows] == [2, 3] and all(r["budcache"] > 0 for r in rows)
+    plan = budcache.CachePlan.load(tmp_path / "fr" / "plan_B3.json")
+    assert plan.model["class"] == "FluxTransformer2DModel" and plan.sigmas is not None
+    main(["align", str(tmp_path / "fr" / "plan_B3.json"), *source, "--validation-prompts", str(tmp_path / "val.txt"),
+          "--epochs", "3", "--out", str(tmp_path / "aligned.json")])
+    assert "validation MSE" in capsys.readouterr().out
+    aligned = budcache.CachePlan.load(tmp_path / "aligned.json")
+    assert aligned.mask == plan.mask and len(aligned.sigmas) == 7 and aligned.sigmas[0] == plan.sigmas[0]
+    with pytest.raises(SystemExit, match="--held-out-prompts"):
+        main(["frontier", *source, "--budgets", "2..3", "--out", str(tmp_path / "x")])

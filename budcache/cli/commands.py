@@ -98,7 +98,7 @@ def cmd_frontier(a: argparse.Namespace) -> None:
 
     budgets = parse_budgets(a.budgets, a.steps)
     with open_source(a, held_out=True, validation=False) as source:
-        rows = frontier(source, budgets, a.out, search_config(a), not a.no_progress)
+        rows = frontier(source, budgets, a.out, search_config(a), not a.no_progress, a.state_mb)
     for r in rows:
         print(f"B={r['budget']:>2}  {r['mask']}  budcache {r['budcache']:6.2f} dB   uniform {r['uniform mask']:6.2f}   "
               f"Euler {r['plain Euler']:6.2f}")

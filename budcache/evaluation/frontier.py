@@ -19,11 +19,11 @@ from .report import Report
 
 @torch.no_grad()
 def frontier(source: Source, budgets: Sequence[int], out: Path, config: SearchConfig = SearchConfig(),
-             progress: bool = True) -> list[dict]:
+             progress: bool = True, max_state_mb: float = 1024.0) -> list[dict]:
     """Search every budget (see :func:`budcache.search.search_frontier`), score each plan on the
     held-out set, and write ``plan_B<b>.json``, ``frontier.json`` and ``frontier.png`` to ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    plans, cost = search_frontier(source, budgets, config, progress)
+    plans, cost = search_frontier(source, budgets, config, progress, max_state_mb)
     k = source.num_steps
     full, t_full = metrics.timed(lambda: static_outputs(source, "eval", source.sigmas, [1] * k, "repeat"), repeats=1)
     report = Report(source, full, t_full)

@@ -31,11 +31,11 @@ def grow(mask: Sequence[int]) -> list[int]:
 
 
 def search_frontier(source: Source, budgets: Sequence[int], config: SearchConfig = SearchConfig(),
-                    progress: bool = True) -> tuple[dict[int, CachePlan], dict[str, int]]:
+                    progress: bool = True, max_state_mb: float = 1024.0) -> tuple[dict[int, CachePlan], dict[str, int]]:
     """One plan per budget (ascending) on the source's calibration set; each search starts from the
     previous budget's plan grown by one step. Returns the plans and the shared evaluator's
     ``evaluations`` and ``forwards``."""
-    evaluate = source_evaluator(source, "calib", config=config)
+    evaluate = source_evaluator(source, "calib", config=config, max_state_mb=max_state_mb)
     plans: dict[int, CachePlan] = {}
     previous = None
     for b in tqdm(sorted(budgets), desc="frontier", disable=not progress):
