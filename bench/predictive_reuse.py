@@ -24,7 +24,7 @@ from budcache.source import HELD_OUT_SEED_OFFSET
 from budcache.plan import RULES, uniform_mask
 from budcache.sampling import euler, linear_sigmas, sample
 from budcache.search import SearchConfig, search_source
-from budcache.sampling.solvers import plain_solvers
+from budcache.sampling.plain import plain_solvers
 
 VARIANTS = {rule: (rule, ()) for rule in RULES} | {"per-step": ("repeat", RULES)}
 

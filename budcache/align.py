@@ -24,6 +24,7 @@ from ._stage import callable_module
 from .plan import CachePlan, PlanError
 from .sampling.denoisers import Batch, Checkpointed, Denoiser
 from .sampling.loop import sample
+from .sampling.solver import Euler, Solver
 
 
 @dataclass
@@ -64,6 +65,13 @@ class SigmaSchedule(torch.nn.Module):
         steps = torch.softmax(self.logits, 0).cumsum(0)
         inner = self.high - (self.high - self.low) * steps[:-1]
         return torch.cat([self.high[None], inner, self.low[None]])
+
+
+def require_euler(solver: Solver) -> None:
+    """Stage 2 differentiates through the Euler step; refuse another solver with one clear line."""
+    if not isinstance(solver, Euler):
+        raise PlanError(f"stage 2 learns sigmas through the Euler step, and this model steps with {solver.name}; "
+                        "align plans of pipelines that run FlowMatchEuler (or the demo with --scheduler euler)")
 
 
 def student(denoiser: Denoiser, noise: torch.Tensor, sigmas: torch.Tensor, mask: Sequence[int],

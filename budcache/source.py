@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .sampling.denoisers import Batch
+from .sampling.solver import Solver, with_sigmas
 
 SETS = ("calib", "validation", "eval")
 VALIDATION_SEED_OFFSET = 5_000  # seeds of validation samples / prompts: seed + this (+ i)
@@ -30,16 +31,17 @@ class Source:
 
     ``batches(which, reuse=None)``: fresh batches of the set ``which`` (``calib``, ``validation``,
     ``eval``; ``has(which)`` tells which exist) whose denoisers reuse by ``reuse`` (default: the
-    source's ``reuse``; a plan of the other mode can be scored on the same source). ``fewer_sigmas(b)``: the schedule plain ``b``-step sampling
-    uses. ``model``: the transformer plans are made for. ``restarts``: steps whose cache restarts
+    source's ``reuse``; a plan of the other mode can be scored on the same source). ``solver``:
+    the K-step solver (Euler over a schedule, or the pipeline's scheduler); ``fewer(b)``: the
+    same solver with ``b`` steps (plain fewer-step sampling). ``model``: the transformer plans are made for. ``restarts``: steps whose cache restarts
     (another expert; they always compute). ``images``: latents -> images in [-1, 1] (None: score
     latents). ``score(images)``: extra scores of held-out images. ``reference``: the final latents
     each calibration batch must reach under full compute (a replay check), with ``tolerance``.
     """
 
-    sigmas: list[float]
+    solver: Solver
     batches: Callable[..., list[Batch]]
-    fewer_sigmas: Callable[[int], list[float]]
+    fewer: Callable[[int], Solver]
     model: torch.nn.Module
     reuse: str = "residual"
     sets: tuple[str, ...] = SETS
@@ -51,8 +53,16 @@ class Source:
     tolerance: float = 1e-3
 
     @property
+    def sigmas(self) -> list[float]:
+        return [float(s) for s in self.solver.sigmas]
+
+    @property
     def num_steps(self) -> int:
-        return len(self.sigmas) - 1
+        return len(self.solver.sigmas) - 1
+
+    def solver_for(self, sigmas: Sequence[float] | None) -> Solver:
+        """The source's solver over a plan's ``sigmas`` (None: the source's own schedule)."""
+        return with_sigmas(self.solver, sigmas)
 
     def has(self, which: str) -> bool:
         return which in self.sets

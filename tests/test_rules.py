@@ -7,7 +7,7 @@ from budcache.plan import CachePlan, PlanError
 from budcache.hooks.stack import stack_hooks
 from budcache.sampling import OutputDenoiser, ResidualDenoiser, euler, linear_sigmas, predict, sample
 from budcache.search import Batch, Evaluator, SearchConfig, anneal, decode, encode, search_plan
-from budcache.sampling.solvers import SCHEDULERS, adams_bashforth2, plain_solvers, scheduler_sample
+from budcache.sampling.plain import SCHEDULERS, adams_bashforth2, plain_solvers, scheduler_sample
 
 
 def test_predict_is_exact_for_polynomials_and_falls_back():

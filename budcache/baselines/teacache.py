@@ -29,6 +29,7 @@ from ..sampling.denoisers import Denoiser
 from ..sampling import loop
 from ..sampling.loop import StepInfo
 from ..sampling.rules import check_rules, history_depth, predict, remember
+from ..sampling.solver import Solver, as_solver
 
 
 def _indicator_module(transformer: torch.nn.Module) -> tuple[torch.nn.Module, bool]:
@@ -73,10 +74,12 @@ def _per_sample(u: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def fit_rescaler(batches: Sequence[tuple[Denoiser, torch.Tensor]], signal: list, sigmas: Sequence[float],
+def fit_rescaler(batches: Sequence[tuple[Denoiser, torch.Tensor]], signal: list, sigmas: Sequence[float] | Solver,
                  degree: int = 4, restarts: Sequence[int] = ()) -> np.poly1d:
     """Fit the polynomial from full-compute runs of ``(denoiser, noise)`` batches: pairs (relL1 of
     consecutive indicators, relL1 of consecutive model outputs) pooled over all steps and samples."""
+    solver = as_solver(sigmas)
+    steps = len(solver.sigmas) - 1
     inputs, outputs = [], []
     for denoiser, x in batches:
         previous: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -90,7 +93,7 @@ def fit_rescaler(batches: Sequence[tuple[Denoiser, torch.Tensor]], signal: list,
             previous[:] = [(u, info.velocity)]
 
         signal.clear()
-        loop.sample(denoiser, x, sigmas, [1] * (len(sigmas) - 1), restarts=restarts, callback=observe)
+        loop.sample(denoiser, x, solver, [1] * steps, restarts=restarts, callback=observe)
     return np.poly1d(np.polyfit(torch.cat(inputs).numpy(), torch.cat(outputs).numpy(), degree))
 
 
@@ -141,8 +144,10 @@ class TeaCacheDenoiser:
 
 
 @torch.no_grad()
-def sample(denoiser: Denoiser, signal: list, x: torch.Tensor, sigmas: Sequence[float], rescale: np.poly1d,
+def sample(denoiser: Denoiser, signal: list, x: torch.Tensor, sigmas: Sequence[float] | Solver, rescale: np.poly1d,
                     thresholds: Sequence[float], rule: str = "repeat") -> tuple[torch.Tensor, torch.Tensor]:
     """TeaCache sampling on the one loop with one threshold per sample; returns (final latents, NFE per sample)."""
-    tea = TeaCacheDenoiser(denoiser, signal, rescale, thresholds, len(sigmas) - 1, x.shape[0], rule)
-    return loop.sample(tea, x, sigmas, [1] * (len(sigmas) - 1), check_finite=False), tea.nfe
+    solver = as_solver(sigmas)
+    steps = len(solver.sigmas) - 1
+    tea = TeaCacheDenoiser(denoiser, signal, rescale, thresholds, steps, x.shape[0], rule)
+    return loop.sample(tea, x, solver, [1] * steps, check_finite=False), tea.nfe

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ..hooks.experts import context_name, contexts, experts, input_names, step_index
 from ..hooks.override import override, restore
+from ..sampling.solver import Solver, solver_for
 
 _HOOK = "budcache_capture"
 
@@ -137,11 +138,14 @@ class Calibration:
     def experts(self) -> dict[str, torch.nn.Module]:
         return experts(self.pipe)
 
-    def default_sigmas(self, num_steps: int) -> list[float]:
-        """The pipeline's own schedule for ``num_steps`` steps (plain fewer-step sampling), built by
-        the scheduler as calibration called it (same shift / ``mu``)."""
+    def scheduler(self, num_steps: int | None = None) -> Any:
+        """A copy of the pipeline's scheduler set up as calibration called it (same shift / ``mu``)
+        for the calibrated K steps, or for ``num_steps`` (plain fewer-step sampling)."""
         scheduler = copy.deepcopy(self.pipe.scheduler)
         kwargs = dict(self.schedule_kwargs)
+        if num_steps is None or num_steps == self.num_steps:
+            scheduler.set_timesteps(**kwargs)
+            return scheduler
         sigmas = kwargs.pop("sigmas", None)
         if sigmas is not None:  # Flux-style linspace(1, 1/K, K) given by the pipeline
             k = len(sigmas)
@@ -150,7 +154,20 @@ class Calibration:
         kwargs.pop("num_inference_steps", None)
         kwargs.pop("timesteps", None)
         scheduler.set_timesteps(num_inference_steps=num_steps, **kwargs)
-        return [float(s) for s in scheduler.sigmas]
+        return scheduler
+
+    def solver(self, num_steps: int | None = None) -> Solver:
+        """The loop's step as the pipeline takes it (its scheduler's step; Euler for FlowMatchEuler),
+        for the calibrated K steps or for ``num_steps``."""
+        solver = solver_for(self.scheduler(num_steps))
+        if num_steps in (None, self.num_steps) and not np.allclose(solver.sigmas, self.sigmas, atol=1e-6):
+            raise ValueError(f"{type(self.pipe.scheduler).__name__} does not rebuild the calibrated schedule from "
+                             "the captured set_timesteps call; budcache cannot replay this pipeline")
+        return solver
+
+    def default_sigmas(self, num_steps: int) -> list[float]:
+        """The pipeline's own schedule for ``num_steps`` steps (plain fewer-step sampling)."""
+        return [float(s) for s in self.scheduler(num_steps).sigmas]
 
 
 class _CaptureHook(ModelHook):

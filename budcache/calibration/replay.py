@@ -128,9 +128,9 @@ def pipeline_source(calib: Calibration, reuse: str = "residual", *, validation: 
             "eval": held_out and held_out.captures}
     with denoisers(calib, reuse) as make:
         yield Source(
-            sigmas=calib.sigmas,
+            solver=calib.solver(),
             batches=lambda which, mode=None: [Batch(make(c, mode or reuse), c.latents.float()) for c in sets[which]],
-            fewer_sigmas=calib.default_sigmas, model=calib.pipe.transformer, reuse=reuse,
+            fewer=calib.solver, model=calib.pipe.transformer, reuse=reuse,
             sets=tuple(w for w in SETS if sets[w]), restarts=tuple(calib.forced_steps()),
             boundary_ratio=calib.boundary_ratio, reference=[c.final for c in calib.captures],
             tolerance=10 * _tolerance(calib),

@@ -8,7 +8,7 @@ import math
 import sys
 from pathlib import Path
 
-from ..align import AlignConfig, align
+from ..align import AlignConfig, align, require_euler
 from ..evaluation import plots
 from ..plan import CachePlan
 from ..search import SearchConfig, search_source
@@ -81,6 +81,7 @@ def cmd_align(a: argparse.Namespace) -> None:
     config = AlignConfig(epochs=a.epochs, lr=a.lr, checkpointing=not a.no_checkpointing)
     with open_source(a, reuse=plan.reuse, steps=plan.num_steps) as source:
         plan.check_model(source.model)
+        require_euler(source.solver)
         validation = source.batches("validation") if source.has("validation") else None
         aligned, result = align(plan, source.batches("calib"), validation, config, progress=not a.no_progress,
                                 restarts=source.restarts)
@@ -100,6 +101,7 @@ def cmd_frontier(a: argparse.Namespace) -> None:
     with open_source(a, held_out=True, validation=False) as source:
         rows = frontier(source, budgets, a.out, search_config(a), not a.no_progress, a.state_mb)
     for r in rows:
+        plain = next(k for k in r if k.startswith("plain "))
         print(f"B={r['budget']:>2}  {r['mask']}  budcache {r['budcache']:6.2f} dB   uniform {r['uniform mask']:6.2f}   "
-              f"Euler {r['plain Euler']:6.2f}")
+              f"{plain} {r[plain]:6.2f}")
     print(f"wrote plan_B*.json, frontier.json and frontier.png to {a.out}/")

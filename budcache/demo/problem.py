@@ -10,7 +10,9 @@ import torch
 
 from ..hooks.stack import stack_hooks
 from ..sampling.denoisers import Batch, OutputDenoiser, ResidualDenoiser
+from ..sampling import plain
 from ..sampling.loop import linear_sigmas
+from ..sampling.solver import Euler, SchedulerSolver, Solver
 from ..source import HELD_OUT_SEED_OFFSET, SETS, VALIDATION_SEED_OFFSET, Source
 from .model import CHANNELS, NUM_CLASSES, TOKENS, DigitsFlux, load_demo_model, unpack
 
@@ -49,16 +51,31 @@ def demo_batches(make, noise: torch.Tensor, labels: torch.Tensor, batch_size: in
 
 
 
+SCHEDULERS = {"euler": None, "unipc": "UniPC (flow)", "dpm": "DPM-Solver++ 2M (flow)"}  # name -> plain.SCHEDULERS
+
+
 @contextmanager
 def demo_source(steps: int = 28, calibration: int = 16, validation: int | None = None, held_out: int = 100,
                 seed: int = 0, reuse: str = "residual", shard: tuple[int, int] = (0, 1),
-                model: DigitsFlux | None = None) -> Iterator[Source]:
+                model: DigitsFlux | None = None, scheduler: str = "euler") -> Iterator[Source]:
     """The demo model as a :class:`~budcache.source.Source` over ``steps`` linear sigmas:
     ``calibration`` samples from ``seed``, ``validation`` (default: as many) from
     ``seed + VALIDATION_SEED_OFFSET``, ``held_out`` from ``seed + HELD_OUT_SEED_OFFSET``; ``shard`` =
     (rank, world size) keeps this process's share of the calibration and validation samples.
-    ``batches(which, reuse)`` gives denoisers of either reuse mode (default ``reuse``)."""
+    ``batches(which, reuse)`` gives denoisers of either reuse mode (default ``reuse``).
+    ``scheduler``: the solver, ``euler`` over linear sigmas or a diffusers flow scheduler of
+    :data:`SCHEDULERS` (``unipc``, ``dpm``) on its own schedule, for K and for fewer steps."""
     from .data import accuracy, digit_classifier
+
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {scheduler!r}; choose from {sorted(SCHEDULERS)}")
+
+    def solver(num_steps: int) -> Solver:
+        if SCHEDULERS[scheduler] is None:
+            return Euler(linear_sigmas(num_steps))
+        configured = plain.SCHEDULERS[SCHEDULERS[scheduler]]()
+        configured.set_timesteps(num_steps)
+        return SchedulerSolver(configured)
 
     model = model or load_demo_model()
     rank, world = shard
@@ -82,5 +99,5 @@ def demo_source(steps: int = 28, calibration: int = 16, validation: int | None =
         def batches(which: str, mode: str | None = None) -> list[Batch]:
             return demo_batches(makers[mode or reuse], *inputs[which])
 
-        yield Source(sigmas=linear_sigmas(steps), batches=batches, fewer_sigmas=linear_sigmas,
+        yield Source(solver=solver(steps), batches=batches, fewer=solver,
                      model=model.transformer, reuse=reuse, sets=tuple(inputs), images=unpack, score=score)

@@ -18,11 +18,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import baselines as policies
-from ..align import AlignConfig, align
+from ..align import AlignConfig, align, require_euler
 from ..baselines import teacache
 from ..plan import CachePlan, uniform_mask
 from ..sampling.loop import StepInfo, sample
-from ..sampling.solvers import SCHEDULERS, adams_bashforth2, scheduler_sample
+from ..sampling.solver import Solver
+from ..sampling.plain import SCHEDULERS, adams_bashforth2, scheduler_sample
 from ..search import SearchConfig, search_source
 from ..search.plan_search import source_evaluator
 from ..source import Source
@@ -30,7 +31,7 @@ from . import metrics
 from .report import Report, Row
 
 
-def static_outputs(source: Source, which: str, sigmas: Sequence[float], mask: Sequence[int], rule,
+def static_outputs(source: Source, which: str, sigmas: Sequence[float] | Solver, mask: Sequence[int], rule,
                    reuse: str | None = None, executions: list[int] | None = None) -> torch.Tensor:
     """The outputs of a static plan (mask, rules, sigmas) on a set of the source, through the one
     loop; ``executions`` receives, per sample, the block-stack executions measured."""
@@ -54,7 +55,7 @@ def _teacache(source: Source, signal: list, which: str, rescale, thresholds: Seq
     out, start = [], 0
     for b in source.batches(which):
         n = b.noise.shape[0]
-        out.append(teacache.sample(b.denoiser, signal, b.noise, source.sigmas, rescale, thresholds[start:start + n],
+        out.append(teacache.sample(b.denoiser, signal, b.noise, source.solver, rescale, thresholds[start:start + n],
                                    rule))
         start += n
     return torch.cat([x for x, _ in out]), torch.cat([nfe for _, nfe in out])
@@ -66,7 +67,7 @@ def _magcache_ratios(source: Source) -> list[float]:
     for b in source.batches("calib"):
         def keep(info: StepInfo) -> None:
             caches[info.step].append(info.state.history[-1][1])
-        sample(b.denoiser, b.noise, source.sigmas, [1] * source.num_steps, restarts=source.restarts, callback=keep)
+        sample(b.denoiser, b.noise, source.solver, [1] * source.num_steps, restarts=source.restarts, callback=keep)
     return policies.magcache_ratios([torch.cat(c) for c in caches])
 
 
@@ -126,7 +127,9 @@ def compare(
 def _compare(source: Source, signal: list, budgets: Sequence[int], rules: Sequence[str], config: SearchConfig,
              thresholds: Sequence[float] | None, progress: bool, align_epochs: int,
              magcache: str, max_state_mb: float) -> tuple[list[Row], dict[str, torch.Tensor]]:
-    k, sigmas = source.num_steps, source.sigmas
+    k, sigmas = source.num_steps, source.solver
+    if align_epochs:
+        require_euler(source.solver)
     thresholds = list(thresholds or torch.logspace(-3, 0.5, 40).tolist())
     full, t_full = metrics.timed(lambda: static_outputs(source, "eval", sigmas, [1] * k, "repeat"))
     report = Report(source, full, t_full)
@@ -158,7 +161,8 @@ def _compare(source: Source, signal: list, budgets: Sequence[int], rules: Sequen
             if align_epochs:
                 aligned, _ = align(plan, source.batches("calib"), config=AlignConfig(epochs=align_epochs), progress=False,
                                    restarts=source.restarts)
-                masks["budcache + aligned sigmas"], schedules["budcache + aligned sigmas"] = masks["budcache"], aligned.sigmas
+                masks["budcache + aligned sigmas"] = masks["budcache"]
+                schedules["budcache + aligned sigmas"] = source.solver_for(aligned.sigmas)
             for method, (mask, mask_rule, note) in masks.items():
                 x, seconds = metrics.timed(lambda: static_outputs(source, "eval", schedules[method], mask, mask_rule))
                 add(b, method, rule, x, [sum(mask)] * n_eval, seconds, mask="".join("#" if m else "." for m in mask),
@@ -176,15 +180,15 @@ def _compare(source: Source, signal: list, budgets: Sequence[int], rules: Sequen
             bar.update()
     bar.close()
     for b in budgets:
-        fewer = source.fewer_sigmas(b)
+        fewer = source.fewer(b)
         x, seconds = metrics.timed(lambda: static_outputs(source, "eval", fewer, [1] * b, "repeat"))
-        add(b, f"plain {b}-step Euler", "-", x, [b] * n_eval, seconds)
-        x, seconds = metrics.timed(lambda: _ab2(source, "eval", fewer))
+        add(b, f"plain {b}-step {fewer.name}", "-", x, [b] * n_eval, seconds)
+        x, seconds = metrics.timed(lambda: _ab2(source, "eval", fewer.sigmas))
         add(b, f"plain {b}-step AB2", "-", x, [b] * n_eval, seconds)
         if align_epochs:
-            euler = CachePlan(num_steps=b, budget=b, mask=[1] * b, sigmas=fewer)
+            euler = CachePlan(num_steps=b, budget=b, mask=[1] * b, sigmas=fewer.sigmas)
             aligned, _ = align(euler, source.batches("calib"), config=AlignConfig(epochs=align_epochs),
-                               teacher_sigmas=sigmas, progress=False)
+                               teacher_sigmas=source.sigmas, progress=False)
             x, seconds = metrics.timed(lambda: static_outputs(source, "eval", aligned.sigmas, [1] * b, "repeat"))
             add(b, f"plain {b}-step Euler, aligned sigmas", "-", x, [b] * n_eval, seconds)
     return report.rows, report.images
@@ -201,27 +205,27 @@ def compare_plans(source: Source, plans: Sequence[tuple[str, CachePlan]]) -> tup
     for _, plan in plans:
         plan.check_model(source.model)
         plan.check_steps(k)
-    full, t_full = metrics.timed(lambda: static_outputs(source, "eval", source.sigmas, [1] * k, "repeat"))
+    full, t_full = metrics.timed(lambda: static_outputs(source, "eval", source.solver, [1] * k, "repeat"))
     report = Report(source, full, t_full)
     n_eval = full.shape[0]
     for b in sorted({p.budget for _, p in plans}):
         uniform: set[tuple] = set()
         for label, plan in ((n, p) for n, p in plans if p.budget == b):
-            sigmas, nfe = plan.sigmas or source.sigmas, []
+            sigmas, nfe = source.solver_for(plan.sigmas), []
             x = static_outputs(source, "eval", sigmas, plan.mask, plan.step_rules, plan.reuse, nfe)
             _, seconds = metrics.timed(lambda: static_outputs(source, "eval", sigmas, plan.mask, plan.step_rules,
                                                               plan.reuse))
             rule = plan.rule if plan.rules is None else "per step"
             report.add(b, f"plan ({label})", rule, x, nfe, seconds, mask=plan.strip, note=f"{plan.reuse} reuse")
-            if (plan.rule, plan.reuse, tuple(sigmas)) not in uniform:
-                uniform.add((plan.rule, plan.reuse, tuple(sigmas)))
+            if (plan.rule, plan.reuse, tuple(sigmas.sigmas)) not in uniform:
+                uniform.add((plan.rule, plan.reuse, tuple(sigmas.sigmas)))
                 x = static_outputs(source, "eval", sigmas, uniform_mask(k, b), plan.rule, plan.reuse)
                 report.add(b, "uniform mask", plan.rule, x, [b] * n_eval,
                            mask=CachePlan(k, b, uniform_mask(k, b)).strip, note=f"{plan.reuse} reuse")
-        fewer = source.fewer_sigmas(b)
+        fewer = source.fewer(b)
         x, seconds = metrics.timed(lambda: static_outputs(source, "eval", fewer, [1] * b, "repeat"))
-        report.add(b, f"plain {b}-step Euler", "-", x, [b] * n_eval, seconds)
-        report.add(b, f"plain {b}-step AB2", "-", _ab2(source, "eval", fewer), [b] * n_eval)
+        report.add(b, f"plain {b}-step {fewer.name}", "-", x, [b] * n_eval, seconds)
+        report.add(b, f"plain {b}-step AB2", "-", _ab2(source, "eval", fewer.sigmas), [b] * n_eval)
         for name, make in SCHEDULERS.items():
             x = torch.cat([scheduler_sample(make(), lambda x, s, d=batch.denoiser: d.compute(x, s)[0], batch.noise, b)
                            for batch in source.batches("eval")])

@@ -25,17 +25,17 @@ def frontier(source: Source, budgets: Sequence[int], out: Path, config: SearchCo
     out.mkdir(parents=True, exist_ok=True)
     plans, cost = search_frontier(source, budgets, config, progress, max_state_mb)
     k = source.num_steps
-    full, t_full = metrics.timed(lambda: static_outputs(source, "eval", source.sigmas, [1] * k, "repeat"), repeats=1)
+    full, t_full = metrics.timed(lambda: static_outputs(source, "eval", source.solver, [1] * k, "repeat"), repeats=1)
     report = Report(source, full, t_full)
     rows = []
     for b, plan in plans.items():
         plan.save(out / f"plan_B{b}.json")
         n = full.shape[0]
-        report.add(b, "budcache", "repeat", static_outputs(source, "eval", plan.sigmas or source.sigmas, plan.mask, "repeat"),
+        solver, fewer = source.solver_for(plan.sigmas), source.fewer(b)
+        report.add(b, "budcache", "repeat", static_outputs(source, "eval", solver, plan.mask, "repeat"), [b] * n)
+        report.add(b, "uniform mask", "repeat", static_outputs(source, "eval", solver, uniform_mask(k, b), "repeat"),
                    [b] * n)
-        report.add(b, "uniform mask", "repeat", static_outputs(source, "eval", source.sigmas, uniform_mask(k, b), "repeat"),
-                   [b] * n)
-        report.add(b, "plain Euler", "-", static_outputs(source, "eval", source.fewer_sigmas(b), [1] * b, "repeat"), [b] * n)
+        report.add(b, f"plain {fewer.name}", "-", static_outputs(source, "eval", fewer, [1] * b, "repeat"), [b] * n)
         psnr = {r.method: r.psnr for r in report.rows[-3:]}
         rows.append({"budget": b, "mask": plan.strip, "calibration_loss": plan.record.objective, **psnr})
     (out / "frontier.json").write_text(json.dumps({"rows": rows, **cost}, indent=1))

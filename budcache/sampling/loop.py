@@ -1,30 +1,35 @@
-"""The one cached Euler loop (k-diffusion style): a short function over a denoiser.
+"""The one cached loop (k-diffusion style): a short function over a denoiser and a solver.
 
-``x[k+1] = x[k] + (sigma[k+1] - sigma[k]) * v[k]``, where ``v[k]`` is computed where the mask
-says so and otherwise derived from the cache by the step's reuse rule. Search, sampling, the
-comparison, TeaCache and alignment all run this loop; :func:`advance` is its step, which also
-moves several trajectories through one batched call.
+At step k the velocity ``v[k]`` is computed where the mask says so and otherwise derived from
+the cache by the step's reuse rule; the solver then moves the latent from ``sigma[k]`` to
+``sigma[k+1]``: Euler ``x + (sigma[k+1] - sigma[k]) * v`` over a schedule, or a diffusers
+scheduler's own step (:mod:`.solver`). Search, sampling, the comparison, TeaCache and alignment
+all run this loop; :func:`advance` is its step, which also moves several trajectories through
+one batched call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from .denoisers import Denoiser, OutputDenoiser, VelocityFn
 from .rules import History, check_rules, history_depth, predict, remember
+from .solver import Solver, as_solver, cat_states, split_state
 
 
 @dataclass(frozen=True)
 class State:
-    """The sampler state before step ``step``: the latent and the cache entries of the last
-    computed steps (as many as the reuse rules need)."""
+    """The sampler state before step ``step``: the latent, the cache entries of the last computed
+    steps (as many as the reuse rules need) and the solver's state (a scheduler's history)."""
 
     step: int
     x: torch.Tensor
     history: History = ()
+    solver: Any = None
 
 
 @dataclass(frozen=True)
@@ -38,34 +43,40 @@ class StepInfo:
     state: State  # after the step
 
 
-def advance(denoiser: Denoiser, states: Sequence[State], sigmas: Sequence[float], compute: bool,
+def advance(denoiser: Denoiser, states: Sequence[State], solver: Solver | Sequence[float], compute: bool,
             rules: Sequence[str], depth: int, restart: bool = False) -> tuple[list[State], torch.Tensor]:
-    """One cached Euler step of every state in ``states`` (all at the same step) through one call
-    of ``denoiser`` on their latents stacked along the batch; ``rules[i]`` is state i's reuse rule.
+    """One cached step of every state in ``states`` (all at the same step) through one call of
+    ``denoiser`` on their latents stacked along the batch; ``rules[i]`` is state i's reuse rule.
     A computed step keeps ``depth`` cache entries (``restart``: none from before it). Returns the
-    new states and the velocity."""
-    k = states[0].step
+    new states and the velocity. ``solver``: a solver, or a schedule stepped by Euler."""
+    solver = as_solver(solver)
+    k, sigmas = states[0].step, solver.sigmas
     sizes = [s.x.shape[0] for s in states]
-    x = states[0].x if len(states) == 1 else torch.cat([s.x for s in states])
+    one = len(states) == 1
+    x = states[0].x if one else torch.cat([s.x for s in states])
     if compute:
         v, cache = denoiser.compute(x, sigmas[k])
-        caches = [cache] if len(states) == 1 else cache.split(sizes)
+        caches = [cache] if one else cache.split(sizes)
         histories = [remember(s.history, sigmas[k], c, depth, restart) for s, c in zip(states, caches)]
     else:
         if not all(s.history for s in states):
             raise ValueError(f"step {k} reuses a cache but no earlier step computed; mask[0] must be 1")
         predicted = [predict(s.history, sigmas[k], r) for s, r in zip(states, rules)]
-        v = denoiser.reuse(x, sigmas[k], predicted[0] if len(states) == 1 else torch.cat(predicted))
+        v = denoiser.reuse(x, sigmas[k], predicted[0] if one else torch.cat(predicted))
         histories = [s.history for s in states]
-    dx = (sigmas[k + 1] - sigmas[k]) * v
-    steps = [dx] if len(states) == 1 else dx.split(sizes)
-    return [State(k + 1, s.x + d, h) for s, d, h in zip(states, steps, histories)], v
+    if one:
+        x_next, solver_state = solver.step(k, x, v, states[0].solver)
+        return [State(k + 1, x_next, histories[0], solver_state)], v
+    joint, joined = cat_states([s.solver for s in states], sizes)
+    x_next, solver_state = solver.step(k, x, v, joint)
+    moved = zip(x_next.split(sizes), histories, split_state(solver_state, joined, sizes))
+    return [State(k + 1, xs, h, st) for xs, h, st in moved], v
 
 
 def sample(
     denoiser: Denoiser,
     x: torch.Tensor,
-    sigmas: Sequence[float] | torch.Tensor,
+    sigmas: Sequence[float] | torch.Tensor | Solver,
     mask: Sequence[int],
     rule: str | Sequence[str] = "repeat",
     *,
@@ -75,22 +86,23 @@ def sample(
     callback: Callable[[StepInfo], None] | None = None,
     check_finite: bool = True,
 ) -> torch.Tensor:
-    """Cached Euler over ``sigmas`` (K+1 values, floats or a differentiable tensor) computing where
+    """The cached loop over ``sigmas`` (K+1 values, floats or a differentiable tensor: Euler; or a
+    :class:`~budcache.sampling.solver.Solver` such as a diffusers scheduler's step) computing where
     ``mask[k] == 1``; reused steps follow ``rule`` (one for all steps, or one per step).
 
     ``restarts``: steps whose cache starts afresh (another expert: they must compute); ``depth``:
     cache entries kept (default: what the rules need); ``start``: resume from a state (its step
     onwards); ``callback(info)`` after every step; ``check_finite``: raise FloatingPointError on a
     non-finite latent."""
-    if not torch.is_tensor(sigmas):
-        sigmas = [float(s) for s in sigmas]
+    solver = as_solver(sigmas)
+    sigmas = solver.sigmas
     if len(mask) != len(sigmas) - 1:
         raise ValueError(f"mask has {len(mask)} steps but sigmas describe {len(sigmas) - 1}")
     rules = check_rules(rule, len(mask))
     depth = depth or history_depth(rules)
     state = start or State(0, x)
     for k in range(state.step, len(mask)):
-        (state,), v = advance(denoiser, [state], sigmas, bool(mask[k]), [rules[k]], depth, k in restarts)
+        (state,), v = advance(denoiser, [state], solver, bool(mask[k]), [rules[k]], depth, k in restarts)
         if check_finite and not torch.isfinite(state.x).all():
             raise FloatingPointError(
                 f"non-finite latent after step {k} (sigma {float(sigmas[k]):.4g}); check the model inputs and schedule"

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from ..sampling.denoisers import Batch
 from ..sampling.loop import State, advance, sample
 from ..sampling.rules import Schedule, check_rules, code_rule, decode, encode, history_depth
+from ..sampling.solver import Solver, as_solver, state_bytes
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 METRICS: dict[str, Distance] = {
@@ -26,7 +27,7 @@ METRICS: dict[str, Distance] = {
 
 
 def _nbytes(states: list[State]) -> int:
-    return sum(s.x.nbytes + sum(c.nbytes for _, c in s.history) for s in states)
+    return sum(s.x.nbytes + sum(c.nbytes for _, c in s.history) + state_bytes(s.solver) for s in states)
 
 
 class Evaluator:
@@ -39,25 +40,28 @@ class Evaluator:
     def __init__(
         self,
         batches: Sequence[Batch],
-        sigmas: Sequence[float],
+        sigmas: Sequence[float] | Solver,
         metric: str = "mse",
         prefix_reuse: bool = True,
         max_state_mb: float = 1024.0,
         rule: str = "repeat",
         rules_in_play: Sequence[str] = (),
         restarts: Collection[int] = (),
-        teacher_sigmas: Sequence[float] | None = None,
+        teacher_sigmas: Sequence[float] | Solver | None = None,
     ):
         """``rule``: how reused steps read the cache when a plain 0/1 mask is scored;
         ``rules_in_play``: other rules that scored schedules may use (sets the cache depth);
         ``restarts``: steps where the cache starts afresh (another expert; they must compute);
-        ``teacher_sigmas``: the teacher's schedule when it is not the search grid (stage 2)."""
+        ``teacher_sigmas``: the teacher's schedule when it is not the search grid (stage 2).
+        ``sigmas`` (and ``teacher_sigmas``) are a schedule stepped by Euler, or a solver (a
+        diffusers scheduler's step: :class:`~budcache.sampling.solver.SchedulerSolver`)."""
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}; choose one of {sorted(METRICS)}")
         if not batches:
             raise ValueError("the calibration set is empty")
         self.batches = list(batches)
-        self.sigmas = [float(s) for s in sigmas]
+        self.solver = as_solver(sigmas)
+        self.sigmas = [float(s) for s in self.solver.sigmas]
         self.num_steps = len(self.sigmas) - 1
         self.metric, self.distance = metric, METRICS[metric]
         self.prefix_reuse, self.max_state_bytes = prefix_reuse, int(max_state_mb * 2**20)
@@ -73,7 +77,8 @@ class Evaluator:
         if teacher_sigmas is None:
             self.teacher = [s.x for s in self._run((1,) * self.num_steps)]
         else:
-            self.teacher = [s.x for s in self._run((1,) * (len(teacher_sigmas) - 1), teacher_sigmas)]
+            teacher = as_solver(teacher_sigmas)
+            self.teacher = [s.x for s in self._run((1,) * (len(teacher.sigmas) - 1), teacher)]
 
     # -- trajectories -----------------------------------------------------------------------
     def _store(self, key: Schedule, states: list[State]) -> None:
@@ -95,18 +100,18 @@ class Evaluator:
         return [State(0, b.noise) for b in self.batches]
 
     @torch.no_grad()
-    def _run(self, key: Schedule, sigmas: Sequence[float] | None = None) -> list[State]:
+    def _run(self, key: Schedule, sigmas: Sequence[float] | Solver | None = None) -> list[State]:
         """Final states of every batch for a schedule (the one loop, each batch from its stored
         prefix); prefix states are stored on the search grid. A non-finite trajectory gives NaN."""
         on_grid = sigmas is None
-        sigmas = self.sigmas if on_grid else [float(s) for s in sigmas]
+        solver = self.solver if on_grid else as_solver(sigmas)
         starts = self._resume(key) if on_grid else [State(0, b.noise) for b in self.batches]
         mask, rules = decode(key)
         trail: list[list[State]] = [[] for _ in key]  # per step: every batch's state after it
         finals = []
         for b, start in zip(self.batches, starts):
             try:
-                x = sample(b.denoiser, b.noise, sigmas, mask, rules, restarts=self.restarts, depth=self.depth,
+                x = sample(b.denoiser, b.noise, solver, mask, rules, restarts=self.restarts, depth=self.depth,
                            start=start, callback=lambda info: trail[info.step].append(info.state))
             except FloatingPointError:
                 return [State(len(key), torch.full_like(s.x, float("nan"))) for s in starts]
@@ -167,7 +172,7 @@ class Evaluator:
                     continue
                 rules = [code_rule(keys[c][k]) for c in group]
                 for bi, b in enumerate(self.batches):
-                    moved, _ = advance(b.replicate(len(group)), [states[c][bi] for c in group], self.sigmas, compute,
+                    moved, _ = advance(b.replicate(len(group)), [states[c][bi] for c in group], self.solver, compute,
                                        rules, self.depth, k in self.restarts)
                     for c, state in zip(group, moved):
                         states[c][bi] = state
@@ -178,9 +183,10 @@ class Evaluator:
                     self._store(keys[c][: k + 1], list(states[c]))
         return states
 
-    def schedule_loss(self, sigmas: Sequence[float]) -> float:
+    def schedule_loss(self, sigmas: Sequence[float] | Solver) -> float:
         """Loss of plain Euler over another schedule (e.g. B evenly spaced steps), not memoized."""
-        return self._loss(self._run((1,) * (len(sigmas) - 1), sigmas))
+        solver = as_solver(sigmas)
+        return self._loss(self._run((1,) * (len(solver.sigmas) - 1), solver))
 
     def state_dict(self) -> dict:
         """What a checkpoint keeps: the memo table (schedule -> loss) and the forwards spent."""

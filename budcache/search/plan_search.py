@@ -111,7 +111,7 @@ def search_plan(
 def source_evaluator(source: Source, which: str, *, rule: str = "repeat", config: SearchConfig = SearchConfig(),
                      metric: str = "mse", max_state_mb: float = 1024.0) -> Evaluator:
     """An evaluator on one set of a model source (cache restarting at the source's restart steps)."""
-    return Evaluator(source.batches(which), source.sigmas, metric, max_state_mb=max_state_mb, rule=rule,
+    return Evaluator(source.batches(which), source.solver, metric, max_state_mb=max_state_mb, rule=rule,
                      rules_in_play=config.rules, restarts=source.restarts)
 
 
@@ -144,7 +144,7 @@ def search_source(
         validation = source_evaluator(source, "validation", rule=evaluate.rule, config=config, metric=metric,
                                       max_state_mb=0)
     return search_plan(evaluate, budget, reuse=source.reuse, model=source.model, config=config,
-                       euler_sigmas=source.fewer_sigmas(budget), validation=validation, progress=progress,
+                       euler_sigmas=source.fewer(budget), validation=validation, progress=progress,
                        checkpoint=checkpoint, resume=resume, start=start, boundary_ratio=source.boundary_ratio)
 
 
