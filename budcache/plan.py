@@ -38,6 +38,7 @@ class SearchRecord:
     calibration_size: int = 0
     seconds: float = 0.0
     interrupted: bool = False
+    solver: str | None = None  # the loop's step the plan was searched under (Euler, UniPCMultistep, ...)
 
 
 @dataclass
@@ -158,11 +159,12 @@ class CachePlan:
             if r.uniform_objective is not None:
                 refs.append(f"uniform mask {r.uniform_objective:.4g}")
             if r.euler_objective is not None:
-                refs.append(f"plain {self.budget}-step Euler {r.euler_objective:.4g}")
+                refs.append(f"plain {self.budget}-step {r.solver or 'Euler'} {r.euler_objective:.4g}")
             if r.repeat_objective is not None and (self.rule != "repeat" or self.rules is not None):
                 refs.append(f"same mask with repeat {r.repeat_objective:.4g}")
             lines += [
-                f"loss    {r.metric} vs the {r.teacher_steps}-step teacher: " + ", ".join(refs),
+                f"loss    {r.metric} vs the {r.teacher_steps}-step teacher"
+                + (f" ({r.solver})" if r.solver else "") + ": " + ", ".join(refs),
                 f"search  {r.evaluations} masks, {r.forwards} transformer forwards "
                 f"({r.forwards_without_prefix_reuse} without prefix reuse), {r.calibration_size} calibration "
                 f"samples, seed {r.seed}, {r.seconds:.1f}s" + (", interrupted" if r.interrupted else ""),

@@ -54,6 +54,9 @@ FAMILIES = {
 }
 
 
+SOLVERS = {"wan-cfg": "UniPCMultistep", "sana-batched-cfg": "DPMSolverMultistep"}  # the rest: FlowMatchEuler
+
+
 def _run(pipe, prompt, kwargs, seed, steps=K):
     return pipe(**prompt, **kwargs, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed),
                 output_type="latent")[0]
@@ -86,7 +89,9 @@ def test_searched_objective_is_what_the_pipeline_gets(family, rule):
     """The loss the search optimised is the MSE the plan then gives inside the real pipeline."""
     pipe, prompts, kwargs, branches = _setup(family)
     calib = calibrate(pipe, prompts, K, progress=False, **kwargs)
+    assert calib.solver().name == SOLVERS.get(family, "Euler")  # each family's shipped scheduler
     plan = budcache.search(calib, B, rule=rule, config=QUICK, progress=False)
+    assert plan.record.solver == calib.solver().name
     assert sum(plan.mask) == B and plan.sigmas == pytest.approx(calib.sigmas)
     _check_applied(pipe, prompts, kwargs, plan, branches)
 
@@ -170,6 +175,7 @@ def test_wan22_two_experts():
     pipe, make_prompt, kwargs, _ = _family("wan22", ())()
     prompts = [make_prompt(), make_prompt()]
     calib = calibrate(pipe, prompts, K, progress=False)
+    assert calib.solver().name == "UniPCMultistep"
     experts = [s.calls[0].module for s in calib.captures[0].steps]
     switch = experts.index("transformer_2")
     assert 0 < switch < K and set(experts[switch:]) == {"transformer_2"}
@@ -194,9 +200,9 @@ def test_wan22_two_experts():
 
 
 def test_wan22_one_plan_one_loss_in_search_compare_and_pipeline():
-    """One Wan2.2 plan under ``extrapolate`` gets the same loss from the search's evaluator, from the
-    comparison's loop and inside the real pipeline: the cache restarts at the expert boundary in all
-    three (without the restart the comparison would score another trajectory)."""
+    """One Wan2.2 plan (UniPC, as shipped) under ``extrapolate`` gets the same loss from the search's
+    evaluator, from the comparison's loop and inside the real pipeline: the cache restarts at the
+    expert boundary in all three (without the restart the comparison would score another trajectory)."""
     from budcache.calibration import pipeline_source
     from budcache.evaluation.compare import static_outputs
     from budcache.plan import model_identity
@@ -212,9 +218,9 @@ def test_wan22_one_plan_one_loss_in_search_compare_and_pipeline():
                               boundary_ratio=calib.boundary_ratio, model=model_identity(pipe.transformer))
     with torch.no_grad(), pipeline_source(calib, held_out=calib) as source:
         searched = source_evaluator(source, "calib", rule="extrapolate")(mask)
-        full = static_outputs(source, "eval", calib.sigmas, [1] * K, "repeat")
-        compared = (static_outputs(source, "eval", calib.sigmas, mask, "extrapolate") - full).pow(2).flatten(1).mean(1)
-        no_restart = torch.cat([sample(b.denoiser, b.noise, calib.sigmas, mask, "extrapolate")
+        full = static_outputs(source, "eval", source.solver, [1] * K, "repeat")
+        compared = (static_outputs(source, "eval", source.solver, mask, "extrapolate") - full).pow(2).flatten(1).mean(1)
+        no_restart = torch.cat([sample(b.denoiser, b.noise, source.solver, mask, "extrapolate")
                                 for b in source.batches("eval")])
     applied = []
     for i, prompt in enumerate(prompts):

@@ -14,7 +14,7 @@ from ..align import AlignConfig
 from ..errors import BudcacheError
 from ..sampling.rules import RULES
 from .commands import cmd_align, cmd_compare, cmd_demo, cmd_frontier, cmd_search, cmd_show
-from .options import DEMO_EFFORT, add_progress_option, add_search_options, add_source_options
+from .options import DEMO_EFFORT, add_progress_option, add_scheduler_option, add_search_options, add_source_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", type=int, default=16, help="calibration samples (default 16)")
     p.add_argument("--held-out", type=int, default=100, help="held-out samples for the comparison")
     p.add_argument("--reuse", choices=("residual", "output"), default="residual")
+    add_scheduler_option(p)
     p.add_argument("--rules", nargs="+", choices=RULES, default=["repeat", "extrapolate"],
                    help="search a plan under each of these reuse rules (default: repeat extrapolate)")
     add_search_options(p, DEMO_EFFORT, rule=False)

@@ -49,7 +49,7 @@ def cmd_demo(a: argparse.Namespace) -> None:
     from ..demo.run import run_demo
 
     run_demo(a.out, tuple(a.budgets), a.steps, a.reuse, a.calib, a.held_out, search_config(a), not a.no_progress,
-             tuple(a.rules))
+             tuple(a.rules), a.scheduler)
     print(f"wrote plans, table.txt, results.json, samples.png and plots to {a.out}/")
 
 

@@ -85,7 +85,7 @@ def open_source(a: argparse.Namespace, *, held_out: bool = False, validation: bo
 
         count = getattr(a, "validation", None) if validation else 0
         with demo_source(steps, a.calib, count, a.held_out if held_out else 0,
-                         a.seed, reuse, shard=(rank, world)) as source:
+                         a.seed, reuse, shard=(rank, world), scheduler=a.scheduler) as source:
             yield source
         return
     device = a.device or (f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if world > 1 else None)

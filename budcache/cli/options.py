@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from ..sampling.rules import RULES
 from ..search import SearchConfig
@@ -44,6 +45,13 @@ def add_source_options(p: argparse.ArgumentParser, calib: int = 16, held_out: bo
     g.add_argument("--cpu-offload", action="store_true", help="enable_model_cpu_offload for large models")
     g.add_argument("--reuse", choices=("residual", "output"), default="residual",
                    help="what reused steps take from the cache (default residual)")
+    add_scheduler_option(g)
+
+
+def add_scheduler_option(p: Any) -> None:
+    p.add_argument("--scheduler", choices=("euler", "unipc", "dpm"), default="euler",
+                   help="the demo model's solver: Euler on linear sigmas, or diffusers' flow UniPC / DPM-Solver++ 2M "
+                        "on their own schedules (a --pipeline always runs its own scheduler; default euler)")
 
 
 def add_search_options(p: argparse.ArgumentParser, effort: SearchConfig = SearchConfig(), rule: bool = True,

@@ -22,14 +22,17 @@ def run_demo(
     config: SearchConfig = SearchConfig(),
     progress: bool = True,
     rules: tuple[str, ...] = ("repeat", "extrapolate"),
+    scheduler: str = "euler",
 ) -> list[Row]:
     """The main job: search a plan per budget and rule on the demo source, score them beside the
     uniform mask and every plain solver on held-out samples (:func:`compare_plans`), and write
-    plans, the report, an image grid and plots to ``out``."""
+    plans, the report, an image grid and plots to ``out``. ``scheduler``: the demo's solver
+    (``euler``, ``unipc``, ``dpm``): plans are searched and scored under it, beside it with B steps."""
     out.mkdir(parents=True, exist_ok=True)
     plans: list[tuple[str, CachePlan]] = []
     histories = {}
-    with demo_source(steps, calibration, held_out=held_out, seed=config.seed, reuse=reuse) as source:
+    with demo_source(steps, calibration, held_out=held_out, seed=config.seed, reuse=reuse,
+                     scheduler=scheduler) as source:
         for b in budgets:
             for rule in rules:
                 plan, result = search_source(source, b, rule=rule, config=config, progress=progress)

@@ -23,12 +23,13 @@ FORMAT = "budcache-search-checkpoint/1"
 
 
 def identity(evaluate: Evaluator, budget: int, config: Any, model: Any = None) -> dict:
-    """What a checkpoint must match to be resumed: the problem (sigmas, rule, calibration noise,
-    model), the budget and the search settings."""
+    """What a checkpoint must match to be resumed: the problem (sigmas, solver, rule, calibration
+    noise, model), the budget and the search settings."""
     noise = hashlib.sha256(b"".join(b.noise.detach().cpu().float().numpy().tobytes() for b in evaluate.batches))
     settings = {k: v for k, v in vars(config).items() if k != "checkpoint_every"}
     world = dist.get_world_size() if evaluate.distributed else 1
-    return {"budget": budget, "sigmas": evaluate.sigmas, "rule": evaluate.rule, "metric": evaluate.metric,
+    return {"budget": budget, "sigmas": evaluate.sigmas, "solver": evaluate.solver.name, "rule": evaluate.rule,
+            "metric": evaluate.metric,
             "calibration": noise.hexdigest()[:16], "world_size": world, "model": model,
             "config": json.loads(json.dumps(settings, default=str))}
 

@@ -92,6 +92,7 @@ def search_plan(
         calibration_size=samples,
         seconds=round(result.seconds, 2),
         interrupted=result.interrupted,
+        solver=evaluate.solver.name,
     )
     plan = CachePlan(
         num_steps=k,
