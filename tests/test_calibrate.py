@@ -230,3 +230,29 @@ def test_wan22_one_plan_one_loss_in_search_compare_and_pipeline():
     assert float(compared.mean()) == pytest.approx(searched, rel=1e-4)
     assert sum(applied) / len(applied) == pytest.approx(searched, rel=1e-4)
     assert float((no_restart - full).pow(2).mean()) != pytest.approx(searched, rel=1e-3)
+
+
+def _scheduler(name):
+    from diffusers import DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler, UniPCMultistepScheduler
+
+    flow = dict(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    return {
+        "unipc-order3": lambda: UniPCMultistepScheduler(solver_order=3, **flow),
+        "unipc-no-corrector": lambda: UniPCMultistepScheduler(disable_corrector=list(range(K)), **flow),
+        "dpm-multistep-order3": lambda: DPMSolverMultistepScheduler(solver_order=3, **flow),
+        "dpm-singlestep": lambda: DPMSolverSinglestepScheduler(**flow),
+    }[name]()
+
+
+@pytest.mark.parametrize("name", ["unipc-order3", "unipc-no-corrector", "dpm-multistep-order3", "dpm-singlestep"])
+def test_scheduler_variants_replay_exactly(name):
+    """UniPC of any order, with or without its corrector, and DPM-Solver++ multistep or singlestep:
+    the replay reproduces the pipeline, and the searched loss is what the plan gives inside it."""
+    torch.manual_seed(0)
+    pipe = tiny_wan_pipeline(scheduler=_scheduler(name))
+    prompts = [dict(prompt_embeds=torch.randn(1, 8, 32), negative_prompt_embeds=torch.randn(1, 8, 32))]
+    kwargs = dict(height=16, width=16, num_frames=5, guidance_scale=4.0)
+    calib = calibrate(pipe, prompts, K, progress=False, **kwargs)
+    assert calib.solver().name == type(pipe.scheduler).__name__.removesuffix("Scheduler")
+    plan = budcache.search(calib, B, rule="extrapolate", config=QUICK, progress=False)
+    _check_applied(pipe, prompts, kwargs, plan, ("cond", "uncond"))

@@ -45,6 +45,12 @@ def static_outputs(source: Source, which: str, sigmas: Sequence[float] | Solver,
     return torch.cat(out)
 
 
+def _same_scheduler(scheduler, solver: Solver) -> bool:
+    """Whether ``solver`` steps with a scheduler of this class and config."""
+    own = getattr(solver, "scheduler", None)
+    return type(own) is type(scheduler) and dict(own.config) == dict(scheduler.config)
+
+
 def _ab2(source: Source, which: str, sigmas: Sequence[float]) -> torch.Tensor:
     return torch.cat([adams_bashforth2(lambda x, s, d=b.denoiser: d.compute(x, s)[0], b.noise, sigmas)
                       for b in source.batches(which)])
@@ -227,6 +233,8 @@ def compare_plans(source: Source, plans: Sequence[tuple[str, CachePlan]]) -> tup
         report.add(b, f"plain {b}-step {fewer.name}", "-", x, [b] * n_eval, seconds)
         report.add(b, f"plain {b}-step AB2", "-", _ab2(source, "eval", fewer.sigmas), [b] * n_eval)
         for name, make in SCHEDULERS.items():
+            if _same_scheduler(make(), fewer):
+                continue  # the source's own solver with B steps: already the row above
             x = torch.cat([scheduler_sample(make(), lambda x, s, d=batch.denoiser: d.compute(x, s)[0], batch.noise, b)
                            for batch in source.batches("eval")])
             report.add(b, f"{name} {b}", "-", x, [b] * n_eval)
