@@ -113,3 +113,17 @@ def test_results_depend_only_on_the_seed(capsys):
 
     assert run() == run()
     assert "LPIPS skipped" in capsys.readouterr().out or compare.lpips_available()
+
+
+def test_compare_and_frontier_under_unipc(tmp_path):
+    """Under a multistep solver the plain row is that solver with B steps, and the frontier runs."""
+    out = tmp_path / "cmp"
+    main(["--threads", "1", "compare", "--scheduler", "unipc", "--steps", "6", "--budgets", "3", "--rules", "extrapolate",
+          "--calib", "3", "--held-out", "4", "--iterations", "5", "--no-progress", "--out", str(out)])
+    methods = {r["method"] for r in json.loads((out / "results.json").read_text())}
+    assert {"budcache", "plain 3-step UniPCMultistep", "TeaCache (global threshold)"} <= methods
+    assert "UniPC (flow) 3" not in methods  # the source's own solver is not listed twice
+    main(["--threads", "1", "frontier", "--scheduler", "dpm", "--steps", "6", "--budgets", "2..3", "--calib", "3",
+          "--held-out", "4", "--iterations", "5", "--no-progress", "--out", str(tmp_path / "fr")])
+    rows = json.loads((tmp_path / "fr" / "frontier.json").read_text())["rows"]
+    assert [r["budget"] for r in rows] == [2, 3] and all("plain DPMSolverMultistep" in r for r in rows)

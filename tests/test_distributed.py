@@ -60,14 +60,15 @@ def test_two_processes_find_the_single_process_plan(tmp_path):
         assert r["calibration_size"] == N and r["forwards"] == single["forwards"]
 
 
-def test_torchrun_command_line_equals_one_process(tmp_path):
+@pytest.mark.parametrize("scheduler", ["euler", "unipc"])
+def test_torchrun_command_line_equals_one_process(tmp_path, scheduler):
     import subprocess
     import sys
 
     from budcache.plan import CachePlan
 
     args = ["search", "--model", "demo", "--steps", "10", "--budget", "4", "--calib", "6", "--iterations", "30",
-            "--starts", "1", "--kicks", "1", "--no-progress"]
+            "--starts", "1", "--kicks", "1", "--no-progress", "--scheduler", scheduler]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
                     str(_free_port()), "-m", "budcache.cli", "--threads", "1", *args, "--out", str(tmp_path / "two.json")],
@@ -78,3 +79,4 @@ def test_torchrun_command_line_equals_one_process(tmp_path):
     # same plan; the loss agrees to float32 batch-size effects (each rank runs batches of 3, not 6)
     assert two.mask == one.mask and two.record.objective == pytest.approx(one.record.objective, rel=1e-5)
     assert two.record.calibration_size == one.record.calibration_size == 6
+    assert two.record.solver == one.record.solver == ("Euler" if scheduler == "euler" else "UniPCMultistep")

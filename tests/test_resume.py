@@ -95,3 +95,20 @@ def test_batched_candidates_score_what_one_at_a_time_scores(demo_model):
         runs = [anneal(fresh(), B, SearchConfig(iterations=20, kicks=1, batch_candidates=g), progress=False)
                 for g in (1, 8)]
         assert runs[0].mask == runs[1].mask and [h[0] for h in runs[0].history] == [h[0] for h in runs[1].history]
+
+
+def test_resume_under_unipc_replays_and_a_euler_checkpoint_is_refused(tmp_path, capsys):
+    """A finished UniPC search resumed from its checkpoint replays to the same plan without forwards;
+    the checkpoint of the same search under Euler is refused (its schedule and solver differ)."""
+    args = ["search", "--steps", "8", "--budget", "3", "--calib", "3", "--iterations", "12", "--starts", "1",
+            "--kicks", "0", "--no-progress"]
+    out, checkpoint = tmp_path / "u.json", tmp_path / "u.checkpoint.json"
+    main([*args, "--scheduler", "unipc", "--out", str(out)])
+    first = CachePlan.load(out)
+    main([*args, "--scheduler", "unipc", "--out", str(out), "--resume"])
+    again = CachePlan.load(out)
+    assert again.mask == first.mask and again.record.forwards == first.record.forwards
+    assert again.record.solver == "UniPCMultistep"
+    main([*args, "--out", str(tmp_path / "e.json")])
+    with pytest.raises(SystemExit, match="another search \((sigmas|solver) differs\)"):
+        main([*args, "--scheduler", "unipc", "--out", str(tmp_path / "e.json"), "--resume"])
