@@ -102,7 +102,7 @@ def test_resume_under_unipc_replays_and_a_euler_checkpoint_is_refused(tmp_path, 
     the checkpoint of the same search under Euler is refused (its schedule and solver differ)."""
     args = ["search", "--steps", "8", "--budget", "3", "--calib", "3", "--iterations", "12", "--starts", "1",
             "--kicks", "0", "--no-progress"]
-    out, checkpoint = tmp_path / "u.json", tmp_path / "u.checkpoint.json"
+    out = tmp_path / "u.json"
     main([*args, "--scheduler", "unipc", "--out", str(out)])
     first = CachePlan.load(out)
     main([*args, "--scheduler", "unipc", "--out", str(out), "--resume"])

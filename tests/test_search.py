@@ -174,3 +174,41 @@ def test_prefix_reuse_and_batched_candidates_under_unipc(demo_model):
     assert losses[0] == losses[1]
     assert losses[2] == pytest.approx(losses[0], rel=1e-5, abs=1e-12)
     assert evaluators[0].forwards < evaluators[1].forwards
+
+
+def test_surrogate_segments_and_its_exact_optimum(gmm):
+    """A segment to the end is the true loss of that mask (nothing after it), and the dynamic program's
+    mask has the smallest summed segment error of all masks (brute force)."""
+    import itertools
+
+    from budcache.search.surrogate import segment_errors, surrogate_mask
+
+    k, b = 8, 3
+    evaluate = Evaluator([Batch(OutputDenoiser(gmm), gmm.noise(6, 1))], linear_sigmas(k))
+    errors = segment_errors(evaluate, "repeat")
+    assert errors[None, 5, k] == pytest.approx(evaluate([1] * 6 + [0] * 2), rel=1e-6)
+    best = surrogate_mask(errors, k, b)
+
+    def total(mask):
+        nodes = [i for i in range(k) if mask[i]] + [k]
+        return sum(errors[None, i, j] for i, j in zip(nodes, nodes[1:]))
+
+    masks = [[1 if i == 0 or i in rest else 0 for i in range(k)] for rest in itertools.combinations(range(1, k), b - 1)]
+    assert total(best) == pytest.approx(min(total(m) for m in masks))
+    two = segment_errors(evaluate, "extrapolate")
+    assert sum(surrogate_mask(two, k, b, forced=(4,))) == b and surrogate_mask(two, k, b, forced=(4,))[4] == 1
+
+
+def test_fast_effort_is_deterministic_and_never_worse_than_its_start(gmm):
+    from budcache.search import EFFORTS, neighbours
+
+    evaluate = Evaluator([Batch(OutputDenoiser(gmm), gmm.noise(6, 2))], linear_sigmas(16))
+    config = EFFORTS["fast"]
+    first = anneal(evaluate, 5, config, progress=False)
+    again = anneal(Evaluator([Batch(OutputDenoiser(gmm), gmm.noise(6, 2))], linear_sigmas(16)), 5, config,
+                   progress=False)
+    assert first.mask == again.mask and first.loss == again.loss
+    assert first.loss <= first.history[0][1]  # climbed from the surrogate's optimum
+    free = tuple(range(1, 16))
+    assert all(evaluate(m) >= first.loss for m in neighbours(tuple(first.mask), free, reach=2))
+    assert len(neighbours(tuple(first.mask), free, reach=2)) < len(neighbours(tuple(first.mask), free))

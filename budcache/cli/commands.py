@@ -11,7 +11,7 @@ from pathlib import Path
 from ..align import AlignConfig, align, require_euler
 from ..evaluation import plots
 from ..plan import CachePlan
-from ..search import SearchConfig, search_source
+from ..search import search_source
 from .launch import check_source_options, open_source, rank_and_world
 from .options import parse_budgets, search_config
 
@@ -68,7 +68,7 @@ def cmd_compare(a: argparse.Namespace) -> None:
         print(f"wrote table.txt, results.csv and results.json to {a.out}/")
         return
     budgets = parse_budgets(a.budgets, a.steps)
-    config = SearchConfig(iterations=a.iterations, starts=a.starts, kicks=a.kicks, seed=a.seed)
+    config = search_config(a)
     with open_source(a, held_out=True, validation=False) as source:
         rows, images = compare.compare(source, budgets, tuple(a.rules), config, progress=not a.no_progress,
                                        align_epochs=a.align_epochs, magcache=a.magcache, max_state_mb=a.state_mb)

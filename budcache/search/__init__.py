@@ -6,7 +6,7 @@ any model source, :func:`search_plan` on an :class:`Evaluator`.
 """
 
 from .._stage import callable_module
-from .anneal import SearchConfig, SearchResult, anneal, check_budget, fixed_steps, neighbours
+from .anneal import EFFORTS, SearchConfig, SearchResult, anneal, check_budget, fixed_steps, neighbours
 from .evaluator import METRICS, Evaluator
 from .exhaustive import exhaustive
 from .frontier import grow, search_frontier
@@ -15,7 +15,7 @@ from ..sampling.denoisers import Batch
 from ..sampling.rules import decode, encode
 
 __all__ = [
-    "METRICS", "Batch", "Evaluator", "SearchConfig", "SearchResult", "anneal", "check_budget", "decode",
+    "EFFORTS", "METRICS", "Batch", "Evaluator", "SearchConfig", "SearchResult", "anneal", "check_budget", "decode",
     "encode", "exhaustive", "fixed_steps", "grow", "neighbours", "search", "search_frontier", "search_plan",
     "search_source",
 ]

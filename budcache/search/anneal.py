@@ -27,6 +27,7 @@ from ..plan import uniform_mask
 from .checkpoint import Checkpoint
 from ..sampling.rules import Schedule, decode, rule_code
 from .evaluator import Evaluator
+from .surrogate import segment_errors, surrogate_mask
 
 Mask = Schedule
 
@@ -50,6 +51,16 @@ class SearchConfig:
     flip_prob: float = 0.25
     checkpoint_every: int = 25  # evaluations between checkpoint writes (when the search has a checkpoint)
     batch_candidates: int = 1  # hill-climbing neighbours evaluated together in one batched forward
+    start: str = "uniform"  # the first start: "uniform", or "surrogate" (the teacher surrogate's optimum)
+    reach: int = 0  # hill climbing moves a computed step at most this far (0: the whole swap neighbourhood)
+
+
+EFFORTS: dict[str, SearchConfig] = {
+    # the teacher surrogate's optimum, then hill climbing by moves of at most 2 steps (no annealing)
+    "fast": SearchConfig(iterations=0, starts=1, kicks=0, start="surrogate", reach=2),
+    "default": SearchConfig(),
+    "thorough": SearchConfig(iterations=1000, starts=4, kicks=8),
+}
 
 
 @dataclass
@@ -90,11 +101,12 @@ def _split(mask: Mask, free: tuple[int, ...]) -> tuple[list[int], list[int]]:
     return [i for i in free if mask[i] == 1], [j for j in free if mask[j] != 1]
 
 
-def neighbours(mask: Mask, free: tuple[int, ...], flips: tuple[int, ...] = ()) -> list[Mask]:
-    """Every swap of a computed step with a reused step (both among the ``free`` steps), and
-    every rule flip of a reused step to one of the schedule codes ``flips``."""
+def neighbours(mask: Mask, free: tuple[int, ...], flips: tuple[int, ...] = (), reach: int = 0) -> list[Mask]:
+    """Every swap of a computed step with a reused step (both among the ``free`` steps; at most
+    ``reach`` steps apart when ``reach`` > 0, so the neighbourhood grows as B, not K * B), and every
+    rule flip of a reused step to one of the schedule codes ``flips``."""
     on, off = _split(mask, free)
-    out = [_swap(mask, i, j) for i in on for j in off]
+    out = [_swap(mask, i, j) for i in on for j in off if not reach or abs(i - j) <= reach]
     for j in off:
         out += [mask[:j] + (c,) + mask[j + 1:] for c in flips if c != mask[j]]
     return out
@@ -183,7 +195,12 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
                 if progress:
                     bar.set_description_str(f"{desc} (annealing, start {s + 1}/{config.starts})", refresh=False)
                 if s == 0:
-                    first = list(start) if start is not None else _uniform_start(k, budget, fixed)
+                    if start is not None:
+                        first = list(start)
+                    elif config.start == "surrogate":
+                        first = surrogate_mask(segment_errors(evaluate, evaluate.rule), k, budget, fixed)
+                    else:
+                        first = _uniform_start(k, budget, fixed)
                     if len(first) != k or sum(first) != budget or any(not first[f] for f in fixed):
                         raise SearchError(f"the start mask must have {k} steps, {budget} computed, steps {fixed} among them")
                     current: Mask = evaluate.schedule(first)
@@ -202,14 +219,14 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
                     ):
                         current, loss = cand, c_loss
                 if config.hill_climb:
-                    current, loss = _hill_climb(track, current, loss, free, flips, config.batch_candidates)
+                    current, loss = _hill_climb(track, current, loss, free, flips, config)
             if config.hill_climb and track.best is not None:
-                _hill_climb(track, track.best, track.best_loss, free, flips, config.batch_candidates)
+                _hill_climb(track, track.best, track.best_loss, free, flips, config)
                 for _ in range(config.kicks):  # iterated local search: perturb the best, climb again
                     kicked = track.best
                     for _ in range(3):
                         kicked = _propose(kicked, free, rng, config, flips) or kicked
-                    _hill_climb(track, kicked, track(kicked), free, flips, config.batch_candidates)
+                    _hill_climb(track, kicked, track(kicked), free, flips, config)
         except KeyboardInterrupt:
             interrupted = True
         finally:
@@ -229,14 +246,14 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
 
 
 def _hill_climb(track: _Tracker, mask: Mask, loss: float, free: tuple[int, ...], flips: tuple[int, ...],
-                group: int = 1) -> tuple[Mask, float]:
-    """Steepest descent over the whole swap/shift (and rule-flip) neighbourhood, to a local optimum;
-    ``group`` neighbours at a time share one batched forward."""
+                config: SearchConfig) -> tuple[Mask, float]:
+    """Steepest descent over the swap/shift (and rule-flip) neighbourhood within ``config.reach``, to a
+    local optimum; ``config.batch_candidates`` neighbours at a time share one batched forward."""
     if not track.bar.disable:
         track.bar.set_description_str(f"{track.desc} (hill climbing)", refresh=False)
     while True:
-        candidates = neighbours(mask, free, flips)
-        scored = list(zip(track.many(candidates, group), candidates))
+        candidates = neighbours(mask, free, flips, config.reach)
+        scored = list(zip(track.many(candidates, config.batch_candidates), candidates))
         if not scored:
             return mask, loss
         best_loss, best = min(scored)
