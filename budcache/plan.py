@@ -39,6 +39,7 @@ class SearchRecord:
     seconds: float = 0.0
     interrupted: bool = False
     solver: str | None = None  # the loop's step the plan was searched under (Euler, UniPCMultistep, ...)
+    effort: str | None = None  # the named search effort (fast, default, thorough) or custom
 
 
 @dataclass
@@ -167,7 +168,8 @@ class CachePlan:
                 + (f" ({r.solver})" if r.solver else "") + ": " + ", ".join(refs),
                 f"search  {r.evaluations} masks, {r.forwards} transformer forwards "
                 f"({r.forwards_without_prefix_reuse} without prefix reuse), {r.calibration_size} calibration "
-                f"samples, seed {r.seed}, {r.seconds:.1f}s" + (", interrupted" if r.interrupted else ""),
+                f"samples, seed {r.seed}, {r.seconds:.1f}s" + (f", effort {r.effort}" if r.effort else "")
+                + (", interrupted" if r.interrupted else ""),
             ]
         return "\n".join(lines)
 

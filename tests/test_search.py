@@ -212,3 +212,14 @@ def test_fast_effort_is_deterministic_and_never_worse_than_its_start(gmm):
     free = tuple(range(1, 16))
     assert all(evaluate(m) >= first.loss for m in neighbours(tuple(first.mask), free, reach=2))
     assert len(neighbours(tuple(first.mask), free, reach=2)) < len(neighbours(tuple(first.mask), free))
+
+
+def test_the_record_names_the_effort(gmm):
+    from budcache.search import EFFORTS
+
+    for name in ("fast", "default"):
+        evaluate = Evaluator([Batch(OutputDenoiser(gmm), gmm.noise(4, 3))], linear_sigmas(10))
+        plan, _ = search_plan(evaluate, 4, reuse="output", config=EFFORTS[name], progress=False)
+        assert plan.record.effort == name and f"effort {name}" in plan.describe()
+    plan, _ = search_plan(evaluate, 4, reuse="output", config=SearchConfig(iterations=7), progress=False)
+    assert plan.record.effort == "custom"

@@ -63,6 +63,16 @@ EFFORTS: dict[str, SearchConfig] = {
 }
 
 
+_EFFORT_FIELDS = ("iterations", "starts", "t_start", "t_end", "shift_prob", "hill_climb", "kicks", "flip_prob", "start",
+                  "reach")
+
+
+def effort_name(config: SearchConfig) -> str:
+    """The name of the effort ``config`` runs (its problem settings aside), or ``custom``."""
+    same = lambda c: all(getattr(c, f) == getattr(config, f) for f in _EFFORT_FIELDS)  # noqa: E731
+    return next((name for name, c in EFFORTS.items() if same(c)), "custom")
+
+
 @dataclass
 class SearchResult:
     mask: list[int]

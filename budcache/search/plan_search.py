@@ -15,7 +15,7 @@ from ..calibration.replay import pipeline_source
 from ..plan import CachePlan, SearchRecord, model_identity, uniform_mask
 from ..sampling.rules import encode
 from ..source import Source
-from .anneal import SearchConfig, SearchResult, anneal, check_budget
+from .anneal import SearchConfig, SearchResult, anneal, check_budget, effort_name
 from .checkpoint import Checkpoint, identity
 from .evaluator import Evaluator
 from .history import plot_history
@@ -93,6 +93,7 @@ def search_plan(
         seconds=round(result.seconds, 2),
         interrupted=result.interrupted,
         solver=evaluate.solver.name,
+        effort=effort_name(config),
     )
     plan = CachePlan(
         num_steps=k,
