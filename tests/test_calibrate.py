@@ -121,12 +121,12 @@ def test_capture_holds_conditioning_once_and_the_pipeline_latents():
 
 
 def test_plain_fewer_step_reference_is_the_pipelines_own_schedule():
-    """default_sigmas(B) is what the pipeline itself runs at B steps, and the record's Euler loss
+    """solver(B) runs the schedule the pipeline itself runs at B steps, and the record's Euler loss
     is the MSE of that B-step pipeline run to the K-step one."""
     pipe, prompts, kwargs, _ = _setup("flux-true-cfg")
     calib = calibrate(pipe, prompts, K, progress=False, **kwargs)
     short = calibrate(pipe, prompts, B, progress=False, **kwargs)
-    assert calib.default_sigmas(B) == pytest.approx(short.sigmas, abs=1e-6)
+    assert calib.solver(B).sigmas == pytest.approx(short.sigmas, abs=1e-6)
     plan = budcache.search(calib, B, config=QUICK, progress=False)
     errors = [(_run(pipe, p, kwargs, i, B) - _run(pipe, p, kwargs, i)).pow(2).mean().item() for i, p in enumerate(prompts)]
     assert plan.record.euler_objective == pytest.approx(sum(errors) / 2, rel=1e-3)

@@ -41,6 +41,9 @@ def test_search_a_saved_pipeline_from_the_command_line(tmp_path, capsys):
 def test_search_needs_prompts_for_a_pipeline(tmp_path):
     with pytest.raises(SystemExit, match="--prompts"):
         main(["search", "--pipeline", str(tmp_path), "--budget", "3", "--out", str(tmp_path / "p.json")])
+    with pytest.raises(SystemExit, match="own scheduler"):
+        main(["search", "--pipeline", str(tmp_path), "--scheduler", "unipc", "--prompts", str(tmp_path / "p.txt"),
+              "--budget", "3", "--out", str(tmp_path / "p.json")])
 
 
 def test_prompt_files(tmp_path):

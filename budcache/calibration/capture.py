@@ -165,10 +165,6 @@ class Calibration:
                              "the captured set_timesteps call; budcache cannot replay this pipeline")
         return solver
 
-    def default_sigmas(self, num_steps: int) -> list[float]:
-        """The pipeline's own schedule for ``num_steps`` steps (plain fewer-step sampling)."""
-        return [float(s) for s in self.scheduler(num_steps).sigmas]
-
 
 class _CaptureHook(ModelHook):
     """Records every call of a transformer: expert name, cache context, bound arguments."""

@@ -60,6 +60,9 @@ def check_source_options(a: argparse.Namespace, held_out: bool = False) -> None:
         if a.model != "demo":
             raise SystemExit(f"--model {a.model!r}: use --model demo, or --pipeline PATH_OR_ID for a diffusers model")
         return
+    if getattr(a, "scheduler", "euler") != "euler":
+        raise SystemExit(f"--scheduler {a.scheduler} chooses the demo model's solver; a --pipeline always runs its "
+                         "own scheduler (replace it in the pipeline's folder to search under another)")
     if a.prompts is None:
         raise SystemExit("--pipeline needs --prompts FILE (.txt, .jsonl or .csv) with calibration prompts")
     if held_out and getattr(a, "held_out_prompts", None) is None:

@@ -11,8 +11,9 @@ from collections.abc import Callable, Sequence
 import torch
 from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
-from .denoisers import VelocityFn
-from .loop import euler, linear_sigmas
+from .denoisers import OutputDenoiser, VelocityFn
+from .loop import euler, linear_sigmas, sample
+from .solver import SchedulerSolver
 
 FLOW = dict(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=1.0)
 SCHEDULERS: dict[str, Callable[[], object]] = {
@@ -34,11 +35,10 @@ def adams_bashforth2(fn: VelocityFn, x: torch.Tensor, sigmas: Sequence[float]) -
 
 
 def scheduler_sample(scheduler, fn: VelocityFn, x: torch.Tensor, num_steps: int) -> torch.Tensor:
-    """Run a diffusers flow-matching scheduler for ``num_steps`` model calls on its default schedule."""
+    """Run a diffusers flow-matching scheduler for ``num_steps`` model calls on its default schedule
+    (the one loop, stepping with the scheduler's own ``step``)."""
     scheduler.set_timesteps(num_steps)
-    for i, t in enumerate(scheduler.timesteps):
-        x = scheduler.step(fn(x, float(scheduler.sigmas[i])), t, x, return_dict=False)[0]
-    return x
+    return sample(OutputDenoiser(fn), x, SchedulerSolver(scheduler), [1] * num_steps, check_finite=False)
 
 
 def plain_solvers(fn: VelocityFn, x: torch.Tensor, nfe: int) -> dict[str, torch.Tensor]:

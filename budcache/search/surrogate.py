@@ -31,9 +31,8 @@ def _teacher_states(evaluate: Evaluator) -> list[list[State]]:
     for k in range(1, k_steps):
         stored = evaluate.states.get((1,) * k)
         if stored is None:
-            stored, _ = zip(*[advance(b.denoiser, [s], evaluate.solver, True, ["repeat"], evaluate.depth,
-                                      (k - 1) in evaluate.restarts) for b, s in zip(evaluate.batches, states[-1])])
-            stored = [s[0] for s in stored]
+            stored = [advance(b.denoiser, [s], evaluate.solver, True, ["repeat"], evaluate.depth,
+                              (k - 1) in evaluate.restarts)[0][0] for b, s in zip(evaluate.batches, states[-1])]
             evaluate.forwards += evaluate.samples
         states.append(list(stored))
     states.append([State(k_steps, t) for t in evaluate.teacher])
