@@ -1,10 +1,14 @@
-"""Search cost against plan quality: every named effort on the demo model (K=28, B in {6, 8, 10},
-repeat and extrapolate, 32 calibration samples) and on the Gaussian-mixture flow (K=20, exhaustive
-optimum known). Prints JSON and writes ``bench-out/search_cost.json``.
+"""Search cost against plan quality: the named efforts on the demo model (K=28, B in {6, 8, 10}, and
+with ``--k50`` K=50, B in {14, 20}; repeat and extrapolate; 32 calibration samples in batches of 8)
+and on the Gaussian-mixture flow (K=20, B in {6, 8, 10}, exhaustive optimum known, 10 noise seeds).
+Prints one JSON line per setting, writes ``bench-out/search_cost.json`` and the anytime plot
+``bench-out/search_cost.png`` (best objective against forwards per sample, per effort, B and rule).
 
-Forwards per sample count block-stack executions for one calibration sample, the teacher's
-included (a batched forward over n samples counts n). The reference objective is the best any
-effort found for that setting (``thorough`` with ``--thorough``), or the exhaustive optimum.
+Forwards per sample count block-stack executions for one calibration sample, the teacher's and the
+screening subsets' included (a batched forward over n samples counts n). The best-known objective
+is the lowest any effort run found for that setting (``--efforts ... long`` adds the long search,
+4 x 1000 proposals + 8 kicks) or the exhaustive optimum. With ``--held-out`` the default's and the best plan's PSNR
+against full compute on 100 held-out demo samples are compared.
 """
 
 from __future__ import annotations
@@ -16,55 +20,133 @@ from pathlib import Path
 
 import _root  # noqa: F401  (tests.fixtures)
 import torch
+from matplotlib.figure import Figure
 
 from budcache.demo.problem import demo_source
+from budcache.evaluation.compare import static_outputs
+from budcache.evaluation.metrics import psnr
 from budcache.search import EFFORTS, Batch, Evaluator, anneal, exhaustive
 from budcache.sampling import OutputDenoiser, linear_sigmas
 from tests.fixtures.gmm import GaussianMixtureFlow
 
 
-def run(make_evaluator, budget: int, rule: str, efforts: list[str]) -> dict:
+class Recording(Evaluator):
+    """An evaluator that records (forwards per sample, best loss so far) after every evaluation."""
+
+    def __init__(self, *args, **kwargs):
+        self.curve: list[tuple[float, float]] = []
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, mask) -> float:
+        loss = super().__call__(mask)
+        if self.root is self:
+            best = min(loss, self.curve[-1][1]) if self.curve else loss
+            self.curve.append((self.forwards / self.samples, best))
+        return loss
+
+
+def run(make, budget: int, efforts: list[str]) -> dict:
     out = {}
     for name in efforts:
-        evaluate = make_evaluator(rule)
+        evaluate = make()
         start = time.perf_counter()
         result = anneal(evaluate, budget, EFFORTS[name], progress=False)
         out[name] = {"loss": result.loss, "mask": "".join("#" if m else "." for m in result.mask),
-                     "forwards_per_sample": evaluate.forwards / evaluate.samples, "masks": evaluate.evaluations,
-                     "seconds": round(time.perf_counter() - start, 1)}
+                     "forwards_per_sample": round(evaluate.forwards / evaluate.samples, 1),
+                     "masks": evaluate.evaluations, "seconds": round(time.perf_counter() - start, 1),
+                     "curve": evaluate.curve[:: max(1, len(evaluate.curve) // 200)] + evaluate.curve[-1:]}
     return out
 
 
+def held_out_psnr(source, rule: str, masks: dict[str, str]) -> dict[str, float]:
+    full = static_outputs(source, "eval", source.solver, [1] * source.num_steps, rule)
+    return {name: round(psnr(static_outputs(source, "eval", source.solver, [int(c == "#") for c in m], rule), full), 3)
+            for name, m in masks.items()}
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    fig = Figure(figsize=(4 * 3, 3.2 * 3))
+    demo = [r for r in rows if r["model"] == "demo"]
+    gmm = [r for r in rows if r["model"] == "gmm" and r["seed"] == 0]
+    panels = demo + gmm
+    cols = 3
+    axes = fig.subplots((len(panels) + cols - 1) // cols, cols, squeeze=False).ravel()
+    for ax, row in zip(axes, panels):
+        for name in EFFORTS:
+            if name in row:
+                xs, ys = zip(*row[name]["curve"])
+                ax.step(xs, [y / row["best_known"] for y in ys], where="post", label=name)
+        ax.axhline(1.02, color="grey", lw=0.6, ls="--")
+        ax.set_xscale("log")
+        ax.set_ylim(0.99, 2.0)
+        ax.set_title(f"{row['model']} K={row['K']} B={row['B']} {row['rule']}", fontsize=9)
+        ax.set_xlabel("forwards per sample")
+        ax.set_ylabel("best / best known")
+    for ax in axes[len(panels):]:
+        ax.axis("off")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budgets", type=int, nargs="+", default=[6, 8, 10])
     p.add_argument("--calib", type=int, default=32)
-    p.add_argument("--thorough", action="store_true", help="also run the thorough effort (slow)")
+    p.add_argument("--efforts", nargs="+", choices=list(EFFORTS), default=["fast", "default", "thorough"],
+                   help="the efforts to run (long: the reference search, about an hour here)")
+    p.add_argument("--k50", action="store_true", help="also K=50, B in {14, 20}")
+    p.add_argument("--skip-k28", action="store_true")
+    p.add_argument("--held-out", action="store_true", help="held-out PSNR of the default's and the best plans")
+    p.add_argument("--skip-demo", action="store_true")
+    p.add_argument("--gmm-seeds", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("bench-out/search_cost.json"))
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    efforts = ["fast", "default"] + (["thorough"] if a.thorough else [])
+    efforts = a.efforts
+    settings = [] if a.skip_demo else ([] if a.skip_k28 else [(28, b) for b in a.budgets]) + (
+        [(50, 14), (50, 20)] if a.k50 else [])
     rows = []
-    with demo_source(28, a.calib, validation=0, held_out=0) as source:
-        for rule in ("repeat", "extrapolate"):
-            for b in a.budgets:
-                found = run(lambda r: Evaluator(source.batches("calib"), source.solver, rule=r), b, rule, efforts)
+
+    def emit(row: dict) -> None:
+        rows.append(row)
+        print(json.dumps({k: {f: x for f, x in v.items() if f != "curve"} if isinstance(v, dict) and "curve" in v
+                          else v for k, v in row.items()}), flush=True)
+
+    for k, b in settings:
+        with demo_source(k, a.calib, validation=0, held_out=100 if a.held_out else 0) as source:
+            for rule in ("repeat", "extrapolate"):
+                found = run(lambda: Recording(source.batches("calib"), source.solver, rule=rule), b, efforts)
                 best = min(v["loss"] for v in found.values())
-                rows.append({"model": "demo", "K": 28, "B": b, "rule": rule, "best_known": best,
-                             **{n: {**v, "ratio": v["loss"] / best} for n, v in found.items()}})
-                print(json.dumps(rows[-1]), flush=True)
+                row = {"model": "demo", "K": k, "B": b, "rule": rule, "best_known": best,
+                       **{n: {**v, "ratio": round(v["loss"] / best, 4)} for n, v in found.items()}}
+                if a.held_out:
+                    best_name = min(found, key=lambda n: found[n]["loss"])
+                    row["held_out_psnr"] = held_out_psnr(source, rule, {"default": found["default"]["mask"],
+                                                                         f"best ({best_name})": found[best_name]["mask"]})
+                emit(row)
     gmm = GaussianMixtureFlow()
-    for b in a.budgets:
-        def make(rule, noise=gmm.noise(64, 0)):
-            return Evaluator([Batch(OutputDenoiser(gmm), noise)], linear_sigmas(20), rule=rule)
-        optimum = exhaustive(make("repeat"), b, progress=False).loss
-        found = run(make, b, "repeat", efforts)
-        rows.append({"model": "gmm", "K": 20, "B": b, "rule": "repeat", "best_known": optimum,
-                     **{n: {**v, "ratio": v["loss"] / optimum} for n, v in found.items()}})
-        print(json.dumps(rows[-1]), flush=True)
+    for b in a.budgets if a.gmm_seeds else []:
+        for seed in range(a.gmm_seeds):
+            def make(noise=gmm.noise(64, seed)):
+                return Recording([Batch(OutputDenoiser(gmm), part) for part in noise.split(8)], linear_sigmas(20))
+            optimum = exhaustive(make(), b, progress=False).loss
+            found = run(make, b, [e for e in efforts if e != "long"])
+            emit({"model": "gmm", "K": 20, "B": b, "rule": "repeat", "seed": seed, "best_known": optimum,
+                  **{n: {**v, "ratio": round(v["loss"] / optimum, 4)} for n, v in found.items()}})
+    summary = {}
+    for r in rows:
+        key = f"{r['model']} K={r['K']} B={r['B']} {r['rule']}"
+        for n in efforts:
+            if n in r:
+                s = summary.setdefault(key, {}).setdefault(n, {"worst_ratio": 0.0, "max_forwards": 0.0})
+                s["worst_ratio"] = max(s["worst_ratio"], r[n]["ratio"])
+                s["max_forwards"] = max(s["max_forwards"], r[n]["forwards_per_sample"])
+    print(json.dumps({"summary": summary}, indent=1))
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"rows": rows}, indent=1))
+    a.out.write_text(json.dumps({"rows": rows, "summary": summary}, indent=1))
+    plot(rows, a.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":

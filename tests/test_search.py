@@ -1,3 +1,4 @@
+import dataclasses
 import itertools
 import math
 
@@ -8,6 +9,7 @@ from budcache.errors import SearchError
 from budcache.plan import uniform_mask
 from budcache.sampling import OutputDenoiser, linear_sigmas, sample
 from budcache.search import Batch, Evaluator, SearchConfig, anneal, exhaustive, neighbours, search_plan
+from budcache.search.anneal import _uniform_start
 
 K = 10
 
@@ -208,7 +210,7 @@ def test_fast_effort_is_deterministic_and_never_worse_than_its_start(gmm):
     again = anneal(Evaluator([Batch(OutputDenoiser(gmm), gmm.noise(6, 2))], linear_sigmas(16)), 5, config,
                    progress=False)
     assert first.mask == again.mask and first.loss == again.loss
-    assert first.loss <= first.history[0][1]  # climbed from the surrogate's optimum
+    assert first.loss <= first.history[0][1]  # climbed from the uniform mask (one batch: nothing to screen on)
     free = tuple(range(1, 16))
     assert all(evaluate(m) >= first.loss for m in neighbours(tuple(first.mask), free, reach=2))
     assert len(neighbours(tuple(first.mask), free, reach=2)) < len(neighbours(tuple(first.mask), free))
@@ -223,3 +225,62 @@ def test_the_record_names_the_effort(gmm):
         assert plan.record.effort == name and f"effort {name}" in plan.describe()
     plan, _ = search_plan(evaluate, 4, reuse="output", config=SearchConfig(iterations=7), progress=False)
     assert plan.record.effort == "custom"
+
+
+def batches_of(gmm, n=48, parts=6, seed=1, k=K):
+    x = gmm.noise(n, seed)
+    return Evaluator([Batch(OutputDenoiser(gmm), part) for part in x.chunk(parts)], linear_sigmas(k))
+
+
+def test_a_screening_subset_shares_the_teacher_and_counts_its_forwards_in_the_parent(gmm):
+    evaluate = batches_of(gmm)
+    teacher_forwards = evaluate.forwards
+    subset = evaluate.subset(1 / 3)
+    assert evaluate.subset(1.0) is None and evaluate.subset(1 / 3) is subset
+    assert len(subset.batches) == 2 and subset.batches == [evaluate.batches[0], evaluate.batches[3]]  # spread
+    assert evaluate.forwards == teacher_forwards  # no teacher of its own
+    mask = uniform_mask(K, 4)
+    alone = Evaluator(subset.batches, linear_sigmas(K))
+    assert subset(mask) == pytest.approx(alone(mask), rel=1e-6)
+    assert evaluate.forwards == teacher_forwards + subset.samples * 4 and evaluate.evaluations == 0
+
+
+def test_screened_hill_climbing_takes_only_confirmed_steps_and_costs_fewer_forwards(gmm):
+    k, budget = 14, 5
+    optimum = exhaustive(batches_of(gmm, k=k), budget, progress=False).loss
+    climb = SearchConfig(iterations=0, starts=1, kicks=0)
+    screened, full = batches_of(gmm, k=k), batches_of(gmm, k=k)
+    s = anneal(screened, budget, climb, progress=False)
+    f = anneal(full, budget, dataclasses.replace(climb, screen=1.0), progress=False)
+    uniform = screened(_uniform_start(k, budget, [0]))
+    # every accepted step was scored on the whole set: the loss only falls, from the uniform mask
+    losses = [h[1] for h in s.history]
+    assert s.loss <= uniform and losses[0] == uniform
+    assert screened.forwards < full.forwards
+    assert s.loss <= optimum * 1.05 and f.loss <= optimum * 1.05
+    for seed in range(2):  # the default effort (annealing + screened climbing) reaches the optimum
+        r = anneal(batches_of(gmm, k=k), budget, SearchConfig(seed=seed), progress=False)
+        assert r.loss <= optimum * 1.02
+
+
+def test_screening_options_are_checked(gmm):
+    with pytest.raises(SearchError, match="screen"):
+        anneal(batches_of(gmm), 4, SearchConfig(screen=0.0), progress=False)
+    with pytest.raises(SearchError, match="confirm"):
+        anneal(batches_of(gmm), 4, SearchConfig(confirm=0), progress=False)
+    with pytest.raises(SearchError, match="unknown start"):
+        anneal(batches_of(gmm), 4, SearchConfig(start=("best",)), progress=False)
+
+
+def test_a_checkpoint_keeps_the_screening_evaluations(gmm, tmp_path):
+    from budcache.search.checkpoint import Checkpoint
+
+    config = SearchConfig(iterations=20, kicks=1)
+    first = batches_of(gmm)
+    done = anneal(first, 4, config, progress=False, checkpoint=Checkpoint(tmp_path / "c.json", {}))
+    assert first.subsets and first.subsets[2].evaluations > 0
+    again = batches_of(gmm)
+    Checkpoint(tmp_path / "c.json", {}).restore(again)
+    restored = again.forwards
+    replay = anneal(again, 4, config, progress=False)
+    assert replay.mask == done.mask and again.forwards == restored  # nothing evaluated anew, screening included

@@ -14,6 +14,7 @@ from ..search import EFFORTS, SearchConfig
 DEMO_EFFORT = SearchConfig(iterations=100, starts=1, kicks=0)  # `demo`, `compare`, `frontier` must finish in minutes
 
 
+
 def add_source_options(p: argparse.ArgumentParser, calib: int = 16, held_out: bool = False,
                        validation: int | None = None) -> None:
     """``--model demo`` or ``--pipeline PATH_OR_ID`` with its prompts and call arguments."""
@@ -60,15 +61,21 @@ def add_search_options(p: argparse.ArgumentParser, effort: SearchConfig = Search
     """Search effort, reuse rule, prefix-state memory, optional checkpointing."""
     g = p.add_argument_group("search")
     g.add_argument("--effort", choices=sorted(EFFORTS), default=None,
-                   help="a named search effort: fast (the teacher surrogate's optimum, then short hill climbing; "
-                        "measured on the demo: the default's plan under repeat with 8-16x fewer forwards, not under "
-                        "extrapolate), default, thorough; --iterations/--starts/--kicks override it")
+                   help="a named search effort: fast (no annealing, screened hill climbing from two starts: about a "
+                        "tenth of the default's forwards, its plans only on smooth objectives), default (annealing + "
+                        "screened hill climbing + kicks), thorough (the same unscreened: 2-3x the forwards), long (the "
+                        "reference search); the options below override it")
     g.add_argument("--iterations", type=int, default=None,
                    help=f"annealing proposals per start (default {effort.iterations})")
     g.add_argument("--starts", type=int, default=None,
                    help=f"annealing starts: the first mask, then random ones (default {effort.starts})")
     g.add_argument("--kicks", type=int, default=None,
                    help=f"perturb-and-climb rounds after hill climbing (default {effort.kicks})")
+    g.add_argument("--reach", type=int, default=None,
+                   help=f"hill climbing moves a computed step at most this far, 0: anywhere (default {effort.reach})")
+    g.add_argument("--screen", type=float, default=None,
+                   help="share of the calibration prompts that ranks hill-climbing moves before the best "
+                        f"{effort.confirm} are scored on all of them; 1: no screening (default {effort.screen})")
     p.set_defaults(base_effort=effort)
     g.add_argument("--batch-candidates", type=int, default=1,
                    help="hill-climbing neighbours evaluated together in one batched forward (default 1: off)")
@@ -97,7 +104,7 @@ def add_progress_option(p: argparse.ArgumentParser) -> None:
 def search_config(a: argparse.Namespace) -> SearchConfig:
     """The named (or the command's) effort, with the options given on the command line."""
     base = EFFORTS[a.effort] if a.effort else a.base_effort
-    given = {k: getattr(a, k) for k in ("iterations", "starts", "kicks") if getattr(a, k) is not None}
+    given = {k: getattr(a, k) for k in ("iterations", "starts", "kicks", "reach", "screen") if getattr(a, k) is not None}
     return dataclasses.replace(base, **given, forced_prefix=a.forced_prefix, seed=a.seed,
                                rules=RULES if a.search_rules else (), hill_climb=base.hill_climb and not a.no_hill_climb,
                                checkpoint_every=getattr(a, "checkpoint_every", 25), batch_candidates=a.batch_candidates)

@@ -97,7 +97,7 @@ def demo_source(steps: int = 28, calibration: int = 16, validation: int | None =
             makers["residual"] = hooks.enter_context(demo_denoisers(model, "residual"))
 
         def batches(which: str, mode: str | None = None) -> list[Batch]:
-            return demo_batches(makers[mode or reuse], *inputs[which])
+            return demo_batches(makers[mode or reuse], *inputs[which], batch_size=64 if which == "eval" else 8)
 
         yield Source(solver=solver(steps), batches=batches, fewer=solver,
                      model=model.transformer, reuse=reuse, sets=tuple(inputs), images=unpack, score=score)

@@ -1,11 +1,15 @@
-"""Stage-1 search: simulated annealing on the budget manifold, then steepest-descent hill climbing.
+"""Stage-1 search: hill climbing on the budget manifold, screened on a share of the calibration
+set, optionally after simulated annealing.
 
 Moves keep ``sum(mask) == B``: *swap* exchanges a computed step with a reused one, *shift*
-moves a computed step to a free neighbour. Acceptance is Metropolis with a geometric
-temperature that is relative to the current loss (scale-free: a move that worsens the loss by
-a fraction ``d`` is accepted with probability ``exp(-d / T)``). Hill climbing then scans the
-whole swap neighbourhood (which contains every shift) until no neighbour improves, and a few
-*kicks* (three random moves from the best mask, then hill climbing again) escape local optima.
+moves a computed step to a free neighbour. Hill climbing is steepest descent over the swaps of
+at most ``reach`` steps (0: every swap); with ``screen`` < 1 every neighbour is first scored on
+that share of the calibration batches and only the ``confirm`` best are scored on all of them,
+so a step is taken only when the whole calibration set confirms it. Annealing, when
+``iterations`` > 0, proposes random moves under a Metropolis rule with a geometric temperature
+relative to the current loss (a move that worsens the loss by a fraction ``d`` is accepted with
+probability ``exp(-d / T)``), and a few *kicks* (three random moves from the best mask, then hill
+climbing again) escape local optima. The named :data:`EFFORTS` trade forwards for plan quality.
 
 With ``SearchConfig.rules`` the reuse rule of each reused step is searched jointly with the
 mask: candidates are schedules (per step: compute, or reuse with a rule), and a *flip* move
@@ -34,10 +38,11 @@ Mask = Schedule
 
 @dataclass
 class SearchConfig:
-    """Search effort and options. Step 0, the first ``forced_prefix`` steps and the ``forced``
-    steps (e.g. the first step of a second expert) always compute."""
+    """Search effort and options (the defaults are the ``default`` effort). Step 0, the first
+    ``forced_prefix`` steps and the ``forced`` steps (e.g. the first step of a second expert)
+    always compute."""
 
-    iterations: int = 300
+    iterations: int = 300  # annealing proposals per start
     starts: int = 2
     t_start: float = 0.05
     t_end: float = 1e-3
@@ -51,20 +56,31 @@ class SearchConfig:
     flip_prob: float = 0.25
     checkpoint_every: int = 25  # evaluations between checkpoint writes (when the search has a checkpoint)
     batch_candidates: int = 1  # hill-climbing neighbours evaluated together in one batched forward
-    start: str = "uniform"  # the first start: "uniform", or "surrogate" (the teacher surrogate's optimum)
+    start: tuple[str, ...] = ("uniform",)  # the first starts (then random ones): "uniform" mask,
+    # "surrogate": the teacher surrogate's optimum (see .surrogate)
     reach: int = 0  # hill climbing moves a computed step at most this far (0: the whole swap neighbourhood)
+    screen: float = 0.25  # share of the calibration batches that ranks hill-climbing neighbours (1: no screening)
+    confirm: int = 3  # the best screened neighbours scored on the whole calibration set
 
+
+STARTS = ("uniform", "surrogate")
 
 EFFORTS: dict[str, SearchConfig] = {
-    # the teacher surrogate's optimum, then hill climbing by moves of at most 2 steps (no annealing)
-    "fast": SearchConfig(iterations=0, starts=1, kicks=0, start="surrogate", reach=2),
+    # no annealing: screened hill climbing (moves of at most 2 steps) from the uniform mask and from the
+    # teacher surrogate's optimum; a tenth of the default's forwards, and its plans under smooth
+    # objectives (demo, repeat), not under rugged ones (extrapolate at B=10, the Gaussian mixture)
+    "fast": SearchConfig(iterations=0, kicks=0, reach=2, start=("uniform", "surrogate")),
+    # annealing (2 starts x 300 proposals), hill climbing screened on a quarter of the calibration set, 4 kicks
     "default": SearchConfig(),
-    "thorough": SearchConfig(iterations=1000, starts=4, kicks=8),
+    # the same unscreened (budcache's default before screening): 2-3x the default's forwards
+    "thorough": SearchConfig(screen=1.0),
+    # the long reference search (4 starts x 1000 proposals, 8 kicks, unscreened): the best-known objective
+    "long": SearchConfig(iterations=1000, starts=4, kicks=8, screen=1.0),
 }
 
 
 _EFFORT_FIELDS = ("iterations", "starts", "t_start", "t_end", "shift_prob", "hill_climb", "kicks", "flip_prob", "start",
-                  "reach")
+                  "reach", "screen", "confirm")
 
 
 def effort_name(config: SearchConfig) -> str:
@@ -186,13 +202,22 @@ class _Tracker:
 
 def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig(), progress: bool = True,
            checkpoint: Checkpoint | None = None, start: Sequence[int] | None = None) -> SearchResult:
-    """SA + HC from ``config.starts`` starts (``start`` or the uniform mask first, then random
-    ones); with a ``checkpoint`` the evaluations are saved as they come (see :mod:`.checkpoint`)."""
+    """SA + HC from ``config.starts`` starts (the named ``config.start`` ones, ``start`` replacing the
+    first, then random ones); with a ``checkpoint`` the evaluations are saved as they come (see :mod:`.checkpoint`)."""
     k = evaluate.num_steps
     check_budget(k, budget, config)
+    unknown = [name for name in config.start if name not in STARTS]
+    if unknown:
+        raise SearchError(f"unknown start {unknown[0]!r}; choose from {', '.join(STARTS)}")
     fixed = fixed_steps(k, config)
     free = tuple(i for i in range(k) if i not in fixed)
     flips = tuple(rule_code(r) for r in dict.fromkeys((evaluate.rule, *config.rules))) if config.rules else ()
+    if not 0 < config.screen <= 1:
+        raise SearchError(f"screen must be a share of the calibration set in (0, 1], got {config.screen}")
+    if config.confirm < 1:
+        raise SearchError(f"confirm must be at least 1, got {config.confirm}")
+    screen = evaluate.subset(config.screen)
+    climb = lambda m, loss: _hill_climb(track, m, loss, free, flips, config, screen)  # noqa: E731
     rng = random.Random(config.seed)
     start_time = time.perf_counter()
     total = config.starts * config.iterations
@@ -204,10 +229,10 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
             for s in range(config.starts):
                 if progress:
                     bar.set_description_str(f"{desc} (annealing, start {s + 1}/{config.starts})", refresh=False)
-                if s == 0:
-                    if start is not None:
+                if s < len(config.start):
+                    if s == 0 and start is not None:
                         first = list(start)
-                    elif config.start == "surrogate":
+                    elif config.start[s] == "surrogate":
                         first = surrogate_mask(segment_errors(evaluate, evaluate.rule), k, budget, fixed)
                     else:
                         first = _uniform_start(k, budget, fixed)
@@ -229,14 +254,14 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
                     ):
                         current, loss = cand, c_loss
                 if config.hill_climb:
-                    current, loss = _hill_climb(track, current, loss, free, flips, config)
+                    current, loss = climb(current, loss)
             if config.hill_climb and track.best is not None:
-                _hill_climb(track, track.best, track.best_loss, free, flips, config)
+                climb(track.best, track.best_loss)
                 for _ in range(config.kicks):  # iterated local search: perturb the best, climb again
                     kicked = track.best
                     for _ in range(3):
                         kicked = _propose(kicked, free, rng, config, flips) or kicked
-                    _hill_climb(track, kicked, track(kicked), free, flips, config)
+                    climb(kicked, track(kicked))
         except KeyboardInterrupt:
             interrupted = True
         finally:
@@ -256,13 +281,17 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
 
 
 def _hill_climb(track: _Tracker, mask: Mask, loss: float, free: tuple[int, ...], flips: tuple[int, ...],
-                config: SearchConfig) -> tuple[Mask, float]:
+                config: SearchConfig, screen: Evaluator | None = None) -> tuple[Mask, float]:
     """Steepest descent over the swap/shift (and rule-flip) neighbourhood within ``config.reach``, to a
-    local optimum; ``config.batch_candidates`` neighbours at a time share one batched forward."""
+    local optimum; ``config.batch_candidates`` neighbours at a time share one batched forward. With a
+    ``screen`` evaluator only the ``config.confirm`` neighbours it ranks best are scored in full."""
     if not track.bar.disable:
         track.bar.set_description_str(f"{track.desc} (hill climbing)", refresh=False)
     while True:
         candidates = neighbours(mask, free, flips, config.reach)
+        if screen is not None and len(candidates) > config.confirm:
+            ranked = sorted(zip(screen.many(candidates, config.batch_candidates), range(len(candidates))))
+            candidates = [candidates[i] for _, i in ranked[:config.confirm]]
         scored = list(zip(track.many(candidates, config.batch_candidates), candidates))
         if not scored:
             return mask, loss

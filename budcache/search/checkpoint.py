@@ -34,6 +34,14 @@ def identity(evaluate: Evaluator, budget: int, config: Any, model: Any = None) -
             "config": json.loads(json.dumps(settings, default=str))}
 
 
+def _table(saved: dict) -> dict[tuple[int, ...], float]:
+    return {tuple(int(c) for c in key.split(",")): float(loss) for key, loss in saved.items()}
+
+
+def _keys(memo: dict[tuple[int, ...], float]) -> dict[str, float]:
+    return {",".join(map(str, k)): v for k, v in memo.items()}
+
+
 class Checkpoint:
     def __init__(self, path: str | Path, ident: dict, every: int = 25):
         self.path, self.ident, self.every, self.saved_at = Path(path), ident, every, 0
@@ -45,7 +53,8 @@ class Checkpoint:
             data = json.loads(self.path.read_text())
             if data.get("format") != FORMAT:
                 raise ValueError(f"format {data.get('format')!r}")
-            memo = {tuple(int(c) for c in key.split(",")): float(loss) for key, loss in data["memo"].items()}
+            memo = _table(data["memo"])
+            subsets = {int(m): _table(table) for m, table in data.get("subsets", {}).items()}
             forwards = int(data["forwards"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise CheckpointError(f"{self.path}: not a readable search checkpoint ({e}); delete it to start afresh") from None
@@ -55,7 +64,7 @@ class Checkpoint:
             if data.get("identity", {}).get(field) != value:
                 raise CheckpointError(f"{self.path} was written for another search ({field} differs); delete it or "
                                 "search without --resume")
-        evaluate.load_state_dict({"memo": memo, "forwards": forwards})
+        evaluate.load_state_dict({"memo": memo, "forwards": forwards, "subsets": subsets})
         self.saved_at = len(memo)
         return len(memo)
 
@@ -69,7 +78,7 @@ class Checkpoint:
             return
         state = evaluate.state_dict()
         data = {"format": FORMAT, "identity": self.ident, "forwards": state["forwards"],
-                "memo": {",".join(map(str, k)): v for k, v in state["memo"].items()}}
+                "memo": _keys(state["memo"]), "subsets": {str(m): _keys(t) for m, t in state["subsets"].items()}}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
         try:

@@ -8,6 +8,7 @@ an evaluated one at step p resumes from step p instead of step 0.
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 
@@ -73,7 +74,10 @@ class Evaluator:
         self.memo: dict[Schedule, float] = {}
         self.states: OrderedDict[Schedule, list[State]] = OrderedDict()
         self.state_bytes = 0
-        self.forwards = 0  # block-stack executions, per calibration sample
+        self.forwards = 0  # block-stack executions summed over calibration samples (screening subsets included)
+        self.root = self  # the evaluator whose forwards this one counts (see subset)
+        self.subsets: dict[int, Evaluator] = {}
+        self._saved_subsets: dict[int, dict] = {}
         if teacher_sigmas is None:
             self.teacher = [s.x for s in self._run((1,) * self.num_steps)]
         else:
@@ -114,7 +118,7 @@ class Evaluator:
             x = sample(b.denoiser, b.noise, solver, mask, rules, restarts=self.restarts, depth=self.depth,
                        start=start, callback=lambda info: trail[info.step].append(info.state), check_finite=False)
             finals.append(State(len(key), x))
-        self.forwards += self.samples * sum(mask[starts[0].step:])
+        self.root.forwards += self.samples * sum(mask[starts[0].step:])
         if on_grid:
             for k in range(starts[0].step, len(key) - 1):
                 self._store(key[: k + 1], trail[k])
@@ -175,11 +179,29 @@ class Evaluator:
                     for c, state in zip(group, moved):
                         states[c][bi] = state
                 if compute:
-                    self.forwards += self.samples * len(group)
+                    self.root.forwards += self.samples * len(group)
             for c in active:
                 if k + 1 < self.num_steps:
                     self._store(keys[c][: k + 1], list(states[c]))
         return states
+
+    def subset(self, share: float) -> Evaluator | None:
+        """An evaluator on ``share`` of this one's calibration batches (at least one, spread evenly),
+        scoring against the same teacher (no forwards) and counting its forwards here; ``None`` when
+        the share would be every batch. Cheap screening of candidates (see ``SearchConfig.screen``)."""
+        n = len(self.batches)
+        m = max(1, round(n * share))
+        if m >= n:
+            return None
+        if m not in self.subsets:
+            picks = [round(i * n / m) for i in range(m)]
+            child = copy.copy(self)
+            child.batches, child.teacher = [self.batches[i] for i in picks], [self.teacher[i] for i in picks]
+            child.samples = sum(b.noise.shape[0] for b in child.batches)
+            child.memo, child.states, child.state_bytes, child.subsets = {}, OrderedDict(), 0, {}
+            child.memo.update(self._saved_subsets.get(m, {}))
+            self.subsets[m] = child
+        return self.subsets[m]
 
     def schedule_loss(self, sigmas: Sequence[float] | Solver) -> float:
         """Loss of plain Euler over another schedule (e.g. B evenly spaced steps), not memoized."""
@@ -187,13 +209,18 @@ class Evaluator:
         return self._loss(self._run((1,) * (len(solver.sigmas) - 1), solver))
 
     def state_dict(self) -> dict:
-        """What a checkpoint keeps: the memo table (schedule -> loss) and the forwards spent."""
-        return {"memo": dict(self.memo), "forwards": self.forwards}
+        """What a checkpoint keeps: the memo table (schedule -> loss), the screening subsets' tables
+        (by their number of batches) and the forwards spent."""
+        return {"memo": dict(self.memo), "forwards": self.forwards,
+                "subsets": {m: dict(child.memo) for m, child in self.subsets.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         """Answer the saved evaluations from memory from now on (see :mod:`.checkpoint`)."""
         self.memo.update(state["memo"])
         self.forwards = int(state["forwards"])
+        self._saved_subsets = {int(m): dict(memo) for m, memo in state.get("subsets", {}).items()}
+        for m, child in self.subsets.items():
+            child.memo.update(self._saved_subsets.get(m, {}))
 
     @property
     def evaluations(self) -> int:

@@ -7,7 +7,7 @@ head under residual reuse), no block-stack execution. With ``extrapolate`` a seg
 on the previous computed step h (the rule reads two entries: the teacher's at h and i). The
 surrogate of a mask is the sum of its segments' errors, and a dynamic program over the computed
 steps finds its exact minimum with B of K steps. It ranks masks approximately (errors propagate
-and do not add exactly): the search starts there (``SearchConfig(start="surrogate")``) and
+and do not add exactly): the default search starts there as well as at the uniform mask (``SearchConfig.start``) and
 climbs on the true objective.
 """
 
