@@ -39,9 +39,10 @@ _HOOK = "budcache_plan"
 _CONTEXT = "budcache_context"
 _INSIDE_COMPILE = (
     "budcache: the plan hook is being compiled with the transformer; torch.compile wrapped the transformer "
-    "after budcache.apply, so the plan cannot decide its steps outside the compiled region. Compile first, then "
-    "apply: pipe.transformer = torch.compile(pipe.transformer, ...); budcache.apply(pipe, plan) "
-    "(or compile only the blocks, pipe.transformer.compile_repeated_blocks(...), in either order)")
+    "after budcache.apply, so the plan cannot decide its steps outside the compiled region (fullgraph=False "
+    "would run it eagerly). Compile first, then apply: pipe.transformer = torch.compile(pipe.transformer, ...); "
+    "budcache.apply(pipe, plan) (or compile only the blocks, pipe.transformer.compile_repeated_blocks(...), "
+    "in either order)")
 
 
 class _Branch:
@@ -81,8 +82,8 @@ class _Run:
 
 
 class _ContextHook(ModelHook):
-    """Stateless: on a transformer wrapped by ``torch.compile`` it receives the pipeline's cache
-    context (set on the wrapped module's hooks) for the plan hook on the wrapper."""
+    """On a transformer wrapped by ``torch.compile``: receives the pipeline's cache context (which
+    diffusers sets on the wrapped module's stateful hooks) for the plan hook on the wrapper."""
 
     _is_stateful = True
 
@@ -218,8 +219,8 @@ class CacheHandle:
         self.remove()
 
 
-def _host_sigmas(scheduler: Any, original: Any, call: inspect.BoundArguments) -> list[float]:
-    """The sigmas ``original(*call.args, **call.kwargs)`` gave ``scheduler``, as Python floats read
+def _host_sigmas(scheduler: Any, call: inspect.BoundArguments) -> list[float]:
+    """The sigmas ``scheduler.set_timesteps(*call.args, **call.kwargs)`` gave, as Python floats read
     without a host-device synchronisation: from the scheduler where they live on the CPU, else from
     a copy of it that sets the same timesteps on the CPU."""
     if scheduler.sigmas.device.type == "cpu" or "device" not in call.signature.parameters:
@@ -246,7 +247,7 @@ def _wrap_set_timesteps(scheduler: Any, plan: CachePlan, run: _Run) -> None:
             plan.check_steps(int(asked))
         run.reset()
         result = original(*args, **kwargs)
-        sigmas = _host_sigmas(scheduler, original, call)
+        sigmas = _host_sigmas(scheduler, call)
         if plan.sigmas is not None:
             if len(sigmas) != len(plan.sigmas) or any(abs(a - b) > 1e-6 for a, b in zip(sigmas, plan.sigmas)):
                 want = torch.tensor(plan.sigmas, dtype=torch.float32, device=scheduler.sigmas.device)
