@@ -194,6 +194,9 @@ def measure(case: Case, plan: CachePlan, repeats: int) -> dict:
     out.update(full_s=full_s, plan_s=plan_s, speedup=full_s / plan_s, full_step_ms=full_step * 1e3,
                all_ones_s=ones_s, hook_overhead_ms_per_step=(ones_s - full_s) / K * 1e3)
     out["measured_over_ideal"] = out["speedup"] / out["ideal_speedup"]
+    if "plan_per_step_in_transformer_calls" in out:
+        out["syncs_added_per_step"] = (out["plan_per_step_in_transformer_calls"]
+                                       - out["full_per_step_in_transformer_calls"])
     return out
 
 
