@@ -1,20 +1,20 @@
-"""Block-stack residual caching through ``diffusers.hooks``, per transformer instance.
+"""Block-stack residual caching, per transformer instance (per-instance block ``forward`` overrides).
 
-Each block list of a transformer (FLUX: double blocks, then single blocks) is a *segment*: a
-head hook on its first block and a tail hook on its last (the layout of diffusers' MagCache /
-FirstBlockCache). On a computed step every segment runs, its head keeps its inputs and its tail
-its outputs, and the residual ``out - in`` of each stream the blocks return (image, and text or
-audio where they return it) is assembled after the call. On a reused step each head returns
-``in + residual`` (split per segment before the call) and every later block of the segment
-passes its inputs through, so the input embedding, whatever the transformer does between
-segments and the timestep-modulated output head still run at the current x and sigma while
+Each block list of a transformer (FLUX: double blocks, then single blocks) is a *segment*, opened
+by its first block (the head; the layout of diffusers' MagCache / FirstBlockCache). On a computed
+step every segment runs, its head keeps its input streams and every block records its output
+streams (so the last block's are kept), and the residual ``out - in`` of each stream the blocks
+return (image, and text or audio where they return it) is assembled after the call. On a reused
+step each head returns ``in + residual`` (split per segment before the call) and every later block
+of the segment passes its inputs through, so the input embedding, whatever the transformer does
+between segments and the timestep-modulated output head still run at the current x and sigma while
 all blocks are skipped. The residuals of one call travel as one tensor ``(batch, n)``, so a
 reuse rule can extrapolate them. Which step computes is decided by the caller (a mask), never
 by a threshold. Block return layouts come from diffusers' ``TransformerBlockRegistry``, or from
 the ``blocks`` rows of :mod:`budcache.families` for classes it lacks or describes wrongly.
 
-The hooks stay traceable by ``torch.compile`` (``fullgraph=True``, blocks compiled regionally or the
-whole transformer): inside a block they read only ``mode`` and their place in the stack.
+The overrides stay traceable by ``torch.compile`` (``fullgraph=True``, blocks compiled regionally or
+the whole transformer): inside a block they read only ``mode`` and their segment.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from diffusers.hooks._common import _ALL_TRANSFORMER_BLOCK_IDENTIFIERS
 from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 
 from ..families import OWN_BLOCKS
+
 
 @dataclass
 class Segment:
