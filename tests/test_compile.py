@@ -8,14 +8,14 @@ import torch
 import budcache
 from budcache.plan import CachePlan, uniform_mask
 from tests.fixtures.compiled import CountingBackend, compile_pipe, record_syncs_in_calls
-from tests.fixtures.tiny import tiny_flux_pipeline, tiny_wan_pipeline
+from tests.fixtures.tiny import tiny_flux_pipeline, tiny_flux_transformer, tiny_wan_pipeline
 from tests.fixtures.tiny_families import wan22_call_kwargs, wan22_pipeline
 
 K = 6
 
 
 def flux():
-    pipe = tiny_flux_pipeline()
+    pipe = tiny_flux_pipeline(tiny_flux_transformer(layers=3))  # heads and other blocks, in two segments
     kwargs = dict(prompt_embeds=torch.ones(1, 8, 32), pooled_prompt_embeds=torch.ones(1, 32), height=8, width=8,
                   output_type="pt")
     return pipe, kwargs, "images"
