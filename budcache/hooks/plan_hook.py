@@ -9,16 +9,25 @@ interrupted one) clears all caches; each expert keeps one cache per branch: its 
 A transformer used without a scheduler counts its calls per branch, restarting on a timestep
 that repeats or turns back. Another batch size also restarts a branch, so stale cache is never
 reused. A plan with ``sigmas`` makes the scheduler produce exactly those sigmas.
+
+Compiled transformers: inside a pipeline every decision is host-side Python data known before the
+call (the step from the scheduler's ``step_index``, the sigmas copied to the host when the scheduler
+sets its timesteps), so the plan adds no host-device synchronisation and the compiled regions only
+see the mode of the block-stack hooks (one graph per mode). The plan hook itself must stay outside
+the compiled region: compile the blocks (``compile_repeated_blocks``, before or after ``apply``) or
+wrap the whole transformer (``pipe.transformer = torch.compile(pipe.transformer)``) before ``apply``.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 from typing import Any
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.hooks import StateManager
 
 from ..plan import CachePlan, PlanError
 from ..sampling.rules import history_depth, predict, remember
@@ -27,6 +36,13 @@ from .experts import context_name, contexts, experts, input_positions, step_inde
 from .override import override, restore
 
 _HOOK = "budcache_plan"
+_CONTEXT = "budcache_context"
+_INSIDE_COMPILE = (
+    "budcache: the plan hook is being compiled with the transformer; torch.compile wrapped the transformer "
+    "after budcache.apply, so the plan cannot decide its steps outside the compiled region (fullgraph=False "
+    "would run it eagerly). Compile first, then apply: pipe.transformer = torch.compile(pipe.transformer, ...); "
+    "budcache.apply(pipe, plan) (or compile only the blocks, pipe.transformer.compile_repeated_blocks(...), "
+    "in either order)")
 
 
 class _Branch:
@@ -52,6 +68,7 @@ class _Run:
         self.branches: dict[tuple[str, str], _Branch] = {}
         self.counts: dict[str, dict[str, int]] = {}
         self.step, self.calls_in_step = None, 0
+        self.sigmas: list[float] | None = None  # the scheduler's sigmas on the host, set with its timesteps
 
     def branch(self, expert: str, name: str) -> _Branch:
         return self.branches.setdefault((expert, name), _Branch())
@@ -64,23 +81,43 @@ class _Run:
         return key
 
 
+class _ContextHook(ModelHook):
+    """On a transformer wrapped by ``torch.compile``: receives the pipeline's cache context (which
+    diffusers sets on the wrapped module's stateful hooks) for the plan hook on the wrapper."""
+
+    _is_stateful = True
+
+    def __init__(self, manager: StateManager):
+        super().__init__()
+        self.contexts = manager
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        return module
+
+
 class _PlanHook(ModelHook):
     _is_stateful = True
 
-    def __init__(self, plan: CachePlan, stack: residual.StackState | None, scheduler: Any, expert: str, run: _Run):
+    def __init__(self, plan: CachePlan, stack: residual.StackState | None, scheduler: Any, expert: str, run: _Run,
+                 model: type):
         super().__init__()
         self.plan, self.stack, self.scheduler, self.expert, self.run = plan, stack, scheduler, expert, run
         self.rules, self.depth = plan.step_rules, history_depth(plan.step_rules)
         self.contexts = contexts()  # receives the pipeline's cache_context name
         self.container: type = tuple
         self.in_pipeline = scheduler is not None and hasattr(scheduler, "step_index") and hasattr(scheduler, "sigmas")
+        self.positions = input_positions(model)
 
-    def _inputs(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[float, int]:
-        """The call's timestep (``timestep`` or ``t``) and batch size."""
-        hidden_name, t_name, t_index = input_positions(type(module))
-        t = kwargs[t_name] if t_name in kwargs else args[t_index]
+    def _inputs(self, args: tuple, kwargs: dict) -> tuple[float | None, int]:
+        """The call's timestep (``timestep`` or ``t``; None inside a pipeline, which needs none: reading
+        a device tensor would synchronise) and batch size."""
+        hidden_name, t_name, t_index = self.positions
         hidden = args[0] if args else kwargs[hidden_name]
-        return float(torch.as_tensor(t).flatten()[0]), hidden.shape[0] if torch.is_tensor(hidden) else len(hidden)
+        batch = hidden.shape[0] if torch.is_tensor(hidden) else len(hidden)
+        if self.in_pipeline:
+            return None, batch
+        t = kwargs[t_name] if t_name in kwargs else args[t_index]
+        return float(torch.as_tensor(t).flatten()[0]), batch
 
     def _locate(self, t: float) -> tuple[int, str, _Branch, float]:
         """(step, branch name, branch state, the sigma rules extrapolate in) of this call."""
@@ -91,7 +128,8 @@ class _PlanHook(ModelHook):
             run.calls_in_step = run.calls_in_step + 1 if k == run.step else 1
             run.step = k
             name = context or ("default" if run.calls_in_step == 1 else f"call{run.calls_in_step}")
-            return k, name, run.branch(self.expert, name), float(self.scheduler.sigmas[k])
+            sigma = run.sigmas[k] if run.sigmas is not None else float(self.scheduler.sigmas[k])
+            return k, name, run.branch(self.expert, name), sigma
         name = context or "default"
         state = run.branch(self.expert, name)
         d = t - state.last_t if state.step else 0.0
@@ -100,7 +138,9 @@ class _PlanHook(ModelHook):
         return state.step, name, state, t
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
-        t, batch = self._inputs(module, args, kwargs)
+        if torch.compiler.is_compiling():
+            raise RuntimeError(_INSIDE_COMPILE)
+        t, batch = self._inputs(args, kwargs)
         k, name, state, sigma = self._locate(t)
         if batch != state.batch:
             state.reset()
@@ -117,7 +157,8 @@ class _PlanHook(ModelHook):
                     out = self.fn_ref.original_forward(*args, **kwargs)
                     self.container = type(out)
                     sample = out[0] if isinstance(out, tuple) else out.sample
-                    state.history = remember(state.history, sigma, sample, self.depth)
+                    # a copy: a compiled model's output may live in memory its next call reuses (CUDA graphs)
+                    state.history = remember(state.history, sigma, sample.clone(), self.depth)
                 else:
                     cached = predict(state.history, sigma, self.rules[k])
                     out = (cached,) if issubclass(self.container, tuple) else self.container(sample=cached)
@@ -130,7 +171,7 @@ class _PlanHook(ModelHook):
             state.reset()
             raise
         key = self.run.count(self.expert, name, compute)
-        if state.step == 1:
+        if state.step == 1 and t is not None:
             state.direction = t - state.last_t
         state.step, state.last_t, state.batch = k + 1, t, batch
         if k + 1 == self.plan.num_steps:  # a generation finished
@@ -158,12 +199,15 @@ class CacheHandle:
 
     def remove(self) -> None:
         for module in self.experts.values():
-            registry = getattr(module, "_diffusers_hook", None)
+            model = _unwrapped(module)
+            registry = vars(module).get("_diffusers_hook")
             if registry is not None and registry.get_hook(_HOOK) is not None:
                 hook = registry.get_hook(_HOOK)
                 registry.remove_hook(_HOOK, recurse=False)
                 if hook.stack is not None:
-                    residual.uninstall(module)
+                    residual.uninstall(model)
+            if model is not module:
+                HookRegistry.check_if_exists_or_initialize(model).remove_hook(_CONTEXT, recurse=False)
             vars(module).pop("_budcache_handle", None)
         if self.scheduler is not None:
             restore(self.scheduler, "set_timesteps")
@@ -175,26 +219,42 @@ class CacheHandle:
         self.remove()
 
 
+def _host_sigmas(scheduler: Any, call: inspect.BoundArguments) -> list[float]:
+    """The sigmas ``scheduler.set_timesteps(*call.args, **call.kwargs)`` gave, as Python floats read
+    without a host-device synchronisation: from the scheduler where they live on the CPU, else from
+    a copy of it that sets the same timesteps on the CPU."""
+    if scheduler.sigmas.device.type == "cpu" or "device" not in call.signature.parameters:
+        return scheduler.sigmas.tolist()
+    twin = copy.deepcopy(scheduler)  # the copy has the class's own set_timesteps (see override)
+    call.arguments["device"] = "cpu"
+    twin.set_timesteps(*call.args, **call.kwargs)
+    return twin.sigmas.tolist()
+
+
 def _wrap_set_timesteps(scheduler: Any, plan: CachePlan, run: _Run) -> None:
-    """Per instance: refuse another step count, start a new generation, and (for a plan with
-    ``sigmas``) make the schedule exactly the plan's; when the scheduler's own schedule already
-    equals them, its timesteps are kept as they are."""
+    """Per instance: refuse another step count, start a new generation, keep the sigmas on the host,
+    and (for a plan with ``sigmas``) make the schedule exactly the plan's; when the scheduler's own
+    schedule already equals them, its timesteps are kept as they are."""
     original = scheduler.set_timesteps
     train = scheduler.config.get("num_train_timesteps", 1000)
 
     def set_timesteps(*args, **kwargs):
-        bound = inspect.signature(original).bind(*args, **kwargs).arguments
+        call = inspect.signature(original).bind(*args, **kwargs)
+        bound = call.arguments
         asked = next((len(bound[n]) for n in ("sigmas", "timesteps") if bound.get(n) is not None),
                      bound.get("num_inference_steps"))
         if asked is not None:
             plan.check_steps(int(asked))
         run.reset()
         result = original(*args, **kwargs)
+        sigmas = _host_sigmas(scheduler, call)
         if plan.sigmas is not None:
-            want = torch.tensor(plan.sigmas, dtype=torch.float32, device=scheduler.sigmas.device)
-            if scheduler.sigmas.shape != want.shape or not torch.allclose(scheduler.sigmas.float(), want, atol=1e-6):
+            if len(sigmas) != len(plan.sigmas) or any(abs(a - b) > 1e-6 for a, b in zip(sigmas, plan.sigmas)):
+                want = torch.tensor(plan.sigmas, dtype=torch.float32, device=scheduler.sigmas.device)
                 scheduler.sigmas = want
                 scheduler.timesteps = want[:-1] * train
+            sigmas = list(plan.sigmas)
+        run.sigmas = sigmas
         return result
 
     override(scheduler, "set_timesteps", functools.wraps(original)(set_timesteps))
@@ -208,22 +268,47 @@ def _check_boundary(pipe: Any, plan: CachePlan) -> None:
                         f"{boundary}; search a plan for this set-up")
 
 
+def _unwrapped(module: torch.nn.Module) -> torch.nn.Module:
+    """The transformer itself, also when ``torch.compile`` wrapped it (an ``OptimizedModule``)."""
+    return getattr(module, "_orig_mod", module)
+
+
+def _check_compiled(modules: dict[str, torch.nn.Module]) -> None:
+    for module in modules.values():
+        if getattr(_unwrapped(module), "_compiled_call_impl", None) is not None:
+            raise RuntimeError(
+                f"budcache: this {type(_unwrapped(module)).__name__} was compiled whole in place (module.compile()), "
+                "where the plan cannot run outside the compiled region; compile its blocks instead "
+                "(pipe.transformer.compile_repeated_blocks(...)), or wrap it before applying the plan: "
+                "pipe.transformer = torch.compile(pipe.transformer, ...); budcache.apply(pipe, plan)")
+
+
 def apply(pipe: Any, plan: CachePlan) -> CacheHandle:
-    """Install ``plan`` on ``pipe``'s transformer(s) (or on a transformer passed directly)."""
+    """Install ``plan`` on ``pipe``'s transformer(s) (or on a transformer passed directly).
+
+    A transformer wrapped by ``torch.compile`` gets the plan hook on the wrapper, outside the compiled
+    region, and the block-stack hooks inside it; regionally compiled blocks work in either order."""
     modules = experts(pipe) or {"transformer": pipe}
     scheduler = getattr(pipe, "scheduler", None)
-    plan.check_model(modules["transformer"])
+    plan.check_model(_unwrapped(modules["transformer"]))
     if scheduler is not None:
         _check_boundary(pipe, plan)
     if any(getattr(m, "_budcache_handle", None) is not None for m in modules.values()):
         raise RuntimeError("a budcache plan is already applied to this pipeline; remove() it first")
+    _check_compiled(modules)
     run = _Run(len(modules))
-    reuse = residual.reuse_for(modules["transformer"], plan.reuse)
+    reuse = residual.reuse_for(_unwrapped(modules["transformer"]), plan.reuse)
     handle = CacheHandle(modules, run, scheduler, plan)
     for name, module in modules.items():
-        stack = residual.install(module) if reuse == "residual" else None
-        HookRegistry.check_if_exists_or_initialize(module).register_hook(_PlanHook(plan, stack, scheduler, name, run), _HOOK)
-        module._budcache_handle = handle
+        model = _unwrapped(module)
+        stack = residual.install(model) if reuse == "residual" else None
+        hook = _PlanHook(plan, stack, scheduler, name, run, type(model))
+        if model is not module:  # the pipeline sets its cache context on the wrapped module's hooks
+            HookRegistry.check_if_exists_or_initialize(model).register_hook(_ContextHook(hook.contexts), _CONTEXT)
+        # in the instance's own dict: a torch.compile wrapper forwards attribute writes to the wrapped module
+        registry = vars(module).setdefault("_diffusers_hook", HookRegistry(module))
+        registry.register_hook(hook, _HOOK)
+        vars(module)["_budcache_handle"] = handle
     if scheduler is not None and hasattr(scheduler, "set_timesteps"):
         _wrap_set_timesteps(scheduler, plan, run)
     return handle

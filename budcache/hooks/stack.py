@@ -1,79 +1,128 @@
-"""Block-stack residual caching through ``diffusers.hooks``, per transformer instance.
+"""Block-stack residual caching, per transformer instance (per-instance block ``forward`` overrides).
 
-Each block list of a transformer (FLUX: double blocks, then single blocks) is a *segment*: a
-head hook on its first block and a tail hook on its last (the layout of diffusers' MagCache /
-FirstBlockCache). On a computed step every segment runs and its tail stores the residual
-``out - in`` of each stream its blocks return (image, and text or audio where they return it).
-On a reused step each head returns ``in + residual`` and every later block of the segment
-passes its inputs through, so the input embedding, whatever the transformer does between
-segments and the timestep-modulated output head still run at the current x and sigma while
+Each block list of a transformer (FLUX: double blocks, then single blocks) is a *segment*, opened
+by its first block (the head; the layout of diffusers' MagCache / FirstBlockCache). On a computed
+step every segment runs, its head keeps its input streams and every block records its output
+streams (so the last block's are kept), and the residual ``out - in`` of each stream the blocks
+return (image, and text or audio where they return it) is assembled after the call. On a reused
+step each head returns ``in + residual`` (split per segment before the call) and every later block
+of the segment passes its inputs through, so the input embedding, whatever the transformer does
+between segments and the timestep-modulated output head still run at the current x and sigma while
 all blocks are skipped. The residuals of one call travel as one tensor ``(batch, n)``, so a
 reuse rule can extrapolate them. Which step computes is decided by the caller (a mask), never
 by a threshold. Block return layouts come from diffusers' ``TransformerBlockRegistry``, or from
 the ``blocks`` rows of :mod:`budcache.families` for classes it lacks or describes wrongly.
+
+The overrides stay traceable by ``torch.compile`` (``fullgraph=True``, blocks compiled regionally or
+the whole transformer): inside a block they read only ``mode`` and their segment.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks._common import _ALL_TRANSFORMER_BLOCK_IDENTIFIERS
 from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 
 from ..families import OWN_BLOCKS
 
-_HEAD = "budcache_stack_head"
-_BLOCK = "budcache_stack_block"
+
+@dataclass
+class Segment:
+    """One block list in one call: its head's input streams and its tail's output streams (a
+    computed call), or each stream's cached residual (a reused call; None: the stream passes
+    through); ``shapes``: each stream's residual shape (None: not cached) of the last computed call."""
+
+    inputs: list | None = None
+    outputs: list | None = None
+    pieces: list | None = None
+    shapes: list | None = None
 
 
 @dataclass
 class StackState:
     """What the hooks of one transformer share. ``mode`` is ``compute`` or ``reuse``; ``residual``
-    holds every segment's stream residuals of the last computed call, flattened per sample."""
+    holds every segment's stream residuals of the last computed call, flattened per sample.
 
+    What changes from call to call is prepared before the call (the residual, split per segment) and
+    assembled after it (the residual of a computed call), outside the blocks: inside them the hooks
+    branch only on ``mode`` and on their segment, so that compiled blocks or a compiled transformer
+    trace one graph per mode without a graph break."""
+
+    segments: list[Segment] = field(default_factory=list)
     mode: str = "compute"
-    residual: torch.Tensor | None = None
     executions: int = 0
-    inputs: list = field(default_factory=list)  # head inputs of the open segment (compute)
-    parts: list = field(default_factory=list)  # residual pieces so far (compute)
-    offset: int = 0  # columns of ``residual`` consumed so far (reuse)
-    shapes: dict[int, list] = field(default_factory=dict)  # per segment: each stream's residual shape, or None
+    _residual: torch.Tensor | None = None
 
     def reset(self) -> None:
-        self.mode, self.residual, self.inputs, self.parts, self.offset = "compute", None, [], [], 0
+        self.mode, self._residual = "compute", None
+        for segment in self.segments:
+            segment.inputs = segment.outputs = segment.pieces = None
+
+    @property
+    def residual(self) -> torch.Tensor | None:
+        """The residual reused (``reuse``) or, after a computed call, the one it produced."""
+        if self._residual is None and self.mode == "compute" and self.segments and self.segments[-1].outputs:
+            self._residual = self._assemble()
+        return self._residual
 
     @contextmanager
     def step(self, residual: torch.Tensor | None = None) -> Iterator[StackState]:
         """One transformer call: computing (``residual`` None; read ``.residual`` before leaving), or
         reusing ``residual``; the state is reset afterwards, also when the call raises."""
-        self.mode, self.residual = ("compute", None) if residual is None else ("reuse", residual)
         try:
+            if residual is not None:
+                self._split(residual)
+                self.mode, self._residual = "reuse", residual
             yield self
         finally:
+            self.executions += self.mode == "compute" and bool(self.segments) and self.segments[0].inputs is not None
             self.reset()
 
-    def add(self, stream: torch.Tensor, shape: torch.Size | None) -> torch.Tensor:
-        """``stream`` plus its next residual piece of ``shape`` (reuse); None: passes through."""
-        if shape is None:
-            return stream
-        n = shape[1:].numel()
-        if self.residual is not None:  # the stream layout is structural; the batch is the cached one's
-            shape = torch.Size((self.residual.shape[0], *shape[1:]))
-        if self.residual is None or self.offset + n > self.residual.shape[1] \
-                or torch.broadcast_shapes(stream.shape, shape) != shape:
-            raise RuntimeError(
-                "budcache: no cached residual matching this step's block inputs "
-                f"(cached {None if self.residual is None else tuple(self.residual.shape)}, stream {tuple(stream.shape)}); "
-                "the step must compute: the first step, and every step where the transformer's inputs change shape"
-            )
-        piece = self.residual[:, self.offset : self.offset + n]
-        self.offset += n
-        return stream + piece.reshape(shape).to(stream.device, stream.dtype)
+    def _assemble(self) -> torch.Tensor:
+        """The residual ``out - in`` of every stream the segments keep, from a computed call."""
+        parts = []
+        for segment in self.segments:
+            outs, ins = segment.outputs, segment.inputs
+            # a second stream may be dropped (SD3's last block) or broadcast (FLUX text under batch > 1):
+            # then it is not cached and passes through on reuse
+            kept = [torch.is_tensor(o) and torch.is_tensor(i) and o.shape == i.shape for o, i in zip(outs, ins)]
+            if not kept[0]:
+                raise RuntimeError("budcache: a block list of this transformer changes the shape of its streams; "
+                                   "it cannot be cached as a residual, use reuse='output'")
+            segment.shapes = [o.shape if k else None for k, o in zip(kept, outs)]
+            parts += [(o - i).flatten(1) for k, o, i in zip(kept, outs, ins) if k]
+        return torch.cat(parts, dim=1)
+
+    def _split(self, residual: torch.Tensor) -> None:
+        """``residual`` as one piece per segment and stream, in the shapes of the last computed call
+        (the batch is the cached one's)."""
+        offset = 0
+        for segment in self.segments:
+            if segment.shapes is None:
+                raise _no_residual(residual, None)
+            segment.pieces = []
+            for shape in segment.shapes:
+                n = 0 if shape is None else shape[1:].numel()
+                segment.pieces.append(None if shape is None else
+                                      residual[:, offset : offset + n].reshape(residual.shape[0], *shape[1:]))
+                offset += n
+        if offset > residual.shape[1]:
+            raise _no_residual(residual, None)
+
+
+def _no_residual(residual: torch.Tensor | None, stream: torch.Tensor | None) -> RuntimeError:
+    return RuntimeError(
+        "budcache: no cached residual matching this step's block inputs "
+        f"(cached {None if residual is None else tuple(residual.shape)}, "
+        f"stream {None if stream is None else tuple(stream.shape)}); "
+        "the step must compute: the first step, and every step where the transformer's inputs change shape"
+    )
 
 
 def _streams(meta: TransformerBlockMetadata, args: tuple, kwargs: dict, output=None) -> list:
@@ -89,6 +138,15 @@ def _streams(meta: TransformerBlockMetadata, args: tuple, kwargs: dict, output=N
     return [hidden, meta._get_parameter_from_args_kwargs(meta.encoder_hidden_states_argument_name, args, kwargs)]
 
 
+def _add(stream: torch.Tensor, piece: torch.Tensor | None) -> torch.Tensor:
+    """``stream`` plus its cached residual ``piece`` (None: the stream passes through)."""
+    if piece is None:
+        return stream
+    if torch.broadcast_shapes(stream.shape, piece.shape) != piece.shape:
+        raise _no_residual(piece, stream)
+    return stream + piece.to(stream.device, stream.dtype)
+
+
 def _pack(meta: TransformerBlockMetadata, streams: list):
     """A block's return value, in its registered layout."""
     if meta.return_encoder_hidden_states_index is None:
@@ -99,45 +157,48 @@ def _pack(meta: TransformerBlockMetadata, streams: list):
     return tuple(out)
 
 
-class _StackHook(ModelHook):
-    """Hook on a block of a segment; the head opens the segment, the tail closes it."""
+class _BlockHook:
+    """The per-instance ``forward`` of one block of a segment (the head opens it; every block
+    records its output streams, so that the tail's are the segment's).
 
-    def __init__(self, state: StackState, meta: TransformerBlockMetadata, segment: int, head: bool, tail: bool,
-                 first: bool, last: bool):
-        super().__init__()
-        self.state, self.meta, self.segment, self.head, self.tail = state, meta, segment, head, tail
-        self.first, self.last = first, last  # head of the first segment, tail of the last
+    Not a diffusers ``HookRegistry`` hook: under regional compilation (``compile_repeated_blocks``)
+    a block's ``forward`` is the frame torch.compile compiles, and the hooks of a registry all share
+    one such frame, hence one recompile limit; the head and the other blocks run distinct code here,
+    so each gets its own graphs (one per segment and mode)."""
 
-    @torch.compiler.disable
-    def new_forward(self, module: torch.nn.Module, *args, **kwargs):
-        state = self.state
-        if state.mode == "reuse":
-            streams = _streams(self.meta, args, kwargs)
-            if self.head:
-                streams = [state.add(s, shape) for s, shape in zip(streams, state.shapes[self.segment])]
-            return _pack(self.meta, streams)
-        if self.head:
-            state.inputs = _streams(self.meta, args, kwargs)
-            state.executions += self.first
-        output = self.fn_ref.original_forward(*args, **kwargs)
-        if self.tail:
-            outs = _streams(self.meta, args, kwargs, output)
-            # a second stream may be dropped (SD3's last block) or broadcast (FLUX text under batch > 1):
-            # then it is not cached and passes through on reuse
-            kept = [torch.is_tensor(o) and torch.is_tensor(i) and o.shape == i.shape for o, i in zip(outs, state.inputs)]
-            if not kept[0]:
-                raise RuntimeError(f"budcache: a block list of {type(module).__name__} changes the shape of its "
-                                   "streams; it cannot be cached as a residual, use reuse='output'")
-            state.shapes[self.segment] = [o.shape if k else None for k, o in zip(kept, outs)]
-            state.parts += [(o - i).flatten(1) for k, o, i in zip(kept, outs, state.inputs) if k]
-            state.inputs = []
-            if self.last:
-                state.residual, state.parts = torch.cat(state.parts, dim=1), []
-        return output
+    def __init__(self, state: StackState, meta: TransformerBlockMetadata, segment: Segment, block: torch.nn.Module,
+                 head: bool):
+        self.state, self.meta, self.segment, self.block = state, meta, segment, block
+        self.previous = vars(block).get("forward")  # an instance forward installed before (another hook)
+        self.original = block.forward
+        block.forward = functools.update_wrapper(
+            functools.partial(_head_forward if head else _block_forward, self), self.original)
 
-    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
-        self.state.reset()
-        return module
+    def remove(self) -> None:
+        if self.previous is None:
+            vars(self.block).pop("forward", None)
+        else:
+            self.block.forward = self.previous
+
+
+def _head_forward(hook: _BlockHook, *args, **kwargs):
+    segment = hook.segment
+    if hook.state.mode == "reuse":
+        if segment.pieces is None:
+            raise _no_residual(None, _streams(hook.meta, args, kwargs)[0])
+        return _pack(hook.meta, [_add(s, p) for s, p in zip(_streams(hook.meta, args, kwargs), segment.pieces)])
+    segment.inputs = _streams(hook.meta, args, kwargs)
+    output = hook.original(*args, **kwargs)
+    segment.outputs = _streams(hook.meta, args, kwargs, output)
+    return output
+
+
+def _block_forward(hook: _BlockHook, *args, **kwargs):
+    if hook.state.mode == "reuse":
+        return _pack(hook.meta, _streams(hook.meta, args, kwargs))
+    output = hook.original(*args, **kwargs)
+    hook.segment.outputs = _streams(hook.meta, args, kwargs, output)
+    return output
 
 
 def block_lists(transformer: torch.nn.Module) -> list[list[torch.nn.Module]]:
@@ -191,24 +252,23 @@ def install(transformer: torch.nn.Module) -> StackState:
             f"({', '.join(sorted(_ALL_TRANSFORMER_BLOCK_IDENTIFIERS))}); use reuse='output'"
         )
     metas = [[block_metadata(block) for block in blocks] for blocks in segments]
-    if HookRegistry.check_if_exists_or_initialize(segments[0][0]).get_hook(_HEAD) is not None:
+    if _hooks(transformer):
         raise RuntimeError(f"budcache residual hooks are already installed on this {type(transformer).__name__}")
-    state = StackState()
-    for s, (blocks, block_metas) in enumerate(zip(segments, metas)):
+    state = StackState(segments=[Segment() for _ in segments])
+    for blocks, block_metas, segment in zip(segments, metas, state.segments):
         for i, (block, meta) in enumerate(zip(blocks, block_metas)):
-            head, tail = i == 0, i == len(blocks) - 1
-            hook = _StackHook(state, meta, s, head, tail, first=head and s == 0, last=tail and s == len(segments) - 1)
-            HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, _HEAD if head else _BLOCK)
+            block._budcache_stack = _BlockHook(state, meta, segment, block, head=i == 0)
     return state
 
 
+def _hooks(transformer: torch.nn.Module) -> list[_BlockHook]:
+    return [vars(b)["_budcache_stack"] for b in transformer_blocks(transformer) if "_budcache_stack" in vars(b)]
+
+
 def uninstall(transformer: torch.nn.Module) -> None:
-    for blocks in block_lists(transformer):
-        for i, block in enumerate(blocks):
-            name = _HEAD if i == 0 else _BLOCK
-            registry = getattr(block, "_diffusers_hook", None)
-            if registry is not None and registry.get_hook(name) is not None:
-                registry.remove_hook(name, recurse=False)
+    for hook in reversed(_hooks(transformer)):
+        hook.remove()
+        del hook.block._budcache_stack
 
 
 @contextmanager
