@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,12 @@ import torch
 
 from ..calibration.capture import Calibration
 from ..calibration.replay import pipeline_source
+from ..errors import SearchError
 from ..plan import CachePlan, SearchRecord, model_identity, uniform_mask
 from ..sampling.rules import encode
 from ..source import Source
 from .anneal import SearchConfig, SearchResult, anneal, check_budget, effort_name
-from .checkpoint import Checkpoint, identity
+from .checkpoint import Checkpoint, hold, identity
 from .evaluator import Evaluator
 from .history import plot_history
 
@@ -28,6 +30,18 @@ def _over_ranks(evaluate: Evaluator, *values: int) -> list[int]:
     total = torch.tensor(values, dtype=torch.float64)
     torch.distributed.all_reduce(total)
     return [int(v) for v in total]
+
+
+_LEAST = {"iterations": 0, "starts": 1, "kicks": 0, "forced_prefix": 0, "checkpoint_every": 1, "batch_candidates": 1,
+          "reach": 0}
+
+
+def check_config(config: SearchConfig) -> None:
+    """Refuse search settings out of range (e.g. no start: nothing would be evaluated)."""
+    for name, least in _LEAST.items():
+        value = getattr(config, name)
+        if not isinstance(value, int) or value < least:
+            raise SearchError(f"SearchConfig.{name} must be an integer of at least {least}, got {value!r}")
 
 
 def search_plan(
@@ -52,19 +66,22 @@ def search_plan(
     ``euler_sigmas``: the B-step schedule of plain fewer-step Euler, scored as a reference.
     ``validation``: an evaluator on other samples; a predictive plan whose validation loss is
     not better than the same mask with ``repeat`` falls back to ``repeat``. ``checkpoint``: a file
-    the evaluations are saved to as they come; ``resume`` continues from it (same final plan).
+    the evaluations are saved to as they come, locked against other searches while this one runs;
+    ``resume`` continues from it (same final plan).
     ``start``: the first annealing start (e.g. a neighbouring budget's plan), else the uniform mask.
     ``boundary_ratio``: the expert boundary the plan is for (two-expert pipelines).
     """
     k = evaluate.num_steps
+    check_config(config)
     check_budget(k, budget, config)
     saver = None
     if checkpoint is not None:
         ident = identity(evaluate, budget, config, model_identity(model) if model is not None else None)
         saver = Checkpoint(checkpoint, ident, config.checkpoint_every)
-        if resume and Path(checkpoint).exists():
+    with hold(checkpoint) if saver is not None and not saver.rank else nullcontext():
+        if saver is not None and resume and Path(checkpoint).exists():
             saver.restore(evaluate)
-    result = anneal(evaluate, budget, config, progress=progress, checkpoint=saver, start=start)
+        result = anneal(evaluate, budget, config, progress=progress, checkpoint=saver, start=start)
     evaluations = evaluate.evaluations
     samples, forwards = _over_ranks(evaluate, evaluate.samples, evaluate.forwards)
     rule, rules, objective = evaluate.rule, result.rules, result.loss
@@ -134,6 +151,7 @@ def search_source(
     """Search the best ``budget``-of-K plan on a model source's calibration set. The source's
     restart steps always compute; a predictive rule must beat ``repeat`` on its validation set
     (else on the calibration set). ``evaluate``: an evaluator of this source to reuse (frontier)."""
+    check_config(config)
     check_budget(source.num_steps, budget, config)
     config = dataclasses.replace(config, forced=tuple(sorted({*config.forced, *source.restarts})))
     if evaluate is None:
