@@ -35,6 +35,9 @@ def flag(name: str) -> str:
 # -- output paths --------------------------------------------------------------------------------
 def _writable_folder(folder: Path, option: str) -> None:
     """Create ``folder`` (and its parents) and prove it writable with a temporary file."""
+    blocking = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise UsageError(f"{option}: {blocking} is a file, not a folder; choose another location")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".budcache-probe.")
@@ -44,10 +47,10 @@ def _writable_folder(folder: Path, option: str) -> None:
         raise UsageError(f"{option}: cannot write in {folder} ({e.strerror or e}); choose a writable location") from None
 
 
-def output_file(path: Path, option: str) -> None:
+def output_file(path: Path, option: str, example: str = "plan.json") -> None:
     """A file the command will write: not a folder, in a folder that exists (created) and is writable."""
     if path.is_dir():
-        raise UsageError(f"{option} {path} is a folder; name a file, e.g. {path / 'plan.json'}")
+        raise UsageError(f"{option} {path} is a folder; name a file, e.g. {path / example}")
     _writable_folder(path.parent, option)
 
 
@@ -217,8 +220,9 @@ def check_search(a: argparse.Namespace) -> None:
     _search_settings(a, [a.budget])
     a.history = a.history or a.out.with_suffix(".history.png")
     a.checkpoint = a.checkpoint or a.out.with_suffix(".checkpoint.json")
-    for option, path in (("--out", a.out), ("--history", a.history), ("--checkpoint", a.checkpoint)):
-        output_file(path, option)
+    for option, path, example in (("--out", a.out, "plan.json"), ("--history", a.history, "plan.history.png"),
+                                  ("--checkpoint", a.checkpoint, "plan.checkpoint.json")):
+        output_file(path, option, example)
     if a.resume:
         if not a.checkpoint.exists():
             raise UsageError(f"--resume: no checkpoint at {a.checkpoint}; search without --resume, or name it "
@@ -245,7 +249,7 @@ def check_demo(a: argparse.Namespace) -> None:
 def check_show(a: argparse.Namespace) -> None:
     a.loaded = CachePlan.load(a.plan)
     if a.png is not None:
-        output_file(a.png, "--png")
+        output_file(a.png, "--png", "plan.png")
 
 
 def check_align(a: argparse.Namespace) -> None:
@@ -255,7 +259,7 @@ def check_align(a: argparse.Namespace) -> None:
         raise UsageError(f"--scheduler {a.scheduler}: stage 2 learns sigmas through the Euler step; align under "
                          "--scheduler euler")
     output_file(a.out, "--out")
-    output_file(a.out.with_suffix(".png"), "--out (its plot)")
+    output_file(a.out.with_suffix(".png"), "--out (its plot)", "aligned.png")
 
 
 def check_compare(a: argparse.Namespace) -> None:

@@ -154,6 +154,8 @@ def _compare(source: Source, signal: list, budgets: Sequence[int], rules: Sequen
         for b in budgets:
             bar.set_postfix(rule=rule, B=b)
             plan, _ = search_source(source, b, config=config, progress=False, evaluate=evaluate)
+            if plan.record.interrupted:  # Ctrl-C / SIGTERM stops the comparison, not just this search
+                raise KeyboardInterrupt
             masks = {"budcache": (plan.mask, plan.step_rules if plan.rules else rule, "")}
             mask, note = policies.fora_for_budget(k, b)
             masks["uniform / FORA"] = (mask, rule, note)
