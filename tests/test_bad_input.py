@@ -12,7 +12,7 @@ import pytest
 from budcache.cli import main
 from budcache.plan import CachePlan
 from budcache.sampling import linear_sigmas
-from budcache.search.checkpoint import lock_path
+from budcache.search.checkpoint import FORMAT, _checksum, lock_path
 from tests.fixtures.tiny_text import save_tiny_flux_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,12 +45,15 @@ def files(tmp_path_factory):
               ).save(d / "plan8_flux.json")
     ckpt = {"format": "budcache-search-checkpoint/1", "identity": {"budget": 4}, "forwards": 0, "memo": {}}
     (d / "ckpt_b4.json").write_text(json.dumps(ckpt))
+    unfinished = {"format": FORMAT, "identity": {"budget": 3}, "forwards": 80, "finished": False,
+                  "memo": {"1,0,0,1,0,0,1,0": 0.5}}
+    (d / "ckpt_unfinished.json").write_text(json.dumps({**unfinished, "checksum": _checksum(unfinished)}))
     (d / "empty_dir").mkdir()
     return {"tmp": str(d), "flux": str(save_tiny_flux_pipeline(d / "flux")), "out": str(d / "out" / "plan.json"),
             "empty_dir": str(d / "empty_dir"),
             **{Path(n).stem: str(d / n) for n in [*texts, "plan8.json", "plan10.json",
                                                                    "plan8_sd3.json", "plan8_flux.json",
-                                                                   "ckpt_b4.json"]}}
+                                                                   "ckpt_b4.json", "ckpt_unfinished.json"]}}
 
 
 @pytest.fixture
@@ -97,6 +100,7 @@ BAD = [
     (SEARCH + " --resume", "--resume: no checkpoint at"),
     (SEARCH + " --resume --checkpoint {ckpt_bad}", "not a readable search checkpoint"),
     (SEARCH + " --resume --checkpoint {ckpt_b4}", "a search for budget 4, not 3"),
+    (SEARCH + " --checkpoint {ckpt_unfinished}", "holds an unfinished search (evaluations saved: 1); add --resume"),
     # search: the model source
     (SEARCH + " --model flux", "--model 'flux': use --model demo, or --pipeline"),
     (SEARCH + " --prompts {prompts}", "--prompts applies to --pipeline"),

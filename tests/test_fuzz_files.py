@@ -118,7 +118,7 @@ def test_corrupt_checkpoints(checkpoint, data):
             broken[i] = b
         broken = bytes(broken)
     else:
-        edit = data.draw(mutations(["format", "identity", "forwards", "memo", "checksum"]))
+        edit = data.draw(mutations(["format", "identity", "forwards", "finished", "memo", "checksum"]))
         broken = json.dumps(apply(json.loads(text), edit)).encode()
     path = FOLDER / "search.json"
     path.write_bytes(broken)

@@ -17,7 +17,8 @@ from pathlib import Path
 from ..calibration.prompts import read_prompts
 from ..plan import CachePlan
 from ..search import check_budget
-from ..search.checkpoint import read as read_checkpoint
+from ..errors import CheckpointError
+from ..search.checkpoint import hold, read as read_checkpoint
 from .options import DEMO_STEPS, search_config
 from .run import UsageError
 
@@ -223,6 +224,10 @@ def check_search(a: argparse.Namespace) -> None:
     for option, path, example in (("--out", a.out, "plan.json"), ("--history", a.history, "plan.history.png"),
                                   ("--checkpoint", a.checkpoint, "plan.checkpoint.json")):
         output_file(path, option, example)
+    with hold(a.checkpoint):  # another search running on it is refused now, not after loading
+        pass
+    if not a.resume and a.checkpoint.exists():
+        _keep_unfinished(a.checkpoint)
     if a.resume:
         if not a.checkpoint.exists():
             raise UsageError(f"--resume: no checkpoint at {a.checkpoint}; search without --resume, or name it "
@@ -231,6 +236,17 @@ def check_search(a: argparse.Namespace) -> None:
         if saved["identity"].get("budget") != a.budget:
             raise UsageError(f"--resume: {a.checkpoint} is a search for budget {saved['identity'].get('budget')}, "
                              f"not {a.budget}; use that --budget, or search without --resume")
+
+
+def _keep_unfinished(path: Path) -> None:
+    """Refuse to start afresh over the checkpoint of an interrupted search (its evaluations would go)."""
+    try:
+        saved = read_checkpoint(path)
+    except CheckpointError:
+        return  # unreadable: nothing to keep
+    if saved.get("finished") is False:
+        raise UsageError(f"--checkpoint {path} holds an unfinished search (evaluations saved: "
+                         f"{len(saved['memo'])}); add --resume to continue it, or delete it to start afresh")
 
 
 def check_frontier(a: argparse.Namespace) -> None:

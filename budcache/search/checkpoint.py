@@ -142,11 +142,13 @@ class Checkpoint:
         if evaluate.evaluations - self.saved_at >= self.every:
             self.save(evaluate)
 
-    def save(self, evaluate: Evaluator) -> None:
+    def save(self, evaluate: Evaluator, finished: bool = False) -> None:
+        """Write the evaluations so far; ``finished``: the search ended without interruption (a fresh
+        search may then overwrite the file; the CLI refuses to overwrite an unfinished one)."""
         self.saved_at = evaluate.evaluations
         if self.rank:
             return
         state = evaluate.state_dict()
-        data = {"format": FORMAT, "identity": self.ident, "forwards": state["forwards"],
+        data = {"format": FORMAT, "identity": self.ident, "forwards": state["forwards"], "finished": finished,
                 "memo": {",".join(map(str, k)): v for k, v in state["memo"].items()}}
         atomic_write_text(self.path, json.dumps({**data, "checksum": _checksum(data)}))

@@ -82,6 +82,8 @@ def search_plan(
         if saver is not None and resume and Path(checkpoint).exists():
             saver.restore(evaluate)
         result = anneal(evaluate, budget, config, progress=progress, checkpoint=saver, start=start)
+        if saver is not None and not result.interrupted:
+            saver.save(evaluate, finished=True)
     evaluations = evaluate.evaluations
     samples, forwards = _over_ranks(evaluate, evaluate.samples, evaluate.forwards)
     rule, rules, objective = evaluate.rule, result.rules, result.loss
