@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import budcache.demo.run  # noqa: F401  (imported before the loaders are patched: it binds demo_source)
 from budcache.cli import main
 from budcache.plan import CachePlan
 from budcache.sampling import linear_sigmas
@@ -82,6 +83,8 @@ BAD = [
     ("search --budget 3 --out {a_file}/plan.json", "--out: {a_file} is a file, not a folder"),
     (SEARCH + " --history {tmp}", "--history {tmp} is a folder"),
     (SEARCH + " --checkpoint {tmp}", "--checkpoint {tmp} is a folder"),
+    (SEARCH + " --checkpoint {out}", "--checkpoint {out} is also --out; give each output its own file"),
+    (SEARCH + " --history {tmp}/history.txt", "--history {tmp}/history.txt: a figure is written as .png"),
     # search: numbers
     (SEARCH + " --starts 0", "--starts: must be at least 1, got 0"),
     (SEARCH + " --iterations -1", "--iterations: must be at least 0"),
@@ -127,6 +130,7 @@ BAD = [
     (SEARCH + " " + PIPE + " --calib 4", "--calib counts demo samples"),
     (SEARCH + " " + PIPE + " --scheduler unipc", "a --pipeline always runs its own scheduler"),
     (SEARCH + " " + PIPE + " --device nonsense", "--device 'nonsense' is not a torch device"),
+    (SEARCH + " " + PIPE + " --device cuda:7", "--device cuda:7"),
     (SEARCH + " " + PIPE + " --guidance-scale nan", "--guidance-scale: must be a finite number"),
     # frontier
     ("frontier --budgets abc", "--budgets: takes a comma list"),
@@ -147,12 +151,13 @@ BAD = [
     ("align {plan8} --out {out} --lr 0", "--lr: must be a finite number above 0"),
     ("align {plan8} --out {out} --model nosuch", "--model 'nosuch': use --model demo"),
     ("align {plan8} --out {out} --scheduler unipc", "--scheduler unipc: stage 2 learns sigmas through the Euler"),
-    ("align {plan8} --out {out} --validation 0", "--validation: must be at least 1"),
+    ("align {plan8} --out {out} --validation -1", "--validation: must be at least 0"),
     # show
     ("show {tmp}", "is a folder; name a plan file"),
     ("show {tmp}/missing.json", "no such plan file"),
     ("show {typed}", "field 'budget' must be int"),
     ("show {plan8} --png {tmp}", "--png {tmp} is a folder"),
+    ("show {plan8} --png {tmp}/plan.json", "--png {tmp}/plan.json: a figure is written as .png"),
     # compare
     ("compare {plan8} {plan10}", "plan10.json is a plan for 10 steps"),
     ("compare {plan8} --steps 10", "--steps 10 disagrees with the plan's 8 steps"),
@@ -233,3 +238,11 @@ def test_the_real_exit_code_and_stderr_of_a_refused_command(tmp_path):
     r = subprocess.run([sys.executable, "-m", "budcache", "show", str(tmp_path)], cwd=ROOT, capture_output=True,
                        text=True)
     assert r.returncode == 2 and r.stderr == f"budcache show: error: {tmp_path} is a folder; name a plan file (.json) in it\n"
+
+
+def test_a_hub_id_offline_and_not_cached_is_refused(files, no_work, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SystemExit) as exit:
+        main(["search", "--budget", "3", "--out", files["out"], "--pipeline", "nobody/no-such-model", "--prompts",
+              files["prompts"]])
+    assert exit.value.code == 2 and "not in the local Hugging Face cache" in capsys.readouterr().err

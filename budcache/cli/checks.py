@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import inspect
+import itertools
 import json
 import os
 import re
@@ -55,6 +56,17 @@ def output_file(path: Path, option: str, example: str = "plan.json") -> None:
     _writable_folder(path.parent, option)
 
 
+def output_figure(path: Path, option: str, example: str) -> None:
+    """A figure file: :func:`output_file`, with an extension matplotlib writes."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    output_file(path, option, example)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix.lower().lstrip(".") not in formats:
+        raise UsageError(f"{option} {path}: a figure is written as .png, .pdf, .svg or another of "
+                         f"{', '.join(sorted(formats))}; name the file with one of those extensions")
+
+
 def output_folder(path: Path, option: str) -> None:
     """A folder the command will write into: not a file; created; writable."""
     if path.exists() and not path.is_dir():
@@ -88,6 +100,9 @@ def pipeline_class(spec: str) -> str | None:
 
         cached = try_to_load_from_cache(spec, "model_index.json")
         if not isinstance(cached, str):
+            if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+                raise UsageError(f"--pipeline {spec}: not in the local Hugging Face cache, and HF_HUB_OFFLINE is set; "
+                                 "download it first or name a local folder")
             return None
         index = Path(cached)
     try:
@@ -150,6 +165,10 @@ def _check_device(device: str | None) -> None:
         raise UsageError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
     if kind == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: no CUDA device here; leave --device out or use --device cpu")
+    index = torch.device(device).index
+    if kind == "cuda" and index is not None and index >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
 
 
 def check_source(a: argparse.Namespace, held_out: bool = False, validation: bool = True,
@@ -221,9 +240,13 @@ def check_search(a: argparse.Namespace) -> None:
     _search_settings(a, [a.budget])
     a.history = a.history or a.out.with_suffix(".history.png")
     a.checkpoint = a.checkpoint or a.out.with_suffix(".checkpoint.json")
-    for option, path, example in (("--out", a.out, "plan.json"), ("--history", a.history, "plan.history.png"),
-                                  ("--checkpoint", a.checkpoint, "plan.checkpoint.json")):
-        output_file(path, option, example)
+    outputs = {"--out": a.out, "--history": a.history, "--checkpoint": a.checkpoint}
+    for (one, path), (other, same) in itertools.combinations(outputs.items(), 2):
+        if path.resolve() == same.resolve():
+            raise UsageError(f"{other} {same} is also {one}; give each output its own file")
+    output_file(a.out, "--out")
+    output_figure(a.history, "--history", "plan.history.png")
+    output_file(a.checkpoint, "--checkpoint", "plan.checkpoint.json")
     with hold(a.checkpoint):  # another search running on it is refused now, not after loading
         pass
     if not a.resume and a.checkpoint.exists():
@@ -265,7 +288,7 @@ def check_demo(a: argparse.Namespace) -> None:
 def check_show(a: argparse.Namespace) -> None:
     a.loaded = CachePlan.load(a.plan)
     if a.png is not None:
-        output_file(a.png, "--png", "plan.png")
+        output_figure(a.png, "--png", "plan.png")
 
 
 def check_align(a: argparse.Namespace) -> None:

@@ -87,8 +87,8 @@ def add_source_options(p: argparse.ArgumentParser, calib: int = 16, held_out: bo
                         "schedule (default: the calibration ones)")
     demo = {"calib": calib}
     if validation is not None:
-        g.add_argument("--validation", type=integer(1), default=None,
-                       help=f"validation samples of the demo model (default {validation})")
+        g.add_argument("--validation", type=integer(0), default=None,
+                       help=f"validation samples of the demo model (default {validation}; 0: none)")
         demo["validation"] = validation
     if held_out:
         g.add_argument("--held-out", type=integer(1), default=None,
