@@ -77,3 +77,19 @@ def test_plans_and_checkpoints_follow_the_umask(gmm, tmp_path):
     finally:
         os.umask(previous)
     assert {(tmp_path / n).stat().st_mode & 0o777 for n in ("p.json", "c.json")} == {0o640}
+
+
+def test_search_plan_refuses_a_checkpoint_another_search_holds(gmm, tmp_path):
+    import fcntl
+
+    from budcache.errors import CheckpointError
+    from budcache.search.checkpoint import lock_path
+
+    ckpt = tmp_path / "c.json"
+    evaluate = Evaluator([Batch(OutputDenoiser(gmm), gmm.noise(4, seed=0))], linear_sigmas(8))
+    with open(lock_path(ckpt), "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(CheckpointError, match="in use by another search"):
+            search_plan(evaluate, 3, reuse="output", config=SearchConfig(iterations=5, starts=1, kicks=0),
+                        progress=False, checkpoint=ckpt)
+    assert not ckpt.exists()

@@ -149,8 +149,8 @@ def call_keys(a: argparse.Namespace, prompts: dict[str, list]) -> dict[str, str]
         keys[key] = f"--call {key}"
     for option, entries in prompts.items():
         for entry in entries:
-            keys.update({k: f"{flag(option)} {getattr(a, option)}" for k in entry if k != "prompt"}
-                        if isinstance(entry, dict) else {})
+            if isinstance(entry, dict):
+                keys.update({k: f"{flag(option)} {getattr(a, option)}" for k in entry if k != "prompt"})
     return keys
 
 
@@ -160,15 +160,14 @@ def _check_device(device: str | None) -> None:
     if device is None:
         return
     try:
-        kind = torch.device(device).type
+        parsed = torch.device(device)
     except RuntimeError:
         raise UsageError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
-    if kind == "cuda" and not torch.cuda.is_available():
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if parsed.type == "cuda" and not count:
         raise UsageError(f"--device {device}: no CUDA device here; leave --device out or use --device cpu")
-    index = torch.device(device).index
-    if kind == "cuda" and index is not None and index >= torch.cuda.device_count():
-        raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= count:
+        raise UsageError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
 
 
 def check_source(a: argparse.Namespace, held_out: bool = False, validation: bool = True,
@@ -199,8 +198,6 @@ def check_source(a: argparse.Namespace, held_out: bool = False, validation: bool
         raise UsageError("--pipeline needs --prompts FILE (.txt, .jsonl or .csv) with calibration prompts")
     if held_out and getattr(a, "held_out_prompts", None) is None:
         raise UsageError(f"{a.command} --pipeline needs --held-out-prompts FILE (evaluation prompts)")
-    if not held_out and getattr(a, "held_out_prompts", None) is not None:
-        raise UsageError(f"--held-out-prompts: {a.command} scores no held-out set; drop it")
     if not validation and a.validation_prompts is not None:
         raise UsageError(f"--validation-prompts: {a.command} uses no validation set; drop it")
     for name in ("prompts", "validation_prompts", "held_out_prompts"):
@@ -267,7 +264,7 @@ def _keep_unfinished(path: Path) -> None:
         saved = read_checkpoint(path)
     except CheckpointError:
         return  # unreadable: nothing to keep
-    if saved.get("finished") is False:
+    if saved.get("finished") is False and saved["memo"]:
         raise UsageError(f"--checkpoint {path} holds an unfinished search (evaluations saved: "
                          f"{len(saved['memo'])}); add --resume to continue it, or delete it to start afresh")
 
