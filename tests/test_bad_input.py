@@ -161,6 +161,8 @@ BAD = [
     # compare
     ("compare {plan8} {plan10}", "plan10.json is a plan for 10 steps"),
     ("compare {plan8} --steps 10", "--steps 10 disagrees with the plan's 8 steps"),
+    ("compare {plan8} --budgets 4..6", "--budgets sets up the policies compare searches; saved plans are scored"),
+    ("compare {plan8} --iterations 50", "drop --iterations"),
     ("compare {plan8_sd3} {plan8_flux}", "plan8_flux.json was searched for another model than"),
     ("compare --budgets 0,40", "--budgets: budgets are at least 1"),
     ("compare --budgets 6,40", "--budgets 40 exceeds --steps 28"),

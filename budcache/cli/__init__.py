@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_search_options(p, DEMO_EFFORT, rule=False)
     add_progress_option(p)
     p.add_argument("--out", type=Path, default=Path("compare-out"), help="output folder (default compare-out)")
-    p.set_defaults(func=cmd_compare, check=checks.check_compare)
+    p.set_defaults(func=cmd_compare, check=checks.check_compare,
+                   search_defaults={name: p.get_default(name) for name in checks.COMPARE_SEARCH_ONLY})
 
     p = sub.add_parser("demo", help="search plans on the demo model and compare with uniform masks and fewer steps")
     p.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default demo-out)")

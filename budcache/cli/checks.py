@@ -28,6 +28,8 @@ PIPELINE_ONLY = ("prompts", "validation_prompts", "held_out_prompts", "height", 
 RESERVED_CALL = {"prompt": "prompts come from --prompts", "num_inference_steps": "use --steps",
                  "generator": "use --seed", "output_type": "budcache captures latents"}
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+COMPARE_SEARCH_ONLY = ("budgets", "rules", "magcache", "align_epochs", "effort", "iterations", "starts", "kicks",
+                       "batch_candidates", "no_hill_climb", "forced_prefix", "search_rules", "state_mb")
 
 
 def flag(name: str) -> str:
@@ -304,6 +306,10 @@ def check_compare(a: argparse.Namespace) -> None:
         _budgets(a)
         _search_settings(a, a.budgets)
     else:
+        given = [flag(n) for n, default in a.search_defaults.items() if getattr(a, n) != default]
+        if given:
+            raise UsageError(f"{given[0]} sets up the policies compare searches; saved plans are scored as they are, "
+                             f"drop {given[0]}")
         a.loaded = [(Path(path), CachePlan.load(path)) for path in a.plans]
         (first, plan), *others = a.loaded
         for path, other in others:
