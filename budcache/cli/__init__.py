@@ -2,7 +2,9 @@
 
 Every command that runs a model takes the same model source (``--model demo`` or ``--pipeline``
 with prompt files, :mod:`.options`), built the same way (:mod:`.launch`); the handlers
-(:mod:`.commands`) are thin calls into the library.
+(:mod:`.commands`) are thin calls into the library. Before a handler runs, :mod:`.checks` refuses
+every mistake it can see without loading anything; :mod:`.run` turns every outcome into one line on
+stderr and an exit code (2 usage, 1 failure, 130 / 143 interrupted).
 """
 
 from __future__ import annotations
