@@ -21,7 +21,7 @@ from ..search import check_budget
 from ..errors import CheckpointError
 from ..search.checkpoint import hold, read as read_checkpoint
 from .options import DEMO_STEPS, search_config
-from .run import UsageError
+from .run import UsageError, one_line
 
 PIPELINE_ONLY = ("prompts", "validation_prompts", "held_out_prompts", "height", "width", "guidance_scale",
                  "negative_prompt", "call", "dtype", "device", "cpu_offload")
@@ -87,9 +87,30 @@ def prompts_of(path: Path, option: str) -> list:
         raise UsageError(f"{option}: {e}") from None
 
 
-def pipeline_class(spec: str) -> str | None:
-    """The pipeline class named by ``model_index.json`` of a local folder (or of a hub id already in
-    the local cache); None when only loading can tell. A path that cannot be a pipeline is refused."""
+def _hub_index(spec: str) -> Path:
+    """The ``model_index.json`` of a hub id: from the local cache, else downloaded (a few hundred bytes,
+    what loading fetches first); a hub id that cannot give it is refused."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.utils import logging as hub_logging
+
+    cached = try_to_load_from_cache(spec, "model_index.json")
+    if isinstance(cached, str):
+        return Path(cached)
+    verbosity = hub_logging.get_verbosity()
+    hub_logging.set_verbosity_error()  # its retries would print lines of their own
+    try:
+        return Path(hf_hub_download(spec, "model_index.json"))
+    except Exception as e:  # offline, unknown or gated repository, no network: all end the same way
+        reason = re.split(r"(?<=[.!?])\s", one_line(str(e)) or type(e).__name__)[0][:200]
+        raise UsageError(f"--pipeline {spec}: no local folder of that name, and the hub gave no model_index.json "
+                         f"({reason}); check the name, the network and HF_TOKEN, or name a local folder") from None
+    finally:
+        hub_logging.set_verbosity(verbosity)
+
+
+def pipeline_class(spec: str) -> str:
+    """The pipeline class named by ``model_index.json`` of a local folder or a hub id (nothing else is
+    loaded); a path or id that cannot be a pipeline is refused."""
     path = Path(spec).expanduser()
     if path.is_dir():
         index = path / "model_index.json"
@@ -98,15 +119,7 @@ def pipeline_class(spec: str) -> str | None:
     elif not HUB_ID.fullmatch(spec):
         raise UsageError(f"--pipeline {spec}: no such folder, and not a hub id (owner/name)")
     else:
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(spec, "model_index.json")
-        if not isinstance(cached, str):
-            if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
-                raise UsageError(f"--pipeline {spec}: not in the local Hugging Face cache, and HF_HUB_OFFLINE is set; "
-                                 "download it first or name a local folder")
-            return None
-        index = Path(cached)
+        index = _hub_index(spec)
     try:
         name = json.loads(index.read_text())["_class_name"]
     except FileNotFoundError:
@@ -119,7 +132,7 @@ def pipeline_class(spec: str) -> str | None:
     return name
 
 
-def check_call(class_name: str | None, keys: dict[str, str]) -> None:
+def check_call(class_name: str, keys: dict[str, str]) -> None:
     """Every call argument (``keys``: argument -> where it was given) is one that ``class_name.__call__``
     takes (read from its signature, nothing loaded), and none is one budcache sets itself."""
     for key, where in keys.items():
@@ -127,7 +140,7 @@ def check_call(class_name: str | None, keys: dict[str, str]) -> None:
             raise UsageError(f"{where}: budcache sets {key!r} itself ({RESERVED_CALL[key]})")
     import diffusers
 
-    cls = getattr(diffusers, class_name, None) if class_name else None
+    cls = getattr(diffusers, class_name, None)
     if cls is None:
         return
     params = inspect.signature(cls.__call__).parameters
