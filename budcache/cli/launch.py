@@ -11,7 +11,6 @@ from typing import Any
 
 from ..calibration import calibrate, pipeline_source
 from ..source import HELD_OUT_SEED_OFFSET, VALIDATION_SEED_OFFSET, Source
-from .checks import call_keys, check_call
 from .options import call_kwargs
 
 
@@ -71,7 +70,6 @@ def open_source(a: argparse.Namespace, *, held_out: bool = False, validation: bo
         return
     device = a.device or (f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if world > 1 else None)
     pipe = load_pipeline(a.pipeline, a.dtype, device, a.cpu_offload)
-    check_call(type(pipe).__name__, call_keys(a, a.prompt_lists))  # a hub pipeline's class is known only now
     pipe.set_progress_bar_config(disable=True)
     kwargs, prompts = call_kwargs(a), a.prompt_lists
     calib = calibrate_shard(pipe, prompts["prompts"], steps, a.seed, rank, world, progress, **kwargs)
