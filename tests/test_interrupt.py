@@ -93,3 +93,15 @@ def test_search_plan_refuses_a_checkpoint_another_search_holds(gmm, tmp_path):
             search_plan(evaluate, 3, reuse="output", config=SearchConfig(iterations=5, starts=1, kicks=0),
                         progress=False, checkpoint=ckpt)
     assert not ckpt.exists()
+
+
+def test_search_plan_refuses_an_unwritable_checkpoint_before_searching(gmm, tmp_path):
+    from budcache.errors import CheckpointError
+
+    evaluate = Evaluator([Batch(OutputDenoiser(gmm), gmm.noise(4, seed=0))], linear_sigmas(8))
+    (tmp_path / "file").write_text("x")
+    for where, message in ((tmp_path, "is a folder"), (tmp_path / "file" / "c.json", "cannot write beside")):
+        with pytest.raises(CheckpointError, match=message):
+            search_plan(evaluate, 3, reuse="output", config=SearchConfig(iterations=5, starts=1, kicks=0),
+                        progress=False, checkpoint=where)
+    assert evaluate.evaluations == 0

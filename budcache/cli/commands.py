@@ -9,18 +9,16 @@ import json
 import math
 import sys
 import tempfile
-from contextlib import ExitStack
 from pathlib import Path
 
 from ..align import align, AlignConfig, require_euler
-from ..errors import BudcacheError, CheckpointError, PlanError
+from ..errors import BudcacheError, PlanError
 from ..evaluation import plots
 from ..plan import CachePlan
 from ..search import search_source
-from ..search.checkpoint import hold
+from ..search.checkpoint import held
 from .launch import open_source, rank_and_world
 from .options import search_config
-from .run import UsageError
 
 
 def write_plan(plan: CachePlan, path: Path, *fallbacks: Path) -> None:
@@ -51,16 +49,9 @@ def _plot(draw, *args) -> None:
 
 def cmd_search(a: argparse.Namespace) -> None:
     rank, world = rank_and_world()
-    with ExitStack() as stack:
-        if not rank:
-            try:
-                stack.enter_context(hold(a.checkpoint))
-            except CheckpointError as e:
-                raise UsageError(str(e)) from None
-        with open_source(a, rank=rank, world=world) as source:
-            plan, result = search_source(source, a.budget, rule=a.rule, config=search_config(a),
-                                         max_state_mb=a.state_mb, progress=not (a.no_progress or rank),
-                                         checkpoint=a.checkpoint, resume=a.resume)
+    with held(a.checkpoint), open_source(a, rank=rank, world=world) as source:  # locked before loading
+        plan, result = search_source(source, a.budget, rule=a.rule, config=search_config(a), max_state_mb=a.state_mb,
+                                     progress=not (a.no_progress or rank), checkpoint=a.checkpoint, resume=a.resume)
     if rank:
         return
     print(plan.describe())

@@ -18,7 +18,7 @@ import json
 import math
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +56,18 @@ def lock_path(path: str | Path) -> Path:
 
 
 def _acquire(lock: Path, path: Path) -> int | None:
-    """A descriptor holding the exclusive lock ``lock`` (None without ``fcntl``)."""
+    """A descriptor holding the exclusive lock ``lock`` (None without ``fcntl``); the checkpoint ``path``
+    must be a file in a writable folder (refused before the search, not at its first write)."""
+    if path.is_dir():
+        raise CheckpointError(f"the checkpoint {path} is a folder; name a file")
     if fcntl is None:
         return None
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise CheckpointError(f"cannot write beside the checkpoint {path} ({e.strerror or e}); choose a writable "
+                              "location") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -85,6 +92,12 @@ def hold(path: str | Path) -> Iterator[None]:
             fd = _HELD.pop(lock)
             if fd is not None:
                 os.close(fd)
+
+
+def held(path: str | Path | None) -> AbstractContextManager:
+    """:func:`hold` for the process that writes checkpoints (rank 0); nothing without a ``path``."""
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    return hold(path) if path is not None and not rank else nullcontext()
 
 
 def _checksum(data: dict) -> str:

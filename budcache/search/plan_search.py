@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from ..plan import CachePlan, SearchRecord, model_identity, uniform_mask
 from ..sampling.rules import encode
 from ..source import Source
 from .anneal import SearchConfig, SearchResult, anneal, check_budget, effort_name
-from .checkpoint import Checkpoint, hold, identity
+from .checkpoint import Checkpoint, held, identity
 from .evaluator import Evaluator
 from .history import plot_history
 
@@ -78,7 +77,7 @@ def search_plan(
     if checkpoint is not None:
         ident = identity(evaluate, budget, config, model_identity(model) if model is not None else None)
         saver = Checkpoint(checkpoint, ident, config.checkpoint_every)
-    with hold(checkpoint) if saver is not None and not saver.rank else nullcontext():
+    with held(checkpoint):
         if saver is not None and resume and Path(checkpoint).exists():
             saver.restore(evaluate)
         result = anneal(evaluate, budget, config, progress=progress, checkpoint=saver, start=start)
@@ -152,22 +151,24 @@ def search_source(
 ) -> tuple[CachePlan, SearchResult]:
     """Search the best ``budget``-of-K plan on a model source's calibration set. The source's
     restart steps always compute; a predictive rule must beat ``repeat`` on its validation set
-    (else on the calibration set). ``evaluate``: an evaluator of this source to reuse (frontier)."""
+    (else on the calibration set). ``evaluate``: an evaluator of this source to reuse (frontier).
+    The ``checkpoint`` is locked before the teacher runs (a second search on it is refused first)."""
     check_config(config)
     check_budget(source.num_steps, budget, config)
     config = dataclasses.replace(config, forced=tuple(sorted({*config.forced, *source.restarts})))
-    if evaluate is None:
-        evaluate = source_evaluator(source, "calib", rule=rule, config=config, metric=metric,
-                                    max_state_mb=max_state_mb)
-        source.check_teacher(evaluate.teacher)
-    predictive = evaluate.rule != "repeat" or bool(config.rules)
-    validation = None
-    if predictive and source.has("validation"):
-        validation = source_evaluator(source, "validation", rule=evaluate.rule, config=config, metric=metric,
-                                      max_state_mb=0)
-    return search_plan(evaluate, budget, reuse=source.reuse, model=source.model, config=config,
-                       euler_sigmas=source.fewer(budget), validation=validation, progress=progress,
-                       checkpoint=checkpoint, resume=resume, start=start, boundary_ratio=source.boundary_ratio)
+    with held(checkpoint):
+        if evaluate is None:
+            evaluate = source_evaluator(source, "calib", rule=rule, config=config, metric=metric,
+                                        max_state_mb=max_state_mb)
+            source.check_teacher(evaluate.teacher)
+        predictive = evaluate.rule != "repeat" or bool(config.rules)
+        validation = None
+        if predictive and source.has("validation"):
+            validation = source_evaluator(source, "validation", rule=evaluate.rule, config=config, metric=metric,
+                                          max_state_mb=0)
+        return search_plan(evaluate, budget, reuse=source.reuse, model=source.model, config=config,
+                           euler_sigmas=source.fewer(budget), validation=validation, progress=progress,
+                           checkpoint=checkpoint, resume=resume, start=start, boundary_ratio=source.boundary_ratio)
 
 
 def search(
