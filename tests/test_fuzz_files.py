@@ -2,8 +2,6 @@
 fields give PlanError / CheckpointError, never another exception; what loads is a usable plan."""
 
 import json
-import tempfile
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -21,7 +19,6 @@ PLAN = CachePlan(num_steps=8, budget=3, mask=[1, 0, 0, 1, 0, 0, 1, 0], rule="ext
                  record=SearchRecord(objective=0.01, uniform_objective=0.02, teacher_steps=8, evaluations=40,
                                      forwards=300, solver="Euler", effort="default"))
 TEXT = json.dumps(PLAN.to_dict(), indent=1).encode()
-FOLDER = Path(tempfile.mkdtemp(prefix="budcache-fuzz-"))
 JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=8),
                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
                     max_leaves=8)
@@ -46,44 +43,49 @@ def apply(d: dict, edit) -> dict:
     return d
 
 
-def load(data: bytes) -> None:
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("fuzz")
+
+
+def load(folder, data: bytes) -> None:
     """Load; a plan that loads must describe, save and load again."""
-    path = FOLDER / "plan.json"
+    path = folder / "plan.json"
     path.write_bytes(data)
     try:
         plan = CachePlan.load(path)
     except PlanError:
         return
     plan.describe()
-    assert CachePlan.load(plan.save(FOLDER / "again.json")) == plan
+    assert CachePlan.load(plan.save(folder / "again.json")) == plan
 
 
 @FUZZ
 @given(st.integers(0, len(TEXT)))
-def test_truncated_plans(n):
-    load(TEXT[:n])
+def test_truncated_plans(folder, n):
+    load(folder, TEXT[:n])
 
 
 @FUZZ
 @given(st.lists(st.tuples(st.integers(0, len(TEXT) - 1), st.integers(0, 255)), min_size=1, max_size=4))
-def test_plans_with_flipped_bytes(flips):
+def test_plans_with_flipped_bytes(folder, flips):
     data = bytearray(TEXT)
     for i, b in flips:
         data[i] = b
-    load(bytes(data))
+    load(folder, bytes(data))
 
 
 @FUZZ
 @given(mutations(list(PLAN.to_dict())))
-def test_plans_with_wrong_types_and_extra_fields(edit):
-    load(json.dumps(apply(PLAN.to_dict(), edit)).encode())
+def test_plans_with_wrong_types_and_extra_fields(folder, edit):
+    load(folder, json.dumps(apply(PLAN.to_dict(), edit)).encode())
 
 
 @FUZZ
 @given(mutations(list(PLAN.to_dict()["record"])))
-def test_plans_with_a_wrong_record(edit):
+def test_plans_with_a_wrong_record(folder, edit):
     d = PLAN.to_dict()
-    load(json.dumps({**d, "record": apply(d["record"], edit)}).encode())
+    load(folder, json.dumps({**d, "record": apply(d["record"], edit)}).encode())
 
 
 @pytest.fixture(scope="module")
@@ -96,16 +98,16 @@ def checkpoint(gmm, tmp_path_factory):
     return path.read_bytes(), evaluate
 
 
-def test_the_checkpoint_restores_untouched(checkpoint):
+def test_the_checkpoint_restores_untouched(folder, checkpoint):
     data, evaluate = checkpoint
-    path = FOLDER / "ok.json"
+    path = folder / "ok.json"
     path.write_bytes(data)
     assert Checkpoint(path, json.loads(data)["identity"]).restore(evaluate) == len(json.loads(data)["memo"])
 
 
 @FUZZ
 @given(data=st.data())
-def test_corrupt_checkpoints(checkpoint, data):
+def test_corrupt_checkpoints(folder, checkpoint, data):
     text, evaluate = checkpoint
     identity = json.loads(text)["identity"]
     how = data.draw(st.sampled_from(["truncate", "flip", "field"]))
@@ -120,7 +122,7 @@ def test_corrupt_checkpoints(checkpoint, data):
     else:
         edit = data.draw(mutations(["format", "identity", "forwards", "finished", "memo", "checksum"]))
         broken = json.dumps(apply(json.loads(text), edit)).encode()
-    path = FOLDER / "search.json"
+    path = folder / "search.json"
     path.write_bytes(broken)
     try:
         Checkpoint(path, identity).restore(evaluate)

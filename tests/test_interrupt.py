@@ -105,3 +105,20 @@ def test_search_plan_refuses_an_unwritable_checkpoint_before_searching(gmm, tmp_
             search_plan(evaluate, 3, reuse="output", config=SearchConfig(iterations=5, starts=1, kicks=0),
                         progress=False, checkpoint=where)
     assert evaluate.evaluations == 0
+
+
+def test_the_frontier_stops_at_an_interrupted_search(monkeypatch):
+    """Ctrl-C in one budget's search ends the frontier with the plans so far (not only that search)."""
+    from types import SimpleNamespace
+
+    from budcache.plan import SearchRecord, uniform_mask
+    from budcache.search import frontier
+
+    def search(source, b, **kwargs):
+        record = SearchRecord(objective=1.0, interrupted=b == 3)
+        return CachePlan(num_steps=8, budget=b, mask=uniform_mask(8, b), record=record), None
+
+    monkeypatch.setattr(frontier, "source_evaluator", lambda *a, **k: SimpleNamespace(evaluations=0, forwards=0))
+    monkeypatch.setattr(frontier, "search_source", search)
+    plans, _ = frontier.search_frontier(None, [2, 3, 4, 5], progress=False)
+    assert list(plans) == [2, 3]
