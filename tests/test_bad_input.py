@@ -136,6 +136,7 @@ BAD = [
     ("frontier --budgets abc", "--budgets: takes a comma list"),
     ("frontier --budgets 10..4", "10..4 is an empty range; write the smaller budget first (4..10)"),
     ("frontier --budgets 0..3", "budgets are at least 1"),
+    ("frontier --budgets 1..999999999", "far wider than any step count"),
     ("frontier --budgets 4..40", "--budgets 29 exceeds --steps 28"),
     ("frontier --out {a_file}", "--out {a_file} is a file; name a folder"),
     ("frontier " + PIPE, "frontier --pipeline needs --held-out-prompts"),

@@ -53,6 +53,9 @@ def budget_list(text: str) -> list[int]:
             if lo > hi:
                 raise argparse.ArgumentTypeError(f"{text} is an empty range; write the smaller budget first "
                                                  f"({hi}..{lo})")
+            if hi - lo > 100_000:
+                raise argparse.ArgumentTypeError(f"{text} is far wider than any step count; a budget is at most "
+                                                 "--steps")
             budgets = list(range(lo, hi + 1))
         else:
             budgets = [int(b) for b in text.split(",") if b.strip()]

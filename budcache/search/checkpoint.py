@@ -30,7 +30,7 @@ from .evaluator import Evaluator
 
 try:
     import fcntl
-except ImportError:  # not on Windows: no lock
+except ImportError:  # Windows has no fcntl: searches are not locked there
     fcntl = None
 
 FORMAT = "budcache-search-checkpoint/2"
