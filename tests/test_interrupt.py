@@ -122,3 +122,22 @@ def test_the_frontier_stops_at_an_interrupted_search(monkeypatch):
     monkeypatch.setattr(frontier, "search_source", search)
     plans, _ = frontier.search_frontier(None, [2, 3, 4, 5], progress=False)
     assert list(plans) == [2, 3]
+
+
+def test_an_interrupted_alignment_keeps_its_best_schedule(gmm, monkeypatch):
+    import budcache.align as stage2
+
+    plan = CachePlan(num_steps=8, budget=3, mask=[1, 0, 0, 1, 0, 0, 1, 0], reuse="output", sigmas=linear_sigmas(8))
+    batches = [Batch(OutputDenoiser(gmm), gmm.noise(8, seed=0))]
+    loss, calls = stage2._loss, []
+
+    def interrupted_in_epoch_4(*args):
+        calls.append(args[5])  # backward: a training pass
+        if sum(calls) == 4:
+            raise KeyboardInterrupt
+        return loss(*args)
+
+    monkeypatch.setattr(stage2, "_loss", interrupted_in_epoch_4)
+    aligned, result = stage2.align(plan, batches, config=stage2.AlignConfig(epochs=20, lr=0.2), progress=False)
+    assert result.interrupted and len(result.train_loss) == 3 and len(result.validation_loss) == 4
+    assert aligned.sigmas == result.sigmas and aligned.sigmas[0] == 1.0 and aligned.sigmas[-1] == 0.0

@@ -122,6 +122,10 @@ def cmd_align(a: argparse.Namespace) -> None:
     write_plan(aligned, a.out)
     figure = a.out.with_suffix(".png")
     _plot(plots.plot_alignment, aligned, result, figure)
+    if result.interrupted:
+        print(f"interrupted after {len(result.train_loss)} of {a.epochs} epochs: saved the best schedule so far to "
+              f"{a.out}", file=sys.stderr)
+        return
     print(f"saved {a.out} and {figure}")
 
 
