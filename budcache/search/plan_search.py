@@ -86,11 +86,14 @@ def search_plan(
     evaluations = evaluate.evaluations
     samples, forwards = _over_ranks(evaluate, evaluate.samples, evaluate.forwards)
     rule, rules, objective = evaluate.rule, result.rules, result.loss
+    # an interrupted search writes its plan at once (a scheduler's SIGKILL may follow its SIGTERM within
+    # seconds): no reference losses, no validation of a predictive rule (a resume adds them)
+    refer = not result.interrupted
     repeat = encode(result.mask, "repeat")
-    repeat_objective = evaluate(repeat)
+    repeat_objective = evaluate(repeat) if refer else None
     check = validation or evaluate
     v_plan = v_repeat = None
-    if rule != "repeat" or rules is not None:
+    if refer and (rule != "repeat" or rules is not None):
         v_plan, v_repeat = check(encode(result.mask, rules or rule)), check(repeat)
         if not v_plan <= v_repeat:  # never worse than plain repetition (inf/NaN included)
             rule, rules, objective = "repeat", None, repeat_objective
@@ -100,8 +103,8 @@ def search_plan(
         validation_objective=v_plan,
         validation_repeat_objective=v_repeat,
         metric=evaluate.metric,
-        uniform_objective=evaluate(uniform_mask(k, budget)),
-        euler_objective=None if euler_sigmas is None else evaluate.schedule_loss(euler_sigmas),
+        uniform_objective=evaluate(uniform_mask(k, budget)) if refer else None,
+        euler_objective=None if euler_sigmas is None or not refer else evaluate.schedule_loss(euler_sigmas),
         teacher_steps=k,
         evaluations=evaluations,
         forwards=forwards,
