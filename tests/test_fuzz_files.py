@@ -12,7 +12,7 @@ from budcache.sampling import OutputDenoiser, linear_sigmas
 from budcache.search import Batch, Evaluator, SearchConfig, search_plan
 from budcache.search.checkpoint import FORMAT, Checkpoint
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 PLAN = CachePlan(num_steps=8, budget=3, mask=[1, 0, 0, 1, 0, 0, 1, 0], rule="extrapolate", sigmas=linear_sigmas(8),
                  rules=["repeat", "repeat", "extrapolate", "repeat", "repeat", "repeat", "repeat", "repeat"],
                  model={"class": "FluxTransformer2DModel", "fingerprint": "0123456789abcdef"},
