@@ -43,6 +43,7 @@ class AlignResult:
     train_loss: list[float] = field(default_factory=list)  # per epoch
     validation_loss: list[float] = field(default_factory=list)  # [initial, after epoch 1, ...]
     best_epoch: int = 0  # 0: the input schedule was kept
+    interrupted: bool = False  # Ctrl-C / SIGTERM stopped the epochs; the best schedule so far is kept
 
     @property
     def improved(self) -> bool:
@@ -120,7 +121,8 @@ def align(
     """Learn the sigmas of ``plan`` (its mask and rules fixed) on ``batches``; keep the schedule with
     the best loss on ``validation`` (default: the calibration batches). The teacher runs full
     compute over ``teacher_sigmas`` (default: the plan's schedule); ``restarts``: steps where the
-    cache restarts (another expert)."""
+    cache restarts (another expert). Ctrl-C (KeyboardInterrupt) ends the epochs early with the best
+    schedule so far (``result.interrupted``)."""
     if plan.sigmas is None:
         raise PlanError("this plan has no sigmas (pipeline default); search it with stored sigmas to align it")
     validation = list(validation or batches)
@@ -134,23 +136,26 @@ def align(
         best = _loss(validation, val_teachers, schedule(), plan, False, False, restarts)
     result = AlignResult(sigmas=list(plan.sigmas), initial=list(plan.sigmas), validation_loss=[best])
     bar = tqdm(range(config.epochs), desc=f"align B={plan.budget}/{plan.num_steps}", disable=not progress, leave=False)
-    for epoch in bar:
-        opt.zero_grad()
-        with torch.enable_grad():  # also when called under no_grad (e.g. from the comparison)
-            train = _loss(batches, teachers, schedule(), plan, config.checkpointing, True, restarts)
-        if not torch.isfinite(torch.tensor(train)):
-            break
-        torch.nn.utils.clip_grad_norm_(schedule.parameters(), config.clip)
-        opt.step()
-        lr.step()
-        with torch.no_grad():
-            sigmas = schedule()
-            val = _loss(validation, val_teachers, sigmas, plan, False, False, restarts)
-        result.train_loss.append(train)
-        result.validation_loss.append(val)
-        if val < best:
-            best, result.best_epoch, result.sigmas = val, epoch + 1, sigmas.tolist()
-        bar.set_postfix(train=f"{train:.3g}", val=f"{val:.3g}", best=f"{best:.3g}", refresh=False)
+    try:
+        for epoch in bar:
+            opt.zero_grad()
+            with torch.enable_grad():  # also when called under no_grad (e.g. from the comparison)
+                train = _loss(batches, teachers, schedule(), plan, config.checkpointing, True, restarts)
+            if not torch.isfinite(torch.tensor(train)):
+                break
+            torch.nn.utils.clip_grad_norm_(schedule.parameters(), config.clip)
+            opt.step()
+            lr.step()
+            with torch.no_grad():
+                sigmas = schedule()
+                val = _loss(validation, val_teachers, sigmas, plan, False, False, restarts)
+            result.train_loss.append(train)
+            result.validation_loss.append(val)
+            if val < best:
+                best, result.best_epoch, result.sigmas = val, epoch + 1, sigmas.tolist()
+            bar.set_postfix(train=f"{train:.3g}", val=f"{val:.3g}", best=f"{best:.3g}", refresh=False)
+    except KeyboardInterrupt:
+        result.interrupted = True
     result.sigmas[0], result.sigmas[-1] = plan.sigmas[0], plan.sigmas[-1]  # endpoints exactly as given
     return dataclasses.replace(plan, sigmas=result.sigmas), result
 

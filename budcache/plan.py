@@ -6,12 +6,13 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
-import tempfile
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._io import atomic_write_text
 from .errors import PlanError
 from .sampling.rules import MARKS, RULES
 
@@ -180,6 +181,8 @@ class CachePlan:
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "plan") -> CachePlan:
+        """A plan from its JSON object; any defect (missing, unknown or mistyped field, invalid value)
+        is a :class:`PlanError` naming the field."""
         if not isinstance(d, dict):
             raise PlanError(f"{source}: expected a JSON object, got {type(d).__name__}")
         version = d.get("schema_version")
@@ -187,8 +190,7 @@ class CachePlan:
             raise PlanError(
                 f"{source}: field 'schema_version' is {version!r}; this budcache reads version {SCHEMA_VERSION}"
             )
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known - {"schema_version"}
+        unknown = set(d) - set(_field_types(cls)) - {"schema_version"}
         if unknown:
             raise PlanError(f"{source}: unknown field(s) {sorted(unknown)}")
         for name in ("num_steps", "budget", "mask"):
@@ -196,12 +198,12 @@ class CachePlan:
                 raise PlanError(f"{source}: missing field '{name}'")
         if not isinstance(d["mask"], list):
             raise PlanError(f"{source}: field 'mask' must be a list of 0/1")
-        if d.get("sigmas") is not None and not isinstance(d["sigmas"], list):
-            raise PlanError(f"{source}: field 'sigmas' must be a list of floats or null")
-        if not isinstance(d.get("model", {}), dict):
-            raise PlanError(f"{source}: field 'model' must be an object")
+        _check_types(d, cls, source, skip="record")
         record = d.get("record")
         if record is not None:
+            if not isinstance(record, dict):
+                raise PlanError(f"{source}: field 'record' must be an object or null")
+            _check_types(record, SearchRecord, f"{source}: field 'record'")
             try:
                 record = SearchRecord(**record)
             except TypeError as e:
@@ -210,23 +212,10 @@ class CachePlan:
             return cls(**{**{k: v for k, v in d.items() if k != "schema_version"}, "record": record})
         except PlanError as e:
             raise PlanError(f"{source}: {e}") from None
-        except (TypeError, ValueError) as e:
-            raise PlanError(f"{source}: {e}") from None
 
     def save(self, path: str | Path) -> Path:
         """Write the plan as JSON, atomically (a crash never leaves a half-written file)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=1)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> CachePlan:
@@ -235,9 +224,44 @@ class CachePlan:
             data = json.loads(path.read_text())
         except FileNotFoundError:
             raise PlanError(f"{path}: no such plan file") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except IsADirectoryError:
+            raise PlanError(f"{path} is a folder; name a plan file (.json) in it") from None
+        except OSError as e:
+            raise PlanError(f"{path}: cannot read the plan file ({e.strerror or e})") from None
+        except (ValueError, RecursionError) as e:  # JSON and UTF-8 decoding errors are ValueErrors
             raise PlanError(f"{path}: not a valid JSON plan file ({e})") from None
         return cls.from_dict(data, source=str(path))
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    """The resolved type hints of a dataclass's fields."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether a JSON value has the type ``hint`` (int for float allowed, bool for neither)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, h) for h in args)
+    if origin is list:
+        return isinstance(value, list) and all(_matches(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items())
+    if hint is type(None):
+        return value is None
+    if hint in (int, float):
+        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+    return isinstance(hint, type) and isinstance(value, hint)
+
+
+def _check_types(d: dict, cls: type, source: str, skip: str = "") -> None:
+    for name, hint in _field_types(cls).items():
+        if name in d and name != skip and not _matches(d[name], hint):
+            shown = repr(d[name])
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            what = "a list of 0/1" if name == "mask" else getattr(hint, "__name__", None) or str(hint)
+            raise PlanError(f"{source}: field '{name}' must be {what}, got {shown}")
 
 
 def check_sigmas(sigmas: list[float], num_steps: int, what: str = "sigmas") -> None:

@@ -98,8 +98,8 @@ def test_batched_candidates_score_what_one_at_a_time_scores(demo_model):
 
 
 def test_resume_under_unipc_replays_and_a_euler_checkpoint_is_refused(tmp_path, capsys):
-    """A finished UniPC search resumed from its checkpoint replays to the same plan without forwards;
-    the checkpoint of the same search under Euler is refused (its schedule and solver differ)."""
+    """A finished UniPC search resumed from its checkpoint replays to the same plan without search
+    forwards (only the resumed run's teacher, K per sample, is added); the checkpoint of the same search under Euler is refused (its schedule and solver differ)."""
     args = ["search", "--steps", "8", "--budget", "3", "--calib", "3", "--iterations", "12", "--starts", "1",
             "--kicks", "0", "--no-progress"]
     out = tmp_path / "u.json"
@@ -107,7 +107,7 @@ def test_resume_under_unipc_replays_and_a_euler_checkpoint_is_refused(tmp_path, 
     first = CachePlan.load(out)
     main([*args, "--scheduler", "unipc", "--out", str(out), "--resume"])
     again = CachePlan.load(out)
-    assert again.mask == first.mask and again.record.forwards == first.record.forwards
+    assert again.mask == first.mask and again.record.forwards == first.record.forwards + 8 * 3
     assert again.record.solver == "UniPCMultistep"
     main([*args, "--out", str(tmp_path / "e.json")])
     with pytest.raises(SystemExit, match="another search \((sigmas|solver) differs\)"):

@@ -1,4 +1,6 @@
-"""The command handlers: each reads its options, opens the model source and calls the library."""
+"""The command handlers: each reads its (checked, :mod:`.checks`) options, opens the model source and
+calls the library. Outputs are written so that nothing is lost: a plan that cannot be written where
+asked is written elsewhere, and the message says where."""
 
 from __future__ import annotations
 
@@ -6,40 +8,64 @@ import argparse
 import json
 import math
 import sys
+import tempfile
 from pathlib import Path
 
-from ..align import AlignConfig, align, require_euler
+from ..align import align, AlignConfig, require_euler
+from ..errors import BudcacheError, PlanError
 from ..evaluation import plots
 from ..plan import CachePlan
 from ..search import search_source
-from .launch import check_source_options, open_source, rank_and_world
-from .options import parse_budgets, search_config
+from ..search.checkpoint import held
+from .launch import open_source, rank_and_world
+from .options import search_config
+
+
+def write_plan(plan: CachePlan, path: Path, *fallbacks: Path) -> None:
+    """Save ``plan`` at ``path``; when that fails, at the first fallback that works (then a
+    BudcacheError says where), beside the system's temporary files at the last."""
+    try:
+        plan.save(path)
+        return
+    except OSError as e:
+        reason = e.strerror or str(e)
+    for other in (*fallbacks, Path(tempfile.gettempdir()) / f"budcache-{path.name}"):
+        try:
+            plan.save(other)
+        except OSError:
+            continue
+        raise BudcacheError(f"cannot write {path} ({reason}); the plan was saved to {other} instead")
+    raise BudcacheError(f"cannot write {path} ({reason}), nor anywhere else; the plan is: "
+                        + json.dumps(plan.to_dict()))
+
+
+def _plot(draw, *args) -> None:
+    """A figure is a bonus: one that cannot be written is a warning, never a lost result."""
+    try:
+        draw(*args)
+    except OSError as e:
+        print(f"budcache: warning: no plot written ({e})", file=sys.stderr)
 
 
 def cmd_search(a: argparse.Namespace) -> None:
-    if not 1 <= a.budget <= a.steps:
-        raise SystemExit(f"--budget must be between 1 and --steps ({a.steps}), got {a.budget}")
-    history = a.history or a.out.with_suffix(".history.png")
-    checkpoint = a.checkpoint or a.out.with_suffix(".checkpoint.json")
-    if a.resume and not checkpoint.exists():
-        raise SystemExit(f"--resume: no checkpoint at {checkpoint}")
-    check_source_options(a)
     rank, world = rank_and_world()
-    with open_source(a, rank=rank, world=world) as source:
+    with held(a.checkpoint), open_source(a, rank=rank, world=world) as source:  # locked before loading
         plan, result = search_source(source, a.budget, rule=a.rule, config=search_config(a), max_state_mb=a.state_mb,
-                                     progress=not (a.no_progress or rank), checkpoint=checkpoint, resume=a.resume)
+                                     progress=not (a.no_progress or rank), checkpoint=a.checkpoint, resume=a.resume)
     if rank:
         return
-    plots.plot_history({f"B={a.budget}": result}, history)
-    plan.save(a.out)
-    if plan.record is not None and plan.record.interrupted:
-        print("interrupted: saved the best plan found so far", file=sys.stderr)
     print(plan.describe())
-    print(f"saved {a.out} and {history} (evaluations in {checkpoint})")
+    write_plan(plan, a.out, a.checkpoint.with_suffix(".plan.json"))
+    _plot(plots.plot_history, {f"B={a.budget}": result}, a.history)
+    if plan.record is not None and plan.record.interrupted:
+        print(f"interrupted: saved the best plan found so far to {a.out} (evaluations in {a.checkpoint}); "
+              "continue with the same command and --resume", file=sys.stderr)
+        return
+    print(f"saved {a.out} and {a.history} (evaluations in {a.checkpoint})")
 
 
 def cmd_show(a: argparse.Namespace) -> None:
-    plan = CachePlan.load(a.plan)
+    plan = a.loaded
     print(json.dumps(plan.to_dict(), indent=1) if a.json else plan.describe())
     if a.png:
         print(f"saved {plots.plot_plan(plan, a.png)}")
@@ -53,53 +79,61 @@ def cmd_demo(a: argparse.Namespace) -> None:
     print(f"wrote plans, table.txt, results.json, samples.png and plots to {a.out}/")
 
 
+def _check_models(plans: list[tuple[Path, CachePlan]], model: object) -> None:
+    for path, plan in plans:
+        try:
+            plan.check_model(model)
+        except PlanError as e:
+            raise PlanError(f"{path}: {e}") from None
+
+
 def cmd_compare(a: argparse.Namespace) -> None:
     from ..evaluation import compare
     from ..evaluation.report import write
 
     if a.plans:
-        plans = [(Path(path).stem, CachePlan.load(path)) for path in a.plans]
-        steps = {p.num_steps for _, p in plans}
-        if len(steps) > 1:
-            raise SystemExit(f"plans compared together need one step count, got {sorted(steps)}")
-        with open_source(a, held_out=True, validation=False, steps=steps.pop()) as source:
-            rows, images = compare.compare_plans(source, plans)
+        with open_source(a, held_out=True, validation=False) as source:
+            _check_models(a.loaded, source.model)
+            rows, images = compare.compare_plans(source, [(path.stem, plan) for path, plan in a.loaded])
         write(rows, images, a.out)
         print(f"wrote table.txt, results.csv and results.json to {a.out}/")
         return
-    budgets = parse_budgets(a.budgets, a.steps)
-    config = search_config(a)
     with open_source(a, held_out=True, validation=False) as source:
-        rows, images = compare.compare(source, budgets, tuple(a.rules), config, progress=not a.no_progress,
-                                       align_epochs=a.align_epochs, magcache=a.magcache, max_state_mb=a.state_mb)
+        rows, images = compare.compare(source, a.budgets, tuple(a.rules), search_config(a),
+                                       progress=not a.no_progress, align_epochs=a.align_epochs, magcache=a.magcache,
+                                       max_state_mb=a.state_mb)
     write(rows, images, a.out)
     print(f"wrote table.txt, results.csv, results.json, quality_vs_nfe.png and samples_B*.png to {a.out}/")
 
 
 def cmd_align(a: argparse.Namespace) -> None:
-    plan = CachePlan.load(a.plan)
+    plan = a.loaded
     config = AlignConfig(epochs=a.epochs, lr=a.lr, checkpointing=not a.no_checkpointing)
-    with open_source(a, reuse=plan.reuse, steps=plan.num_steps) as source:
-        plan.check_model(source.model)
+    with open_source(a, reuse=plan.reuse) as source:
+        _check_models([(a.plan, plan)], source.model)
         require_euler(source.solver)
         validation = source.batches("validation") if source.has("validation") else None
         aligned, result = align(plan, source.batches("calib"), validation, config, progress=not a.no_progress,
                                 restarts=source.restarts)
-    aligned.save(a.out)
-    figure = plots.plot_alignment(aligned, result, a.out.with_suffix(".png"))
     v0, v1 = result.validation_loss[0], min(result.validation_loss)
     print(aligned.describe())
     print(f"validation MSE {v0:.4g} -> {v1:.4g} ({10 * math.log10(v0 / v1):+.2f} dB), "
           f"{'kept epoch ' + str(result.best_epoch) if result.improved else 'input schedule kept'}")
+    write_plan(aligned, a.out)
+    figure = a.out.with_suffix(".png")
+    _plot(plots.plot_alignment, aligned, result, figure)
+    if result.interrupted:
+        print(f"interrupted after {len(result.train_loss)} of {a.epochs} epochs: saved the best schedule so far to "
+              f"{a.out}", file=sys.stderr)
+        return
     print(f"saved {a.out} and {figure}")
 
 
 def cmd_frontier(a: argparse.Namespace) -> None:
     from ..evaluation.frontier import frontier
 
-    budgets = parse_budgets(a.budgets, a.steps)
     with open_source(a, held_out=True, validation=False) as source:
-        rows = frontier(source, budgets, a.out, search_config(a), not a.no_progress, a.state_mb)
+        rows = frontier(source, a.budgets, a.out, search_config(a), not a.no_progress, a.state_mb)
     for r in rows:
         plain = next(k for k in r if k.startswith("plain "))
         print(f"B={r['budget']:>2}  {r['mask']}  budcache {r['budcache']:6.2f} dB   uniform {r['uniform mask']:6.2f}   "

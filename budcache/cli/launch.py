@@ -1,4 +1,4 @@
-"""Launching a command: the process group under ``torchrun``, pipeline loading, prompt files, and the
+"""Launching a command: the process group under ``torchrun``, pipeline loading, calibration, and the
 model source a command runs on (``--model demo`` or ``--pipeline``), built the same way for all."""
 
 from __future__ import annotations
@@ -7,10 +7,9 @@ import argparse
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
-from ..calibration import calibrate, pipeline_source, read_prompts
+from ..calibration import calibrate, pipeline_source
 from ..source import HELD_OUT_SEED_OFFSET, VALIDATION_SEED_OFFSET, Source
 from .options import call_kwargs
 
@@ -43,34 +42,12 @@ def load_pipeline(path: str, dtype: str | None, device: str | None, offload: boo
     return pipe
 
 
-def calibrate_shard(pipe: Any, path: Path, steps: int, seed: int, rank: int = 0, world: int = 1,
+def calibrate_shard(pipe: Any, prompts: list, steps: int, seed: int, rank: int = 0, world: int = 1,
                     progress: bool = True, **kwargs: Any):
-    """This rank's share of the prompts in ``path`` (prompt i keeps seed ``seed + i``)."""
-    prompts = read_prompts(path)
-    if len(prompts) < world:
-        raise SystemExit(f"{path}: {len(prompts)} prompts for {world} processes; give each process at least one")
+    """This rank's share of ``prompts`` (prompt i keeps seed ``seed + i``)."""
     mine = range(rank, len(prompts), world)
     return calibrate(pipe, [prompts[i] for i in mine], steps, seeds=[seed + i for i in mine], progress=progress,
                      **kwargs)
-
-
-def check_source_options(a: argparse.Namespace, held_out: bool = False) -> None:
-    """Refuse a bad model choice before anything is loaded."""
-    if a.pipeline is None:
-        if a.model != "demo":
-            raise SystemExit(f"--model {a.model!r}: use --model demo, or --pipeline PATH_OR_ID for a diffusers model")
-        return
-    if getattr(a, "scheduler", "euler") != "euler":
-        raise SystemExit(f"--scheduler {a.scheduler} chooses the demo model's solver; a --pipeline always runs its "
-                         "own scheduler (replace it in the pipeline's folder to search under another)")
-    if a.prompts is None:
-        raise SystemExit("--pipeline needs --prompts FILE (.txt, .jsonl or .csv) with calibration prompts")
-    if held_out and getattr(a, "held_out_prompts", None) is None:
-        raise SystemExit(f"{a.command} --pipeline needs --held-out-prompts FILE (evaluation prompts)")
-    for name in ("prompts", "validation_prompts", "held_out_prompts"):
-        path = getattr(a, name, None)
-        if path is not None and not Path(path).is_file():
-            raise SystemExit(f"--{name.replace('_', '-')}: {path} does not exist")
 
 
 @contextmanager
@@ -79,8 +56,8 @@ def open_source(a: argparse.Namespace, *, held_out: bool = False, validation: bo
     """The model source of a command: the demo model, or the pipeline calibrated on ``--prompts``
     (validation: ``--validation-prompts`` at seed + 5000; held out: ``--held-out-prompts`` at seed
     + 10000; ``validation`` False: no validation set). Under ``torchrun`` each rank holds its share of
-    the calibration and validation sets. ``steps``: K when not ``--steps`` (a plan's)."""
-    check_source_options(a, held_out)
+    the calibration and validation sets. ``steps``: K when not ``--steps`` (a plan's). The options
+    were checked and the prompt files read by :func:`.checks.check_source`."""
     reuse, steps = reuse or a.reuse, steps or a.steps
     progress = not a.no_progress
     if a.pipeline is None:
@@ -94,14 +71,14 @@ def open_source(a: argparse.Namespace, *, held_out: bool = False, validation: bo
     device = a.device or (f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if world > 1 else None)
     pipe = load_pipeline(a.pipeline, a.dtype, device, a.cpu_offload)
     pipe.set_progress_bar_config(disable=True)
-    kwargs = call_kwargs(a)
-    calib = calibrate_shard(pipe, a.prompts, steps, a.seed, rank, world, progress, **kwargs)
+    kwargs, prompts = call_kwargs(a), a.prompt_lists
+    calib = calibrate_shard(pipe, prompts["prompts"], steps, a.seed, rank, world, progress, **kwargs)
     checks = evaluation = None
-    if validation and a.validation_prompts is not None:
-        checks = calibrate_shard(pipe, a.validation_prompts, steps, a.seed + VALIDATION_SEED_OFFSET, rank, world,
-                                     progress, **kwargs)
+    if validation and "validation_prompts" in prompts:
+        checks = calibrate_shard(pipe, prompts["validation_prompts"], steps, a.seed + VALIDATION_SEED_OFFSET, rank,
+                                 world, progress, **kwargs)
     if held_out:
-        evaluation = calibrate_shard(pipe, a.held_out_prompts, steps, a.seed + HELD_OUT_SEED_OFFSET,
+        evaluation = calibrate_shard(pipe, prompts["held_out_prompts"], steps, a.seed + HELD_OUT_SEED_OFFSET,
                                      progress=progress, **kwargs)
     with pipeline_source(calib, reuse, validation=checks, held_out=evaluation) as source:
         yield source

@@ -1,10 +1,13 @@
-"""Option groups shared by the commands: the model source, the search effort, the budgets."""
+"""Option groups shared by the commands: the model source, the search effort, the budgets; and the
+types that refuse a bad number while the command line is parsed."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,62 @@ from ..sampling.rules import RULES
 from ..search import EFFORTS, SearchConfig
 
 DEMO_EFFORT = SearchConfig(iterations=100, starts=1, kicks=0)  # `demo`, `compare`, `frontier` must finish in minutes
+DEMO_STEPS = 28
 
+
+def integer(least: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``least``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expects an integer, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+        return value
+    return parse
+
+
+def number(least: float = -math.inf, strict: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number of at least ``least`` (above it when ``strict``)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expects a number, got {text!r}") from None
+        if not math.isfinite(value) or value < least or (strict and value == least):
+            bound = "" if least == -math.inf else f" {'above' if strict else 'at least'} {least:g}"
+            raise argparse.ArgumentTypeError(f"must be a finite number{bound}, got {text}")
+        return value
+    return parse
+
+
+def budget_list(text: str) -> list[int]:
+    """An argparse type: ``6,8,10``, ``4..20`` or ``6``."""
+    try:
+        if ".." in text:
+            lo, hi = (int(t) for t in text.split(".."))
+            if lo > hi:
+                raise argparse.ArgumentTypeError(f"{text} is an empty range; write the smaller budget first "
+                                                 f"({hi}..{lo})")
+            if hi - lo > 100_000:
+                raise argparse.ArgumentTypeError(f"{text} is far wider than any step count; a budget is at most "
+                                                 "--steps")
+            budgets = list(range(lo, hi + 1))
+        else:
+            budgets = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes a comma list (6,8,10), a range (4..20) or budgets one by one "
+                                         f"(6 8 10), got {text!r}") from None
+    if not budgets or min(budgets) < 1:
+        raise argparse.ArgumentTypeError(f"budgets are at least 1, got {text!r}")
+    return budgets
+
+
+def add_budgets_option(p: argparse.ArgumentParser, default: list[int]) -> None:
+    p.add_argument("--budgets", type=budget_list, nargs="+", default=[default], metavar="BUDGETS",
+                   help=f"comma list, range or one by one: 6,8,10 or 4..20 or 6 8 10 (default "
+                        f"{','.join(map(str, default))})")
 
 
 def add_source_options(p: argparse.ArgumentParser, calib: int = 16, held_out: bool = False,
@@ -22,22 +80,28 @@ def add_source_options(p: argparse.ArgumentParser, calib: int = 16, held_out: bo
     g.add_argument("--model", default="demo", help="the embedded demo model (default), or use --pipeline")
     g.add_argument("--pipeline", default=None, metavar="PATH_OR_ID",
                    help="a diffusers pipeline (local folder or hub id) instead of the demo model")
-    g.add_argument("--steps", type=int, default=28, help="denoising steps K (default 28)")
+    add_steps_option(g)
     g.add_argument("--seed", type=int, default=0, help="seed of the noise (prompt i: seed + i) and of the search")
-    g.add_argument("--calib", type=int, default=calib, help=f"calibration samples of the demo model (default {calib})")
+    g.add_argument("--calib", type=integer(1), default=None,
+                   help=f"calibration samples of the demo model (default {calib})")
     g.add_argument("--prompts", type=Path, default=None, help="calibration prompts for --pipeline (.txt, .jsonl, .csv)")
     g.add_argument("--validation-prompts", type=Path, default=None,
                    help="other prompts on which a predictive rule must beat repeat, or stage 2 keeps its best "
                         "schedule (default: the calibration ones)")
+    demo = {"calib": calib}
     if validation is not None:
-        g.add_argument("--validation", type=int, default=validation,
-                       help=f"validation samples of the demo model (default {validation})")
+        g.add_argument("--validation", type=integer(0), default=None,
+                       help=f"validation samples of the demo model (default {validation}; 0: none)")
+        demo["validation"] = validation
     if held_out:
-        g.add_argument("--held-out", type=int, default=100, help="held-out demo samples (never calibration ones)")
+        g.add_argument("--held-out", type=integer(1), default=None,
+                       help="held-out demo samples, never calibration ones (default 100)")
         g.add_argument("--held-out-prompts", type=Path, default=None, help="held-out evaluation prompts for --pipeline")
-    g.add_argument("--height", type=int, default=None)
-    g.add_argument("--width", type=int, default=None)
-    g.add_argument("--guidance-scale", type=float, default=None)
+        demo["held_out"] = 100
+    p.set_defaults(demo_defaults=demo)
+    g.add_argument("--height", type=integer(1), default=None)
+    g.add_argument("--width", type=integer(1), default=None)
+    g.add_argument("--guidance-scale", type=number(), default=None)
     g.add_argument("--negative-prompt", default=None)
     g.add_argument("--call", action="append", default=[], metavar="KEY=VALUE",
                    help="another pipeline call argument (value parsed as JSON when it can be), repeatable")
@@ -48,6 +112,11 @@ def add_source_options(p: argparse.ArgumentParser, calib: int = 16, held_out: bo
     g.add_argument("--reuse", choices=("residual", "output"), default="residual",
                    help="what reused steps take from the cache (default residual)")
     add_scheduler_option(g)
+
+
+def add_steps_option(p: Any) -> None:
+    p.add_argument("--steps", type=integer(1), default=None,
+                   help=f"denoising steps K (default {DEMO_STEPS}; a plan's own K when a plan is given)")
 
 
 def add_scheduler_option(p: Any) -> None:
@@ -65,34 +134,34 @@ def add_search_options(p: argparse.ArgumentParser, effort: SearchConfig = Search
                         "tenth of the default's forwards, its plans only on smooth objectives), default (annealing + "
                         "screened hill climbing + kicks), thorough (the same unscreened: 2-3x the forwards), long (the "
                         "reference search); the options below override it")
-    g.add_argument("--iterations", type=int, default=None,
+    g.add_argument("--iterations", type=integer(0), default=None,
                    help=f"annealing proposals per start (default {effort.iterations})")
-    g.add_argument("--starts", type=int, default=None,
+    g.add_argument("--starts", type=integer(1), default=None,
                    help=f"annealing starts: the first mask, then random ones (default {effort.starts})")
-    g.add_argument("--kicks", type=int, default=None,
+    g.add_argument("--kicks", type=integer(0), default=None,
                    help=f"perturb-and-climb rounds after hill climbing (default {effort.kicks})")
-    g.add_argument("--reach", type=int, default=None,
+    g.add_argument("--reach", type=integer(0), default=None,
                    help=f"hill climbing moves a computed step at most this far, 0: anywhere (default {effort.reach})")
-    g.add_argument("--screen", type=float, default=None,
+    g.add_argument("--screen", type=number(0.0, strict=True), default=None,
                    help="share of the calibration prompts that ranks hill-climbing moves before the best "
                         f"{effort.confirm} are scored on all of them; 1: no screening (default {effort.screen})")
     p.set_defaults(base_effort=effort)
-    g.add_argument("--batch-candidates", type=int, default=1,
+    g.add_argument("--batch-candidates", type=integer(1), default=1,
                    help="hill-climbing neighbours evaluated together in one batched forward (default 1: off)")
     g.add_argument("--no-hill-climb", action="store_true",
                    help="skip hill climbing (K*B neighbours a round: the bulk of a search at large K)")
-    g.add_argument("--forced-prefix", type=int, default=0, help="first steps that always compute (default 0)")
+    g.add_argument("--forced-prefix", type=integer(0), default=0, help="first steps that always compute (default 0)")
     if rule:
         g.add_argument("--rule", choices=RULES, default="repeat",
                        help="how reused steps read the cache: repeat, or extrapolate(2) in sigma (default repeat)")
     g.add_argument("--search-rules", action="store_true",
                    help="search the reuse rule of every step jointly with the mask")
-    g.add_argument("--state-mb", type=float, default=1024.0,
+    g.add_argument("--state-mb", type=number(0), default=1024.0,
                    help="memory for stored prefix states (prefix reuse; default 1024 MB; raise it on a large GPU)")
     if checkpoint:
         g.add_argument("--checkpoint", type=Path, default=None,
                        help="save the evaluations here as they come (default: next to --out)")
-        g.add_argument("--checkpoint-every", type=int, default=25, help="evaluations between checkpoint writes")
+        g.add_argument("--checkpoint-every", type=integer(1), default=25, help="evaluations between checkpoint writes")
         g.add_argument("--resume", action="store_true",
                        help="continue an interrupted search from --checkpoint (same final plan as an uninterrupted run)")
 
@@ -111,30 +180,14 @@ def search_config(a: argparse.Namespace) -> SearchConfig:
 
 
 def call_kwargs(a: argparse.Namespace) -> dict:
-    """Pipeline call arguments from --height/--width/--guidance-scale/--negative-prompt and --call KEY=VALUE."""
+    """Pipeline call arguments from --height/--width/--guidance-scale/--negative-prompt and --call KEY=VALUE
+    (each checked by :func:`budcache.cli.checks.check_call`)."""
     kwargs = {k: v for k, v in dict(height=a.height, width=a.width, guidance_scale=a.guidance_scale,
                                       negative_prompt=a.negative_prompt).items() if v is not None}
     for item in a.call:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--call expects KEY=VALUE, got {item!r}")
+        key, _, value = item.partition("=")
         try:
             kwargs[key] = json.loads(value)
         except json.JSONDecodeError:
             kwargs[key] = value
     return kwargs
-
-
-def parse_budgets(text: str, steps: int) -> list[int]:
-    """``6,8,10,14`` or ``4..20``, each within 1..``steps``."""
-    try:
-        if ".." in text:
-            lo, hi = text.split("..")
-            budgets = list(range(int(lo), int(hi) + 1))
-        else:
-            budgets = [int(b) for b in text.split(",") if b.strip()]
-    except ValueError:
-        raise SystemExit(f"--budgets takes a comma list (6,8,10) or a range (4..20), got {text!r}") from None
-    if not budgets or not all(1 <= b <= steps for b in budgets):
-        raise SystemExit(f"--budgets must lie in 1..--steps ({steps}), got {text!r}")
-    return budgets

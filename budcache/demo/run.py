@@ -37,6 +37,8 @@ def run_demo(
             for rule in rules:
                 plan, result = search_source(source, b, rule=rule, config=config, progress=progress)
                 plan.save(out / f"plan_B{b}_{rule}.json")
+                if plan.record.interrupted:  # saved; Ctrl-C / SIGTERM stops the demo
+                    raise KeyboardInterrupt
                 plots.plot_plan(plan, out / f"plan_B{b}_{rule}.png")
                 histories[f"B={b} {rule}"] = result
                 kept = "per-step rules" if plan.rules is not None else plan.rule

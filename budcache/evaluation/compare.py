@@ -154,6 +154,8 @@ def _compare(source: Source, signal: list, budgets: Sequence[int], rules: Sequen
         for b in budgets:
             bar.set_postfix(rule=rule, B=b)
             plan, _ = search_source(source, b, config=config, progress=False, evaluate=evaluate)
+            if plan.record.interrupted:  # Ctrl-C / SIGTERM stops the comparison, not just this search
+                raise KeyboardInterrupt
             masks = {"budcache": (plan.mask, plan.step_rules if plan.rules else rule, "")}
             mask, note = policies.fora_for_budget(k, b)
             masks["uniform / FORA"] = (mask, rule, note)
@@ -165,8 +167,10 @@ def _compare(source: Source, signal: list, budgets: Sequence[int], rules: Sequen
             masks["LeMiCa"] = (policies.lemica_path(weights, k, b), rule, "")
             schedules = dict.fromkeys(masks, sigmas)
             if align_epochs:
-                aligned, _ = align(plan, source.batches("calib"), config=AlignConfig(epochs=align_epochs), progress=False,
-                                   restarts=source.restarts)
+                aligned, result = align(plan, source.batches("calib"), config=AlignConfig(epochs=align_epochs),
+                                        progress=False, restarts=source.restarts)
+                if result.interrupted:
+                    raise KeyboardInterrupt
                 masks["budcache + aligned sigmas"] = masks["budcache"]
                 schedules["budcache + aligned sigmas"] = source.solver_for(aligned.sigmas)
             for method, (mask, mask_rule, note) in masks.items():
@@ -193,8 +197,10 @@ def _compare(source: Source, signal: list, budgets: Sequence[int], rules: Sequen
         add(b, f"plain {b}-step AB2", "-", x, [b] * n_eval, seconds)
         if align_epochs:
             euler = CachePlan(num_steps=b, budget=b, mask=[1] * b, sigmas=fewer.sigmas)
-            aligned, _ = align(euler, source.batches("calib"), config=AlignConfig(epochs=align_epochs),
-                               teacher_sigmas=source.sigmas, progress=False)
+            aligned, result = align(euler, source.batches("calib"), config=AlignConfig(epochs=align_epochs),
+                                    teacher_sigmas=source.sigmas, progress=False)
+            if result.interrupted:
+                raise KeyboardInterrupt
             x, seconds = metrics.timed(lambda: static_outputs(source, "eval", aligned.sigmas, [1] * b, "repeat"))
             add(b, f"plain {b}-step Euler, aligned sigmas", "-", x, [b] * n_eval, seconds)
     return report.rows, report.images

@@ -57,25 +57,36 @@ class _Branch:
 
 
 class _Run:
-    """What the hooks of all experts share: branches, counts, the last finished generation."""
+    """What the hooks of all experts share: branches, and the counts of the last generation (per
+    summary key), ``done`` once the generation reached its last step."""
 
     def __init__(self, num_experts: int):
         self.num_experts = num_experts
-        self.finished: dict[str, dict[str, int]] = {}
+        self.counts: dict[str, dict[str, int]] = {}
+        self.done: set[str] = set()
         self.reset()
 
     def reset(self) -> None:
+        """Clear the caches (the pipeline does it after every call); the counts stay for ``summary``."""
         self.branches: dict[tuple[str, str], _Branch] = {}
-        self.counts: dict[str, dict[str, int]] = {}
         self.step, self.calls_in_step = None, 0
         self.sigmas: list[float] | None = None  # the scheduler's sigmas on the host, set with its timesteps
+
+    def start(self) -> None:
+        """A generation starts (``set_timesteps``): the last one's counts are over."""
+        self.reset()
+        self.counts, self.done = {}, set()
 
     def branch(self, expert: str, name: str) -> _Branch:
         return self.branches.setdefault((expert, name), _Branch())
 
-    def count(self, expert: str, name: str, computed: bool) -> str:
-        """Count a step of a branch; returns the branch's summary key."""
+    def count(self, expert: str, name: str, computed: bool, step: int) -> str:
+        """Count step ``step`` of a branch (its first one starts the branch's counts afresh); returns
+        the branch's summary key."""
         key = name if self.num_experts == 1 else f"{expert}/{name}"
+        if step == 0:
+            self.counts.pop(key, None)
+            self.done.discard(key)
         counts = self.counts.setdefault(key, {"computed": 0, "reused": 0})
         counts["computed" if computed else "reused"] += 1
         return key
@@ -170,15 +181,13 @@ class _PlanHook(ModelHook):
         except BaseException:
             state.reset()
             raise
-        key = self.run.count(self.expert, name, compute)
+        key = self.run.count(self.expert, name, compute, k)
         if state.step == 1 and t is not None:
             state.direction = t - state.last_t
         state.step, state.last_t, state.batch = k + 1, t, batch
-        if k + 1 == self.plan.num_steps:  # a generation finished
-            if self.in_pipeline:
-                self.run.finished = {b: dict(c) for b, c in self.run.counts.items()}
-            else:
-                self.run.finished[key] = self.run.counts.pop(key)
+        if k + 1 == self.plan.num_steps:  # a generation finished (in a pipeline: every branch of it)
+            self.run.done.update(self.run.counts if self.in_pipeline else (key,))
+            if not self.in_pipeline:
                 state.reset()
         return out
 
@@ -194,8 +203,10 @@ class CacheHandle:
         self.experts, self.run, self.scheduler, self.plan = experts, run, scheduler, plan
 
     def summary(self) -> dict[str, dict[str, int]]:
-        """Computed and reused steps of the last finished generation, per CFG branch (and per expert)."""
-        return {b: dict(c) for b, c in self.run.finished.items()}
+        """Computed and reused steps of the last generation, per CFG branch (and per expert). A generation
+        that did not reach its last step (an exception, ``pipe._interrupt``) is reported as far as it
+        ran, each branch marked ``"interrupted": True``."""
+        return {b: {**c, **({} if b in self.run.done else {"interrupted": True})} for b, c in self.run.counts.items()}
 
     def remove(self) -> None:
         for module in self.experts.values():
@@ -245,7 +256,7 @@ def _wrap_set_timesteps(scheduler: Any, plan: CachePlan, run: _Run) -> None:
                      bound.get("num_inference_steps"))
         if asked is not None:
             plan.check_steps(int(asked))
-        run.reset()
+        run.start()
         result = original(*args, **kwargs)
         sigmas = _host_sigmas(scheduler, call)
         if plan.sigmas is not None:
@@ -322,7 +333,8 @@ def _handle(pipe: Any) -> CacheHandle:
 
 
 def summary(pipe: Any) -> dict[str, dict[str, int]]:
-    """Computed and reused steps per branch of the last generation of ``pipe`` (with a plan applied)."""
+    """Computed and reused steps per branch of the last generation of ``pipe`` (with a plan applied;
+    see :meth:`CacheHandle.summary`)."""
     return _handle(pipe).summary()
 
 

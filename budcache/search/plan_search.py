@@ -12,11 +12,12 @@ import torch
 
 from ..calibration.capture import Calibration
 from ..calibration.replay import pipeline_source
+from ..errors import SearchError
 from ..plan import CachePlan, SearchRecord, model_identity, uniform_mask
 from ..sampling.rules import encode
 from ..source import Source
 from .anneal import SearchConfig, SearchResult, anneal, check_budget, effort_name
-from .checkpoint import Checkpoint, identity
+from .checkpoint import Checkpoint, held, identity
 from .evaluator import Evaluator
 from .history import plot_history
 
@@ -28,6 +29,18 @@ def _over_ranks(evaluate: Evaluator, *values: int) -> list[int]:
     total = torch.tensor(values, dtype=torch.float64)
     torch.distributed.all_reduce(total)
     return [int(v) for v in total]
+
+
+_LEAST = {"iterations": 0, "starts": 1, "kicks": 0, "forced_prefix": 0, "checkpoint_every": 1, "batch_candidates": 1,
+          "reach": 0}
+
+
+def check_config(config: SearchConfig) -> None:
+    """Refuse search settings out of range (e.g. no start: nothing would be evaluated)."""
+    for name, least in _LEAST.items():
+        value = getattr(config, name)
+        if not isinstance(value, int) or value < least:
+            raise SearchError(f"SearchConfig.{name} must be an integer of at least {least}, got {value!r}")
 
 
 def search_plan(
@@ -52,27 +65,35 @@ def search_plan(
     ``euler_sigmas``: the B-step schedule of plain fewer-step Euler, scored as a reference.
     ``validation``: an evaluator on other samples; a predictive plan whose validation loss is
     not better than the same mask with ``repeat`` falls back to ``repeat``. ``checkpoint``: a file
-    the evaluations are saved to as they come; ``resume`` continues from it (same final plan).
+    the evaluations are saved to as they come, locked against other searches while this one runs;
+    ``resume`` continues from it (same final plan).
     ``start``: the first annealing start (e.g. a neighbouring budget's plan), else the uniform mask.
     ``boundary_ratio``: the expert boundary the plan is for (two-expert pipelines).
     """
     k = evaluate.num_steps
+    check_config(config)
     check_budget(k, budget, config)
     saver = None
     if checkpoint is not None:
         ident = identity(evaluate, budget, config, model_identity(model) if model is not None else None)
         saver = Checkpoint(checkpoint, ident, config.checkpoint_every)
-        if resume and Path(checkpoint).exists():
+    with held(checkpoint):
+        if saver is not None and resume and Path(checkpoint).exists():
             saver.restore(evaluate)
-    result = anneal(evaluate, budget, config, progress=progress, checkpoint=saver, start=start)
+        result = anneal(evaluate, budget, config, progress=progress, checkpoint=saver, start=start)
+        if saver is not None and not result.interrupted:
+            saver.save(evaluate, finished=True)
     evaluations = evaluate.evaluations
     samples, forwards = _over_ranks(evaluate, evaluate.samples, evaluate.forwards)
     rule, rules, objective = evaluate.rule, result.rules, result.loss
+    # an interrupted search writes its plan at once (a scheduler's SIGKILL may follow its SIGTERM within
+    # seconds): no reference losses, no validation of a predictive rule (a resume adds them)
+    refer = not result.interrupted
     repeat = encode(result.mask, "repeat")
-    repeat_objective = evaluate(repeat)
+    repeat_objective = evaluate(repeat) if refer else None
     check = validation or evaluate
     v_plan = v_repeat = None
-    if rule != "repeat" or rules is not None:
+    if refer and (rule != "repeat" or rules is not None):
         v_plan, v_repeat = check(encode(result.mask, rules or rule)), check(repeat)
         if not v_plan <= v_repeat:  # never worse than plain repetition (inf/NaN included)
             rule, rules, objective = "repeat", None, repeat_objective
@@ -82,8 +103,8 @@ def search_plan(
         validation_objective=v_plan,
         validation_repeat_objective=v_repeat,
         metric=evaluate.metric,
-        uniform_objective=evaluate(uniform_mask(k, budget)),
-        euler_objective=None if euler_sigmas is None else evaluate.schedule_loss(euler_sigmas),
+        uniform_objective=evaluate(uniform_mask(k, budget)) if refer else None,
+        euler_objective=None if euler_sigmas is None or not refer else evaluate.schedule_loss(euler_sigmas),
         teacher_steps=k,
         evaluations=evaluations,
         forwards=forwards,
@@ -133,21 +154,24 @@ def search_source(
 ) -> tuple[CachePlan, SearchResult]:
     """Search the best ``budget``-of-K plan on a model source's calibration set. The source's
     restart steps always compute; a predictive rule must beat ``repeat`` on its validation set
-    (else on the calibration set). ``evaluate``: an evaluator of this source to reuse (frontier)."""
+    (else on the calibration set). ``evaluate``: an evaluator of this source to reuse (frontier).
+    The ``checkpoint`` is locked before the teacher runs (a second search on it is refused first)."""
+    check_config(config)
     check_budget(source.num_steps, budget, config)
     config = dataclasses.replace(config, forced=tuple(sorted({*config.forced, *source.restarts})))
-    if evaluate is None:
-        evaluate = source_evaluator(source, "calib", rule=rule, config=config, metric=metric,
-                                    max_state_mb=max_state_mb)
-        source.check_teacher(evaluate.teacher)
-    predictive = evaluate.rule != "repeat" or bool(config.rules)
-    validation = None
-    if predictive and source.has("validation"):
-        validation = source_evaluator(source, "validation", rule=evaluate.rule, config=config, metric=metric,
-                                      max_state_mb=0)
-    return search_plan(evaluate, budget, reuse=source.reuse, model=source.model, config=config,
-                       euler_sigmas=source.fewer(budget), validation=validation, progress=progress,
-                       checkpoint=checkpoint, resume=resume, start=start, boundary_ratio=source.boundary_ratio)
+    with held(checkpoint):
+        if evaluate is None:
+            evaluate = source_evaluator(source, "calib", rule=rule, config=config, metric=metric,
+                                        max_state_mb=max_state_mb)
+            source.check_teacher(evaluate.teacher)
+        predictive = evaluate.rule != "repeat" or bool(config.rules)
+        validation = None
+        if predictive and source.has("validation"):
+            validation = source_evaluator(source, "validation", rule=evaluate.rule, config=config, metric=metric,
+                                          max_state_mb=0)
+        return search_plan(evaluate, budget, reuse=source.reuse, model=source.model, config=config,
+                           euler_sigmas=source.fewer(budget), validation=validation, progress=progress,
+                           checkpoint=checkpoint, resume=resume, start=start, boundary_ratio=source.boundary_ratio)
 
 
 def search(

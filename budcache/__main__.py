@@ -1,0 +1,5 @@
+"""``python -m budcache``: the command line."""
+
+from .cli import main
+
+main()
