@@ -87,6 +87,9 @@ BAD = [
     (SEARCH + " --history {tmp}/history.txt", "--history {tmp}/history.txt: a figure is written as .png"),
     # search: numbers
     (SEARCH + " --starts 0", "--starts: must be at least 1, got 0"),
+    (SEARCH + " --screen 2", "--screen: must be a finite number above 0 and at most 1, got 2"),
+    (SEARCH + " --screen 0", "--screen: must be a finite number above 0 and at most 1, got 0"),
+    (SEARCH + " --reach -1", "--reach: must be at least 0, got -1"),
     (SEARCH + " --iterations -1", "--iterations: must be at least 0"),
     (SEARCH + " --kicks -1", "--kicks: must be at least 0"),
     (SEARCH + " --checkpoint-every 0", "--checkpoint-every: must be at least 1"),

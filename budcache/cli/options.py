@@ -31,15 +31,16 @@ def integer(least: int) -> Callable[[str], int]:
     return parse
 
 
-def number(least: float = -math.inf, strict: bool = False) -> Callable[[str], float]:
-    """An argparse type: a finite number of at least ``least`` (above it when ``strict``)."""
+def number(least: float = -math.inf, strict: bool = False, most: float = math.inf) -> Callable[[str], float]:
+    """An argparse type: a finite number of at least ``least`` (above it when ``strict``), at most ``most``."""
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expects a number, got {text!r}") from None
-        if not math.isfinite(value) or value < least or (strict and value == least):
+        if not math.isfinite(value) or value < least or (strict and value == least) or value > most:
             bound = "" if least == -math.inf else f" {'above' if strict else 'at least'} {least:g}"
+            bound += "" if most == math.inf else f" and at most {most:g}"
             raise argparse.ArgumentTypeError(f"must be a finite number{bound}, got {text}")
         return value
     return parse
@@ -142,7 +143,7 @@ def add_search_options(p: argparse.ArgumentParser, effort: SearchConfig = Search
                    help=f"perturb-and-climb rounds after hill climbing (default {effort.kicks})")
     g.add_argument("--reach", type=integer(0), default=None,
                    help=f"hill climbing moves a computed step at most this far, 0: anywhere (default {effort.reach})")
-    g.add_argument("--screen", type=number(0.0, strict=True), default=None,
+    g.add_argument("--screen", type=number(0.0, strict=True, most=1.0), default=None,
                    help="share of the calibration prompts that ranks hill-climbing moves before the best "
                         f"{effort.confirm} are scored on all of them; 1: no screening (default {effort.screen})")
     p.set_defaults(base_effort=effort)

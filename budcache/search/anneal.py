@@ -107,6 +107,23 @@ def fixed_steps(num_steps: int, config: SearchConfig) -> list[int]:
     return sorted({0, *range(config.forced_prefix), *config.forced})
 
 
+_LEAST = {"iterations": 0, "starts": 1, "kicks": 0, "forced_prefix": 0, "checkpoint_every": 1, "batch_candidates": 1,
+          "reach": 0, "confirm": 1}
+
+
+def check_config(config: SearchConfig) -> None:
+    """Refuse search settings out of range (e.g. no start: nothing would be evaluated), before any forward."""
+    for name, least in _LEAST.items():
+        value = getattr(config, name)
+        if not isinstance(value, int) or value < least:
+            raise SearchError(f"SearchConfig.{name} must be an integer of at least {least}, got {value!r}")
+    if not 0 < config.screen <= 1:
+        raise SearchError(f"SearchConfig.screen must be a share of the calibration set in (0, 1], got {config.screen}")
+    unknown = [name for name in config.start if name not in STARTS]
+    if unknown:
+        raise SearchError(f"SearchConfig.start: unknown start {unknown[0]!r}; choose from {', '.join(STARTS)}")
+
+
 def check_budget(num_steps: int, budget: int, config: SearchConfig = SearchConfig()) -> None:
     if not 1 <= budget <= num_steps:
         raise SearchError(f"budget must be between 1 and the number of steps ({num_steps}), got {budget}")
@@ -205,17 +222,11 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
     """SA + HC from ``config.starts`` starts (the named ``config.start`` ones, ``start`` replacing the
     first, then random ones); with a ``checkpoint`` the evaluations are saved as they come (see :mod:`.checkpoint`)."""
     k = evaluate.num_steps
+    check_config(config)
     check_budget(k, budget, config)
-    unknown = [name for name in config.start if name not in STARTS]
-    if unknown:
-        raise SearchError(f"unknown start {unknown[0]!r}; choose from {', '.join(STARTS)}")
     fixed = fixed_steps(k, config)
     free = tuple(i for i in range(k) if i not in fixed)
     flips = tuple(rule_code(r) for r in dict.fromkeys((evaluate.rule, *config.rules))) if config.rules else ()
-    if not 0 < config.screen <= 1:
-        raise SearchError(f"screen must be a share of the calibration set in (0, 1], got {config.screen}")
-    if config.confirm < 1:
-        raise SearchError(f"confirm must be at least 1, got {config.confirm}")
     screen = evaluate.subset(config.screen)
     climb = lambda m, loss: _hill_climb(track, m, loss, free, flips, config, screen)  # noqa: E731
     rng = random.Random(config.seed)

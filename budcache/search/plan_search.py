@@ -12,11 +12,10 @@ import torch
 
 from ..calibration.capture import Calibration
 from ..calibration.replay import pipeline_source
-from ..errors import SearchError
 from ..plan import CachePlan, SearchRecord, model_identity, uniform_mask
 from ..sampling.rules import encode
 from ..source import Source
-from .anneal import SearchConfig, SearchResult, anneal, check_budget, effort_name
+from .anneal import SearchConfig, SearchResult, anneal, check_budget, check_config, effort_name
 from .checkpoint import Checkpoint, held, identity
 from .evaluator import Evaluator
 from .history import plot_history
@@ -29,18 +28,6 @@ def _over_ranks(evaluate: Evaluator, *values: int) -> list[int]:
     total = torch.tensor(values, dtype=torch.float64)
     torch.distributed.all_reduce(total)
     return [int(v) for v in total]
-
-
-_LEAST = {"iterations": 0, "starts": 1, "kicks": 0, "forced_prefix": 0, "checkpoint_every": 1, "batch_candidates": 1,
-          "reach": 0}
-
-
-def check_config(config: SearchConfig) -> None:
-    """Refuse search settings out of range (e.g. no start: nothing would be evaluated)."""
-    for name, least in _LEAST.items():
-        value = getattr(config, name)
-        if not isinstance(value, int) or value < least:
-            raise SearchError(f"SearchConfig.{name} must be an integer of at least {least}, got {value!r}")
 
 
 def search_plan(
