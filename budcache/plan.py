@@ -18,6 +18,7 @@ from .sampling.rules import MARKS, RULES
 
 SCHEMA_VERSION = 1
 REUSE_MODES = ("residual", "output")
+PLAN_FILENAME = "budcache_plan.json"  # in a folder or Hub repo: save_pretrained / from_pretrained
 
 
 @dataclass
@@ -52,6 +53,8 @@ class CachePlan:
     ``extrapolate2`` in sigma), or by ``rules[k]`` per step when given. ``model`` names what
     the plan was searched for (``class`` and a config ``fingerprint``); ``boundary_ratio`` the
     expert boundary of a two-expert pipeline (Wan2.2), whose first low-noise step computes.
+    ``schedule``: the K+1 sigmas the pipeline itself set when the plan was searched (its shift, or
+    ``mu`` from the resolution); inside a pipeline a call whose own schedule differs is refused.
     """
 
     num_steps: int
@@ -64,11 +67,14 @@ class CachePlan:
     model: dict[str, str] = field(default_factory=dict)
     boundary_ratio: float | None = None
     record: SearchRecord | None = None
+    schedule: list[float] | None = None
 
     def __post_init__(self) -> None:
         self.mask = [int(m) for m in self.mask]
         if self.sigmas is not None:
             self.sigmas = [float(s) for s in self.sigmas]
+        if self.schedule is not None:
+            self.schedule = [float(s) for s in self.schedule]
         self.validate()
 
     # -- validation -------------------------------------------------------------------------
@@ -98,6 +104,8 @@ class CachePlan:
                 raise PlanError(f"field 'rules' holds unknown rule(s) {bad}; choose from {RULES}")
         if self.sigmas is not None:
             check_sigmas(self.sigmas, k, "field 'sigmas'")
+        if self.schedule is not None:
+            check_sigmas(self.schedule, k, "field 'schedule'")
         if self.boundary_ratio is not None and not (isinstance(self.boundary_ratio, (int, float))
                                                     and 0 < self.boundary_ratio < 1):
             raise PlanError(f"field 'boundary_ratio' must be null or in (0, 1), got {self.boundary_ratio!r}")
@@ -135,6 +143,18 @@ class CachePlan:
                 "search a plan for this model"
             )
 
+    def check_schedule(self, sigmas: list[float]) -> None:
+        """Refuse a call whose own sigma schedule (``sigmas``, K+1 values) is not the one the plan was
+        searched on (another resolution under dynamic shifting, another shift)."""
+        if self.schedule is None or same_schedule(sigmas, self.schedule):
+            return
+        at = next((i for i, (a, b) in enumerate(zip(sigmas, self.schedule)) if abs(a - b) > 1e-5), 0)
+        raise PlanError(
+            f"this plan was searched on another sigma schedule than this call's (sigma[{at}] "
+            f"{self.schedule[at]:.4f} != {sigmas[at]:.4f}): another resolution, shift or mu changes it; "
+            "calibrate and search at this resolution (a plan set can hold one plan per step count and budget)"
+        )
+
     def check_steps(self, num_steps: int) -> None:
         if num_steps != self.num_steps:
             raise PlanError(
@@ -151,7 +171,9 @@ class CachePlan:
         lines += [
             f"budget  {self.budget}/{self.num_steps} steps compute ({self.reuse} reuse, "
             f"rule {self.rule if self.rules is None else 'per step'}), ideal speedup {self.ideal_speedup:.2f}x",
-            f"sigmas  {'pipeline default' if self.sigmas is None else 'custom, ' + str(len(self.sigmas)) + ' values'}",
+            f"sigmas  {'pipeline default' if self.sigmas is None else 'custom, ' + str(len(self.sigmas)) + ' values'}"
+            + ("" if self.schedule is None else f" (searched on the pipeline schedule {self.schedule[0]:.4f} .. "
+               f"{self.schedule[-2]:.4f}, refused on another)"),
         ]
         if self.model:
             lines.append(f"model   {self.model.get('class')} ({self.model.get('fingerprint')})")
@@ -220,17 +242,59 @@ class CachePlan:
     @classmethod
     def load(cls, path: str | Path) -> CachePlan:
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise PlanError(f"{path}: no such plan file") from None
-        except IsADirectoryError:
-            raise PlanError(f"{path} is a folder; name a plan file (.json) in it") from None
-        except OSError as e:
-            raise PlanError(f"{path}: cannot read the plan file ({e.strerror or e})") from None
-        except (ValueError, RecursionError) as e:  # JSON and UTF-8 decoding errors are ValueErrors
-            raise PlanError(f"{path}: not a valid JSON plan file ({e})") from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_json(path), source=str(path))
+
+    def save_pretrained(self, folder: str | Path, filename: str = PLAN_FILENAME) -> Path:
+        """Write the plan into ``folder`` as ``filename``: the layout of a Hugging Face Hub repo, to
+        upload as it is (``huggingface_hub.upload_folder``) and read back with :meth:`from_pretrained`."""
+        return self.save(Path(folder) / filename)
+
+    @classmethod
+    def from_pretrained(cls, folder_or_hub_id: str | Path, filename: str = PLAN_FILENAME, **hub_kwargs: Any
+                        ) -> CachePlan:
+        """A plan from a local folder or a Hub repo id (``org/plans``; ``hub_kwargs`` go to
+        ``huggingface_hub.hf_hub_download``: ``revision``, ``cache_dir``, ``local_files_only``, ...)."""
+        path = pretrained_file(folder_or_hub_id, filename, **hub_kwargs)
+        return cls.load(path)
+
+
+
+def read_json(path: Path, what: str = "plan file") -> Any:
+    """The JSON content of a plan (or plan set) file; any failure is a PlanError."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PlanError(f"{path}: no such {what}") from None
+    except IsADirectoryError:
+        raise PlanError(f"{path} is a folder; name a {what} (.json) in it") from None
+    except OSError as e:
+        raise PlanError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+    except (ValueError, RecursionError) as e:  # JSON and UTF-8 decoding errors are ValueErrors
+        raise PlanError(f"{path}: not a valid JSON {what} ({e})") from None
+
+
+def pretrained_file(folder_or_hub_id: str | Path, filename: str = PLAN_FILENAME, **hub_kwargs: Any) -> Path:
+    """``filename`` in a local folder, else in the Hugging Face Hub repo ``folder_or_hub_id`` (downloaded,
+    or from the local Hub cache; offline with ``local_files_only=True`` or ``HF_HUB_OFFLINE=1``)."""
+    folder = Path(folder_or_hub_id)
+    if folder.is_dir():
+        return folder / filename
+    name = str(folder_or_hub_id)
+    if name.count("/") != 1 or folder.suffix == ".json" or name.startswith((".", "/")):
+        raise PlanError(f"{name}: no such folder, and not a Hub repo id (org/name)")
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:  # pragma: no cover - a dependency of diffusers
+        raise PlanError(f"{name}: no such folder; reading a Hub repo needs huggingface_hub") from None
+    try:
+        return Path(hf_hub_download(name, filename, **hub_kwargs))
+    except Exception as e:  # offline, unknown repo or file, bad revision: one line that says which
+        raise PlanError(f"{name}: cannot get {filename} from the Hugging Face Hub ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else e!r})") from None
+
+
+def same_schedule(a: list[float], b: list[float], tol: float = 1e-5) -> bool:
+    return len(a) == len(b) and all(abs(x - y) <= tol for x, y in zip(a, b))
 
 
 def _field_types(cls: type) -> dict[str, Any]:

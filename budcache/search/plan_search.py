@@ -111,6 +111,7 @@ def search_plan(
         rule=rule,
         rules=rules,
         sigmas=list(evaluate.sigmas) if store_sigmas else None,
+        schedule=list(evaluate.sigmas) if store_sigmas else None,
         model=model_identity(model) if model is not None else {},
         boundary_ratio=boundary_ratio,
         record=record,
