@@ -8,6 +8,7 @@ import json
 import math
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,9 @@ class CachePlan:
     expert boundary of a two-expert pipeline (Wan2.2), whose first low-noise step computes.
     ``schedule``: the K+1 sigmas the pipeline itself set when the plan was searched (its shift, or
     ``mu`` from the resolution); inside a pipeline a call whose own schedule differs is refused.
+    ``begin_index``: the step an image-to-image (or inpainting) call starts at (``strength`` < 1 skips
+    the first ``begin_index`` of ``num_inference_steps = begin_index + num_steps``); the mask, ``sigmas``
+    and ``schedule`` cover the steps that run. A call that starts elsewhere is refused.
     """
 
     num_steps: int
@@ -68,6 +72,7 @@ class CachePlan:
     boundary_ratio: float | None = None
     record: SearchRecord | None = None
     schedule: list[float] | None = None
+    begin_index: int = 0
 
     def __post_init__(self) -> None:
         self.mask = [int(m) for m in self.mask]
@@ -106,6 +111,8 @@ class CachePlan:
             check_sigmas(self.sigmas, k, "field 'sigmas'")
         if self.schedule is not None:
             check_sigmas(self.schedule, k, "field 'schedule'")
+        if not isinstance(self.begin_index, int) or isinstance(self.begin_index, bool) or self.begin_index < 0:
+            raise PlanError(f"field 'begin_index' must be a non-negative integer, got {self.begin_index!r}")
         if self.boundary_ratio is not None and not (isinstance(self.boundary_ratio, (int, float))
                                                     and 0 < self.boundary_ratio < 1):
             raise PlanError(f"field 'boundary_ratio' must be null or in (0, 1), got {self.boundary_ratio!r}")
@@ -142,6 +149,13 @@ class CachePlan:
                 f"(fingerprint {want.get('fingerprint')} != {got['fingerprint']}); "
                 "search a plan for this model"
             )
+        if want.get("adapters", "") != got.get("adapters", ""):
+            def shown(a: str) -> str:
+                return f"LoRA adapters {a}" if a else "no LoRA adapter"
+            warnings.warn(
+                f"budcache: this plan was searched with {shown(want.get('adapters', ''))}, the transformer has "
+                f"{shown(got.get('adapters', ''))}; the steps worth computing may differ: search a plan with the "
+                "adapters you serve", UserWarning, stacklevel=3)
 
     def check_schedule(self, sigmas: list[float]) -> None:
         """Refuse a call whose own sigma schedule (``sigmas``, K+1 values) is not the one the plan was
@@ -155,7 +169,31 @@ class CachePlan:
             "calibrate and search at this resolution (a plan set can hold one plan per step count and budget)"
         )
 
+    @property
+    def total_steps(self) -> int:
+        """The ``num_inference_steps`` of the calls the plan is for (``begin_index + num_steps``)."""
+        return self.begin_index + self.num_steps
+
+    def check_begin(self, begin: int) -> None:
+        """Refuse a call that starts at another step (image-to-image ``strength``) than the plan's."""
+        if begin == self.begin_index:
+            return
+        def what(b: int) -> str:
+            return "a text-to-image call (from step 0)" if b == 0 else f"an image-to-image call starting at step {b}"
+        raise PlanError(
+            f"this plan was searched for {what(self.begin_index)} of {self.total_steps} steps; this is {what(begin)}: "
+            "the mask would fall on other steps. Calibrate with the image and strength you will use "
+            "(budcache.calibrate(pipe, prompts, K, image=..., strength=...)) and search a plan for them"
+        )
+
     def check_steps(self, num_steps: int) -> None:
+        if self.begin_index:
+            if num_steps != self.total_steps:
+                raise PlanError(
+                    f"this plan was searched for {self.total_steps} steps (an image-to-image call running the last "
+                    f"{self.num_steps}), the call asks for {num_steps}; use num_inference_steps={self.total_steps}"
+                )
+            return
         if num_steps != self.num_steps:
             raise PlanError(
                 f"this plan was searched for {self.num_steps} steps, the call asks for {num_steps}; "
@@ -175,6 +213,9 @@ class CachePlan:
             + ("" if self.schedule is None else f" (searched on the pipeline schedule {self.schedule[0]:.4f} .. "
                f"{self.schedule[-2]:.4f}, refused on another)"),
         ]
+        if self.begin_index:
+            lines.append(f"start   image-to-image: steps {self.begin_index}..{self.total_steps - 1} of "
+                         f"num_inference_steps={self.total_steps}")
         if self.model:
             lines.append(f"model   {self.model.get('class')} ({self.model.get('fingerprint')})")
         r = self.record
@@ -351,10 +392,32 @@ def model_identity(model: Any) -> dict[str, str]:
         payload = json.dumps({k: list(v.shape) for k, v in model.state_dict().items()}, sort_keys=True)
     else:
         payload = repr(getattr(model, "identity", type(model).__name__))
-    return {
+    identity = {
         "class": type(model).__name__,
         "fingerprint": hashlib.sha256(payload.encode()).hexdigest()[:16],
     }
+    lora = adapters(model)
+    if lora:
+        identity["adapters"] = lora
+    return identity
+
+
+def adapters(model: Any) -> str:
+    """The active LoRA adapters of a transformer (diffusers' ``load_lora_adapter`` / ``set_adapters`` through
+    peft) with their scales, as ``name=scale`` joined by ``,`` (sorted); "" without any. Read from the
+    first peft layer: its ``active_adapters``, ``scaling`` (alpha / r times the scale set) and
+    ``disable_adapters``; names without a scale there are listed bare."""
+    if not getattr(model, "peft_config", None) or not hasattr(model, "modules"):
+        return ""
+    for module in model.modules():
+        scaling = getattr(module, "scaling", None)
+        active = getattr(module, "active_adapters", None)
+        if isinstance(scaling, dict) and active is not None:
+            if getattr(module, "disable_adapters", False):
+                return ""
+            names = [active] if isinstance(active, str) else list(active)
+            return ",".join(f"{n}={float(scaling[n]):.4g}" if n in scaling else str(n) for n in sorted(names))
+    return ",".join(sorted(map(str, model.peft_config)))
 
 
 def uniform_mask(num_steps: int, budget: int) -> list[int]:

@@ -16,25 +16,27 @@ from ._io import atomic_write_text
 from .errors import PlanError
 from .plan import PLAN_FILENAME, SCHEMA_VERSION, CachePlan, pretrained_file, read_json
 
-_SHARED = ("model", "reuse", "boundary_ratio")  # what every plan of a set has in common
+_SHARED = ("model", "reuse", "boundary_ratio", "begin_index")  # what every plan of a set has in common
 
 
 class PlanSet:
-    """Plans of one model (same ``model``, ``reuse`` and ``boundary_ratio``), at most one per (K, B)."""
+    """Plans of one model (same ``model``, ``reuse``, ``boundary_ratio`` and ``begin_index``), at most one per
+    (K, B); K is a call's ``num_inference_steps`` (``total_steps``)."""
 
     def __init__(self, plans: Iterable[CachePlan]):
-        self.plans = sorted(plans, key=lambda p: (p.num_steps, p.budget))
+        plans = list(plans)
+        if not all(isinstance(p, CachePlan) for p in plans):
+            raise PlanError("a plan set holds CachePlan objects only")
+        self.plans = sorted(plans, key=lambda p: (p.total_steps, p.budget))
         if not self.plans:
             raise PlanError("a plan set needs at least one plan")
-        if not all(isinstance(p, CachePlan) for p in self.plans):
-            raise PlanError("a plan set holds CachePlan objects only")
         first = self.plans[0]
         for p in self.plans[1:]:
             for name in _SHARED:
                 if getattr(p, name) != getattr(first, name):
                     raise PlanError(f"the plans of a set must share field '{name}': K={p.num_steps} B={p.budget} has "
                                     f"{getattr(p, name)!r}, K={first.num_steps} B={first.budget} {getattr(first, name)!r}")
-        keys = [(p.num_steps, p.budget) for p in self.plans]
+        keys = [(p.total_steps, p.budget) for p in self.plans]
         dup = next((k for k in keys if keys.count(k) > 1), None)
         if dup is not None:
             raise PlanError(f"a plan set holds two plans for K={dup[0]} steps and budget B={dup[1]}")
@@ -56,15 +58,15 @@ class PlanSet:
         """What the set holds, for messages: ``K=8: B=2, 3; K=12: B=4``."""
         by_k: dict[int, list[int]] = {}
         for p in self.plans:
-            by_k.setdefault(p.num_steps, []).append(p.budget)
+            by_k.setdefault(p.total_steps, []).append(p.budget)
         return "; ".join(f"K={k}: B={', '.join(map(str, bs))}" for k, bs in by_k.items())
 
     def budgets(self, num_steps: int | None = None) -> list[int]:
-        return sorted({p.budget for p in self.plans if num_steps in (None, p.num_steps)})
+        return sorted({p.budget for p in self.plans if num_steps in (None, p.total_steps)})
 
     def select(self, num_steps: int, budget: int | None = None) -> CachePlan:
         """The plan for ``num_steps`` and ``budget`` (None: the only budget held for that step count)."""
-        at_k = [p for p in self.plans if p.num_steps == num_steps]
+        at_k = [p for p in self.plans if p.total_steps == num_steps]
         if not at_k:
             raise PlanError(f"this plan set holds no plan for {num_steps} steps; it holds {self.holdings()}")
         if budget is None:

@@ -244,3 +244,103 @@ def test_show_prints_a_plan_set_as_a_table(pipe, tmp_path, capsys):
     assert lines[4].split()[:2] == ["8", "3"] and lines[4].split()[4] == "2.67x"
     main(["show", "--json", str(path)])
     assert json.loads(capsys.readouterr().out) == plan_set(pipe).to_dict()
+
+
+def _flux_img2img():
+    from diffusers import FluxImg2ImgPipeline
+
+    t2i = tiny_flux_pipeline()
+    pipe = FluxImg2ImgPipeline(**{k: v for k, v in t2i.components.items() if k not in ("image_encoder", "feature_extractor")})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, t2i, lambda: dict(prompt_embeds=torch.randn(1, 8, 32), pooled_prompt_embeds=torch.randn(1, 32))
+
+
+def _sd3_img2img():
+    from diffusers import StableDiffusion3Img2ImgPipeline
+
+    from tests.fixtures.tiny import tiny_sd3_pipeline
+
+    t2i = tiny_sd3_pipeline()
+    pipe = StableDiffusion3Img2ImgPipeline(**{k: v for k, v in t2i.components.items()
+                                              if k not in ("image_encoder", "feature_extractor")})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, t2i, lambda: dict(prompt_embeds=torch.randn(1, 8, 32), pooled_prompt_embeds=torch.randn(1, 64),
+                                   guidance_scale=1.0)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("family", [_flux_img2img, _sd3_img2img])
+def test_img2img_plan_searched_with_the_strength_applies_and_others_are_refused(family):
+    """strength 0.6 of 10 steps runs steps 4..9: calibrated with the image and strength, the plan covers those
+    6 steps and inside the pipeline gives exactly the searched loss; a text-to-image plan, another strength or
+    another step count is refused."""
+    torch.manual_seed(0)
+    pipe, t2i, prompt = family()
+    image = torch.rand(1, 3, 8, 8)
+    prompts = [prompt() for _ in range(2)]
+    kw = dict(image=image, strength=0.6, height=8, width=8)
+    calib = budcache.calibrate(pipe, prompts, 10, progress=False, **kw)
+    assert (calib.num_steps, calib.begin_index) == (6, 4)
+    searched = budcache.search(calib, 3, config=SearchConfig(iterations=10, starts=1, kicks=0), progress=False)
+    assert (searched.num_steps, searched.begin_index, searched.total_steps) == (6, 4, 10)
+    assert "image-to-image: steps 4..9" in searched.describe()
+
+    def call(p, steps=10, seed=0, **extra):
+        return p(**prompts[0], num_inference_steps=steps, generator=torch.Generator().manual_seed(seed),
+                 output_type="latent", **{**kw, **extra})[0]
+
+    full = call(pipe)
+    with budcache.apply(pipe, searched) as handle:
+        cached = call(pipe)
+        assert list(handle.summary().values()) == [{"computed": 3, "reused": 3}]
+        error = (cached - full).pow(2).mean().item()
+        with pytest.raises(PlanError, match="image-to-image call starting at step 4 of 10 steps; this is an "
+                                            "image-to-image call starting at step 2"):
+            call(pipe, strength=0.8)
+        with pytest.raises(PlanError, match="num_inference_steps=10"):
+            call(pipe, steps=12)
+    with budcache.apply(pipe, searched):  # the second calibration prompt (seed 1)
+        second_cached = pipe(**prompts[1], num_inference_steps=10, generator=torch.Generator().manual_seed(1),
+                             output_type="latent", **kw)[0]
+    second_full = pipe(**prompts[1], num_inference_steps=10, generator=torch.Generator().manual_seed(1),
+                       output_type="latent", **kw)[0]
+    mean = (error + (second_cached - second_full).pow(2).mean().item()) / 2
+    assert mean == pytest.approx(searched.record.objective, rel=1e-4)
+    text_to_image = CachePlan(num_steps=10, budget=4, mask=uniform_mask(10, 4))
+    with budcache.apply(pipe, text_to_image):
+        with pytest.raises(PlanError, match="searched for a text-to-image call .* this is an image-to-image call "
+                                            "starting at step 4"):
+            call(pipe)
+    with budcache.apply(t2i, searched):
+        with pytest.raises(PlanError, match="this is a text-to-image call"):
+            t2i(**prompts[0], num_inference_steps=10, height=8, width=8, output_type="latent")
+
+
+@torch.no_grad()
+def test_lora_adapters_are_part_of_the_fingerprint(pipe):
+    """peft is not installed here: a stand-in with the attributes diffusers' LoRA loading leaves (the model's
+    ``peft_config``, a layer's ``active_adapters`` / ``scaling`` / ``disable_adapters``)."""
+    import warnings
+
+    base = plan(pipe, 6, 3)
+    layer = pipe.transformer.single_transformer_blocks[0].proj_out
+    pipe.transformer.peft_config = {"style": None}
+    layer.scaling, layer.active_adapters, layer.disable_adapters = {"style": 0.8}, ["style"], False
+    try:
+        assert model_identity(pipe.transformer)["adapters"] == "style=0.8"
+        with_lora = plan(pipe, 6, 3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            budcache.apply(pipe, with_lora).remove()  # the same adapters and scale: silent
+        with pytest.warns(UserWarning, match="searched with no LoRA adapter, the transformer has LoRA adapters "
+                                             "style=0.8"):
+            budcache.apply(pipe, base).remove()
+        layer.scaling = {"style": 0.5}  # another scale
+        with pytest.warns(UserWarning, match="style=0.8, the transformer has LoRA adapters style=0.5"):
+            budcache.apply(pipe, with_lora).remove()
+        layer.disable_adapters = True
+        with pytest.warns(UserWarning, match="LoRA adapters style=0.8, the transformer has no LoRA adapter"):
+            budcache.apply(pipe, with_lora).remove()
+    finally:
+        del pipe.transformer.peft_config, layer.scaling, layer.active_adapters, layer.disable_adapters
+    assert "adapters" not in model_identity(pipe.transformer)

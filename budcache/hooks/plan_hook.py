@@ -156,7 +156,9 @@ class _PlanHook(ModelHook):
             run.step = k
             name = context or ("default" if run.calls_in_step == 1 else f"call{run.calls_in_step}")
             sigma = run.sigmas[k] if run.sigmas is not None else float(self.scheduler.sigmas[k])
-            return k, name, run.branch(self.expert, name), sigma
+            begin = getattr(self.scheduler, "begin_index", None) or 0  # image-to-image: strength < 1
+            self.plan.check_begin(begin)
+            return k - begin, name, run.branch(self.expert, name), sigma
         name = context or "default"
         state = run.branch(self.expert, name)
         d = t - state.last_t if state.step else 0.0
@@ -169,6 +171,13 @@ class _PlanHook(ModelHook):
             raise RuntimeError(_INSIDE_COMPILE)
         if self.run.owner is not None and self.run.owner != threading.get_ident():
             raise RuntimeError(_OTHER_THREAD)
+        try:
+            return self._forward(module, *args, **kwargs)
+        except BaseException:
+            self.run.generating, self.run.owner = False, None  # the exception ends the generation
+            raise
+
+    def _forward(self, module: torch.nn.Module, *args, **kwargs):
         t, batch = self._inputs(args, kwargs)
         k, name, state, sigma = self._locate(t)
         if batch != state.batch:
@@ -198,7 +207,6 @@ class _PlanHook(ModelHook):
                         state.history = remember(state.history, sigma, stack.residual, self.depth)
         except BaseException:
             state.reset()
-            self.run.generating, self.run.owner = False, None  # the exception ends the generation
             raise
         key = self.run.count(self.expert, name, compute, k)
         if state.step == 1 and t is not None:
@@ -337,14 +345,15 @@ def _wrap_set_timesteps(scheduler: Any, handle: CacheHandle, run: _Run) -> None:
         run.start()
         result = original(*args, **kwargs)
         sigmas = _host_sigmas(scheduler, call)
-        plan.check_schedule(sigmas)
+        b = plan.begin_index  # an image-to-image plan covers the steps from b on
+        plan.check_schedule(sigmas[b:])
         run.generating, run.owner = True, threading.get_ident()
         if plan.sigmas is not None:
-            if len(sigmas) != len(plan.sigmas) or any(abs(a - b) > 1e-6 for a, b in zip(sigmas, plan.sigmas)):
-                want = torch.tensor(plan.sigmas, dtype=torch.float32, device=scheduler.sigmas.device)
+            if len(sigmas) - b != len(plan.sigmas) or any(abs(x - y) > 1e-6 for x, y in zip(sigmas[b:], plan.sigmas)):
+                want = torch.tensor(sigmas[:b] + plan.sigmas, dtype=torch.float32, device=scheduler.sigmas.device)
                 scheduler.sigmas = want
                 scheduler.timesteps = want[:-1] * train
-            sigmas = list(plan.sigmas)
+            sigmas = sigmas[:b] + list(plan.sigmas)
         run.sigmas = sigmas
         return result
 
