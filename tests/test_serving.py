@@ -244,6 +244,14 @@ def test_show_prints_a_plan_set_as_a_table(pipe, tmp_path, capsys):
     assert lines[4].split()[:2] == ["8", "3"] and lines[4].split()[4] == "2.67x"
     main(["show", "--json", str(path)])
     assert json.loads(capsys.readouterr().out) == plan_set(pipe).to_dict()
+    with pytest.raises(SystemExit) as e:
+        main(["show", "--png", str(tmp_path / "x.png"), str(path)])
+    assert e.value.code == 2 and "--png draws one plan" in capsys.readouterr().err
+
+
+def test_a_plan_set_needs_a_scheduler(pipe):
+    with pytest.raises(PlanError, match="a transformer without a scheduler takes one plan"):
+        budcache.apply(pipe.transformer, plan_set(pipe))
 
 
 def _flux_img2img():
