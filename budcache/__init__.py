@@ -9,10 +9,12 @@ from .calibration import Calibration, calibrate
 from .errors import BudcacheError, CheckpointError, PlanError, SearchError
 from .hooks import CacheHandle, apply, remove, stack_hooks, summary
 from .plan import CachePlan, SearchRecord, uniform_mask
+from .planset import PlanSet, load_plans
 from .sampling import OutputDenoiser, ResidualDenoiser, euler, linear_sigmas, sample
 
 __all__ = [
-    "calibrate", "Calibration", "search", "align", "apply", "remove", "summary", "CacheHandle", "CachePlan",
+    "calibrate", "Calibration", "search", "align", "apply", "remove", "summary", "CacheHandle", "CachePlan", "PlanSet",
+    "load_plans",
     "SearchRecord", "uniform_mask", "stack_hooks", "OutputDenoiser", "ResidualDenoiser", "euler", "linear_sigmas",
     "sample", "BudcacheError", "PlanError", "SearchError", "CheckpointError",
 ]

@@ -8,6 +8,7 @@ import json
 import math
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from .sampling.rules import MARKS, RULES
 
 SCHEMA_VERSION = 1
 REUSE_MODES = ("residual", "output")
+PLAN_FILENAME = "budcache_plan.json"  # in a folder or Hub repo: save_pretrained / from_pretrained
 
 
 @dataclass
@@ -52,6 +54,11 @@ class CachePlan:
     ``extrapolate2`` in sigma), or by ``rules[k]`` per step when given. ``model`` names what
     the plan was searched for (``class`` and a config ``fingerprint``); ``boundary_ratio`` the
     expert boundary of a two-expert pipeline (Wan2.2), whose first low-noise step computes.
+    ``schedule``: the K+1 sigmas the pipeline itself set when the plan was searched (its shift, or
+    ``mu`` from the resolution); inside a pipeline a call whose own schedule differs is refused.
+    ``begin_index``: the step an image-to-image (or inpainting) call starts at (``strength`` < 1 skips
+    the first ``begin_index`` of ``num_inference_steps = begin_index + num_steps``); the mask, ``sigmas``
+    and ``schedule`` cover the steps that run. A call that starts elsewhere is refused.
     """
 
     num_steps: int
@@ -64,11 +71,15 @@ class CachePlan:
     model: dict[str, str] = field(default_factory=dict)
     boundary_ratio: float | None = None
     record: SearchRecord | None = None
+    schedule: list[float] | None = None
+    begin_index: int = 0
 
     def __post_init__(self) -> None:
         self.mask = [int(m) for m in self.mask]
         if self.sigmas is not None:
             self.sigmas = [float(s) for s in self.sigmas]
+        if self.schedule is not None:
+            self.schedule = [float(s) for s in self.schedule]
         self.validate()
 
     # -- validation -------------------------------------------------------------------------
@@ -98,6 +109,10 @@ class CachePlan:
                 raise PlanError(f"field 'rules' holds unknown rule(s) {bad}; choose from {RULES}")
         if self.sigmas is not None:
             check_sigmas(self.sigmas, k, "field 'sigmas'")
+        if self.schedule is not None:
+            check_sigmas(self.schedule, k, "field 'schedule'")
+        if not isinstance(self.begin_index, int) or isinstance(self.begin_index, bool) or self.begin_index < 0:
+            raise PlanError(f"field 'begin_index' must be a non-negative integer, got {self.begin_index!r}")
         if self.boundary_ratio is not None and not (isinstance(self.boundary_ratio, (int, float))
                                                     and 0 < self.boundary_ratio < 1):
             raise PlanError(f"field 'boundary_ratio' must be null or in (0, 1), got {self.boundary_ratio!r}")
@@ -134,8 +149,51 @@ class CachePlan:
                 f"(fingerprint {want.get('fingerprint')} != {got['fingerprint']}); "
                 "search a plan for this model"
             )
+        if want.get("adapters", "") != got.get("adapters", ""):
+            def shown(a: str) -> str:
+                return f"LoRA adapters {a}" if a else "no LoRA adapter"
+            warnings.warn(
+                f"budcache: this plan was searched with {shown(want.get('adapters', ''))}, the transformer has "
+                f"{shown(got.get('adapters', ''))}; the steps worth computing may differ: search a plan with the "
+                "adapters you serve", UserWarning, stacklevel=3)
+
+    def check_schedule(self, sigmas: list[float]) -> None:
+        """Refuse a call whose own sigma schedule (``sigmas``, K+1 values) is not the one the plan was
+        searched on (another resolution under dynamic shifting, another shift)."""
+        if self.schedule is None or same_schedule(sigmas, self.schedule):
+            return
+        at = next((i for i, (a, b) in enumerate(zip(sigmas, self.schedule)) if abs(a - b) > 1e-5), 0)
+        raise PlanError(
+            f"this plan was searched on another sigma schedule than this call's (sigma[{at}] "
+            f"{self.schedule[at]:.4f} != {sigmas[at]:.4f}): another resolution, shift or mu changes it; "
+            "calibrate and search at this resolution (a plan set can hold one plan per step count and budget)"
+        )
+
+    @property
+    def total_steps(self) -> int:
+        """The ``num_inference_steps`` of the calls the plan is for (``begin_index + num_steps``)."""
+        return self.begin_index + self.num_steps
+
+    def check_begin(self, begin: int) -> None:
+        """Refuse a call that starts at another step (image-to-image ``strength``) than the plan's."""
+        if begin == self.begin_index:
+            return
+        def what(b: int) -> str:
+            return "a text-to-image call (from step 0)" if b == 0 else f"an image-to-image call starting at step {b}"
+        raise PlanError(
+            f"this plan was searched for {what(self.begin_index)} of {self.total_steps} steps; this is {what(begin)}: "
+            "the mask would fall on other steps. Calibrate with the image and strength you will use "
+            "(budcache.calibrate(pipe, prompts, K, image=..., strength=...)) and search a plan for them"
+        )
 
     def check_steps(self, num_steps: int) -> None:
+        if self.begin_index:
+            if num_steps != self.total_steps:
+                raise PlanError(
+                    f"this plan was searched for {self.total_steps} steps (an image-to-image call running the last "
+                    f"{self.num_steps}), the call asks for {num_steps}; use num_inference_steps={self.total_steps}"
+                )
+            return
         if num_steps != self.num_steps:
             raise PlanError(
                 f"this plan was searched for {self.num_steps} steps, the call asks for {num_steps}; "
@@ -151,8 +209,13 @@ class CachePlan:
         lines += [
             f"budget  {self.budget}/{self.num_steps} steps compute ({self.reuse} reuse, "
             f"rule {self.rule if self.rules is None else 'per step'}), ideal speedup {self.ideal_speedup:.2f}x",
-            f"sigmas  {'pipeline default' if self.sigmas is None else 'custom, ' + str(len(self.sigmas)) + ' values'}",
+            f"sigmas  {'pipeline default' if self.sigmas is None else 'custom, ' + str(len(self.sigmas)) + ' values'}"
+            + ("" if self.schedule is None else f" (searched on the pipeline schedule {self.schedule[0]:.4f} .. "
+               f"{self.schedule[-2]:.4f}, refused on another)"),
         ]
+        if self.begin_index:
+            lines.append(f"start   image-to-image: steps {self.begin_index}..{self.total_steps - 1} of "
+                         f"num_inference_steps={self.total_steps}")
         if self.model:
             lines.append(f"model   {self.model.get('class')} ({self.model.get('fingerprint')})")
         r = self.record
@@ -220,17 +283,59 @@ class CachePlan:
     @classmethod
     def load(cls, path: str | Path) -> CachePlan:
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise PlanError(f"{path}: no such plan file") from None
-        except IsADirectoryError:
-            raise PlanError(f"{path} is a folder; name a plan file (.json) in it") from None
-        except OSError as e:
-            raise PlanError(f"{path}: cannot read the plan file ({e.strerror or e})") from None
-        except (ValueError, RecursionError) as e:  # JSON and UTF-8 decoding errors are ValueErrors
-            raise PlanError(f"{path}: not a valid JSON plan file ({e})") from None
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_json(path), source=str(path))
+
+    def save_pretrained(self, folder: str | Path, filename: str = PLAN_FILENAME) -> Path:
+        """Write the plan into ``folder`` as ``filename``: the layout of a Hugging Face Hub repo, to
+        upload as it is (``huggingface_hub.upload_folder``) and read back with :meth:`from_pretrained`."""
+        return self.save(Path(folder) / filename)
+
+    @classmethod
+    def from_pretrained(cls, folder_or_hub_id: str | Path, filename: str = PLAN_FILENAME, **hub_kwargs: Any
+                        ) -> CachePlan:
+        """A plan from a local folder or a Hub repo id (``org/plans``; ``hub_kwargs`` go to
+        ``huggingface_hub.hf_hub_download``: ``revision``, ``cache_dir``, ``local_files_only``, ...)."""
+        path = pretrained_file(folder_or_hub_id, filename, **hub_kwargs)
+        return cls.load(path)
+
+
+
+def read_json(path: Path, what: str = "plan file") -> Any:
+    """The JSON content of a plan (or plan set) file; any failure is a PlanError."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PlanError(f"{path}: no such {what}") from None
+    except IsADirectoryError:
+        raise PlanError(f"{path} is a folder; name a {what} (.json) in it") from None
+    except OSError as e:
+        raise PlanError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
+    except (ValueError, RecursionError) as e:  # JSON and UTF-8 decoding errors are ValueErrors
+        raise PlanError(f"{path}: not a valid JSON {what} ({e})") from None
+
+
+def pretrained_file(folder_or_hub_id: str | Path, filename: str = PLAN_FILENAME, **hub_kwargs: Any) -> Path:
+    """``filename`` in a local folder, else in the Hugging Face Hub repo ``folder_or_hub_id`` (downloaded,
+    or from the local Hub cache; offline with ``local_files_only=True`` or ``HF_HUB_OFFLINE=1``)."""
+    folder = Path(folder_or_hub_id)
+    if folder.is_dir():
+        return folder / filename
+    name = str(folder_or_hub_id)
+    if name.count("/") != 1 or folder.suffix == ".json" or name.startswith((".", "/")):
+        raise PlanError(f"{name}: no such folder, and not a Hub repo id (org/name)")
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:  # pragma: no cover - a dependency of diffusers
+        raise PlanError(f"{name}: no such folder; reading a Hub repo needs huggingface_hub") from None
+    try:
+        return Path(hf_hub_download(name, filename, **hub_kwargs))
+    except Exception as e:  # offline, unknown repo or file, bad revision: one line that says which
+        raise PlanError(f"{name}: cannot get {filename} from the Hugging Face Hub ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else e!r})") from None
+
+
+def same_schedule(a: list[float], b: list[float], tol: float = 1e-5) -> bool:
+    return len(a) == len(b) and all(abs(x - y) <= tol for x, y in zip(a, b))
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -287,10 +392,32 @@ def model_identity(model: Any) -> dict[str, str]:
         payload = json.dumps({k: list(v.shape) for k, v in model.state_dict().items()}, sort_keys=True)
     else:
         payload = repr(getattr(model, "identity", type(model).__name__))
-    return {
+    identity = {
         "class": type(model).__name__,
         "fingerprint": hashlib.sha256(payload.encode()).hexdigest()[:16],
     }
+    lora = adapters(model)
+    if lora:
+        identity["adapters"] = lora
+    return identity
+
+
+def adapters(model: Any) -> str:
+    """The active LoRA adapters of a transformer (diffusers' ``load_lora_adapter`` / ``set_adapters`` through
+    peft) with their scales, as ``name=scale`` joined by ``,`` (sorted); "" without any. Read from the
+    first peft layer: its ``active_adapters``, ``scaling`` (alpha / r times the scale set) and
+    ``disable_adapters``; names without a scale there are listed bare."""
+    if not getattr(model, "peft_config", None) or not hasattr(model, "modules"):
+        return ""
+    for module in model.modules():
+        scaling = getattr(module, "scaling", None)
+        active = getattr(module, "active_adapters", None)
+        if isinstance(scaling, dict) and active is not None:
+            if getattr(module, "disable_adapters", False):
+                return ""
+            names = [active] if isinstance(active, str) else list(active)
+            return ",".join(f"{n}={float(scaling[n]):.4g}" if n in scaling else str(n) for n in sorted(names))
+    return ",".join(sorted(map(str, model.peft_config)))
 
 
 def uniform_mask(num_steps: int, budget: int) -> list[int]:

@@ -47,6 +47,7 @@ class Source:
     sets: tuple[str, ...] = SETS
     restarts: tuple[int, ...] = ()
     boundary_ratio: float | None = None
+    begin_index: int = 0  # image-to-image: the step of the pipeline's schedule the source starts at
     images: Callable[[torch.Tensor], torch.Tensor] | None = None
     score: Callable[[torch.Tensor], dict[str, Any]] | None = None
     reference: Sequence[torch.Tensor] | None = None

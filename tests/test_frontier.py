@@ -8,6 +8,7 @@ from budcache.cli import main
 from budcache.search import grow
 from budcache.errors import SearchError
 from budcache.plan import CachePlan
+from budcache.planset import PlanSet
 from budcache.search import SearchConfig, anneal
 
 
@@ -35,3 +36,5 @@ def test_cli_frontier(tmp_path):
         plan = CachePlan.load(out / f"plan_B{r['budget']}.json")
         assert sum(plan.mask) == r["budget"] and plan.strip == r["mask"]
         assert r["budcache"] > 10 and r["plain Euler"] > 10
+    plans = PlanSet.load(out / "plans.json")
+    assert [p.budget for p in plans] == [2, 3, 4, 5] and plans.plans[0] == CachePlan.load(out / "plan_B2.json")

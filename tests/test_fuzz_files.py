@@ -8,12 +8,14 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from budcache.errors import CheckpointError, PlanError
 from budcache.plan import CachePlan, SearchRecord
+from budcache.planset import PlanSet, load_plans
 from budcache.sampling import OutputDenoiser, linear_sigmas
 from budcache.search import Batch, Evaluator, SearchConfig, search_plan
 from budcache.search.checkpoint import FORMAT, Checkpoint
 
 FUZZ = settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 PLAN = CachePlan(num_steps=8, budget=3, mask=[1, 0, 0, 1, 0, 0, 1, 0], rule="extrapolate", sigmas=linear_sigmas(8),
+                 schedule=linear_sigmas(8),
                  rules=["repeat", "repeat", "extrapolate", "repeat", "repeat", "repeat", "repeat", "repeat"],
                  model={"class": "FluxTransformer2DModel", "fingerprint": "0123456789abcdef"},
                  record=SearchRecord(objective=0.01, uniform_objective=0.02, teacher_steps=8, evaluations=40,
@@ -86,6 +88,44 @@ def test_plans_with_wrong_types_and_extra_fields(folder, edit):
 def test_plans_with_a_wrong_record(folder, edit):
     d = PLAN.to_dict()
     load(folder, json.dumps({**d, "record": apply(d["record"], edit)}).encode())
+
+
+SET = PlanSet([PLAN, CachePlan(num_steps=8, budget=4, mask=[1, 0, 1, 0, 1, 0, 1, 0], model=PLAN.model,
+                                 rule="extrapolate", schedule=linear_sigmas(8)), CachePlan(num_steps=4, budget=2,
+                                 mask=[1, 0, 1, 0], model=PLAN.model)])
+SET_TEXT = json.dumps(SET.to_dict(), indent=1).encode()
+FEW = settings(FUZZ, max_examples=60)
+
+
+def load_set(folder, data: bytes) -> None:
+    """Load as a plan or plan set; what loads must describe, save and load again."""
+    path = folder / "plans.json"
+    path.write_bytes(data)
+    try:
+        plans = load_plans(path)
+    except PlanError:
+        return
+    plans.describe()
+    assert load_plans(plans.save(folder / "again.json")) == plans
+
+
+@FEW
+@given(st.integers(0, len(SET_TEXT)), st.lists(st.tuples(st.integers(0, len(SET_TEXT) - 1), st.integers(0, 255)),
+                                               max_size=3))
+def test_truncated_or_flipped_plan_sets(folder, n, flips):
+    data = bytearray(SET_TEXT)
+    for i, b in flips:
+        data[i] = b
+    load_set(folder, bytes(data[:n]) if not flips else bytes(data))
+
+
+@FEW
+@given(st.integers(0, 2), mutations(list(PLAN.to_dict())), mutations(["schema_version", "plans"]))
+def test_plan_sets_with_wrong_plans_or_fields(folder, i, edit, outer):
+    d = SET.to_dict()
+    d["plans"][i] = apply(d["plans"][i], edit)
+    load_set(folder, json.dumps(d).encode())
+    load_set(folder, json.dumps(apply(SET.to_dict(), outer)).encode())
 
 
 @pytest.fixture(scope="module")

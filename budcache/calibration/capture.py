@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..hooks.experts import context_name, contexts, experts, input_names, step_index
 from ..hooks.override import override, restore
-from ..sampling.solver import Solver, solver_for
+from ..sampling.solver import Euler, Solver, solver_for
 
 _HOOK = "budcache_capture"
 
@@ -110,6 +110,7 @@ class Calibration:
     captures: list[Capture]
     sigmas: list[float]
     schedule_kwargs: dict[str, Any] = field(default_factory=dict)
+    begin_index: int = 0  # image-to-image (strength < 1): the calls ran the steps from this one on
 
     @property
     def num_steps(self) -> int:
@@ -159,11 +160,30 @@ class Calibration:
     def solver(self, num_steps: int | None = None) -> Solver:
         """The loop's step as the pipeline takes it (its scheduler's step; Euler for FlowMatchEuler),
         for the calibrated K steps or for ``num_steps``."""
+        if self.begin_index:
+            return self._tail_solver(num_steps)
         solver = solver_for(self.scheduler(num_steps))
         if num_steps in (None, self.num_steps) and not np.allclose(solver.sigmas, self.sigmas, atol=1e-6):
             raise ValueError(f"{type(self.pipe.scheduler).__name__} does not rebuild the calibrated schedule from "
                              "the captured set_timesteps call; budcache cannot replay this pipeline")
         return solver
+
+
+    def _tail_solver(self, num_steps: int | None) -> Solver:
+        """Image-to-image: Euler over the steps that ran (the pipeline's K-step schedule from
+        ``begin_index`` on), or over ``num_steps`` steps of that same curve (plain fewer-step Euler from
+        the same starting noise level)."""
+        scheduler = self.scheduler()
+        if type(scheduler).__name__ != "FlowMatchEulerDiscreteScheduler" or scheduler.config.get("stochastic_sampling"):
+            raise ValueError(f"image-to-image calibration (strength < 1) needs FlowMatchEulerDiscreteScheduler, not "
+                             f"{type(scheduler).__name__}")
+        tail = scheduler.sigmas.tolist()[self.begin_index:]
+        if num_steps in (None, self.num_steps):
+            if not np.allclose(tail, self.sigmas, atol=1e-6):
+                raise ValueError(f"{type(scheduler).__name__} does not rebuild the calibrated schedule")
+            return Euler(tail)
+        at = np.linspace(0, len(tail) - 1, num_steps + 1)
+        return Euler([float(s) for s in np.interp(at, np.arange(len(tail)), tail)])
 
 
 class _CaptureHook(ModelHook):
@@ -310,7 +330,7 @@ def calibrate(
     if not hasattr(pipe.scheduler, "sigmas"):
         raise ValueError(f"{type(pipe.scheduler).__name__} has no sigma schedule; budcache needs a flow-matching scheduler")
     device = getattr(pipe, "_execution_device", None) or torch.device("cpu")
-    captures, schedule_kwargs, sigmas = [], {}, None
+    captures, schedule_kwargs, sigmas, begins = [], {}, None, set()
     for i, prompt in enumerate(tqdm(prompts, desc="calibrating", disable=not progress)):
         kwargs = {**call_kwargs, **(prompt if isinstance(prompt, dict) else {"prompt": prompt})}
         kwargs.update(num_inference_steps=num_inference_steps, output_type="latent",
@@ -318,11 +338,16 @@ def calibrate(
         recorder = _Recorder()
         with torch.no_grad(), _capturing(pipe, recorder, schedule_kwargs):
             pipe(**kwargs)
-        if len(recorder.steps) != num_inference_steps:
-            raise RuntimeError(f"the pipeline ran {len(recorder.steps)} scheduler steps, expected {num_inference_steps}")
+        begin = getattr(pipe.scheduler, "begin_index", None) or 0  # image-to-image: strength < 1
+        begins.add(begin)
+        if len(recorder.steps) != num_inference_steps - begin:
+            raise RuntimeError(f"the pipeline ran {len(recorder.steps)} scheduler steps, expected "
+                               f"{num_inference_steps - begin}")
         these = [s.sigma for s in recorder.steps] + [float(pipe.scheduler.sigmas[-1])]
         if sigmas is not None and not np.allclose(these, sigmas, rtol=0, atol=1e-6):
             raise ValueError("calibration prompts produced different sigma schedules; use one resolution and step count")
         sigmas = these
         captures.append(Capture(recorder.latents, recorder.final, recorder.steps, _call_settings(pipe, kwargs)))
-    return Calibration(pipe, captures, sigmas, dict(schedule_kwargs))
+    if len(begins) > 1:
+        raise ValueError("calibration prompts started at different steps (strength); use one strength")
+    return Calibration(pipe, captures, sigmas, dict(schedule_kwargs), begins.pop())

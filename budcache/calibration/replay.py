@@ -132,6 +132,6 @@ def pipeline_source(calib: Calibration, reuse: str = "residual", *, validation: 
             batches=lambda which, mode=None: [Batch(make(c, mode or reuse), c.latents.float()) for c in sets[which]],
             fewer=calib.solver, model=calib.pipe.transformer, reuse=reuse,
             sets=tuple(w for w in SETS if sets[w]), restarts=tuple(calib.forced_steps()),
-            boundary_ratio=calib.boundary_ratio, reference=[c.final for c in calib.captures],
+            boundary_ratio=calib.boundary_ratio, begin_index=calib.begin_index, reference=[c.final for c in calib.captures],
             tolerance=10 * _tolerance(calib),
         )

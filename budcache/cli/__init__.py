@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_progress_option(p)
     p.set_defaults(func=cmd_align, check=checks.check_align)
 
-    p = sub.add_parser("show", help="print a plan, optionally plot it")
+    p = sub.add_parser("show", help="print a plan (a plan set as a table), optionally plot it")
     p.add_argument("plan", type=Path)
     p.add_argument("--png", type=Path, default=None, help="write the mask over the sigma schedule")
     p.add_argument("--json", action="store_true", help="print the whole plan as JSON")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..calibration.prompts import read_prompts
 from ..plan import CachePlan
+from ..planset import PlanSet, load_plans
 from ..search import check_budget
 from ..errors import CheckpointError
 from ..search.checkpoint import hold, read as read_checkpoint
@@ -298,7 +299,9 @@ def check_demo(a: argparse.Namespace) -> None:
 
 
 def check_show(a: argparse.Namespace) -> None:
-    a.loaded = CachePlan.load(a.plan)
+    a.loaded = load_plans(a.plan)
+    if a.png is not None and isinstance(a.loaded, PlanSet):
+        raise UsageError(f"--png draws one plan; {a.plan} holds a plan set ({a.loaded.holdings()})")
     if a.png is not None:
         output_figure(a.png, "--png", "plan.png")
 

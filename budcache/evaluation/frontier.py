@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ..plan import uniform_mask
+from ..planset import PlanSet
 from ..search import SearchConfig, search_frontier
 from ..source import Source
 from . import metrics, plots
@@ -21,7 +22,8 @@ from .report import Report
 def frontier(source: Source, budgets: Sequence[int], out: Path, config: SearchConfig = SearchConfig(),
              progress: bool = True, max_state_mb: float = 1024.0) -> list[dict]:
     """Search every budget (see :func:`budcache.search.search_frontier`), score each plan on the
-    held-out set, and write ``plan_B<b>.json``, ``frontier.json`` and ``frontier.png`` to ``out``."""
+    held-out set, and write ``plan_B<b>.json``, the plan set of them all ``plans.json`` (for
+    ``budcache.apply(pipe, plan_set)``), ``frontier.json`` and ``frontier.png`` to ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     plans, cost = search_frontier(source, budgets, config, progress, max_state_mb)
     k = source.num_steps
@@ -38,6 +40,7 @@ def frontier(source: Source, budgets: Sequence[int], out: Path, config: SearchCo
         report.add(b, f"plain {fewer.name}", "-", static_outputs(source, "eval", fewer, [1] * b, "repeat"), [b] * n)
         psnr = {r.method: r.psnr for r in report.rows[-3:]}
         rows.append({"budget": b, "mask": plan.strip, "calibration_loss": plan.record.objective, **psnr})
+    PlanSet(plans.values()).save(out / "plans.json")
     (out / "frontier.json").write_text(json.dumps({"rows": rows, **cost}, indent=1))
     plots.plot_frontier(rows, out / "frontier.png")
     return rows

@@ -20,9 +20,13 @@ wrap the whole transformer (``pipe.transformer = torch.compile(pipe.transformer)
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
+import threading
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +34,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import StateManager
 
 from ..plan import CachePlan, PlanError
+from ..planset import PlanSet, resolve
 from ..sampling.rules import history_depth, predict, remember
 from . import stack as residual
 from .experts import context_name, contexts, experts, input_positions, step_index
@@ -43,6 +48,10 @@ _INSIDE_COMPILE = (
     "would run it eagerly). Compile first, then apply: pipe.transformer = torch.compile(pipe.transformer, ...); "
     "budcache.apply(pipe, plan) (or compile only the blocks, pipe.transformer.compile_repeated_blocks(...), "
     "in either order)")
+_OTHER_THREAD = (
+    "budcache: this pipeline is generating in another thread; a diffusers pipeline (its scheduler, its cache) "
+    "serves one generation at a time: give each thread its own pipeline (they may share the transformer's "
+    "weights only without a plan on it), or serialise the calls with a lock")
 
 
 class _Branch:
@@ -64,13 +73,16 @@ class _Run:
         self.num_experts = num_experts
         self.counts: dict[str, dict[str, int]] = {}
         self.done: set[str] = set()
+        self.budget: int | None = None  # a plan set's budget for the next generations
         self.reset()
 
     def reset(self) -> None:
-        """Clear the caches (the pipeline does it after every call); the counts stay for ``summary``."""
+        """Clear the caches (the pipeline does it after every call); the counts stay for ``summary``.
+        A generation in a pipeline is over (``generating``: between ``set_timesteps`` and this)."""
         self.branches: dict[tuple[str, str], _Branch] = {}
         self.step, self.calls_in_step = None, 0
         self.sigmas: list[float] | None = None  # the scheduler's sigmas on the host, set with its timesteps
+        self.generating, self.owner = False, None  # the thread whose generation runs
 
     def start(self) -> None:
         """A generation starts (``set_timesteps``): the last one's counts are over."""
@@ -112,12 +124,16 @@ class _PlanHook(ModelHook):
     def __init__(self, plan: CachePlan, stack: residual.StackState | None, scheduler: Any, expert: str, run: _Run,
                  model: type):
         super().__init__()
-        self.plan, self.stack, self.scheduler, self.expert, self.run = plan, stack, scheduler, expert, run
-        self.rules, self.depth = plan.step_rules, history_depth(plan.step_rules)
+        self.stack, self.scheduler, self.expert, self.run = stack, scheduler, expert, run
+        self.use(plan)
         self.contexts = contexts()  # receives the pipeline's cache_context name
         self.container: type = tuple
         self.in_pipeline = scheduler is not None and hasattr(scheduler, "step_index") and hasattr(scheduler, "sigmas")
         self.positions = input_positions(model)
+
+    def use(self, plan: CachePlan) -> None:
+        """Follow ``plan`` from now on (a plan set's pick, made when a generation starts)."""
+        self.plan, self.rules, self.depth = plan, plan.step_rules, history_depth(plan.step_rules)
 
     def _inputs(self, args: tuple, kwargs: dict) -> tuple[float | None, int]:
         """The call's timestep (``timestep`` or ``t``; None inside a pipeline, which needs none: reading
@@ -140,7 +156,9 @@ class _PlanHook(ModelHook):
             run.step = k
             name = context or ("default" if run.calls_in_step == 1 else f"call{run.calls_in_step}")
             sigma = run.sigmas[k] if run.sigmas is not None else float(self.scheduler.sigmas[k])
-            return k, name, run.branch(self.expert, name), sigma
+            begin = getattr(self.scheduler, "begin_index", None) or 0  # image-to-image: strength < 1
+            self.plan.check_begin(begin)
+            return k - begin, name, run.branch(self.expert, name), sigma
         name = context or "default"
         state = run.branch(self.expert, name)
         d = t - state.last_t if state.step else 0.0
@@ -151,6 +169,15 @@ class _PlanHook(ModelHook):
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         if torch.compiler.is_compiling():
             raise RuntimeError(_INSIDE_COMPILE)
+        if self.run.owner is not None and self.run.owner != threading.get_ident():
+            raise RuntimeError(_OTHER_THREAD)
+        try:
+            return self._forward(module, *args, **kwargs)
+        except BaseException:
+            self.run.generating, self.run.owner = False, None  # the exception ends the generation
+            raise
+
+    def _forward(self, module: torch.nn.Module, *args, **kwargs):
         t, batch = self._inputs(args, kwargs)
         k, name, state, sigma = self._locate(t)
         if batch != state.batch:
@@ -197,10 +224,64 @@ class _PlanHook(ModelHook):
 
 
 class CacheHandle:
-    """What :func:`apply` installed; ``remove()`` restores the pipeline exactly."""
+    """What :func:`apply` installed; ``remove()`` restores the pipeline exactly.
 
-    def __init__(self, experts: dict[str, torch.nn.Module], run: _Run, scheduler: Any, plan: CachePlan):
-        self.experts, self.run, self.scheduler, self.plan = experts, run, scheduler, plan
+    With a plan set, ``plan`` is the plan of the current (or last) generation, picked when it starts
+    by its ``num_inference_steps`` and ``budget`` (``handle.budget = 8`` between calls, or
+    ``with handle.using(budget=8): pipe(...)``)."""
+
+    def __init__(self, experts: dict[str, torch.nn.Module], run: _Run, scheduler: Any, plan: CachePlan | None,
+                 plans: PlanSet | None = None):
+        self.experts, self.run, self.scheduler, self.plan, self.plans = experts, run, scheduler, plan, plans
+        self.hooks: list[_PlanHook] = []
+
+    @property
+    def budget(self) -> int | None:
+        """The budget of the next generations: a plan set's choice (None: the only one held for the
+        call's step count), or the single plan's budget."""
+        return self.run.budget if self.plans is not None else self.plan.budget
+
+    @budget.setter
+    def budget(self, budget: int | None) -> None:
+        if self.run.generating:
+            raise PlanError(f"the budget cannot change during a generation (B={self.plan.budget} is running); "
+                            "set it between pipeline calls (after an exception ended a generation midway: "
+                            "handle.reset() first)")
+        if self.plans is None:
+            if budget != self.plan.budget:
+                raise PlanError(f"this handle holds one plan (B={self.plan.budget} of {self.plan.num_steps} steps); "
+                                "apply a plan set (budcache.PlanSet) to choose the budget per call")
+            return
+        if budget is not None and budget not in self.plans.budgets():
+            raise PlanError(f"this plan set holds no plan at budget {budget!r}; it holds {self.plans.holdings()}")
+        self.run.budget = budget
+
+    @contextlib.contextmanager
+    def using(self, budget: int | None) -> Iterator[CacheHandle]:
+        """``with handle.using(budget=8): pipe(...)``: the budget inside the block, the previous one after."""
+        before = self.budget
+        self.budget = budget
+        try:
+            yield self
+        finally:
+            self.run.generating, self.run.owner = False, None  # a block left by an exception ends its generation
+            self.budget = before
+
+    def reset(self) -> None:
+        """End the current generation and clear every cache: after an exception left a generation midway
+        (the next pipeline call in the same thread does it too)."""
+        self.run.reset()
+
+    def select(self, num_steps: int) -> CachePlan:
+        """The plan a generation of ``num_steps`` runs (refused, listing what it holds, if none fits)."""
+        if self.plans is None:
+            self.plan.check_steps(num_steps)
+            return self.plan
+        plan = self.plans.select(num_steps, self.run.budget)
+        for hook in self.hooks:
+            hook.use(plan)
+        self.plan = plan
+        return plan
 
     def summary(self) -> dict[str, dict[str, int]]:
         """Computed and reused steps of the last generation, per CFG branch (and per expert). A generation
@@ -242,10 +323,12 @@ def _host_sigmas(scheduler: Any, call: inspect.BoundArguments) -> list[float]:
     return twin.sigmas.tolist()
 
 
-def _wrap_set_timesteps(scheduler: Any, plan: CachePlan, run: _Run) -> None:
-    """Per instance: refuse another step count, start a new generation, keep the sigmas on the host,
-    and (for a plan with ``sigmas``) make the schedule exactly the plan's; when the scheduler's own
-    schedule already equals them, its timesteps are kept as they are."""
+def _wrap_set_timesteps(scheduler: Any, handle: CacheHandle, run: _Run) -> None:
+    """Per instance: refuse a call from a second thread while one generates, pick the plan (a plan
+    set's by step count and budget; one plan refuses another step count), refuse a schedule other than
+    the one the plan was searched on, start a new generation, keep the sigmas on the host, and (for a
+    plan with ``sigmas``) make the schedule exactly the plan's; when the scheduler's own schedule
+    already equals them, its timesteps are kept as they are."""
     original = scheduler.set_timesteps
     train = scheduler.config.get("num_train_timesteps", 1000)
 
@@ -254,17 +337,23 @@ def _wrap_set_timesteps(scheduler: Any, plan: CachePlan, run: _Run) -> None:
         bound = call.arguments
         asked = next((len(bound[n]) for n in ("sigmas", "timesteps") if bound.get(n) is not None),
                      bound.get("num_inference_steps"))
-        if asked is not None:
-            plan.check_steps(int(asked))
+        if run.generating and run.owner != threading.get_ident():
+            raise RuntimeError(_OTHER_THREAD)
+        if asked is None:
+            raise PlanError("budcache: set_timesteps was called without a step count; cannot pick the plan")
+        plan = handle.select(int(asked))
         run.start()
         result = original(*args, **kwargs)
         sigmas = _host_sigmas(scheduler, call)
+        b = plan.begin_index  # an image-to-image plan covers the steps from b on
+        plan.check_schedule(sigmas[b:])
+        run.generating, run.owner = True, threading.get_ident()
         if plan.sigmas is not None:
-            if len(sigmas) != len(plan.sigmas) or any(abs(a - b) > 1e-6 for a, b in zip(sigmas, plan.sigmas)):
-                want = torch.tensor(plan.sigmas, dtype=torch.float32, device=scheduler.sigmas.device)
+            if len(sigmas) - b != len(plan.sigmas) or any(abs(x - y) > 1e-6 for x, y in zip(sigmas[b:], plan.sigmas)):
+                want = torch.tensor(sigmas[:b] + plan.sigmas, dtype=torch.float32, device=scheduler.sigmas.device)
                 scheduler.sigmas = want
                 scheduler.timesteps = want[:-1] * train
-            sigmas = list(plan.sigmas)
+            sigmas = sigmas[:b] + list(plan.sigmas)
         run.sigmas = sigmas
         return result
 
@@ -294,13 +383,24 @@ def _check_compiled(modules: dict[str, torch.nn.Module]) -> None:
                 "pipe.transformer = torch.compile(pipe.transformer, ...); budcache.apply(pipe, plan)")
 
 
-def apply(pipe: Any, plan: CachePlan) -> CacheHandle:
+def apply(pipe: Any, plan: CachePlan | PlanSet | str | Path, *, budget: int | None = None,
+          **hub_kwargs: Any) -> CacheHandle:
     """Install ``plan`` on ``pipe``'s transformer(s) (or on a transformer passed directly).
+
+    ``plan``: a :class:`CachePlan`; a :class:`PlanSet` (each generation runs the plan for its
+    ``num_inference_steps`` and the handle's ``budget``, initially ``budget``); or a plan (set) file, a
+    folder or a Hugging Face Hub repo id holding ``budcache_plan.json`` (``hub_kwargs``: ``filename``,
+    ``revision``, ``cache_dir``, ``local_files_only``, ... for ``hf_hub_download``).
 
     A transformer wrapped by ``torch.compile`` gets the plan hook on the wrapper, outside the compiled
     region, and the block-stack hooks inside it; regionally compiled blocks work in either order."""
+    plan = resolve(plan, **hub_kwargs)
     modules = experts(pipe) or {"transformer": pipe}
     scheduler = getattr(pipe, "scheduler", None)
+    plans = plan if isinstance(plan, PlanSet) else None
+    if plans is not None and not hasattr(scheduler, "set_timesteps"):
+        raise PlanError("a plan set is picked per call by the pipeline's step count; a transformer without a "
+                        "scheduler takes one plan (plan_set.select(num_steps, budget))")
     plan.check_model(_unwrapped(modules["transformer"]))
     if scheduler is not None:
         _check_boundary(pipe, plan)
@@ -309,11 +409,16 @@ def apply(pipe: Any, plan: CachePlan) -> CacheHandle:
     _check_compiled(modules)
     run = _Run(len(modules))
     reuse = residual.reuse_for(_unwrapped(modules["transformer"]), plan.reuse)
-    handle = CacheHandle(modules, run, scheduler, plan)
+    handle = CacheHandle(modules, run, scheduler, None if plans else plan, plans)
+    if plans is not None:
+        handle.budget = budget
+    elif budget is not None:
+        handle.budget = budget  # refused unless it is the plan's
     for name, module in modules.items():
         model = _unwrapped(module)
         stack = residual.install(model) if reuse == "residual" else None
-        hook = _PlanHook(plan, stack, scheduler, name, run, type(model))
+        hook = _PlanHook(plans.plans[0] if plans else plan, stack, scheduler, name, run, type(model))
+        handle.hooks.append(hook)
         if model is not module:  # the pipeline sets its cache context on the wrapped module's hooks
             HookRegistry.check_if_exists_or_initialize(model).register_hook(_ContextHook(hook.contexts), _CONTEXT)
         # in the instance's own dict: a torch.compile wrapper forwards attribute writes to the wrapped module
@@ -321,7 +426,7 @@ def apply(pipe: Any, plan: CachePlan) -> CacheHandle:
         registry.register_hook(hook, _HOOK)
         vars(module)["_budcache_handle"] = handle
     if scheduler is not None and hasattr(scheduler, "set_timesteps"):
-        _wrap_set_timesteps(scheduler, plan, run)
+        _wrap_set_timesteps(scheduler, handle, run)
     return handle
 
 

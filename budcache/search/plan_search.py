@@ -45,6 +45,7 @@ def search_plan(
     resume: bool = False,
     start: Sequence[int] | None = None,
     boundary_ratio: float | None = None,
+    begin_index: int = 0,
 ) -> tuple[CachePlan, SearchResult]:
     """Search a mask (under ``evaluate.rule``, or with per-step rules when ``config.rules``) and
     wrap it in a :class:`CachePlan` with its search record.
@@ -55,7 +56,8 @@ def search_plan(
     the evaluations are saved to as they come, locked against other searches while this one runs;
     ``resume`` continues from it (same final plan).
     ``start``: the first annealing start (e.g. a neighbouring budget's plan), else the uniform mask.
-    ``boundary_ratio``: the expert boundary the plan is for (two-expert pipelines).
+    ``boundary_ratio``: the expert boundary the plan is for (two-expert pipelines). ``begin_index``:
+    the step image-to-image calls start at (see :class:`CachePlan`).
     """
     k = evaluate.num_steps
     check_config(config)
@@ -111,9 +113,11 @@ def search_plan(
         rule=rule,
         rules=rules,
         sigmas=list(evaluate.sigmas) if store_sigmas else None,
+        schedule=list(evaluate.sigmas) if store_sigmas else None,
         model=model_identity(model) if model is not None else {},
         boundary_ratio=boundary_ratio,
         record=record,
+        begin_index=begin_index,
     )
     return plan, result
 
@@ -158,7 +162,8 @@ def search_source(
                                           max_state_mb=0)
         return search_plan(evaluate, budget, reuse=source.reuse, model=source.model, config=config,
                            euler_sigmas=source.fewer(budget), validation=validation, progress=progress,
-                           checkpoint=checkpoint, resume=resume, start=start, boundary_ratio=source.boundary_ratio)
+                           checkpoint=checkpoint, resume=resume, start=start, boundary_ratio=source.boundary_ratio,
+                           begin_index=source.begin_index)
 
 
 def search(

@@ -1,0 +1,173 @@
+"""``PlanSet``: plans of one model for several budgets and step counts, in one file.
+
+Served with ``budcache.apply(pipe, plan_set)``: each call's ``num_inference_steps`` and the handle's
+``budget`` (set between calls) pick the plan. The file is JSON, validated like a plan: any defect is a
+:class:`PlanError` naming the plan and field.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ._io import atomic_write_text
+from .errors import PlanError
+from .plan import PLAN_FILENAME, SCHEMA_VERSION, CachePlan, pretrained_file, read_json
+
+_SHARED = ("model", "reuse", "boundary_ratio", "begin_index")  # what every plan of a set has in common
+
+
+class PlanSet:
+    """Plans of one model (same ``model``, ``reuse``, ``boundary_ratio`` and ``begin_index``), at most one per
+    (K, B); K is a call's ``num_inference_steps`` (``total_steps``)."""
+
+    def __init__(self, plans: Iterable[CachePlan]):
+        plans = list(plans)
+        if not all(isinstance(p, CachePlan) for p in plans):
+            raise PlanError("a plan set holds CachePlan objects only")
+        self.plans = sorted(plans, key=lambda p: (p.total_steps, p.budget))
+        if not self.plans:
+            raise PlanError("a plan set needs at least one plan")
+        first = self.plans[0]
+        for p in self.plans[1:]:
+            for name in _SHARED:
+                if getattr(p, name) != getattr(first, name):
+                    raise PlanError(f"the plans of a set must share field '{name}': K={p.num_steps} B={p.budget} has "
+                                    f"{getattr(p, name)!r}, K={first.num_steps} B={first.budget} {getattr(first, name)!r}")
+        keys = [(p.total_steps, p.budget) for p in self.plans]
+        dup = next((k for k in keys if keys.count(k) > 1), None)
+        if dup is not None:
+            raise PlanError(f"a plan set holds two plans for K={dup[0]} steps and budget B={dup[1]}")
+
+    # -- selection --------------------------------------------------------------------------
+    @property
+    def model(self) -> dict[str, str]:
+        return self.plans[0].model
+
+    @property
+    def reuse(self) -> str:
+        return self.plans[0].reuse
+
+    @property
+    def boundary_ratio(self) -> float | None:
+        return self.plans[0].boundary_ratio
+
+    def holdings(self) -> str:
+        """What the set holds, for messages: ``K=8: B=2, 3; K=12: B=4``."""
+        by_k: dict[int, list[int]] = {}
+        for p in self.plans:
+            by_k.setdefault(p.total_steps, []).append(p.budget)
+        return "; ".join(f"K={k}: B={', '.join(map(str, bs))}" for k, bs in by_k.items())
+
+    def budgets(self, num_steps: int | None = None) -> list[int]:
+        return sorted({p.budget for p in self.plans if num_steps in (None, p.total_steps)})
+
+    def select(self, num_steps: int, budget: int | None = None) -> CachePlan:
+        """The plan for ``num_steps`` and ``budget`` (None: the only budget held for that step count)."""
+        at_k = [p for p in self.plans if p.total_steps == num_steps]
+        if not at_k:
+            raise PlanError(f"this plan set holds no plan for {num_steps} steps; it holds {self.holdings()}")
+        if budget is None:
+            if len(at_k) > 1:
+                raise PlanError(f"choose a budget for {num_steps} steps (handle.budget = B); this plan set holds "
+                                f"{self.holdings()}")
+            return at_k[0]
+        plan = next((p for p in at_k if p.budget == budget), None)
+        if plan is None:
+            raise PlanError(f"this plan set holds no plan for {num_steps} steps at budget {budget}; it holds "
+                            f"{self.holdings()}")
+        return plan
+
+    def check_model(self, model: Any) -> None:
+        self.plans[0].check_model(model)
+
+    # -- display ----------------------------------------------------------------------------
+    def describe(self) -> str:
+        """A table: K, B, the search objective (vs the uniform mask), the ideal speedup K/B, the mask."""
+        rows = [("K", "B", "objective", "uniform", "speedup", "mask")]
+        for p in self.plans:
+            r = p.record
+            rows.append((str(p.num_steps), str(p.budget), "-" if r is None else f"{r.objective:.4g}",
+                         "-" if r is None or r.uniform_objective is None else f"{r.uniform_objective:.4g}",
+                         f"{p.ideal_speedup:.2f}x", p.strip))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(c.rjust(w) if i < 5 else c for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
+        head = f"plan set: {len(self.plans)} plans ({self.reuse} reuse)"
+        if self.model:
+            head += f", model {self.model.get('class')} ({self.model.get('fingerprint')})"
+        return "\n".join([head, *lines])
+
+    # -- io ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"schema_version": SCHEMA_VERSION, "plans": [p.to_dict() for p in self.plans]}
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "plan set") -> PlanSet:
+        if not isinstance(d, dict):
+            raise PlanError(f"{source}: expected a JSON object, got {type(d).__name__}")
+        version = d.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise PlanError(
+                f"{source}: field 'schema_version' is {version!r}; this budcache reads version {SCHEMA_VERSION}"
+            )
+        unknown = set(d) - {"schema_version", "plans"}
+        if unknown:
+            raise PlanError(f"{source}: unknown field(s) {sorted(unknown)}")
+        plans = d.get("plans")
+        if not isinstance(plans, list) or not plans:
+            raise PlanError(f"{source}: field 'plans' must be a non-empty list of plans")
+        loaded = [CachePlan.from_dict(p, source=f"{source}: plans[{i}]") for i, p in enumerate(plans)]
+        try:
+            return cls(loaded)
+        except PlanError as e:
+            raise PlanError(f"{source}: {e}") from None
+
+    def save(self, path: str | Path) -> Path:
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> PlanSet:
+        path = Path(path)
+        return cls.from_dict(read_json(path, "plan set file"), source=str(path))
+
+    def save_pretrained(self, folder: str | Path, filename: str = PLAN_FILENAME) -> Path:
+        return self.save(Path(folder) / filename)
+
+    @classmethod
+    def from_pretrained(cls, folder_or_hub_id: str | Path, filename: str = PLAN_FILENAME, **hub_kwargs: Any
+                        ) -> PlanSet:
+        return cls.load(pretrained_file(folder_or_hub_id, filename, **hub_kwargs))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PlanSet) and self.plans == other.plans
+
+    def __len__(self) -> int:
+        return len(self.plans)
+
+    def __iter__(self):
+        return iter(self.plans)
+
+
+def load_plans(path: str | Path) -> CachePlan | PlanSet:
+    """A plan or a plan set, whichever the file holds (a set has a field ``plans``)."""
+    path = Path(path)
+    data = read_json(path)
+    if isinstance(data, dict) and "plans" in data:
+        return PlanSet.from_dict(data, source=str(path))
+    return CachePlan.from_dict(data, source=str(path))
+
+
+def resolve(plan: CachePlan | PlanSet | str | Path, filename: str = PLAN_FILENAME, **hub_kwargs: Any
+            ) -> CachePlan | PlanSet:
+    """What ``budcache.apply`` accepts: a plan, a plan set, a plan (set) file, a folder holding
+    ``filename``, or a Hugging Face Hub repo id."""
+    if isinstance(plan, (CachePlan, PlanSet)):
+        return plan
+    if not isinstance(plan, (str, Path)):
+        raise TypeError(f"expected a CachePlan, a PlanSet, a file, a folder or a Hub id, got {type(plan).__name__}")
+    path = Path(plan)
+    if path.is_file():
+        return load_plans(path)
+    return load_plans(pretrained_file(plan, filename, **hub_kwargs))
