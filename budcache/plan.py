@@ -45,8 +45,35 @@ class SearchRecord:
     effort: str | None = None  # the named search effort (fast, default, thorough) or custom
 
 
+class JsonFile:
+    """Saving and loading shared by plans and plan sets: JSON written atomically, read back through
+    ``from_dict`` (every failure a :class:`PlanError`), and the Hugging Face Hub layout."""
+
+    KIND = "plan file"
+
+    def save(self, path: str | Path) -> Path:
+        """Write as JSON, atomically (a crash never leaves a half-written file)."""
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path):
+        path = Path(path)
+        return cls.from_dict(read_json(path, cls.KIND), source=str(path))
+
+    def save_pretrained(self, folder: str | Path, filename: str = PLAN_FILENAME) -> Path:
+        """Write into ``folder`` as ``filename``: the layout of a Hugging Face Hub repo, to upload as it
+        is (``huggingface_hub.upload_folder``) and read back with :meth:`from_pretrained`."""
+        return self.save(Path(folder) / filename)
+
+    @classmethod
+    def from_pretrained(cls, folder_or_hub_id: str | Path, filename: str = PLAN_FILENAME, **hub_kwargs: Any):
+        """Load from a local folder or a Hub repo id (``org/plans``; ``hub_kwargs`` go to
+        ``huggingface_hub.hf_hub_download``: ``revision``, ``cache_dir``, ``local_files_only``, ...)."""
+        return cls.load(pretrained_file(folder_or_hub_id, filename, **hub_kwargs))
+
+
 @dataclass
-class CachePlan:
+class CachePlan(JsonFile):
     """Of ``num_steps`` denoising steps exactly ``budget`` run the transformer (``mask[k] == 1``).
 
     ``sigmas`` holds K+1 strictly decreasing values ending in 0, or None for the pipeline's
@@ -276,27 +303,6 @@ class CachePlan:
         except PlanError as e:
             raise PlanError(f"{source}: {e}") from None
 
-    def save(self, path: str | Path) -> Path:
-        """Write the plan as JSON, atomically (a crash never leaves a half-written file)."""
-        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> CachePlan:
-        path = Path(path)
-        return cls.from_dict(read_json(path), source=str(path))
-
-    def save_pretrained(self, folder: str | Path, filename: str = PLAN_FILENAME) -> Path:
-        """Write the plan into ``folder`` as ``filename``: the layout of a Hugging Face Hub repo, to
-        upload as it is (``huggingface_hub.upload_folder``) and read back with :meth:`from_pretrained`."""
-        return self.save(Path(folder) / filename)
-
-    @classmethod
-    def from_pretrained(cls, folder_or_hub_id: str | Path, filename: str = PLAN_FILENAME, **hub_kwargs: Any
-                        ) -> CachePlan:
-        """A plan from a local folder or a Hub repo id (``org/plans``; ``hub_kwargs`` go to
-        ``huggingface_hub.hf_hub_download``: ``revision``, ``cache_dir``, ``local_files_only``, ...)."""
-        path = pretrained_file(folder_or_hub_id, filename, **hub_kwargs)
-        return cls.load(path)
 
 
 

@@ -7,21 +7,21 @@ Served with ``budcache.apply(pipe, plan_set)``: each call's ``num_inference_step
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ._io import atomic_write_text
 from .errors import PlanError
-from .plan import PLAN_FILENAME, SCHEMA_VERSION, CachePlan, pretrained_file, read_json
+from .plan import PLAN_FILENAME, SCHEMA_VERSION, CachePlan, JsonFile, pretrained_file, read_json
 
 _SHARED = ("model", "reuse", "boundary_ratio", "begin_index")  # what every plan of a set has in common
 
 
-class PlanSet:
+class PlanSet(JsonFile):
     """Plans of one model (same ``model``, ``reuse``, ``boundary_ratio`` and ``begin_index``), at most one per
     (K, B); K is a call's ``num_inference_steps`` (``total_steps``)."""
+
+    KIND = "plan set file"
 
     def __init__(self, plans: Iterable[CachePlan]):
         plans = list(plans)
@@ -124,21 +124,6 @@ class PlanSet:
         except PlanError as e:
             raise PlanError(f"{source}: {e}") from None
 
-    def save(self, path: str | Path) -> Path:
-        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> PlanSet:
-        path = Path(path)
-        return cls.from_dict(read_json(path, "plan set file"), source=str(path))
-
-    def save_pretrained(self, folder: str | Path, filename: str = PLAN_FILENAME) -> Path:
-        return self.save(Path(folder) / filename)
-
-    @classmethod
-    def from_pretrained(cls, folder_or_hub_id: str | Path, filename: str = PLAN_FILENAME, **hub_kwargs: Any
-                        ) -> PlanSet:
-        return cls.load(pretrained_file(folder_or_hub_id, filename, **hub_kwargs))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, PlanSet) and self.plans == other.plans
