@@ -131,8 +131,8 @@ def add_search_options(p: argparse.ArgumentParser, effort: SearchConfig = Search
     """Search effort, reuse rule, prefix-state memory, optional checkpointing."""
     g = p.add_argument_group("search")
     g.add_argument("--effort", choices=sorted(EFFORTS), default=None,
-                   help="a named search effort: fast (no annealing, screened hill climbing from two starts: about a "
-                        "tenth of the default's forwards, its plans only on smooth objectives), default (annealing + "
+                   help="a named search effort: fast (no annealing, screened hill climbing from the uniform mask: a "
+                        "tenth of the default's forwards or less, its plans only on smooth objectives), default (annealing + "
                         "screened hill climbing + kicks), thorough (the same unscreened: 2-3x the forwards), long (the "
                         "reference search); the options below override it")
     g.add_argument("--iterations", type=integer(0), default=None,
