@@ -13,7 +13,7 @@ from contextlib import ExitStack, contextmanager
 
 import torch
 
-from ..families import combine_for, for_pipeline
+from ..families import combine_for, for_pipeline, time_rule
 from ..hooks.experts import input_names
 from ..hooks.stack import StackState, reuse_for, stack_hooks
 from ..sampling.denoisers import Batch
@@ -33,19 +33,26 @@ class PipelineDenoiser:
         self.experts, self.combine = calib.experts(), combine_for(calib.pipe)
         self.settings = {**capture.settings, "guider": getattr(calib.pipe, "guider", None)}
         self.grid = {s.sigma: s for s in capture.steps}
+        rule, config, kwargs = time_rule(calib.pipe), calib.pipe.scheduler.config, calib.schedule_kwargs
+        self.time = lambda sigma: rule(sigma, config, kwargs)  # the scheduler's timestep at ``sigma``
         first, last = capture.steps[0], capture.steps[-1]
-        span = last.sigma - first.sigma
+        self.t0 = self.time(torch.tensor(first.sigma, dtype=torch.float64))
+        span = self.time(torch.tensor(last.sigma, dtype=torch.float64)) - self.t0
         self.slopes = [(b.double() - a.double()) / span if span else torch.zeros_like(a, dtype=torch.float64)
                        for a, b in zip(first.timesteps, last.timesteps)]
 
     def _step(self, sigma: float) -> tuple[Step, list[torch.Tensor]]:
+        """The captured step whose conditioning serves ``sigma`` (the nearest), and the time each call
+        sees: the captured one on the grid, else the family's time rule (:func:`budcache.families.time_rule`)
+        mapped to the transformer's argument the way the pipeline maps its scheduler's timesteps (affinely,
+        fitted on the first and last captured steps)."""
         step = self.grid.get(sigma)
         if step is not None:
             return step, step.timesteps
         step = min(self.capture.steps, key=lambda s: abs(s.sigma - sigma))
         first = self.capture.steps[0]
-        timesteps = [(a.double() + slope * (sigma - first.sigma)).to(a.dtype)
-                     for a, slope in zip(first.timesteps, self.slopes)]
+        t = self.time(sigma if torch.is_tensor(sigma) else torch.tensor(sigma, dtype=torch.float64))
+        timesteps = [(a.double() + slope * (t - self.t0)).to(a.dtype) for a, slope in zip(first.timesteps, self.slopes)]
         return step, timesteps
 
     def _velocity(self, x: torch.Tensor, sigma: float, cache: torch.Tensor | None) -> tuple[torch.Tensor, list]:

@@ -113,8 +113,9 @@ def cmd_align(a: argparse.Namespace) -> None:
         _check_models([(a.plan, plan)], source.model)
         require_euler(source.solver)
         validation = source.batches("validation") if source.has("validation") else None
+        # a plan searched at the pipeline's default schedule (no sigmas) starts from that schedule
         aligned, result = align(plan, source.batches("calib"), validation, config, progress=not a.no_progress,
-                                restarts=source.restarts)
+                                restarts=source.restarts, teacher_sigmas=None if plan.sigmas else source.sigmas)
     v0, v1 = result.validation_loss[0], min(result.validation_loss)
     print(aligned.describe())
     print(f"validation MSE {v0:.4g} -> {v1:.4g} ({10 * math.log10(v0 / v1):+.2f} dB), "

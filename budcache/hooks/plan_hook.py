@@ -29,6 +29,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import StateManager
 
+from ..families import sigma_time, time_rule
 from ..plan import CachePlan, PlanError
 from ..sampling.rules import history_depth, predict, remember
 from . import stack as residual
@@ -242,12 +243,12 @@ def _host_sigmas(scheduler: Any, call: inspect.BoundArguments) -> list[float]:
     return twin.sigmas.tolist()
 
 
-def _wrap_set_timesteps(scheduler: Any, plan: CachePlan, run: _Run) -> None:
+def _wrap_set_timesteps(scheduler: Any, plan: CachePlan, run: _Run, time: Any = sigma_time) -> None:
     """Per instance: refuse another step count, start a new generation, keep the sigmas on the host,
-    and (for a plan with ``sigmas``) make the schedule exactly the plan's; when the scheduler's own
-    schedule already equals them, its timesteps are kept as they are."""
+    and (for a plan with ``sigmas``) make the schedule exactly the plan's, its timesteps by the
+    family's ``time`` rule; when the scheduler's own schedule already equals them, its timesteps are
+    kept as they are."""
     original = scheduler.set_timesteps
-    train = scheduler.config.get("num_train_timesteps", 1000)
 
     def set_timesteps(*args, **kwargs):
         call = inspect.signature(original).bind(*args, **kwargs)
@@ -263,7 +264,7 @@ def _wrap_set_timesteps(scheduler: Any, plan: CachePlan, run: _Run) -> None:
             if len(sigmas) != len(plan.sigmas) or any(abs(a - b) > 1e-6 for a, b in zip(sigmas, plan.sigmas)):
                 want = torch.tensor(plan.sigmas, dtype=torch.float32, device=scheduler.sigmas.device)
                 scheduler.sigmas = want
-                scheduler.timesteps = want[:-1] * train
+                scheduler.timesteps = time(want[:-1], scheduler.config, bound).to(torch.float32)
             sigmas = list(plan.sigmas)
         run.sigmas = sigmas
         return result
@@ -321,7 +322,7 @@ def apply(pipe: Any, plan: CachePlan) -> CacheHandle:
         registry.register_hook(hook, _HOOK)
         vars(module)["_budcache_handle"] = handle
     if scheduler is not None and hasattr(scheduler, "set_timesteps"):
-        _wrap_set_timesteps(scheduler, plan, run)
+        _wrap_set_timesteps(scheduler, plan, run, time_rule(pipe))
     return handle
 
 
