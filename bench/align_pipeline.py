@@ -80,7 +80,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="K (default 12 CPU, 28 GPU)")
     p.add_argument("--budget", type=int, default=None, help="B (default K/3)")
     p.add_argument("--epochs", type=int, default=None, help="alignment epochs (default 20 CPU, 3 GPU)")
-    p.add_argument("--lr", type=float, default=0.005)
+    p.add_argument("--lr", type=float, default=0.001)
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args()
     if a.threads:

@@ -169,3 +169,35 @@ def test_a_plan_without_sigmas_starts_from_the_calibrated_schedule():
         budcache.align(bare, [], progress=False)
     aligned, result = budcache.align(bare, calib, config=AlignConfig(epochs=1, lr=0.005), progress=False)
     assert result.initial == pytest.approx(calib.sigmas) and len(aligned.sigmas) == K + 1
+
+
+def test_align_command_on_a_plan_searched_at_the_pipeline_default(tmp_path, capsys):
+    """`budcache align --pipeline` on a plan without stored sigmas: aligned from the pipeline's own
+    schedule, which the aligned plan then carries explicitly."""
+    import json
+
+    from diffusers import DiffusionPipeline
+
+    from budcache.cli import main
+    from tests.fixtures.tiny_text import quiet, save_tiny_flux_pipeline
+
+    folder = save_tiny_flux_pipeline(tmp_path / "flux")
+    with quiet():
+        pipe = DiffusionPipeline.from_pretrained(folder)
+    steps = 6
+    plan = budcache.CachePlan(num_steps=steps, budget=3, mask=[1, 0, 1, 0, 1, 0], model=model_identity(pipe.transformer))
+    plan.save(tmp_path / "plan.json")
+    assert json.loads((tmp_path / "plan.json").read_text()).get("sigmas") is None
+    (tmp_path / "calib.txt").write_text("a red square\na blue circle\n")
+    (tmp_path / "val.txt").write_text("a green star\n")
+    main(["align", str(tmp_path / "plan.json"), "--pipeline", str(folder), "--prompts", str(tmp_path / "calib.txt"),
+          "--validation-prompts", str(tmp_path / "val.txt"), "--steps", str(steps), "--height", "16", "--width", "16",
+          "--call", "max_sequence_length=16", "--epochs", "2", "--lr", "0.005", "--no-progress",
+          "--out", str(tmp_path / "aligned.json")])
+    assert "validation MSE" in capsys.readouterr().out
+    aligned = budcache.CachePlan.load(tmp_path / "aligned.json")
+    pipe.set_progress_bar_config(disable=True)
+    default = calibrate(pipe, ["a red square"], steps, progress=False, height=16, width=16,
+                        max_sequence_length=16).sigmas
+    assert aligned.mask == plan.mask and len(aligned.sigmas) == steps + 1
+    assert aligned.sigmas[0] == pytest.approx(default[0]) and aligned.sigmas[-1] == pytest.approx(default[-1])

@@ -120,6 +120,33 @@ def check_replay(calib: Calibration) -> float:
     return error
 
 
+DECODED = ("FluxPipeline", "StableDiffusion3Pipeline")  # pipelines whose final latents budcache can decode
+
+
+def decoder(calib: Calibration) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The pipeline's VAE decoding of final latents into images in [-1, 1] as its ``__call__`` does it
+    (FLUX unpacks its 2x2 patches first), for the pipelines in :data:`DECODED`; else None."""
+    pipe, vae = calib.pipe, getattr(calib.pipe, "vae", None)
+    if vae is None or type(pipe).__name__ not in DECODED:
+        return None
+    settings = calib.captures[0].settings
+    size = getattr(pipe, "default_sample_size", 128) * getattr(pipe, "vae_scale_factor", 8)
+    height, width = settings.get("height") or size, settings.get("width") or size
+
+    @torch.no_grad()
+    def decode(latents: torch.Tensor) -> torch.Tensor:
+        images = []
+        for x in latents.split(1):
+            x = x.to(pipe._execution_device, vae.dtype)
+            if hasattr(pipe, "_unpack_latents"):
+                x = pipe._unpack_latents(x, height, width, pipe.vae_scale_factor)
+            x = x / vae.config.scaling_factor + (vae.config.get("shift_factor") or 0.0)
+            images.append(vae.decode(x, return_dict=False)[0].float().clamp(-1, 1).cpu())
+        return torch.cat(images)
+
+    return decode
+
+
 @contextmanager
 def pipeline_source(calib: Calibration, reuse: str = "residual", *, validation: Calibration | None = None,
                     held_out: Calibration | None = None) -> Iterator[Source]:
@@ -140,5 +167,5 @@ def pipeline_source(calib: Calibration, reuse: str = "residual", *, validation: 
             fewer=calib.solver, model=calib.pipe.transformer, reuse=reuse,
             sets=tuple(w for w in SETS if sets[w]), restarts=tuple(calib.forced_steps()),
             boundary_ratio=calib.boundary_ratio, reference=[c.final for c in calib.captures],
-            tolerance=10 * _tolerance(calib),
+            tolerance=10 * _tolerance(calib), decode=decoder(calib),
         )

@@ -137,6 +137,8 @@ def cmd_frontier(a: argparse.Namespace) -> None:
         rows = frontier(source, a.budgets, a.out, search_config(a), not a.no_progress, a.state_mb)
     for r in rows:
         plain = next(k for k in r if k.startswith("plain "))
+        image = "" if "image" not in r else "   image PSNR / SSIM " + "  ".join(
+            f"{m} {s['psnr']:.2f} / {s['ssim']:.3f}" for m, s in r["image"].items())
         print(f"B={r['budget']:>2}  {r['mask']}  budcache {r['budcache']:6.2f} dB   uniform {r['uniform mask']:6.2f}   "
-              f"{plain} {r[plain]:6.2f}")
+              f"{plain} {r[plain]:6.2f}{image}")
     print(f"wrote plan_B*.json, frontier.json and frontier.png to {a.out}/")
