@@ -201,3 +201,17 @@ def test_align_command_on_a_plan_searched_at_the_pipeline_default(tmp_path, caps
                         max_sequence_length=16).sigmas
     assert aligned.mask == plan.mask and len(aligned.sigmas) == steps + 1
     assert aligned.sigmas[0] == pytest.approx(default[0]) and aligned.sigmas[-1] == pytest.approx(default[-1])
+
+
+def test_align_command_refuses_a_pipeline_that_does_not_step_with_euler(tmp_path):
+    """Wan ships UniPC: refused from its model_index.json, before anything is loaded or calibrated."""
+    from budcache.cli import main
+    from tests.fixtures.tiny_text import save_tiny_wan_pipeline
+
+    folder = save_tiny_wan_pipeline(tmp_path / "wan")
+    (tmp_path / "calib.txt").write_text("a red square\n")
+    plan = budcache.CachePlan(num_steps=6, budget=3, mask=[1, 0, 1, 0, 1, 0])
+    plan.save(tmp_path / "plan.json")
+    with pytest.raises(SystemExit, match="steps with UniPCMultistepScheduler"):
+        main(["align", str(tmp_path / "plan.json"), "--pipeline", str(folder), "--prompts", str(tmp_path / "calib.txt"),
+              "--out", str(tmp_path / "aligned.json")])
