@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -51,21 +52,39 @@ class AlignResult:
 
 
 class SigmaSchedule(torch.nn.Module):
-    """Strictly decreasing sigmas with fixed endpoints: softmax increments, cumulative sum."""
+    """Strictly decreasing sigmas with fixed endpoints: softmax increments, cumulative sum.
 
-    def __init__(self, sigmas: Sequence[float]):
+    ``pinned``: indices of sigmas that keep their value too (the endpoints always do); the sigmas
+    between two pinned ones move within that segment only. Pinning both sides of an expert switch
+    keeps every step with the expert the pipeline gives it (Wan2.2's boundary)."""
+
+    def __init__(self, sigmas: Sequence[float], pinned: Collection[int] = ()):
         super().__init__()
         s = torch.as_tensor(sigmas, dtype=torch.float64)
         if s.dim() != 1 or len(s) < 2 or not bool((s[:-1] > s[1:]).all()):
             raise PlanError("a schedule to align must be strictly decreasing with at least 2 values")
+        knots = sorted({0, len(s) - 1, *(int(i) for i in pinned if 0 <= int(i) < len(s))})
+        self.segments = list(zip(knots[:-1], knots[1:]))
+        self.register_buffer("knots", s[knots].clone())
         self.register_buffer("high", s[0].clone())
         self.register_buffer("low", s[-1].clone())
-        self.logits = torch.nn.Parameter(((s[:-1] - s[1:]) / (s[0] - s[-1])).log())
+        logits = torch.empty(len(s) - 1, dtype=torch.float64)
+        for a, b in self.segments:
+            logits[a:b] = ((s[a:b] - s[a + 1:b + 1]) / (s[a] - s[b])).log()
+        self.logits = torch.nn.Parameter(logits)
 
     def forward(self) -> torch.Tensor:
-        steps = torch.softmax(self.logits, 0).cumsum(0)
-        inner = self.high - (self.high - self.low) * steps[:-1]
-        return torch.cat([self.high[None], inner, self.low[None]])
+        parts = [self.knots[:1]]
+        for i, (a, b) in enumerate(self.segments):
+            hi, lo = self.knots[i], self.knots[i + 1]
+            steps = torch.softmax(self.logits[a:b], 0).cumsum(0)
+            parts += [hi - (hi - lo) * steps[:-1], lo[None]]
+        return torch.cat(parts)
+
+
+def boundary_pins(restarts: Collection[int]) -> list[int]:
+    """The sigmas to pin so no step crosses a restart (an expert switch): both sides of each."""
+    return sorted({i for k in restarts for i in (k - 1, k)})
 
 
 def require_euler(solver: Solver) -> None:
@@ -111,25 +130,35 @@ def _loss(batches, teachers, sigmas, plan: CachePlan, checkpointing: bool, backw
 
 def align(
     plan: CachePlan,
-    batches: Sequence[Batch],
-    validation: Sequence[Batch] | None = None,
+    batches: Sequence[Batch] | Any,
+    validation: Sequence[Batch] | Any = None,
     config: AlignConfig = AlignConfig(),
     teacher_sigmas: Sequence[float] | None = None,
     progress: bool = True,
     restarts: Collection[int] = (),
 ) -> tuple[CachePlan, AlignResult]:
     """Learn the sigmas of ``plan`` (its mask and rules fixed) on ``batches``; keep the schedule with
-    the best loss on ``validation`` (default: the calibration batches). The teacher runs full
+    the best loss on ``validation`` (default: the calibration batches). ``batches`` may be a
+    :class:`~budcache.Calibration` of a pipeline (``validation``: another one, or None): then
+    ``budcache.align(plan, calib, validation_calib)`` replays its captures, full compute over the
+    calibrated schedule is the teacher, and a plan without sigmas starts from that schedule. The teacher runs full
     compute over ``teacher_sigmas`` (default: the plan's schedule); ``restarts``: steps where the
     cache restarts (another expert). Ctrl-C (KeyboardInterrupt) ends the epochs early with the best
     schedule so far (``result.interrupted``)."""
+    from .calibration.capture import Calibration
+
+    if isinstance(batches, Calibration):
+        return _align_calibrated(plan, batches, validation, config, progress)
     if plan.sigmas is None:
-        raise PlanError("this plan has no sigmas (pipeline default); search it with stored sigmas to align it")
+        if teacher_sigmas is None:
+            raise PlanError("this plan has no sigmas (the pipeline's default schedule) and no teacher_sigmas were "
+                            "given; pass the schedule it runs at as teacher_sigmas (or align on a Calibration)")
+        plan = dataclasses.replace(plan, sigmas=[float(s) for s in teacher_sigmas])  # stored explicitly
     validation = list(validation or batches)
     teacher = teacher_sigmas or plan.sigmas
     teachers = [_teacher(b, teacher, restarts) for b in batches]
     val_teachers = [_teacher(b, teacher, restarts) for b in validation]
-    schedule = SigmaSchedule(plan.sigmas)
+    schedule = SigmaSchedule(plan.sigmas, pinned=boundary_pins(restarts))
     opt = torch.optim.AdamW(schedule.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     lr = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, config.epochs))
     with torch.no_grad():
@@ -156,8 +185,26 @@ def align(
             bar.set_postfix(train=f"{train:.3g}", val=f"{val:.3g}", best=f"{best:.3g}", refresh=False)
     except KeyboardInterrupt:
         result.interrupted = True
-    result.sigmas[0], result.sigmas[-1] = plan.sigmas[0], plan.sigmas[-1]  # endpoints exactly as given
+    for i in (0, len(plan.sigmas) - 1, *boundary_pins(restarts)):  # endpoints and pins exactly as given
+        result.sigmas[i] = plan.sigmas[i]
     return dataclasses.replace(plan, sigmas=result.sigmas), result
+
+
+def _align_calibrated(plan: CachePlan, calib, validation, config: AlignConfig,
+                      progress: bool) -> tuple[CachePlan, AlignResult]:
+    """:func:`align` on a calibrated pipeline: its captures (and ``validation`` captures) replayed, the
+    cache restarting (and the schedule pinned) at expert switches; a plan without sigmas starts from
+    the calibrated schedule."""
+    from .calibration.replay import pipeline_source
+
+    with pipeline_source(calib, plan.reuse, validation=validation) as source:
+        plan.check_model(source.model)
+        require_euler(source.solver)
+        if plan.sigmas is not None and len(plan.sigmas) != len(source.sigmas):
+            raise PlanError(f"the plan has {plan.num_steps} steps, the calibration {source.num_steps}")
+        return align(plan, source.batches("calib"),
+                     source.batches("validation") if source.has("validation") else None, config,
+                     teacher_sigmas=source.sigmas, progress=progress, restarts=source.restarts)
 
 
 callable_module(__name__, align)

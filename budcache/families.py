@@ -8,6 +8,10 @@ from the model itself:
 * ``combine``: how the pipeline combines a step's transformer calls into one velocity (its CFG
   formula), which the search replays;
 * ``experts``: the pipeline attributes that hold transformers (Wan2.2 runs two experts);
+* ``time``: the scheduler timestep of a step at a sigma the pipeline did not choose (a searched or
+  aligned schedule), from the sigma, the scheduler's config and its ``set_timesteps`` arguments: the
+  time the transformer sees follows from it the way the pipeline derives it (``t / 1000`` for FLUX,
+  ``t`` for Wan, ...). Default ``num_train_timesteps * sigma``; CogView4 feeds the unshifted time;
 * ``indicator``: where TeaCache reads its signal (``norm1``: block 0's modulated input;
   ``time``: the time embedding; ``input``: block 0's input; None: ``time`` when the transformer
   has a time embedder, else ``input``).
@@ -18,6 +22,7 @@ per-sample frames, appended channels) is detected at calibration and needs no en
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -121,6 +126,29 @@ def _single(outputs: list[Any], calls: list[Call], settings: dict, x: torch.Tens
     return outputs[0]
 
 
+# -- the time the transformer sees ----------------------------------------------------------------
+TimeRule = Callable[[Any, Any, dict[str, Any]], Any]  # sigmas, scheduler config, set_timesteps arguments -> timesteps
+
+
+def sigma_time(sigmas: Any, config: Any, kwargs: dict[str, Any]) -> Any:
+    """``num_train_timesteps * sigma``: the scheduler's own timesteps (FLUX, Wan, SD3, Qwen-Image, ...)."""
+    return sigmas * config.get("num_train_timesteps", 1000)
+
+
+def unshifted_time(sigmas: Any, config: Any, kwargs: dict[str, Any]) -> Any:
+    """``num_train_timesteps * s`` where the scheduler's shift maps ``s`` to ``sigma`` (CogView4 passes the
+    unshifted times as ``timesteps=`` beside the shifted ``sigmas=``). Both of FlowMatchEuler's shifts,
+    static ``shift`` and dynamic ``mu`` (exponential or linear), are ``sigma = m s / (1 + (m - 1) s)``."""
+    if config.get("use_dynamic_shifting"):
+        mu = kwargs.get("mu")
+        if mu is None:
+            raise ValueError("a dynamically shifted schedule needs the pipeline's mu to recover its times")
+        m = math.exp(mu) if config.get("time_shift_type", "exponential") == "exponential" else mu
+    else:
+        m = config.get("shift", 1.0)
+    return config.get("num_train_timesteps", 1000) * sigmas / (sigmas + m * (1 - sigmas))
+
+
 # -- the table ----------------------------------------------------------------------------------
 _M = TransformerBlockMetadata
 
@@ -136,6 +164,7 @@ class Family:
     combine: Combine | None = None  # None: one unguided call per step
     experts: tuple[str, ...] = ("transformer",)
     indicator: str | None = None
+    time: TimeRule = sigma_time
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -168,7 +197,7 @@ FAMILIES: tuple[Family, ...] = (
            blocks={"HunyuanVideo15TransformerBlock": _M(return_hidden_states_index=0,
                                                         return_encoder_hidden_states_index=1)}),
     Family("CogView4", ("CogView4Pipeline",), ("CogView4Transformer2DModel",),
-           combine=_two_calls(_setting("guidance_scale"))),
+           combine=_two_calls(_setting("guidance_scale")), time=unshifted_time),
     Family("Sana", ("SanaPipeline",), ("SanaTransformer2DModel",), combine=_batched,
            blocks={"SanaTransformerBlock": _M(return_hidden_states_index=0)}),
 )
@@ -199,6 +228,12 @@ def combine_for(pipe: Any) -> Combine:
     """The CFG combination of ``pipe``; other pipelines may only make one unguided call per step."""
     family = for_pipeline(pipe)
     return family.combine if family is not None and family.combine is not None else _single
+
+
+def time_rule(pipe: Any) -> TimeRule:
+    """How ``pipe``'s scheduler timesteps follow from its sigmas (:func:`sigma_time` for unknown pipelines)."""
+    family = for_pipeline(pipe)
+    return family.time if family is not None else sigma_time
 
 
 def expert_names(pipe: Any) -> tuple[str, ...]:

@@ -35,7 +35,8 @@ class Source:
     the K-step solver (Euler over a schedule, or the pipeline's scheduler); ``fewer(b)``: the
     same solver with ``b`` steps (plain fewer-step sampling). ``model``: the transformer plans are made for. ``restarts``: steps whose cache restarts
     (another expert; they always compute). ``images``: latents -> images in [-1, 1] (None: score
-    latents). ``score(images)``: extra scores of held-out images. ``reference``: the final latents
+    latents). ``decode``: a pipeline's VAE decoding final latents to images in [-1, 1], where budcache
+knows the family's latent packing (scored beside the latents; None: latents only). ``score(images)``: extra scores of held-out images. ``reference``: the final latents
     each calibration batch must reach under full compute (a replay check), with ``tolerance``.
     """
 
@@ -52,6 +53,7 @@ class Source:
     score: Callable[[torch.Tensor], dict[str, Any]] | None = None
     reference: Sequence[torch.Tensor] | None = None
     tolerance: float = 1e-3
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None  # a pipeline's final latents -> images in [-1, 1]
 
     @property
     def sigmas(self) -> list[float]:

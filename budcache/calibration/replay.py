@@ -13,7 +13,7 @@ from contextlib import ExitStack, contextmanager
 
 import torch
 
-from ..families import combine_for, for_pipeline
+from ..families import combine_for, for_pipeline, time_rule
 from ..hooks.experts import input_names
 from ..hooks.stack import StackState, reuse_for, stack_hooks
 from ..sampling.denoisers import Batch
@@ -33,19 +33,26 @@ class PipelineDenoiser:
         self.experts, self.combine = calib.experts(), combine_for(calib.pipe)
         self.settings = {**capture.settings, "guider": getattr(calib.pipe, "guider", None)}
         self.grid = {s.sigma: s for s in capture.steps}
+        rule, config, kwargs = time_rule(calib.pipe), calib.pipe.scheduler.config, calib.schedule_kwargs
+        self.time = lambda sigma: rule(sigma, config, kwargs)  # the scheduler's timestep at ``sigma``
         first, last = capture.steps[0], capture.steps[-1]
-        span = last.sigma - first.sigma
+        self.t0 = self.time(torch.tensor(first.sigma, dtype=torch.float64))
+        span = self.time(torch.tensor(last.sigma, dtype=torch.float64)) - self.t0
         self.slopes = [(b.double() - a.double()) / span if span else torch.zeros_like(a, dtype=torch.float64)
                        for a, b in zip(first.timesteps, last.timesteps)]
 
     def _step(self, sigma: float) -> tuple[Step, list[torch.Tensor]]:
+        """The captured step whose conditioning serves ``sigma`` (the nearest), and the time each call
+        sees: the captured one on the grid, else the family's time rule (:func:`budcache.families.time_rule`)
+        mapped to the transformer's argument the way the pipeline maps its scheduler's timesteps (affinely,
+        fitted on the first and last captured steps)."""
         step = self.grid.get(sigma)
         if step is not None:
             return step, step.timesteps
         step = min(self.capture.steps, key=lambda s: abs(s.sigma - sigma))
         first = self.capture.steps[0]
-        timesteps = [(a.double() + slope * (sigma - first.sigma)).to(a.dtype)
-                     for a, slope in zip(first.timesteps, self.slopes)]
+        t = self.time(sigma if torch.is_tensor(sigma) else torch.tensor(sigma, dtype=torch.float64))
+        timesteps = [(a.double() + slope * (t - self.t0)).to(a.dtype) for a, slope in zip(first.timesteps, self.slopes)]
         return step, timesteps
 
     def _velocity(self, x: torch.Tensor, sigma: float, cache: torch.Tensor | None) -> tuple[torch.Tensor, list]:
@@ -113,6 +120,33 @@ def check_replay(calib: Calibration) -> float:
     return error
 
 
+DECODED = ("FluxPipeline", "StableDiffusion3Pipeline")  # pipelines whose final latents budcache can decode
+
+
+def decoder(calib: Calibration) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The pipeline's VAE decoding of final latents into images in [-1, 1] as its ``__call__`` does it
+    (FLUX unpacks its 2x2 patches first), for the pipelines in :data:`DECODED`; else None."""
+    pipe, vae = calib.pipe, getattr(calib.pipe, "vae", None)
+    if vae is None or type(pipe).__name__ not in DECODED:
+        return None
+    settings = calib.captures[0].settings
+    size = getattr(pipe, "default_sample_size", 128) * getattr(pipe, "vae_scale_factor", 8)
+    height, width = settings.get("height") or size, settings.get("width") or size
+
+    @torch.no_grad()
+    def decode(latents: torch.Tensor) -> torch.Tensor:
+        images = []
+        for x in latents.split(1):
+            x = x.to(pipe._execution_device, vae.dtype)
+            if hasattr(pipe, "_unpack_latents"):
+                x = pipe._unpack_latents(x, height, width, pipe.vae_scale_factor)
+            x = x / vae.config.scaling_factor + (vae.config.get("shift_factor") or 0.0)
+            images.append(vae.decode(x, return_dict=False)[0].float().clamp(-1, 1).cpu())
+        return torch.cat(images)
+
+    return decode
+
+
 @contextmanager
 def pipeline_source(calib: Calibration, reuse: str = "residual", *, validation: Calibration | None = None,
                     held_out: Calibration | None = None) -> Iterator[Source]:
@@ -133,5 +167,5 @@ def pipeline_source(calib: Calibration, reuse: str = "residual", *, validation: 
             fewer=calib.solver, model=calib.pipe.transformer, reuse=reuse,
             sets=tuple(w for w in SETS if sets[w]), restarts=tuple(calib.forced_steps()),
             boundary_ratio=calib.boundary_ratio, begin_index=calib.begin_index, reference=[c.final for c in calib.captures],
-            tolerance=10 * _tolerance(calib),
+            tolerance=10 * _tolerance(calib), decode=decoder(calib),
         )

@@ -112,6 +112,11 @@ def _hub_index(spec: str) -> Path:
 def pipeline_class(spec: str) -> str:
     """The pipeline class named by ``model_index.json`` of a local folder or a hub id (nothing else is
     loaded); a path or id that cannot be a pipeline is refused."""
+    return model_index(spec)["_class_name"]
+
+
+def model_index(spec: str) -> dict:
+    """``model_index.json`` of a local folder or a hub id, checked to name a pipeline class."""
     path = Path(spec).expanduser()
     if path.is_dir():
         index = path / "model_index.json"
@@ -122,7 +127,8 @@ def pipeline_class(spec: str) -> str:
     else:
         index = _hub_index(spec)
     try:
-        name = json.loads(index.read_text())["_class_name"]
+        content = json.loads(index.read_text())
+        name = content["_class_name"]
     except FileNotFoundError:
         raise UsageError(f"--pipeline {spec}: no model_index.json in it; name a folder written by "
                          "save_pretrained, or a hub id") from None
@@ -130,7 +136,7 @@ def pipeline_class(spec: str) -> str:
         raise UsageError(f"--pipeline {spec}: {index.name} is not a diffusers model index ({e})") from None
     if not isinstance(name, str):
         raise UsageError(f"--pipeline {spec}: {index.name} names no pipeline class")
-    return name
+    return content
 
 
 def check_call(class_name: str, keys: dict[str, str]) -> None:
@@ -312,6 +318,13 @@ def check_align(a: argparse.Namespace) -> None:
     if a.pipeline is None and a.scheduler != "euler":
         raise UsageError(f"--scheduler {a.scheduler}: stage 2 learns sigmas through the Euler step; align under "
                          "--scheduler euler")
+    if a.pipeline is not None:
+        entry = model_index(a.pipeline).get("scheduler")
+        scheduler = entry[1] if isinstance(entry, list) and len(entry) == 2 else None
+        if scheduler is not None and scheduler != "FlowMatchEulerDiscreteScheduler":
+            raise UsageError(f"--pipeline {a.pipeline} steps with {scheduler}, and stage 2 learns sigmas through the "
+                             "Euler step; align a plan of a FlowMatchEulerDiscreteScheduler pipeline (replace the "
+                             "folder's scheduler/ with one, same shift, and search the plan again)")
     output_file(a.out, "--out")
     output_file(a.out.with_suffix(".png"), "--out (its plot)", "aligned.png")
 

@@ -113,8 +113,9 @@ def cmd_align(a: argparse.Namespace) -> None:
         _check_models([(a.plan, plan)], source.model)
         require_euler(source.solver)
         validation = source.batches("validation") if source.has("validation") else None
+        # a plan searched at the pipeline's default schedule (no sigmas) starts from that schedule
         aligned, result = align(plan, source.batches("calib"), validation, config, progress=not a.no_progress,
-                                restarts=source.restarts)
+                                restarts=source.restarts, teacher_sigmas=None if plan.sigmas else source.sigmas)
     v0, v1 = result.validation_loss[0], min(result.validation_loss)
     print(aligned.describe())
     print(f"validation MSE {v0:.4g} -> {v1:.4g} ({10 * math.log10(v0 / v1):+.2f} dB), "
@@ -136,6 +137,8 @@ def cmd_frontier(a: argparse.Namespace) -> None:
         rows = frontier(source, a.budgets, a.out, search_config(a), not a.no_progress, a.state_mb)
     for r in rows:
         plain = next(k for k in r if k.startswith("plain "))
+        image = "" if "image" not in r else "   image PSNR / SSIM " + "  ".join(
+            f"{m} {s['psnr']:.2f} / {s['ssim']:.3f}" for m, s in r["image"].items())
         print(f"B={r['budget']:>2}  {r['mask']}  budcache {r['budcache']:6.2f} dB   uniform {r['uniform mask']:6.2f}   "
-              f"{plain} {r[plain]:6.2f}")
-    print(f"wrote plan_B*.json, frontier.json and frontier.png to {a.out}/")
+              f"{plain} {r[plain]:6.2f}{image}")
+    print(f"wrote plan_B*.json, the plan set plans.json, frontier.json and frontier.png to {a.out}/")

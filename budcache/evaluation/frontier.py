@@ -22,24 +22,32 @@ from .report import Report
 def frontier(source: Source, budgets: Sequence[int], out: Path, config: SearchConfig = SearchConfig(),
              progress: bool = True, max_state_mb: float = 1024.0) -> list[dict]:
     """Search every budget (see :func:`budcache.search.search_frontier`), score each plan on the
-    held-out set, and write ``plan_B<b>.json``, the plan set of them all ``plans.json`` (for
-    ``budcache.apply(pipe, plan_set)``), ``frontier.json`` and ``frontier.png`` to ``out``."""
+    held-out set (latent PSNR; where the source decodes, also image PSNR and SSIM in ``row["image"]``), and write
+    ``plan_B<b>.json``, the plan set of them all ``plans.json`` (for ``budcache.apply(pipe, plan_set)``),
+    ``frontier.json`` and ``frontier.png`` to ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     plans, cost = search_frontier(source, budgets, config, progress, max_state_mb)
     k = source.num_steps
     full, t_full = metrics.timed(lambda: static_outputs(source, "eval", source.solver, [1] * k, "repeat"), repeats=1)
     report = Report(source, full, t_full)
-    rows = []
+    rows, images = [], None
     for b, plan in plans.items():
         plan.save(out / f"plan_B{b}.json")
         n = full.shape[0]
         solver, fewer = source.solver_for(plan.sigmas), source.fewer(b)
-        report.add(b, "budcache", "repeat", static_outputs(source, "eval", solver, plan.mask, "repeat"), [b] * n)
-        report.add(b, "uniform mask", "repeat", static_outputs(source, "eval", solver, uniform_mask(k, b), "repeat"),
-                   [b] * n)
-        report.add(b, f"plain {fewer.name}", "-", static_outputs(source, "eval", fewer, [1] * b, "repeat"), [b] * n)
+        outputs = {"budcache": (static_outputs(source, "eval", solver, plan.mask, "repeat"), "repeat"),
+                   "uniform mask": (static_outputs(source, "eval", solver, uniform_mask(k, b), "repeat"), "repeat"),
+                   f"plain {fewer.name}": (static_outputs(source, "eval", fewer, [1] * b, "repeat"), "-")}
+        for method, (x, rule) in outputs.items():
+            report.add(b, method, rule, x, [b] * n)
         psnr = {r.method: r.psnr for r in report.rows[-3:]}
-        rows.append({"budget": b, "mask": plan.strip, "calibration_loss": plan.record.objective, **psnr})
+        row = {"budget": b, "mask": plan.strip, "calibration_loss": plan.record.objective, **psnr}
+        if source.decode is not None:  # a pipeline that decodes: image PSNR / SSIM beside the latents'
+            if images is None:
+                images = source.decode(full)
+            row["image"] = {m: {k: v for k, v in metrics.report(source.decode(x), images).items() if k != "mse"}
+                            for m, (x, _) in outputs.items()}
+        rows.append(row)
     PlanSet(plans.values()).save(out / "plans.json")
     (out / "frontier.json").write_text(json.dumps({"rows": rows, **cost}, indent=1))
     plots.plot_frontier(rows, out / "frontier.png")

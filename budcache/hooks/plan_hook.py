@@ -33,6 +33,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import StateManager
 
+from ..families import sigma_time, time_rule
 from ..plan import CachePlan, PlanError
 from ..planset import PlanSet, resolve
 from ..sampling.rules import history_depth, predict, remember
@@ -323,14 +324,13 @@ def _host_sigmas(scheduler: Any, call: inspect.BoundArguments) -> list[float]:
     return twin.sigmas.tolist()
 
 
-def _wrap_set_timesteps(scheduler: Any, handle: CacheHandle, run: _Run) -> None:
+def _wrap_set_timesteps(scheduler: Any, handle: CacheHandle, run: _Run, time: Any = sigma_time) -> None:
     """Per instance: refuse a call from a second thread while one generates, pick the plan (a plan
     set's by step count and budget; one plan refuses another step count), refuse a schedule other than
     the one the plan was searched on, start a new generation, keep the sigmas on the host, and (for a
-    plan with ``sigmas``) make the schedule exactly the plan's; when the scheduler's own schedule
-    already equals them, its timesteps are kept as they are."""
+    plan with ``sigmas``) make the schedule exactly the plan's, its timesteps by the family's ``time``
+    rule; when the scheduler's own schedule already equals them, its timesteps are kept as they are."""
     original = scheduler.set_timesteps
-    train = scheduler.config.get("num_train_timesteps", 1000)
 
     def set_timesteps(*args, **kwargs):
         call = inspect.signature(original).bind(*args, **kwargs)
@@ -352,7 +352,7 @@ def _wrap_set_timesteps(scheduler: Any, handle: CacheHandle, run: _Run) -> None:
             if len(sigmas) - b != len(plan.sigmas) or any(abs(x - y) > 1e-6 for x, y in zip(sigmas[b:], plan.sigmas)):
                 want = torch.tensor(sigmas[:b] + plan.sigmas, dtype=torch.float32, device=scheduler.sigmas.device)
                 scheduler.sigmas = want
-                scheduler.timesteps = want[:-1] * train
+                scheduler.timesteps = time(want[:-1], scheduler.config, bound).to(torch.float32)
             sigmas = sigmas[:b] + list(plan.sigmas)
         run.sigmas = sigmas
         return result
@@ -426,7 +426,7 @@ def apply(pipe: Any, plan: CachePlan | PlanSet | str | Path, *, budget: int | No
         registry.register_hook(hook, _HOOK)
         vars(module)["_budcache_handle"] = handle
     if scheduler is not None and hasattr(scheduler, "set_timesteps"):
-        _wrap_set_timesteps(scheduler, handle, run)
+        _wrap_set_timesteps(scheduler, handle, run, time_rule(pipe))
     return handle
 
 

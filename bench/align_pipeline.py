@@ -1,0 +1,136 @@
+"""Stage 2 on a FLUX pipeline: calibrate, search, align, apply, and what it costs.
+
+CPU (default): the tiny FLUX test pipeline (diffusers' tiny config, 16x16, true CFG), a few prompts.
+``--gpu``: the FLUX.1-dev architecture with random bf16 weights at ``--size`` (1024 default) on one
+CUDA device; weights are random, so only time and memory mean anything, never the losses.
+
+Prints one JSON object: validation loss before and after alignment, the loss of the aligned plan
+applied inside the pipeline (it must equal the reported one), peak memory (CUDA allocator peak on
+the GPU; resident-set peak of the process on the CPU), and seconds per stage.
+
+usage: python bench/align_pipeline.py [--gpu] [--prompts 8] [--steps 28] [--budget 10] [--epochs 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+
+import torch
+
+import _root  # noqa: F401  (repository root on sys.path: tests.fixtures)
+import budcache
+from budcache.align import AlignConfig
+from budcache.plan import model_identity, uniform_mask
+
+
+def tiny_flux():
+    from tests.fixtures.tiny import tiny_flux_pipeline
+
+    def prompt(i: int) -> dict:
+        g = torch.Generator().manual_seed(i)
+        return dict(prompt_embeds=torch.randn(1, 8, 32, generator=g), pooled_prompt_embeds=torch.randn(1, 32, generator=g),
+                    negative_prompt_embeds=torch.randn(1, 8, 32, generator=g),
+                    negative_pooled_prompt_embeds=torch.randn(1, 32, generator=g))
+    return tiny_flux_pipeline(), prompt, dict(height=16, width=16, true_cfg_scale=3.0)
+
+
+def flux_dev(size: int):
+    """FLUX.1-dev's architecture, random bf16 weights, on CUDA (guidance-distilled: one call per step)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        tr = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38,
+                                    attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
+                                    pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=[16, 56, 56])
+        tr = tr.to(torch.bfloat16).eval().requires_grad_(False)
+        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                            layers_per_block=2, norm_num_groups=32, use_quant_conv=False, use_post_quant_conv=False,
+                            shift_factor=0.1159, scaling_factor=0.3611).to(torch.bfloat16).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, text_encoder_2=None,
+                        tokenizer_2=None, transformer=tr)
+    pipe.set_progress_bar_config(disable=True)
+
+    def prompt(i: int) -> dict:
+        g = torch.Generator().manual_seed(i)
+        return dict(prompt_embeds=torch.randn(1, 512, 4096, generator=g).to("cuda", torch.bfloat16),
+                    pooled_prompt_embeds=torch.randn(1, 768, generator=g).to("cuda", torch.bfloat16))
+    return pipe, prompt, dict(height=size, width=size, guidance_scale=3.5)
+
+
+def peak_mb(gpu: bool) -> float:
+    if gpu:
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--gpu", action="store_true", help="FLUX.1-dev architecture (random bf16 weights) on CUDA")
+    p.add_argument("--size", type=int, default=1024, help="image side with --gpu (default 1024)")
+    p.add_argument("--prompts", type=int, default=None, help="calibration prompts (default 4 CPU, 8 GPU)")
+    p.add_argument("--validation", type=int, default=2, help="validation prompts (default 2)")
+    p.add_argument("--steps", type=int, default=None, help="K (default 12 CPU, 28 GPU)")
+    p.add_argument("--budget", type=int, default=None, help="B (default K/3)")
+    p.add_argument("--epochs", type=int, default=None, help="alignment epochs (default 20 CPU, 3 GPU)")
+    p.add_argument("--lr", type=float, default=0.001)
+    p.add_argument("--threads", type=int, default=None)
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.gpu and not torch.cuda.is_available():
+        sys.exit("bench/align_pipeline.py: --gpu needs a CUDA device, and torch sees none")
+    n = a.prompts or (8 if a.gpu else 4)
+    k = a.steps or (28 if a.gpu else 12)
+    b = a.budget or max(2, k // 3)
+    epochs = a.epochs or (3 if a.gpu else 20)
+    pipe, prompt, call = flux_dev(a.size) if a.gpu else tiny_flux()
+    times, out = {}, {"device": torch.cuda.get_device_name() if a.gpu else "cpu", "pipeline": type(pipe).__name__,
+                      "size": a.size if a.gpu else 16, "steps": k, "budget": b, "prompts": n,
+                      "validation_prompts": a.validation, "epochs": epochs}
+
+    start = time.perf_counter()
+    calib = budcache.calibrate(pipe, [prompt(i) for i in range(n)], k, progress=False, **call)
+    validation = budcache.calibrate(pipe, [prompt(1000 + i) for i in range(a.validation)], k, seed=5000,
+                                    progress=False, **call)
+    times["calibrate"] = time.perf_counter() - start
+    start = time.perf_counter()
+    if a.gpu:  # random weights: the search's result means nothing; a uniform mask costs the same to align
+        plan = budcache.CachePlan(num_steps=k, budget=b, mask=uniform_mask(k, b), sigmas=calib.sigmas,
+                                  model=model_identity(pipe.transformer))
+    else:
+        plan = budcache.search(calib, b, config=budcache.search.SearchConfig(iterations=60, starts=1, kicks=0),
+                               progress=False)
+    times["search"] = time.perf_counter() - start
+    if a.gpu:
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    aligned, result = budcache.align(plan, calib, validation, AlignConfig(epochs=epochs, lr=a.lr), progress=False)
+    times["align"] = time.perf_counter() - start
+    out["peak_mb_align"] = peak_mb(a.gpu)
+    start = time.perf_counter()
+    errors = []
+    for i in range(a.validation):
+        run = dict(**prompt(1000 + i), **call, num_inference_steps=k, output_type="latent")
+        with budcache.apply(pipe, aligned):
+            cached = pipe(**run, generator=torch.Generator(pipe._execution_device).manual_seed(5000 + i))[0]
+        errors.append((cached.float() - validation.captures[i].final.float()).pow(2).mean().item())
+    times["apply"] = time.perf_counter() - start
+    before, after = result.validation_loss[0], result.validation_loss[result.best_epoch]
+    out.update(loss_before=before, loss_after=after, loss_applied=sum(errors) / len(errors),
+               best_epoch=result.best_epoch, train_loss=result.train_loss,
+               seconds={name: round(t, 2) for name, t in times.items()},
+               seconds_per_epoch=round(times["align"] / max(1, len(result.train_loss)), 2),
+               peak_mb=peak_mb(a.gpu))
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
