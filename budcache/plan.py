@@ -45,6 +45,17 @@ class SearchRecord:
     effort: str | None = None  # the named search effort (fast, default, thorough) or custom
 
 
+def check_object(d: Any, source: str) -> None:
+    """A plan's (or plan set's) JSON is an object of this budcache's schema version, or a PlanError."""
+    if not isinstance(d, dict):
+        raise PlanError(f"{source}: expected a JSON object, got {type(d).__name__}")
+    version = d.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise PlanError(
+            f"{source}: field 'schema_version' is {version!r}; this budcache reads version {SCHEMA_VERSION}"
+        )
+
+
 class JsonFile:
     """Saving and loading shared by plans and plan sets: JSON written atomically, read back through
     ``from_dict`` (every failure a :class:`PlanError`), and the Hugging Face Hub layout."""
@@ -273,13 +284,7 @@ class CachePlan(JsonFile):
     def from_dict(cls, d: Any, source: str = "plan") -> CachePlan:
         """A plan from its JSON object; any defect (missing, unknown or mistyped field, invalid value)
         is a :class:`PlanError` naming the field."""
-        if not isinstance(d, dict):
-            raise PlanError(f"{source}: expected a JSON object, got {type(d).__name__}")
-        version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise PlanError(
-                f"{source}: field 'schema_version' is {version!r}; this budcache reads version {SCHEMA_VERSION}"
-            )
+        check_object(d, source)
         unknown = set(d) - set(_field_types(cls)) - {"schema_version"}
         if unknown:
             raise PlanError(f"{source}: unknown field(s) {sorted(unknown)}")

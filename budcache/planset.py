@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PlanError
-from .plan import PLAN_FILENAME, SCHEMA_VERSION, CachePlan, JsonFile, pretrained_file, read_json
+from .plan import PLAN_FILENAME, SCHEMA_VERSION, CachePlan, JsonFile, check_object, pretrained_file, read_json
 
 _SHARED = ("model", "reuse", "boundary_ratio", "begin_index")  # what every plan of a set has in common
 
@@ -105,13 +105,7 @@ class PlanSet(JsonFile):
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "plan set") -> PlanSet:
-        if not isinstance(d, dict):
-            raise PlanError(f"{source}: expected a JSON object, got {type(d).__name__}")
-        version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise PlanError(
-                f"{source}: field 'schema_version' is {version!r}; this budcache reads version {SCHEMA_VERSION}"
-            )
+        check_object(d, source)
         unknown = set(d) - {"schema_version", "plans"}
         if unknown:
             raise PlanError(f"{source}: unknown field(s) {sorted(unknown)}")
