@@ -55,7 +55,7 @@ def search_plan(
     not better than the same mask with ``repeat`` falls back to ``repeat``. ``checkpoint``: a file
     the evaluations are saved to as they come, locked against other searches while this one runs;
     ``resume`` continues from it (same final plan).
-    ``start``: the first annealing start (e.g. a neighbouring budget's plan), else the uniform mask.
+    ``start``: the first start (e.g. a neighbouring budget's plan), else ``config.start``'s first.
     ``boundary_ratio``: the expert boundary the plan is for (two-expert pipelines). ``begin_index``:
     the step image-to-image calls start at (see :class:`CachePlan`).
     """
