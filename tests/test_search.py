@@ -9,7 +9,7 @@ from budcache.errors import SearchError
 from budcache.plan import uniform_mask
 from budcache.sampling import OutputDenoiser, linear_sigmas, sample
 from budcache.search import Batch, Evaluator, SearchConfig, anneal, exhaustive, neighbours, search_plan
-from budcache.search.anneal import _uniform_start
+from budcache.search.anneal import _endpoints_mask, _swap, _sweep, _Tracker, _uniform_start
 
 K = 10
 
@@ -258,7 +258,7 @@ def test_screened_hill_climbing_takes_only_confirmed_steps_and_costs_fewer_forwa
     assert s.loss <= uniform and losses[0] == uniform
     assert screened.forwards < full.forwards
     assert s.loss <= optimum * 1.05 and f.loss <= optimum * 1.05
-    for seed in range(2):  # the default effort (annealing + screened climbing) reaches the optimum
+    for seed in range(2):  # the default effort (screened climbing from two starts + kicks) reaches the optimum
         r = anneal(batches_of(gmm, k=k), budget, SearchConfig(seed=seed), progress=False)
         assert r.loss <= optimum * 1.02
 
@@ -284,3 +284,43 @@ def test_a_checkpoint_keeps_the_screening_evaluations(gmm, tmp_path):
     restored = again.forwards
     replay = anneal(again, 4, config, progress=False)
     assert replay.mask == done.mask and again.forwards == restored  # nothing evaluated anew, screening included
+
+
+def test_the_endpoints_start_computes_the_last_step_and_keeps_the_forced_ones():
+    mask = _endpoints_mask(28, 10)
+    assert sum(mask) == 10 and mask[0] == mask[27] == 1
+    assert _endpoints_mask(5, 5) == [1] * 5 and _endpoints_mask(7, 1) == [1, 0, 0, 0, 0, 0, 0]
+    forced = _uniform_start(28, 10, [0, 4], mask)
+    assert sum(forced) == 10 and forced[4] == 1 and forced[27] == 1
+
+
+def test_a_sweep_takes_only_confirmed_moves_and_ends_where_no_step_moves(gmm):
+    from tqdm import tqdm
+
+    k, budget = 20, 6
+    evaluate = batches_of(gmm, k=k)
+    screen = evaluate.subset(1 / 3)
+    config = SearchConfig()
+    free = tuple(range(1, k))
+    start = evaluate.schedule(_uniform_start(k, budget, [0]))
+    with tqdm(disable=True) as bar:
+        track = _Tracker(evaluate, bar, "test")
+        mask, loss = _sweep(track, start, track(start), free, config, screen)
+        assert loss < evaluate(start) and loss == evaluate(mask) and mask.count(1) == budget and mask[0] == 1
+        fully = [m for m in track.seen if m in evaluate.memo]
+        assert all(evaluate(m) >= loss for m in fully)  # every move scored in full was taken only if it lowered the loss
+        for i in [i for i in free if mask[i] == 1]:  # a fixed point: no computed step has a confirmed better move
+            moves = [_swap(mask, i, j) for j in range(i - 2, i + 3) if j in free and mask[j] != 1]
+            best = min(moves, key=screen)
+            assert screen(best) >= screen(mask) or evaluate(best) >= loss
+        spent = evaluate.forwards
+        assert _sweep(track, mask, loss, free, config, screen) == (mask, loss) and evaluate.forwards == spent
+
+
+def test_the_efforts_keep_the_earlier_searches_reachable():
+    from budcache.search import EFFORTS
+
+    assert EFFORTS["default"] == SearchConfig() and EFFORTS["fast"].kicks == 0
+    annealed, thorough = EFFORTS["annealed"], EFFORTS["thorough"]
+    assert (annealed.iterations, annealed.starts, annealed.kicks, annealed.reach, annealed.sweep) == (300, 2, 4, 0, False)
+    assert thorough == dataclasses.replace(annealed, screen=1.0)  # budcache's default before screening

@@ -14,7 +14,6 @@ from typing import Any
 from ..sampling.rules import RULES
 from ..search import EFFORTS, SearchConfig
 
-DEMO_EFFORT = SearchConfig(iterations=100, starts=1, kicks=0)  # `demo`, `compare`, `frontier` must finish in minutes
 DEMO_STEPS = 28
 
 
@@ -131,14 +130,14 @@ def add_search_options(p: argparse.ArgumentParser, effort: SearchConfig = Search
     """Search effort, reuse rule, prefix-state memory, optional checkpointing."""
     g = p.add_argument_group("search")
     g.add_argument("--effort", choices=sorted(EFFORTS), default=None,
-                   help="a named search effort: fast (no annealing, screened hill climbing from the uniform mask: a "
-                        "tenth of the default's forwards or less, its plans only on smooth objectives), default (annealing + "
-                        "screened hill climbing + kicks), thorough (the same unscreened: 2-3x the forwards), long (the "
-                        "reference search); the options below override it")
+                   help="a named search effort: fast (screened hill climbing from the uniform and endpoints masks), "
+                        "default (the same + 2 kicks), annealed (annealing + screened hill climbing over every swap + "
+                        "4 kicks: for rugged objectives), thorough (the same unscreened), long (the reference search); "
+                        "the options below override it")
     g.add_argument("--iterations", type=integer(0), default=None,
                    help=f"annealing proposals per start (default {effort.iterations})")
     g.add_argument("--starts", type=integer(1), default=None,
-                   help=f"annealing starts: the first mask, then random ones (default {effort.starts})")
+                   help=f"starts: the named masks ({', '.join(effort.start)}), then random ones (default {effort.starts})")
     g.add_argument("--kicks", type=integer(0), default=None,
                    help=f"perturb-and-climb rounds after hill climbing (default {effort.kicks})")
     g.add_argument("--reach", type=integer(0), default=None,

@@ -1,11 +1,14 @@
-"""Stage-1 search: hill climbing on the budget manifold, screened on a share of the calibration
-set, optionally after simulated annealing.
+"""Stage-1 search: hill climbing on the budget manifold from a few structured starts, screened on a
+share of the calibration set, optionally after simulated annealing.
 
 Moves keep ``sum(mask) == B``: *swap* exchanges a computed step with a reused one, *shift*
-moves a computed step to a free neighbour. Hill climbing is steepest descent over the swaps of
-at most ``reach`` steps (0: every swap); with ``screen`` < 1 every neighbour is first scored on
-that share of the calibration batches and only the ``confirm`` best are scored on all of them,
-so a step is taken only when the whole calibration set confirms it. Annealing, when
+moves a computed step to a free neighbour. Hill climbing sweeps the computed steps, the last
+first, taking each one's best move within ``reach`` steps as soon as it lowers the loss, then
+descends steepest over the same neighbourhood (0: every swap) to a local optimum; with
+``screen`` < 1 moves are first scored on that share of the calibration batches and only the
+best (``confirm`` of them in steepest descent) are scored on all of them, so a move is taken
+only when the whole calibration set confirms it. The default starts are the uniform mask and
+the *endpoints* mask (the last step computed, which extrapolating rules favour). Annealing, when
 ``iterations`` > 0, proposes random moves under a Metropolis rule with a geometric temperature
 relative to the current loss (a move that worsens the loss by a fraction ``d`` is accepted with
 probability ``exp(-d / T)``), and a few *kicks* (three random moves from the best mask, then hill
@@ -18,6 +21,7 @@ changes one reused step's rule.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -42,13 +46,13 @@ class SearchConfig:
     ``forced_prefix`` steps and the ``forced`` steps (e.g. the first step of a second expert)
     always compute."""
 
-    iterations: int = 300  # annealing proposals per start
+    iterations: int = 0  # annealing proposals per start
     starts: int = 2
     t_start: float = 0.05
     t_end: float = 1e-3
     shift_prob: float = 0.5
     hill_climb: bool = True
-    kicks: int = 4
+    kicks: int = 2
     forced_prefix: int = 0
     forced: tuple[int, ...] = ()
     seed: int = 0
@@ -56,31 +60,36 @@ class SearchConfig:
     flip_prob: float = 0.25
     checkpoint_every: int = 25  # evaluations between checkpoint writes (when the search has a checkpoint)
     batch_candidates: int = 1  # hill-climbing neighbours evaluated together in one batched forward
-    start: tuple[str, ...] = ("uniform",)  # the first starts (then random ones): "uniform" mask,
-    # "surrogate": the teacher surrogate's optimum (see .surrogate)
-    reach: int = 0  # hill climbing moves a computed step at most this far (0: the whole swap neighbourhood)
+    start: tuple[str, ...] = ("uniform", "endpoints")  # the first starts (then random ones): "uniform" mask, "endpoints"
+    # (B steps spread over 0..K-1, the last included), "surrogate": the teacher surrogate's optimum (see .surrogate)
+    reach: int = 2  # hill climbing moves a computed step at most this far (0: the whole swap neighbourhood)
     screen: float = 0.25  # share of the calibration batches that ranks hill-climbing neighbours (1: no screening)
     confirm: int = 3  # the best screened neighbours scored on the whole calibration set
+    sweep: bool = True  # hill climbing first sweeps the computed steps (see _sweep), then descends steepest
 
 
-STARTS = ("uniform", "surrogate")
+STARTS = ("uniform", "endpoints", "surrogate")
+
+_ANNEALED = SearchConfig(iterations=300, starts=2, kicks=4, start=("uniform",), reach=0, sweep=False)
 
 EFFORTS: dict[str, SearchConfig] = {
-    # no annealing: screened hill climbing by moves of at most 2 steps from the uniform mask; a tenth of the
-    # default's forwards or less, and its plans under smooth objectives (demo, repeat), not under rugged ones
-    # (extrapolate at B >= 8, the Gaussian mixture)
-    "fast": SearchConfig(iterations=0, starts=1, kicks=0, reach=2),
-    # annealing (2 starts x 300 proposals), hill climbing screened on a quarter of the calibration set, 4 kicks
+    # local search: screened sweeps + steepest descent by moves of at most 2 steps from the uniform and the
+    # endpoints masks, the better end kept; for smooth objectives (trained models), not for rugged ones
+    "fast": SearchConfig(kicks=0),
+    # the same + 2 kicks (perturb the best mask by 3 random moves, climb again)
     "default": SearchConfig(),
-    # the same unscreened (budcache's default before screening): 2-3x the default's forwards
-    "thorough": SearchConfig(screen=1.0),
+    # annealing (2 starts x 300 proposals) + screened steepest descent over every swap + 4 kicks: for rugged
+    # objectives (e.g. the Gaussian mixture), 3-10x the default's forwards
+    "annealed": _ANNEALED,
+    # the same unscreened (budcache's default before this issue): 2-3x annealed's forwards
+    "thorough": dataclasses.replace(_ANNEALED, screen=1.0),
     # the long reference search (4 starts x 1000 proposals, 8 kicks, unscreened): the best-known objective
-    "long": SearchConfig(iterations=1000, starts=4, kicks=8, screen=1.0),
+    "long": dataclasses.replace(_ANNEALED, iterations=1000, starts=4, kicks=8, screen=1.0),
 }
 
 
 _EFFORT_FIELDS = ("iterations", "starts", "t_start", "t_end", "shift_prob", "hill_climb", "kicks", "flip_prob", "start",
-                  "reach", "screen", "confirm")
+                  "reach", "screen", "confirm", "sweep")
 
 
 def effort_name(config: SearchConfig) -> str:
@@ -178,9 +187,15 @@ def _random_mask(k: int, b: int, fixed: list[int], free: tuple[int, ...], rng: r
     return tuple(1 if i in picks else 0 for i in range(k))
 
 
-def _uniform_start(k: int, b: int, fixed: list[int]) -> list[int]:
-    """The uniform mask with the fixed steps switched on, each taking the nearest free computed step."""
-    mask = list(uniform_mask(k, b))
+def _endpoints_mask(k: int, b: int) -> list[int]:
+    """B computed steps spread evenly over 0..K-1, the first and the last included."""
+    picks = {round(i * (k - 1) / (b - 1)) for i in range(b)} if b > 1 else {0}
+    return [1 if i in picks else 0 for i in range(k)]
+
+
+def _uniform_start(k: int, b: int, fixed: list[int], mask: Sequence[int] | None = None) -> list[int]:
+    """The uniform mask (or ``mask``) with the fixed steps switched on, each taking the nearest free computed step."""
+    mask = list(uniform_mask(k, b) if mask is None else mask)
     for f in fixed:
         if not mask[f]:
             j = min((j for j in range(k) if mask[j] and j not in fixed), key=lambda j: abs(j - f))
@@ -245,6 +260,8 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
                         first = list(start)
                     elif config.start[s] == "surrogate":
                         first = surrogate_mask(segment_errors(evaluate, evaluate.rule), k, budget, fixed)
+                    elif config.start[s] == "endpoints":
+                        first = _uniform_start(k, budget, fixed, _endpoints_mask(k, budget))
                     else:
                         first = _uniform_start(k, budget, fixed)
                     if len(first) != k or sum(first) != budget or any(not first[f] for f in fixed):
@@ -291,13 +308,43 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
     )
 
 
+def _sweep(track: _Tracker, mask: Mask, loss: float, free: tuple[int, ...], config: SearchConfig,
+           screen: Evaluator | None) -> tuple[Mask, float]:
+    """First-improvement sweeps over the computed steps, the last first (their moves are the cheapest:
+    the prefix before them is stored): each step's best move within ``config.reach`` (by the ``screen``
+    evaluator, where it beats the current mask there) is scored in full and taken at once if it lowers
+    the loss. Repeated until a sweep moves nothing; a sweep can move every step, a steepest-descent
+    round one (far fewer rounds where the start is far from the optimum, e.g. at K=50)."""
+    moved = True
+    while moved:
+        moved = False
+        for i in reversed(_split(mask, free)[0]):
+            if mask[i] != 1:
+                continue
+            near = range(i - config.reach, i + config.reach + 1) if config.reach else free
+            moves = [_swap(mask, i, j) for j in near if j in free and mask[j] != 1]
+            if not moves:
+                continue
+            scores = screen.many(moves, config.batch_candidates) if screen else track.many(moves, config.batch_candidates)
+            rough, move = min(zip(scores, moves))
+            if screen is not None and rough >= screen(mask):
+                continue
+            move_loss = track(move)
+            if move_loss < loss:
+                mask, loss, moved = move, move_loss, True
+    return mask, loss
+
+
 def _hill_climb(track: _Tracker, mask: Mask, loss: float, free: tuple[int, ...], flips: tuple[int, ...],
                 config: SearchConfig, screen: Evaluator | None = None) -> tuple[Mask, float]:
     """Steepest descent over the swap/shift (and rule-flip) neighbourhood within ``config.reach``, to a
-    local optimum; ``config.batch_candidates`` neighbours at a time share one batched forward. With a
-    ``screen`` evaluator only the ``config.confirm`` neighbours it ranks best are scored in full."""
+    local optimum (after sweeps, with ``config.sweep``); ``config.batch_candidates`` neighbours at a time
+    share one batched forward. With a ``screen`` evaluator only the ``config.confirm`` neighbours it
+    ranks best are scored in full."""
     if not track.bar.disable:
         track.bar.set_description_str(f"{track.desc} (hill climbing)", refresh=False)
+    if config.sweep:
+        mask, loss = _sweep(track, mask, loss, free, config, screen)
     while True:
         candidates = neighbours(mask, free, flips, config.reach)
         if screen is not None and len(candidates) > config.confirm:
