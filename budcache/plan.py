@@ -416,8 +416,8 @@ def model_identity(model: Any) -> dict[str, str]:
 def adapters(model: Any) -> str:
     """The active LoRA adapters of a transformer (diffusers' ``load_lora_adapter`` / ``set_adapters`` through
     peft) with their scales, as ``name=scale`` joined by ``,`` (sorted); "" without any. Read from the
-    first peft layer: its ``active_adapters``, ``scaling`` (alpha / r times the scale set) and
-    ``disable_adapters``; names without a scale there are listed bare."""
+    first peft layer: its ``active_adapters``, ``scaling`` (the scale set times alpha / r: divided back where
+    the layer has ``lora_alpha`` and ``r``) and ``disable_adapters``; names without a scale there are listed bare."""
     if not getattr(model, "peft_config", None) or not hasattr(model, "modules"):
         return ""
     for module in model.modules():
@@ -426,8 +426,11 @@ def adapters(model: Any) -> str:
         if isinstance(scaling, dict) and active is not None:
             if getattr(module, "disable_adapters", False):
                 return ""
+            alpha, rank = getattr(module, "lora_alpha", {}), getattr(module, "r", {})
             names = [active] if isinstance(active, str) else list(active)
-            return ",".join(f"{n}={float(scaling[n]):.4g}" if n in scaling else str(n) for n in sorted(names))
+            scales = {n: float(scaling[n]) * (rank[n] / alpha[n] if alpha.get(n) and n in rank else 1.0)
+                      for n in names if n in scaling}
+            return ",".join(f"{n}={scales[n]:.4g}" if n in scales else str(n) for n in sorted(names))
     return ",".join(sorted(map(str, model.peft_config)))
 
 

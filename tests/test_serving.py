@@ -1,6 +1,7 @@
 """Serving (#18): plan sets picked per call, the searched-on schedule, sharing through a folder or the
 Hub cache, and concurrency, on the tiny offline FluxPipeline."""
 
+import copy
 import json
 import threading
 
@@ -325,30 +326,33 @@ def test_img2img_plan_searched_with_the_strength_applies_and_others_are_refused(
 
 
 @torch.no_grad()
-def test_lora_adapters_are_part_of_the_fingerprint(pipe):
-    """peft is not installed here: a stand-in with the attributes diffusers' LoRA loading leaves (the model's
-    ``peft_config``, a layer's ``active_adapters`` / ``scaling`` / ``disable_adapters``)."""
+def test_lora_adapters_are_part_of_the_fingerprint(tiny_flux):
+    """Real peft LoRA adapters, added and weighted through diffusers' PEFT integration."""
     import warnings
 
+    peft = pytest.importorskip("peft")
+    pipe = tiny_flux_pipeline(copy.deepcopy(tiny_flux.transformer))
     base = plan(pipe, 6, 3)
-    layer = pipe.transformer.single_transformer_blocks[0].proj_out
-    pipe.transformer.peft_config = {"style": None}
-    layer.scaling, layer.active_adapters, layer.disable_adapters = {"style": 0.8}, ["style"], False
-    try:
-        assert model_identity(pipe.transformer)["adapters"] == "style=0.8"
-        with_lora = plan(pipe, 6, 3)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            budcache.apply(pipe, with_lora).remove()  # the same adapters and scale: silent
-        with pytest.warns(UserWarning, match="searched with no LoRA adapter, the transformer has LoRA adapters "
-                                             "style=0.8"):
-            budcache.apply(pipe, base).remove()
-        layer.scaling = {"style": 0.5}  # another scale
-        with pytest.warns(UserWarning, match="style=0.8, the transformer has LoRA adapters style=0.5"):
-            budcache.apply(pipe, with_lora).remove()
-        layer.disable_adapters = True
-        with pytest.warns(UserWarning, match="LoRA adapters style=0.8, the transformer has no LoRA adapter"):
-            budcache.apply(pipe, with_lora).remove()
-    finally:
-        del pipe.transformer.peft_config, layer.scaling, layer.active_adapters, layer.disable_adapters
+    pipe.transformer.add_adapter(peft.LoraConfig(r=2, lora_alpha=4, target_modules=["to_q", "to_k"]), adapter_name="style")
+    pipe.transformer.set_adapters(["style"], [0.8])
+    assert model_identity(pipe.transformer)["adapters"] == "style=0.8"  # the scale set, not alpha / r times it
+    assert model_identity(pipe.transformer)["fingerprint"] == base.model["fingerprint"]  # same base weights
+    with_lora = plan(pipe, 6, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        budcache.apply(pipe, with_lora).remove()  # the same adapters and scale: silent
+    with pytest.warns(UserWarning, match="searched with no LoRA adapter, the transformer has LoRA adapters style=0.8"):
+        budcache.apply(pipe, base).remove()
+    pipe.transformer.set_adapters(["style"], [0.5])
+    with pytest.warns(UserWarning, match="style=0.8, the transformer has LoRA adapters style=0.5"):
+        budcache.apply(pipe, with_lora).remove()
+    pipe.transformer.add_adapter(peft.LoraConfig(r=4, lora_alpha=4, target_modules=["to_q"]), adapter_name="speed")
+    pipe.transformer.set_adapters(["style", "speed"], [0.8, 1.0])
+    with pytest.warns(UserWarning, match="the transformer has LoRA adapters speed=1,style=0.8"):
+        budcache.apply(pipe, with_lora).remove()
+    pipe.transformer.disable_adapters()
+    with pytest.warns(UserWarning, match="LoRA adapters style=0.8, the transformer has no LoRA adapter"):
+        budcache.apply(pipe, with_lora).remove()
+    pipe.transformer.enable_adapters()
+    pipe.transformer.delete_adapters(["style", "speed"])
     assert "adapters" not in model_identity(pipe.transformer)
