@@ -9,7 +9,7 @@ from budcache.errors import SearchError
 from budcache.plan import uniform_mask
 from budcache.sampling import OutputDenoiser, linear_sigmas, sample
 from budcache.search import Batch, Evaluator, SearchConfig, anneal, exhaustive, neighbours, search_plan
-from budcache.search.anneal import _endpoints_mask, _swap, _sweep, _Tracker, _uniform_start
+from budcache.search.anneal import auto_reach, _endpoints_mask, _swap, _sweep, _Tracker, _uniform_start
 
 K = 10
 
@@ -211,9 +211,10 @@ def test_fast_effort_is_deterministic_and_never_worse_than_its_start(gmm):
                    progress=False)
     assert first.mask == again.mask and first.loss == again.loss
     assert first.loss <= first.history[0][1]  # climbed from the uniform mask (one batch: nothing to screen on)
-    free = tuple(range(1, 16))
-    assert all(evaluate(m) >= first.loss for m in neighbours(tuple(first.mask), free, reach=2))
-    assert len(neighbours(tuple(first.mask), free, reach=2)) < len(neighbours(tuple(first.mask), free))
+    free, reach = tuple(range(1, 16)), auto_reach(16)
+    assert reach == 1 and (auto_reach(28), auto_reach(50), auto_reach(100)) == (1, 2, 4)
+    assert all(evaluate(m) >= first.loss for m in neighbours(tuple(first.mask), free, reach=reach))
+    assert len(neighbours(tuple(first.mask), free, reach=reach)) < len(neighbours(tuple(first.mask), free))
 
 
 def test_the_record_names_the_effort(gmm):
@@ -300,7 +301,7 @@ def test_a_sweep_takes_only_confirmed_moves_and_ends_where_no_step_moves(gmm):
     k, budget = 20, 6
     evaluate = batches_of(gmm, k=k)
     screen = evaluate.subset(1 / 3)
-    config = SearchConfig()
+    config = SearchConfig(reach=2)
     free = tuple(range(1, k))
     start = evaluate.schedule(_uniform_start(k, budget, [0]))
     with tqdm(disable=True) as bar:
@@ -310,7 +311,7 @@ def test_a_sweep_takes_only_confirmed_moves_and_ends_where_no_step_moves(gmm):
         fully = [m for m in track.seen if m in evaluate.memo]
         assert all(evaluate(m) >= loss for m in fully)  # every move scored in full was taken only if it lowered the loss
         for i in [i for i in free if mask[i] == 1]:  # a fixed point: no computed step has a confirmed better move
-            moves = [_swap(mask, i, j) for j in range(i - 2, i + 3) if j in free and mask[j] != 1]
+            moves = [_swap(mask, i, j) for j in range(i - config.reach, i + config.reach + 1) if j in free and mask[j] != 1]
             best = min(moves, key=screen)
             assert screen(best) >= screen(mask) or evaluate(best) >= loss
         spent = evaluate.forwards

@@ -141,7 +141,8 @@ def add_search_options(p: argparse.ArgumentParser, effort: SearchConfig = Search
     g.add_argument("--kicks", type=integer(0), default=None,
                    help=f"perturb-and-climb rounds after hill climbing (default {effort.kicks})")
     g.add_argument("--reach", type=integer(0), default=None,
-                   help=f"hill climbing moves a computed step at most this far, 0: anywhere (default {effort.reach})")
+                   help="hill climbing moves a computed step at most this far, 0: anywhere (default: about 4%% of "
+                        "the steps, at least 1)")
     g.add_argument("--screen", type=number(0.0, strict=True, most=1.0), default=None,
                    help="share of the calibration prompts that ranks hill-climbing moves before the best "
                         f"{effort.confirm} are scored on all of them; 1: no screening (default {effort.screen})")
