@@ -202,6 +202,13 @@ FAMILIES: tuple[Family, ...] = (
            blocks={"SanaTransformerBlock": _M(return_hidden_states_index=0)}),
 )
 
+# Inpainting pipelines blend the unmasked region back after every step, ``(1 - mask) * noised image + mask * latents``:
+# where ``prepare_latents`` returns their noise and image latents (``prepare_mask_latents`` returns the mask first).
+INPAINT_LATENTS: dict[str, tuple[int, int]] = {
+    "FluxInpaintPipeline": (1, 2),
+    "StableDiffusion3InpaintPipeline": (1, 2),
+}
+
 DEFAULT_EXPERTS = ("transformer", "transformer_2")  # for pipelines of no known family
 OWN_BLOCKS: dict[str, TransformerBlockMetadata] = {k: v for f in FAMILIES for k, v in f.blocks.items()}
 

@@ -356,3 +356,59 @@ def test_lora_adapters_are_part_of_the_fingerprint(tiny_flux):
     pipe.transformer.enable_adapters()
     pipe.transformer.delete_adapters(["style", "speed"])
     assert "adapters" not in model_identity(pipe.transformer)
+
+
+def _inpaint(family: str):
+    from diffusers import FluxInpaintPipeline, StableDiffusion3InpaintPipeline
+
+    from tests.fixtures.tiny import tiny_sd3_pipeline
+
+    t2i = tiny_flux_pipeline() if family == "flux" else tiny_sd3_pipeline(channels=16)
+    cls = FluxInpaintPipeline if family == "flux" else StableDiffusion3InpaintPipeline
+    pipe = cls(**{k: v for k, v in t2i.components.items() if k not in ("image_encoder", "feature_extractor")})
+    pipe.set_progress_bar_config(disable=True)
+    pooled = 32 if family == "flux" else 64
+    extra = {} if family == "flux" else {"guidance_scale": 1.0}
+    return pipe, lambda: dict(prompt_embeds=torch.randn(1, 8, 32), pooled_prompt_embeds=torch.randn(1, pooled), **extra)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_an_inpainting_plan_reproduces_its_searched_loss_inside_the_pipeline(family):
+    """Inpainting blends the unmasked region back to the noised image after every step: calibration captures
+    the blend (mask, image latents, noise), the search replays it, and the plan applied inside the pipeline
+    gives exactly the searched loss."""
+    torch.manual_seed(0)
+    pipe, prompt = _inpaint(family)
+    mask = torch.zeros(1, 1, 16, 16)
+    mask[..., :, 8:] = 1.0
+    kw = dict(image=torch.rand(1, 3, 16, 16), mask_image=mask, strength=0.8, height=16, width=16)
+    prompts = [prompt() for _ in range(2)]
+    calib = budcache.calibrate(pipe, prompts, 10, progress=False, **kw)
+    assert all(c.blend is not None for c in calib.captures) and calib.begin_index == 2
+    searched = budcache.search(calib, 3, config=SearchConfig(kicks=0), progress=False)
+    errors = []
+    for i, p in enumerate(prompts):
+        def call():
+            return pipe(**p, num_inference_steps=10, generator=torch.Generator().manual_seed(i), output_type="latent",
+                        **kw)[0]
+        full = call()
+        with budcache.apply(pipe, searched) as handle:
+            cached = call()
+            assert list(handle.summary().values()) == [{"computed": 3, "reused": 5}]
+        errors.append((cached - full).pow(2).mean().item())
+    assert sum(errors) / 2 == pytest.approx(searched.record.objective, rel=1e-4)
+    assert searched.record.objective > 0
+
+
+def test_an_unknown_inpainting_loop_is_refused_with_the_supported_ones(monkeypatch):
+    from budcache.calibration import capture
+
+    pipe, prompt = _inpaint("flux")
+    monkeypatch.setattr(capture, "INPAINT_LATENTS", {"OtherInpaintPipeline": (1, 2)})
+    mask = torch.ones(1, 1, 16, 16)
+    mask[..., :8] = 0
+    with pytest.raises(ValueError, match="FluxInpaintPipeline changes the latents between scheduler steps .* "
+                                         "replays the inpainting loops of OtherInpaintPipeline"):
+        budcache.calibrate(pipe, [prompt()], 6, progress=False, image=torch.rand(1, 3, 16, 16), mask_image=mask,
+                           height=16, width=16)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +21,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from tqdm.auto import tqdm
 
+from ..families import INPAINT_LATENTS
 from ..hooks.experts import context_name, contexts, experts, input_names, step_index
 from ..hooks.override import override, restore
 from ..sampling.solver import Euler, Solver, solver_for
@@ -93,13 +94,32 @@ class Step:
 
 
 @dataclass
+class Blend:
+    """An inpainting pipeline's step after the scheduler's: the unmasked region is reset to the image
+    latents noised to the next sigma, ``(1 - mask) * (sigma * noise + (1 - sigma) * image) + mask * x``."""
+
+    mask: torch.Tensor
+    image: torch.Tensor
+    noise: torch.Tensor
+
+    def __call__(self, x: torch.Tensor, sigma: Any) -> torch.Tensor:
+        n = x.shape[0] // self.image.shape[0]  # candidates stacked along the batch
+        tile = lambda t: t.repeat(n, *[1] * (t.dim() - 1)) if n > 1 else t  # noqa: E731
+        target = sigma * tile(self.noise) + (1 - sigma) * tile(self.image)
+        mask = tile(self.mask)
+        return ((1 - mask) * target + mask * x).to(x.dtype)
+
+
+@dataclass
 class Capture:
-    """One full-compute generation: the initial latents, its steps and the final latents."""
+    """One full-compute generation: the initial latents, its steps and the final latents (and an
+    inpainting pipeline's blend)."""
 
     latents: torch.Tensor
     final: torch.Tensor
     steps: list[Step]
     settings: dict[str, Any]
+    blend: Blend | None = None
 
 
 @dataclass
@@ -216,6 +236,8 @@ class _Recorder:
         self.steps: list[Step] = []
         self.latents: torch.Tensor | None = None
         self.final: torch.Tensor | None = None
+        self.inpaint: dict[str, torch.Tensor] = {}  # an inpainting pipeline's mask, image latents and noise
+        self.changed = False  # the pipeline changed the latents between two scheduler steps
 
     def close_step(self, sigma: float, model_output: torch.Tensor, sample: torch.Tensor, out: torch.Tensor) -> None:
         if not self.pending:
@@ -224,6 +246,8 @@ class _Recorder:
                                "stream; budcache.apply works with any plan")
         if self.latents is None:
             self.latents = sample.detach().clone()
+        elif not torch.equal(sample, self.final):
+            self.changed = True
         previous = self.steps[-1].calls if self.steps else []
         calls, timesteps = [], []
         for i, (name, context, arguments, (hidden_name, t_name)) in enumerate(self.pending):
@@ -285,11 +309,25 @@ def _capturing(pipe: Any, recorder: _Recorder, schedule_kwargs: dict) -> Iterato
         schedule_kwargs.update({k: v for k, v in bound.items() if k not in ("device", "kwargs") and v is not None})
         return set_timesteps(*args, **kwargs)
 
+    def recording(method: Callable, keep: Callable[[tuple], dict[str, torch.Tensor]]) -> Callable:
+        def wrapper(*args, **kwargs):
+            out = method(*args, **kwargs)
+            recorder.inpaint.update({k: v.detach().clone() for k, v in keep(out).items() if v is not None})
+            return out
+        return functools.wraps(method)(wrapper)
+
+    positions = INPAINT_LATENTS.get(type(pipe).__name__)
     try:
         for name, module in modules:
             HookRegistry.check_if_exists_or_initialize(module).register_hook(_CaptureHook(name, recorder.pending), _HOOK)
         override(scheduler, "step", functools.wraps(step)(step_wrapper))
         override(scheduler, "set_timesteps", functools.wraps(set_timesteps)(set_timesteps_wrapper))
+        if positions is not None:
+            noise, image = positions
+            part = lambda out, i: out[i] if isinstance(out, tuple) and i < len(out) else None  # noqa: E731
+            override(pipe, "prepare_latents", recording(pipe.prepare_latents,
+                                                        lambda out: {"noise": part(out, noise), "image": part(out, image)}))
+            override(pipe, "prepare_mask_latents", recording(pipe.prepare_mask_latents, lambda out: {"mask": out[0]}))
         yield
     finally:
         for _, module in modules:
@@ -297,6 +335,22 @@ def _capturing(pipe: Any, recorder: _Recorder, schedule_kwargs: dict) -> Iterato
             if registry is not None and registry.get_hook(_HOOK) is not None:
                 registry.remove_hook(_HOOK, recurse=False)
         restore(scheduler, "step", "set_timesteps")
+        restore(pipe, "prepare_latents", "prepare_mask_latents")
+
+
+def _blend(recorder: _Recorder, pipe: Any, last_sigma: float) -> Blend | None:
+    """The inpainting blend of a recorded generation, where the pipeline changed the latents between
+    scheduler steps (SD3 blends only when its transformer takes the latents alone); its mask as the
+    pipeline used it (one CFG half)."""
+    if not recorder.changed:
+        return None
+    if set(recorder.inpaint) != {"mask", "image", "noise"}:
+        raise ValueError(f"{type(pipe).__name__} changes the latents between scheduler steps (an inpainting blend?); "
+                         f"budcache replays the inpainting loops of {', '.join(INPAINT_LATENTS)}")
+    image = recorder.inpaint["image"]
+    blend = Blend(recorder.inpaint["mask"][: image.shape[0]], image, recorder.inpaint["noise"])
+    recorder.final = blend(recorder.final, last_sigma)  # the pipeline's final latents: blended with the image
+    return blend
 
 
 def _call_settings(pipe: Any, kwargs: dict) -> dict[str, Any]:
@@ -347,7 +401,8 @@ def calibrate(
         if sigmas is not None and not np.allclose(these, sigmas, rtol=0, atol=1e-6):
             raise ValueError("calibration prompts produced different sigma schedules; use one resolution and step count")
         sigmas = these
-        captures.append(Capture(recorder.latents, recorder.final, recorder.steps, _call_settings(pipe, kwargs)))
+        blend = _blend(recorder, pipe, float(pipe.scheduler.sigmas[-1]))
+        captures.append(Capture(recorder.latents, recorder.final, recorder.steps, _call_settings(pipe, kwargs), blend))
     if len(begins) > 1:
         raise ValueError("calibration prompts started at different steps (strength); use one strength")
     return Calibration(pipe, captures, sigmas, dict(schedule_kwargs), begins.pop())

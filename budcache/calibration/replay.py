@@ -30,6 +30,7 @@ class PipelineDenoiser:
 
     def __init__(self, calib: Calibration, capture: Capture, stacks: dict[str, StackState] | None):
         self.capture, self.stacks, self.executions = capture, stacks, 0
+        self.blend = capture.blend  # an inpainting pipeline's step after the scheduler's (None: none)
         self.experts, self.combine = calib.experts(), combine_for(calib.pipe)
         self.settings = {**capture.settings, "guider": getattr(calib.pipe, "guider", None)}
         self.grid = {s.sigma: s for s in capture.steps}

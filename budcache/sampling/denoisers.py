@@ -25,6 +25,9 @@ VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]
 
 
 class Denoiser(Protocol):
+    """A model at (x, sigma) that computes or reuses; one with a ``blend(x, sigma)`` attribute (an
+    inpainting pipeline's replay) has it applied to the latents after every step (see ``advance``)."""
+
     executions: int
 
     def compute(self, x: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]: ...

@@ -64,11 +64,14 @@ def advance(denoiser: Denoiser, states: Sequence[State], solver: Solver | Sequen
         predicted = [predict(s.history, sigmas[k], r) for s, r in zip(states, rules)]
         v = denoiser.reuse(x, sigmas[k], predicted[0] if one else torch.cat(predicted))
         histories = [s.history for s in states]
+    blend = getattr(denoiser, "blend", None)
     if one:
         x_next, solver_state = solver.step(k, x, v, states[0].solver)
+        x_next = x_next if blend is None else blend(x_next, sigmas[k + 1])
         return [State(k + 1, x_next, histories[0], solver_state)], v
     joint, joined = cat_states([s.solver for s in states], sizes)
     x_next, solver_state = solver.step(k, x, v, joint)
+    x_next = x_next if blend is None else blend(x_next, sigmas[k + 1])
     moved = zip(x_next.split(sizes), histories, split_state(solver_state, joined, sizes))
     return [State(k + 1, xs, h, st) for xs, h, st in moved], v
 
