@@ -16,7 +16,7 @@ from ..align import AlignConfig
 from ..sampling.rules import RULES
 from . import checks
 from .commands import cmd_align, cmd_compare, cmd_demo, cmd_frontier, cmd_search, cmd_show
-from .options import (DEMO_STEPS, add_budgets_option, add_progress_option, add_scheduler_option,
+from .options import (DEMO_EFFORT, DEMO_STEPS, add_budgets_option, add_progress_option, add_scheduler_option,
                       add_search_options, add_source_options, integer, number)
 from .run import Parser, run
 
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_budgets_option(p, list(range(4, 21)))
     p.add_argument("--out", type=Path, default=Path("frontier-out"), help="output folder (default frontier-out)")
     add_source_options(p, held_out=True)
-    add_search_options(p, rule=False)
+    add_search_options(p, DEMO_EFFORT, rule=False)
     add_progress_option(p)
     p.set_defaults(func=cmd_frontier, check=checks.check_frontier)
 
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_budgets_option(p, [6, 8, 10, 14])
     p.add_argument("--rules", nargs="+", choices=RULES, default=["repeat", "extrapolate"],
                    help="shared reuse rules: every policy runs under each (default: repeat extrapolate)")
-    add_search_options(p, rule=False)
+    add_search_options(p, DEMO_EFFORT, rule=False)
     add_progress_option(p)
     p.add_argument("--out", type=Path, default=Path("compare-out"), help="output folder (default compare-out)")
     p.set_defaults(func=cmd_compare, check=checks.check_compare,
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_scheduler_option(p)
     p.add_argument("--rules", nargs="+", choices=RULES, default=["repeat", "extrapolate"],
                    help="search a plan under each of these reuse rules (default: repeat extrapolate)")
-    add_search_options(p, rule=False)
+    add_search_options(p, DEMO_EFFORT, rule=False)
     add_progress_option(p)
     p.set_defaults(func=cmd_demo, check=checks.check_demo)
     return parser

@@ -14,6 +14,10 @@ from typing import Any
 from ..sampling.rules import RULES
 from ..search import EFFORTS, SearchConfig
 
+# `demo`, `compare`, `frontier` must finish in minutes: 100 annealing proposals from the uniform mask and screened
+# steepest descent over every swap (the README's demo and comparison figures were measured with it)
+DEMO_EFFORT = SearchConfig(iterations=100, starts=1, kicks=0, start=("uniform",), reach=0, sweep=False)
+
 DEMO_STEPS = 28
 
 
@@ -141,8 +145,8 @@ def add_search_options(p: argparse.ArgumentParser, effort: SearchConfig = Search
     g.add_argument("--kicks", type=integer(0), default=None,
                    help=f"perturb-and-climb rounds after hill climbing (default {effort.kicks})")
     g.add_argument("--reach", type=integer(0), default=None,
-                   help="hill climbing moves a computed step at most this far, 0: anywhere (default: about 4%% of "
-                        "the steps, at least 1)")
+                   help="hill climbing moves a computed step at most this far, 0: anywhere (default "
+                        f"{'about 4%% of the steps, at least 1' if effort.reach is None else effort.reach})")
     g.add_argument("--screen", type=number(0.0, strict=True, most=1.0), default=None,
                    help="share of the calibration prompts that ranks hill-climbing moves before the best "
                         f"{effort.confirm} are scored on all of them; 1: no screening (default {effort.screen})")
