@@ -325,3 +325,16 @@ def test_the_efforts_keep_the_earlier_searches_reachable():
     annealed, thorough = EFFORTS["annealed"], EFFORTS["thorough"]
     assert (annealed.iterations, annealed.starts, annealed.kicks, annealed.reach, annealed.sweep) == (300, 2, 4, 0, False)
     assert thorough == dataclasses.replace(annealed, screen=1.0)  # budcache's default before screening
+
+
+def test_a_rugged_objective_is_flagged_by_the_local_search(gmm):
+    import warnings
+
+    from budcache.search import EFFORTS
+
+    with pytest.warns(UserWarning, match=r"2 starts ended 57.5x apart: this objective is rugged .* --effort annealed"):
+        anneal(batches_of(gmm, seed=0, k=14), 5, SearchConfig(), progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        anneal(batches_of(gmm, seed=1, k=14), 5, SearchConfig(), progress=False)  # the starts agree
+        anneal(batches_of(gmm, seed=0, k=14), 5, EFFORTS["annealed"], progress=False)  # annealing: no such hint

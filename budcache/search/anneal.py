@@ -25,6 +25,7 @@ import dataclasses
 import math
 import random
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -70,6 +71,7 @@ class SearchConfig:
 
 
 STARTS = ("uniform", "endpoints", "surrogate")
+RUGGED = 1.5  # the local search warns when its starts' local optima are further apart than this factor
 
 _ANNEALED = SearchConfig(iterations=300, starts=2, kicks=4, start=("uniform",), reach=0, sweep=False)
 
@@ -215,8 +217,10 @@ def _uniform_start(k: int, b: int, fixed: list[int], mask: Sequence[int] | None 
 class _Tracker:
     """Best mask so far and the loss history, shared by every phase."""
 
-    def __init__(self, evaluate: Evaluator, bar: tqdm, desc: str, checkpoint: Checkpoint | None = None):
-        self.evaluate, self.bar, self.desc, self.checkpoint = evaluate, bar, desc, checkpoint
+    def __init__(self, evaluate: Evaluator, bar: tqdm, desc: str, checkpoint: Checkpoint | None = None,
+                 count: bool = False):
+        """``count``: the progress bar counts the masks evaluated (a search without annealing proposals)."""
+        self.evaluate, self.bar, self.desc, self.checkpoint, self.count = evaluate, bar, desc, checkpoint, count
         self.best: Mask | None = None
         self.best_loss = math.inf
         self.history: list[tuple[int, float, float]] = []
@@ -234,6 +238,8 @@ class _Tracker:
         key = self.evaluate.schedule(mask)
         if key not in self.seen:  # repeated masks add nothing to the history (also when replayed from a checkpoint)
             self.seen.add(key)
+            if self.count:
+                self.bar.update()
             self.history.append((len(self.seen), loss, self.best_loss))
         if self.checkpoint is not None:
             self.checkpoint.maybe_save(self.evaluate)
@@ -257,10 +263,11 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
     climb = lambda m, loss: _hill_climb(track, m, loss, free, flips, config, screen)  # noqa: E731
     rng = random.Random(config.seed)
     start_time = time.perf_counter()
-    total = config.starts * config.iterations
+    total = config.starts * config.iterations or None  # without annealing: masks evaluated, no total
     desc = f"search B={budget}/{k}"
-    with tqdm(total=total, desc=desc, disable=not progress, leave=False) as bar:
-        track = _Tracker(evaluate, bar, desc, checkpoint)
+    ends: list[float] = []  # each start's local optimum
+    with tqdm(total=total, desc=desc, disable=not progress, leave=False, unit="mask" if total is None else "it") as bar:
+        track = _Tracker(evaluate, bar, desc, checkpoint, count=total is None)
         interrupted = False
         try:
             for s in range(config.starts):
@@ -294,6 +301,7 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
                         current, loss = cand, c_loss
                 if config.hill_climb:
                     current, loss = climb(current, loss)
+                ends.append(loss)
             if config.hill_climb and track.best is not None:
                 climb(track.best, track.best_loss)
                 for _ in range(config.kicks):  # iterated local search: perturb the best, climb again
@@ -308,6 +316,10 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
                 checkpoint.save(evaluate)
     if track.best is None:
         raise KeyboardInterrupt("search interrupted before any mask was evaluated")
+    if not interrupted and not config.iterations and len(ends) > 1 and 0 < min(ends) and max(ends) > RUGGED * min(ends):
+        warnings.warn(f"budcache: the local search's {len(ends)} starts ended {max(ends) / min(ends):.3g}x apart: this "
+                      "objective is rugged and a local search may miss its best plan; compare with --effort annealed "
+                      "(SearchConfig(iterations=300, ...))", UserWarning, stacklevel=2)
     mask, rules = decode(track.best, evaluate.rule)
     return SearchResult(
         mask=mask,
