@@ -48,6 +48,8 @@ class Case:
     run: Callable[[], Any]
     steps: int
     budget: int
+    prompt: Callable[[int], dict]  # prompt i's embeddings (random, reproducible)
+    call: dict  # the other call arguments (size, guidance)
 
 
 def sync() -> None:
@@ -229,8 +231,7 @@ def flux(device: torch.device, dtype: torch.dtype, tiny: bool) -> Case:
         from tests.fixtures.tiny import tiny_flux_pipeline
 
         pipe = tiny_flux_pipeline()
-        embeds = dict(prompt_embeds=torch.ones(1, 8, 32), pooled_prompt_embeds=torch.ones(1, 32))
-        size, K, B, name = 8, 8, 3, "tiny FluxPipeline (CPU smoke run)"
+        shapes, size, K, B, name = ((1, 8, 32), (1, 32)), 8, 8, 3, "tiny FluxPipeline (CPU smoke run)"
     else:
         torch.manual_seed(0)
         with torch.device(device), default_dtype(dtype):
@@ -245,28 +246,32 @@ def flux(device: torch.device, dtype: torch.dtype, tiny: bool) -> Case:
                                                     max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
         pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, text_encoder_2=None,
                             tokenizer_2=None, transformer=transformer)
-        gen = torch.Generator(device).manual_seed(100)
-        embeds = dict(prompt_embeds=torch.randn(1, 512, 4096, device=device, dtype=dtype, generator=gen) * 0.5,
-                      pooled_prompt_embeds=torch.randn(1, 768, device=device, dtype=dtype, generator=gen) * 0.5)
-        size, K, B, name = 1024, 28, 10, "FLUX.1-dev architecture, random bf16, 1024x1024, guidance 3.5"
+        shapes, size, K, B, name = ((1, 512, 4096), (1, 768)), 1024, 28, 10, \
+            "FLUX.1-dev architecture, random bf16, 1024x1024, guidance 3.5"
     pipe.set_progress_bar_config(disable=True)
 
+    def prompt(i: int) -> dict:
+        gen = torch.Generator(device).manual_seed(100 + i)
+        text, pooled = (torch.randn(*s, device=device, dtype=dtype, generator=gen) * 0.5 for s in shapes)
+        return dict(prompt_embeds=text, pooled_prompt_embeds=pooled)
+
+    call, embeds = dict(height=size, width=size, guidance_scale=3.5), prompt(0)
+
     def run():
-        return pipe(**embeds, height=size, width=size, num_inference_steps=K, guidance_scale=3.5,
-                    generator=torch.Generator(device).manual_seed(0), output_type="latent").images
+        return pipe(**embeds, **call, num_inference_steps=K, generator=torch.Generator(device).manual_seed(0),
+                    output_type="latent").images
 
-    return Case(name, pipe, run, K, B)
+    return Case(name, pipe, run, K, B, prompt, call)
 
 
-def wan(device: torch.device, dtype: torch.dtype, tiny: bool) -> Case:
+def wan(device: torch.device, dtype: torch.dtype, tiny: bool, frames: int = 33) -> Case:
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 
     if tiny:
         from tests.fixtures.tiny import tiny_wan_pipeline
 
         pipe = tiny_wan_pipeline()
-        embeds = dict(prompt_embeds=torch.ones(1, 8, 32), negative_prompt_embeds=torch.zeros(1, 8, 32))
-        height, width, frames, K, B, name = 16, 16, 5, 8, 3, "tiny WanPipeline, CFG (CPU smoke run)"
+        shape, height, width, frames, K, B, name = (1, 8, 32), 16, 16, 5, 8, 3, "tiny WanPipeline, CFG (CPU smoke run)"
     else:
         torch.manual_seed(0)
         with torch.device(device), default_dtype(dtype):
@@ -279,17 +284,22 @@ def wan(device: torch.device, dtype: torch.dtype, tiny: bool) -> Case:
         scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
                                             num_train_timesteps=1000, flow_shift=3.0)
         pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=scheduler)
-        gen = torch.Generator(device).manual_seed(1)
-        embeds = dict(prompt_embeds=torch.randn(1, 512, 4096, device=device, dtype=dtype, generator=gen) * 0.5,
-                      negative_prompt_embeds=torch.randn(1, 512, 4096, device=device, dtype=dtype, generator=gen) * 0.5)
-        height, width, frames, K, B, name = 480, 832, 33, 50, 20, "Wan2.1-T2V-1.3B architecture, random bf16, 480x832x33, CFG 5"
+        shape, height, width, K, B = (1, 512, 4096), 480, 832, 50, 20
+        name = f"Wan2.1-T2V-1.3B architecture, random bf16, 480x832x{frames}, CFG 5"
     pipe.set_progress_bar_config(disable=True)
 
-    def run():
-        return pipe(**embeds, height=height, width=width, num_frames=frames, num_inference_steps=K,
-                    guidance_scale=5.0, generator=torch.Generator(device).manual_seed(0), output_type="latent").frames
+    def prompt(i: int) -> dict:
+        gen = torch.Generator(device).manual_seed(1 + i)
+        text, negative = (torch.randn(*shape, device=device, dtype=dtype, generator=gen) * 0.5 for _ in range(2))
+        return dict(prompt_embeds=text, negative_prompt_embeds=negative)
 
-    return Case(name, pipe, run, K, B)
+    call, embeds = dict(height=height, width=width, num_frames=frames, guidance_scale=5.0), prompt(0)
+
+    def run():
+        return pipe(**embeds, **call, num_inference_steps=K, generator=torch.Generator(device).manual_seed(0),
+                    output_type="latent").frames
+
+    return Case(name, pipe, run, K, B, prompt, call)
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -114,6 +115,48 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
+def gpu_rows(a: argparse.Namespace) -> list[dict]:
+    """Calibration + search at real scale (``--gpu``): FLUX.1-dev at 1024x1024 (K=28, B=10) and Wan2.1-1.3B at
+    480x832 (K=50, B=20; ``--wan-frames``), random bf16 weights built from the published configs
+    (``bench/real_scale.py``), ``--gpu-prompts`` prompts, the ``--efforts`` through ``budcache.calibrate`` +
+    ``budcache.search``. The time outside transformer forwards is the search's wall time minus its forwards times
+    the time of one full-compute step (a full generation / K, measured first)."""
+    import real_scale
+
+    device = torch.device("cpu" if a.tiny else "cuda")
+    dtype = torch.float32 if a.tiny else torch.bfloat16
+    rows = []
+    for build in (real_scale.flux, lambda *args: real_scale.wan(*args, frames=a.wan_frames)):
+        case = build(device, dtype, a.tiny)
+        with torch.no_grad():
+            case.run()  # warm-up
+            real_scale.sync()
+            start = time.perf_counter()
+            case.run()
+            real_scale.sync()
+            step_s = (time.perf_counter() - start) / case.steps
+            prompts = [case.prompt(i) for i in range(a.gpu_prompts)]
+            start = time.perf_counter()
+            calib = budcache.calibrate(case.pipe, prompts, case.steps, progress=False, **case.call)
+            real_scale.sync()
+            calibrate_s = time.perf_counter() - start
+        for name in a.efforts:
+            start = time.perf_counter()
+            plan = budcache.search(calib, case.budget, config=EFFORTS[name], progress=False)
+            real_scale.sync()
+            search_s = time.perf_counter() - start
+            forwards = plan.record.forwards  # summed over the prompts
+            row = {"model": case.name, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                   "K": case.steps, "B": case.budget, "prompts": a.gpu_prompts, "effort": name,
+                   "step_s": round(step_s, 4), "calibrate_s": round(calibrate_s, 1), "search_s": round(search_s, 1),
+                   "total_min": round((calibrate_s + search_s) / 60, 2),
+                   "forwards_per_prompt": round(forwards / a.gpu_prompts, 1),
+                   "outside_forwards_share": round(1 - forwards * step_s / search_s, 4), "mask": "".join("#" if m else "." for m in plan.mask)}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budgets", type=int, nargs="+", default=[6, 8, 10])
@@ -130,10 +173,22 @@ def main() -> None:
     p.add_argument("--reference", type=Path, nargs="*", default=[],
                    help="earlier outputs of this benchmark whose best-known objectives count too (a long search run "
                         "once, then the quick efforts again)")
+    p.add_argument("--gpu", action="store_true",
+                   help="only the real-scale timing on a CUDA GPU (FLUX.1-dev, Wan2.1-1.3B; random bf16 weights)")
+    p.add_argument("--tiny", action="store_true", help="with --gpu: a CPU smoke run on tiny configs (no figure of value)")
+    p.add_argument("--gpu-prompts", type=int, default=16)
+    p.add_argument("--wan-frames", type=int, default=33, help="with --gpu: Wan2.1 frames (4n+1)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("bench-out/search_cost.json"))
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    if a.gpu:
+        if not a.tiny and not torch.cuda.is_available():
+            sys.exit("--gpu needs a CUDA GPU (none found); add --tiny for a CPU smoke run of the harness")
+        rows = gpu_rows(a)
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.with_name(a.out.stem + "_gpu.json").write_text(json.dumps({"rows": rows}, indent=1))
+        return
     efforts = a.efforts
     known: dict[tuple, float] = {}
     known_masks: dict[tuple, str] = {}  # the best plan's mask of a reference row
