@@ -9,6 +9,7 @@ uniform mask and of plain B-step Euler. Goals: worst ratio <= 1.02, prefix reuse
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -22,7 +23,7 @@ from budcache.demo.problem import demo_batches, demo_denoisers, demo_inputs
 from tests.fixtures.gmm import GaussianMixtureFlow
 from budcache.plan import uniform_mask
 from budcache.sampling import OutputDenoiser, linear_sigmas
-from budcache.search import Batch, Evaluator, SearchConfig, anneal, exhaustive
+from budcache.search import EFFORTS, Batch, Evaluator, SearchConfig, anneal, exhaustive
 
 
 def bench_model(name: str, make_evaluator, steps: int, budgets: list[int], seeds: int, config: SearchConfig,
@@ -72,14 +73,17 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--calib", type=int, default=16, help="demo calibration samples")
     p.add_argument("--reuse", choices=("residual", "output"), default="residual")
-    p.add_argument("--iterations", type=int, default=300)
-    p.add_argument("--starts", type=int, default=2)
+    p.add_argument("--effort", choices=list(EFFORTS), default="thorough",
+                   help="the search effort (default thorough: the README's figures were measured with it)")
+    p.add_argument("--iterations", type=int, default=None, help="override the effort's annealing proposals")
+    p.add_argument("--starts", type=int, default=None, help="override the effort's starts")
     p.add_argument("--skip-demo", action="store_true")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("bench-out/search_optimality.json"))
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    config = SearchConfig(iterations=a.iterations, starts=a.starts)
+    config = dataclasses.replace(EFFORTS[a.effort], **{k: v for k, v in (("iterations", a.iterations),
+                                                                           ("starts", a.starts)) if v is not None})
     sigmas = linear_sigmas(a.steps)
     results = {"config": {**vars(a), "out": str(a.out)}, "models": []}
     a.out.parent.mkdir(parents=True, exist_ok=True)
