@@ -14,7 +14,7 @@ PACKAGE = Path(budcache.__file__).parent
 IMPORT_ALL = """
 import importlib, pkgutil, sys
 
-for hidden in ("transformers", "sklearn", "lpips", "torchvision"):
+for hidden in ("transformers", "peft", "sklearn", "lpips", "torchvision"):
     sys.modules[hidden] = None  # not installed: importing raises, find_spec answers None
 import budcache
 names = [m.name for m in pkgutil.walk_packages(budcache.__path__, "budcache.") if not m.name.endswith("__main__")]
