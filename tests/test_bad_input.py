@@ -89,6 +89,7 @@ BAD = [
     (SEARCH + " --starts 0", "--starts: must be at least 1, got 0"),
     (SEARCH + " --screen 2", "--screen: must be a finite number above 0 and at most 1, got 2"),
     (SEARCH + " --screen 0", "--screen: must be a finite number above 0 and at most 1, got 0"),
+    (SEARCH + " --max-forwards 0", "--max-forwards: must be a finite number above 0, got 0"),
     (SEARCH + " --reach -1", "--reach: must be at least 0, got -1"),
     (SEARCH + " --iterations -1", "--iterations: must be at least 0"),
     (SEARCH + " --kicks -1", "--kicks: must be at least 0"),

@@ -338,3 +338,31 @@ def test_a_rugged_objective_is_flagged_by_the_local_search(gmm):
         warnings.simplefilter("error")
         anneal(batches_of(gmm, seed=1, k=14), 5, SearchConfig(), progress=False)  # the starts agree
         anneal(batches_of(gmm, seed=0, k=14), 5, EFFORTS["annealed"], progress=False)  # annealing: no such hint
+
+
+def test_a_forward_budget_stops_the_search_with_the_best_plan_so_far(gmm):
+    k, budget = 20, 6
+    whole = batches_of(gmm, k=k)
+    full = anneal(whole, budget, SearchConfig(), progress=False)
+    capped_eval = batches_of(gmm, k=k)
+    cap = 2 * k  # the teacher's K, then about K more per sample
+    capped = anneal(capped_eval, budget, SearchConfig(max_forwards=cap), progress=False)
+    per_sample = capped_eval.forwards / capped_eval.samples
+    assert cap <= per_sample <= cap + budget  # stopped by the evaluation that crossed the cap
+    assert per_sample < whole.forwards / whole.samples and capped.loss >= full.loss
+    assert capped.loss == min(h[2] for h in capped.history) and not capped.interrupted
+    assert capped.history == full.history[:len(capped.history)]  # the same search, cut short
+    with pytest.raises(SearchError, match="max_forwards must be positive"):
+        anneal(batches_of(gmm, k=k), budget, SearchConfig(max_forwards=0), progress=False)
+
+
+def test_the_command_line_search_options_reach_the_config():
+    from budcache.cli import build_parser
+    from budcache.cli.options import search_config
+    from budcache.search import EFFORTS
+
+    a = build_parser().parse_args(["search", "--model", "demo", "--budget", "6", "--out", "p.json", "--max-forwards",
+                                   "150", "--reach", "3"])
+    assert search_config(a) == dataclasses.replace(EFFORTS["default"], max_forwards=150.0, reach=3)
+    a = build_parser().parse_args(["search", "--model", "demo", "--budget", "6", "--out", "p.json", "--effort", "annealed"])
+    assert search_config(a) == EFFORTS["annealed"]

@@ -150,6 +150,9 @@ def add_search_options(p: argparse.ArgumentParser, effort: SearchConfig = Search
     g.add_argument("--screen", type=number(0.0, strict=True, most=1.0), default=None,
                    help="share of the calibration prompts that ranks hill-climbing moves before the best "
                         f"{effort.confirm} are scored on all of them; 1: no screening (default {effort.screen})")
+    g.add_argument("--max-forwards", type=number(0.0, strict=True), default=None,
+                   help="stop once this many transformer forwards per calibration prompt are spent (its full-compute "
+                        "teacher included) and keep the best plan so far (default: search to the end)")
     p.set_defaults(base_effort=effort)
     g.add_argument("--batch-candidates", type=integer(1), default=1,
                    help="hill-climbing neighbours evaluated together in one batched forward (default 1: off)")
@@ -178,7 +181,8 @@ def add_progress_option(p: argparse.ArgumentParser) -> None:
 def search_config(a: argparse.Namespace) -> SearchConfig:
     """The named (or the command's) effort, with the options given on the command line."""
     base = EFFORTS[a.effort] if a.effort else a.base_effort
-    given = {k: getattr(a, k) for k in ("iterations", "starts", "kicks", "reach", "screen") if getattr(a, k) is not None}
+    given = {k: getattr(a, k) for k in ("iterations", "starts", "kicks", "reach", "screen", "max_forwards")
+             if getattr(a, k) is not None}
     return dataclasses.replace(base, **given, forced_prefix=a.forced_prefix, seed=a.seed,
                                rules=RULES if a.search_rules else (), hill_climb=base.hill_climb and not a.no_hill_climb,
                                checkpoint_every=getattr(a, "checkpoint_every", 25), batch_candidates=a.batch_candidates)

@@ -68,6 +68,8 @@ class SearchConfig:
     screen: float = 0.25  # share of the calibration batches that ranks hill-climbing neighbours (1: no screening)
     confirm: int = 3  # the best screened neighbours scored on the whole calibration set
     sweep: bool = True  # hill climbing first sweeps the computed steps (see _sweep), then descends steepest
+    max_forwards: float | None = None  # stop once this many forwards per calibration sample are spent (teacher
+    # included) and return the best plan so far (None: search to the end)
 
 
 STARTS = ("uniform", "endpoints", "surrogate")
@@ -92,7 +94,7 @@ EFFORTS: dict[str, SearchConfig] = {
 
 
 _EFFORT_FIELDS = ("iterations", "starts", "t_start", "t_end", "shift_prob", "hill_climb", "kicks", "flip_prob", "start",
-                  "reach", "screen", "confirm", "sweep")
+                  "reach", "screen", "confirm", "sweep", "max_forwards")
 
 
 def effort_name(config: SearchConfig) -> str:
@@ -137,6 +139,9 @@ def check_config(config: SearchConfig) -> None:
             continue
         if not isinstance(value, int) or value < least:
             raise SearchError(f"SearchConfig.{name} must be an integer of at least {least}, got {value!r}")
+    if config.max_forwards is not None and not config.max_forwards > 0:
+        raise SearchError(f"SearchConfig.max_forwards must be positive (forwards per calibration sample), got "
+                          f"{config.max_forwards!r}")
     if not 0 < config.screen <= 1:
         raise SearchError(f"SearchConfig.screen must be a share of the calibration set in (0, 1], got {config.screen}")
     unknown = [name for name in config.start if name not in STARTS]
@@ -214,13 +219,19 @@ def _uniform_start(k: int, b: int, fixed: list[int], mask: Sequence[int] | None 
     return mask
 
 
+class _Spent(Exception):
+    """The search spent its ``max_forwards``."""
+
+
 class _Tracker:
     """Best mask so far and the loss history, shared by every phase."""
 
     def __init__(self, evaluate: Evaluator, bar: tqdm, desc: str, checkpoint: Checkpoint | None = None,
-                 count: bool = False):
-        """``count``: the progress bar counts the masks evaluated (a search without annealing proposals)."""
+                 count: bool = False, max_forwards: float | None = None):
+        """``count``: the progress bar counts the masks evaluated (a search without annealing proposals);
+        ``max_forwards``: raise :class:`_Spent` once the forwards per calibration sample reach it."""
         self.evaluate, self.bar, self.desc, self.checkpoint, self.count = evaluate, bar, desc, checkpoint, count
+        self.max_forwards = max_forwards
         self.best: Mask | None = None
         self.best_loss = math.inf
         self.history: list[tuple[int, float, float]] = []
@@ -244,6 +255,9 @@ class _Tracker:
         if self.checkpoint is not None:
             self.checkpoint.maybe_save(self.evaluate)
         self.bar.set_postfix(best=f"{self.best_loss:.4g}", evals=len(self.seen), refresh=False)
+        root = self.evaluate.root
+        if self.max_forwards is not None and root.forwards >= self.max_forwards * root.samples:
+            raise _Spent
         return loss
 
 
@@ -267,8 +281,8 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
     desc = f"search B={budget}/{k}"
     ends: list[float] = []  # each start's local optimum
     with tqdm(total=total, desc=desc, disable=not progress, leave=False, unit="mask" if total is None else "it") as bar:
-        track = _Tracker(evaluate, bar, desc, checkpoint, count=total is None)
-        interrupted = False
+        track = _Tracker(evaluate, bar, desc, checkpoint, count=total is None, max_forwards=config.max_forwards)
+        interrupted = spent = False
         try:
             for s in range(config.starts):
                 if progress:
@@ -311,12 +325,15 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
                     climb(kicked, track(kicked))
         except KeyboardInterrupt:
             interrupted = True
+        except _Spent:
+            spent = True
         finally:
             if checkpoint is not None:
                 checkpoint.save(evaluate)
     if track.best is None:
         raise KeyboardInterrupt("search interrupted before any mask was evaluated")
-    if not interrupted and not config.iterations and len(ends) > 1 and 0 < min(ends) and max(ends) > RUGGED * min(ends):
+    rugged = len(ends) > 1 and 0 < min(ends) and max(ends) > RUGGED * min(ends)
+    if rugged and not (interrupted or spent or config.iterations):
         warnings.warn(f"budcache: the local search's {len(ends)} starts ended {max(ends) / min(ends):.3g}x apart: this "
                       "objective is rugged and a local search may miss its best plan; compare with --effort annealed "
                       "(SearchConfig(iterations=300, ...))", UserWarning, stacklevel=2)
