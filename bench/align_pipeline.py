@@ -14,6 +14,7 @@ usage: python bench/align_pipeline.py [--gpu] [--prompts 8] [--steps 28] [--budg
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import sys
@@ -106,7 +107,7 @@ def main() -> None:
         plan = budcache.CachePlan(num_steps=k, budget=b, mask=uniform_mask(k, b), sigmas=calib.sigmas,
                                   model=model_identity(pipe.transformer))
     else:
-        plan = budcache.search(calib, b, config=budcache.search.SearchConfig(iterations=60, starts=1, kicks=0),
+        plan = budcache.search(calib, b, config=dataclasses.replace(budcache.search.EFFORTS["annealed"], iterations=60, starts=1, kicks=0),
                                progress=False)
     times["search"] = time.perf_counter() - start
     if a.gpu:

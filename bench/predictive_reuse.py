@@ -11,6 +11,7 @@ every B.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from budcache.demo.problem import demo_denoisers, demo_inputs, demo_source
 from budcache.source import HELD_OUT_SEED_OFFSET
 from budcache.plan import RULES, uniform_mask
 from budcache.sampling import euler, linear_sigmas, sample
-from budcache.search import SearchConfig, search_source
+from budcache.search import EFFORTS, search_source
 from budcache.sampling.plain import plain_solvers
 
 VARIANTS = {rule: (rule, ()) for rule in RULES} | {"per-step": ("repeat", RULES)}
@@ -60,7 +61,8 @@ def main() -> None:
             for name in a.variants:
                 rule, rules = VARIANTS[name]
                 t = time.perf_counter()
-                config = SearchConfig(iterations=a.iterations, starts=a.starts, kicks=a.kicks, rules=rules)
+                config = dataclasses.replace(EFFORTS["annealed"], iterations=a.iterations, starts=a.starts, kicks=a.kicks,
+                                             rules=rules)
                 with demo_source(a.steps, a.calib, held_out=0, reuse=reuse, model=model) as source:
                     plan, _ = search_source(source, b, rule=rule, config=config, progress=False)
                 with demo_denoisers(model, reuse) as make, torch.no_grad():

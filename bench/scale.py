@@ -9,6 +9,7 @@ single process also with 2 threads, so the comparison uses the same cores).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import socket
 import subprocess
@@ -46,7 +47,7 @@ def batched() -> list[dict]:
     from budcache.demo.model import load_demo_model
     from budcache.demo.problem import demo_batches, demo_denoisers, demo_inputs
     from budcache.sampling import linear_sigmas
-    from budcache.search import Evaluator, SearchConfig, anneal
+    from budcache.search import EFFORTS, Evaluator, anneal
 
     torch.set_num_threads(1)
     model, rows = load_demo_model(), []
@@ -54,7 +55,7 @@ def batched() -> list[dict]:
         for group in (1, 8, 32):
             evaluate = Evaluator(demo_batches(make, *demo_inputs(16, 0)), linear_sigmas(20))
             start = time.perf_counter()
-            result = anneal(evaluate, 6, SearchConfig(batch_candidates=group), progress=False)
+            result = anneal(evaluate, 6, dataclasses.replace(EFFORTS["thorough"], batch_candidates=group), progress=False)
             seconds = time.perf_counter() - start
             rows.append({"batch_candidates": group, "mask": "".join("#" if m else "." for m in result.mask),
                          "evaluations": evaluate.evaluations, "forwards": evaluate.forwards,
