@@ -68,20 +68,24 @@ class SearchConfig:
     screen: float = 0.25  # share of the calibration batches that ranks hill-climbing neighbours (1: no screening)
     confirm: int = 3  # the best screened neighbours scored on the whole calibration set
     sweep: bool = True  # hill climbing first sweeps the computed steps (see _sweep), then descends steepest
+    escalate: int = 300  # without annealing: proposals per start annealed after the local search when its starts
+    # end more than RUGGED apart (a rugged objective); 0: only warn
     max_forwards: float | None = None  # stop once this many forwards per calibration sample are spent (teacher
     # included) and return the best plan so far (None: search to the end)
 
 
 STARTS = ("uniform", "endpoints", "surrogate")
-RUGGED = 1.5  # the local search warns when its starts' local optima are further apart than this factor
+RUGGED = 2.0  # the local search anneals (or warns) when its starts' local optima are further apart than this factor:
+# above the trained demo's largest spread (1.58x, K=28 B=10 extrapolate), below the Gaussian mixture's (2.1-57x)
 
 _ANNEALED = SearchConfig(iterations=300, starts=2, kicks=4, start=("uniform",), reach=0, sweep=False)
 
 EFFORTS: dict[str, SearchConfig] = {
     # local search: screened sweeps + steepest descent by moves of a few steps (auto_reach) from the uniform and the
     # endpoints masks, the better end kept; for smooth objectives (trained models), not for rugged ones
-    "fast": SearchConfig(kicks=0),
-    # the same + 2 kicks (perturb the best mask by 3 random moves, climb again)
+    "fast": SearchConfig(kicks=0, escalate=0),
+    # the same + 2 kicks (perturb the best mask by 3 random moves, climb again); when the two starts end more than
+    # RUGGED apart (a rugged objective), annealing from the best and from a random mask first (2 x 300 proposals)
     "default": SearchConfig(),
     # annealing (2 starts x 300 proposals) + screened steepest descent over every swap + 4 kicks: for rugged
     # objectives (e.g. the Gaussian mixture), 3-10x the default's forwards
@@ -94,7 +98,8 @@ EFFORTS: dict[str, SearchConfig] = {
 
 
 _EFFORT_FIELDS = ("iterations", "starts", "t_start", "t_end", "shift_prob", "hill_climb", "kicks", "flip_prob", "start",
-                  "reach", "screen", "confirm", "sweep", "max_forwards")
+                  "reach", "screen", "confirm", "sweep", "escalate",
+                  "max_forwards")
 
 
 def effort_name(config: SearchConfig) -> str:
@@ -122,7 +127,7 @@ def fixed_steps(num_steps: int, config: SearchConfig) -> list[int]:
 
 
 _LEAST = {"iterations": 0, "starts": 1, "kicks": 0, "forced_prefix": 0, "checkpoint_every": 1, "batch_candidates": 1,
-          "reach": 0, "confirm": 1}
+          "reach": 0, "confirm": 1, "escalate": 0}
 
 
 def auto_reach(num_steps: int) -> int:
@@ -282,7 +287,25 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
     ends: list[float] = []  # each start's local optimum
     with tqdm(total=total, desc=desc, disable=not progress, leave=False, unit="mask" if total is None else "it") as bar:
         track = _Tracker(evaluate, bar, desc, checkpoint, count=total is None, max_forwards=config.max_forwards)
-        interrupted = spent = False
+        interrupted = spent = rugged = escalated = False
+
+        def anneal_from(current: Mask, iterations: int) -> tuple[Mask, float]:
+            """Metropolis proposals from ``current`` under the geometric temperature; the last accepted mask."""
+            loss = track(current)
+            for it in range(iterations):
+                temp = config.t_start * (config.t_end / config.t_start) ** (it / max(1, iterations - 1))
+                cand = _propose(current, free, rng, config, flips)
+                if total is not None:
+                    bar.update()
+                if cand is None:
+                    continue
+                c_loss = track(cand)
+                if c_loss <= loss or (
+                    math.isfinite(c_loss) and rng.random() < math.exp(-(c_loss - loss) / (temp * max(loss, 1e-30)))
+                ):
+                    current, loss = cand, c_loss
+            return current, loss
+
         try:
             for s in range(config.starts):
                 if progress:
@@ -301,21 +324,20 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
                     current: Mask = evaluate.schedule(first)
                 else:
                     current = evaluate.schedule(_random_mask(k, budget, fixed, free, rng))
-                loss = track(current)
-                for it in range(config.iterations):
-                    temp = config.t_start * (config.t_end / config.t_start) ** (it / max(1, config.iterations - 1))
-                    cand = _propose(current, free, rng, config, flips)
-                    bar.update()
-                    if cand is None:
-                        continue
-                    c_loss = track(cand)
-                    if c_loss <= loss or (
-                        math.isfinite(c_loss) and rng.random() < math.exp(-(c_loss - loss) / (temp * max(loss, 1e-30)))
-                    ):
-                        current, loss = cand, c_loss
+                current, loss = anneal_from(current, config.iterations)
                 if config.hill_climb:
                     current, loss = climb(current, loss)
                 ends.append(loss)
+            rugged = len(ends) > 1 and 0 < min(ends) and max(ends) > RUGGED * min(ends)
+            if rugged and not config.iterations and config.escalate:  # the starts disagree: anneal as well
+                escalated = True
+                for s in range(config.starts):
+                    if progress:
+                        bar.set_description_str(f"{desc} (rugged: annealing {s + 1}/{config.starts})", refresh=False)
+                    first = track.best if s == 0 else evaluate.schedule(_random_mask(k, budget, fixed, free, rng))
+                    current, loss = anneal_from(first, config.escalate)
+                    if config.hill_climb:
+                        climb(current, loss)
             if config.hill_climb and track.best is not None:
                 climb(track.best, track.best_loss)
                 for _ in range(config.kicks):  # iterated local search: perturb the best, climb again
@@ -332,11 +354,10 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
                 checkpoint.save(evaluate)
     if track.best is None:
         raise KeyboardInterrupt("search interrupted before any mask was evaluated")
-    rugged = len(ends) > 1 and 0 < min(ends) and max(ends) > RUGGED * min(ends)
-    if rugged and not (interrupted or spent or config.iterations):
+    if rugged and not (interrupted or spent or escalated or config.iterations):
         warnings.warn(f"budcache: the local search's {len(ends)} starts ended {max(ends) / min(ends):.3g}x apart: this "
-                      "objective is rugged and a local search may miss its best plan; compare with --effort annealed "
-                      "(SearchConfig(iterations=300, ...))", UserWarning, stacklevel=2)
+                      "objective is rugged and a local search may miss its best plan; compare with --effort default "
+                      "(which anneals then) or annealed", UserWarning, stacklevel=2)
     mask, rules = decode(track.best, evaluate.rule)
     return SearchResult(
         mask=mask,
