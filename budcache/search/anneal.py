@@ -309,7 +309,8 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
         try:
             for s in range(config.starts):
                 if progress:
-                    bar.set_description_str(f"{desc} (annealing, start {s + 1}/{config.starts})", refresh=False)
+                    phase = "annealing, start" if config.iterations else "start"
+                    bar.set_description_str(f"{desc} ({phase} {s + 1}/{config.starts})", refresh=False)
                 if s < len(config.start):
                     if s == 0 and start is not None:
                         first = list(start)
