@@ -338,7 +338,7 @@ def _capturing(pipe: Any, recorder: _Recorder, schedule_kwargs: dict) -> Iterato
         restore(pipe, "prepare_latents", "prepare_mask_latents")
 
 
-def _blend(recorder: _Recorder, pipe: Any, last_sigma: float) -> Blend | None:
+def _blend(recorder: _Recorder, pipe: Any) -> Blend | None:
     """The inpainting blend of a recorded generation, where the pipeline changed the latents between
     scheduler steps (SD3 blends only when its transformer takes the latents alone); its mask as the
     pipeline used it (one CFG half)."""
@@ -348,9 +348,7 @@ def _blend(recorder: _Recorder, pipe: Any, last_sigma: float) -> Blend | None:
         raise ValueError(f"{type(pipe).__name__} changes the latents between scheduler steps (an inpainting blend?); "
                          f"budcache replays the inpainting loops of {', '.join(INPAINT_LATENTS)}")
     image = recorder.inpaint["image"]
-    blend = Blend(recorder.inpaint["mask"][: image.shape[0]], image, recorder.inpaint["noise"])
-    recorder.final = blend(recorder.final, last_sigma)  # the pipeline's final latents: blended with the image
-    return blend
+    return Blend(recorder.inpaint["mask"][: image.shape[0]], image, recorder.inpaint["noise"])
 
 
 def _call_settings(pipe: Any, kwargs: dict) -> dict[str, Any]:
@@ -401,8 +399,9 @@ def calibrate(
         if sigmas is not None and not np.allclose(these, sigmas, rtol=0, atol=1e-6):
             raise ValueError("calibration prompts produced different sigma schedules; use one resolution and step count")
         sigmas = these
-        blend = _blend(recorder, pipe, float(pipe.scheduler.sigmas[-1]))
-        captures.append(Capture(recorder.latents, recorder.final, recorder.steps, _call_settings(pipe, kwargs), blend))
+        blend = _blend(recorder, pipe)
+        final = recorder.final if blend is None else blend(recorder.final, sigmas[-1])  # blended with the image too
+        captures.append(Capture(recorder.latents, final, recorder.steps, _call_settings(pipe, kwargs), blend))
     if len(begins) > 1:
         raise ValueError("calibration prompts started at different steps (strength); use one strength")
     return Calibration(pipe, captures, sigmas, dict(schedule_kwargs), begins.pop())

@@ -174,12 +174,17 @@ def _split(mask: Mask, free: tuple[int, ...]) -> tuple[list[int], list[int]]:
     return [i for i in free if mask[i] == 1], [j for j in free if mask[j] != 1]
 
 
+def _moves(mask: Mask, i: int, off: list[int], reach: int) -> list[Mask]:
+    """The swaps of computed step i with the reused steps ``off`` at most ``reach`` steps away (0: any)."""
+    return [_swap(mask, i, j) for j in off if not reach or abs(i - j) <= reach]
+
+
 def neighbours(mask: Mask, free: tuple[int, ...], flips: tuple[int, ...] = (), reach: int = 0) -> list[Mask]:
     """Every swap of a computed step with a reused step (both among the ``free`` steps; at most
     ``reach`` steps apart when ``reach`` > 0, so the neighbourhood grows as B, not K * B), and every
     rule flip of a reused step to one of the schedule codes ``flips``."""
     on, off = _split(mask, free)
-    out = [_swap(mask, i, j) for i in on for j in off if not reach or abs(i - j) <= reach]
+    out = [m for i in on for m in _moves(mask, i, off, reach)]
     for j in off:
         out += [mask[:j] + (c,) + mask[j + 1:] for c in flips if c != mask[j]]
     return out
@@ -287,7 +292,7 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
     ends: list[float] = []  # each start's local optimum
     with tqdm(total=total, desc=desc, disable=not progress, leave=False, unit="mask" if total is None else "it") as bar:
         track = _Tracker(evaluate, bar, desc, checkpoint, count=total is None, max_forwards=config.max_forwards)
-        interrupted = spent = rugged = escalated = False
+        interrupted = spent = rugged = False
 
         def anneal_from(current: Mask, iterations: int) -> tuple[Mask, float]:
             """Metropolis proposals from ``current`` under the geometric temperature; the last accepted mask."""
@@ -331,7 +336,6 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
                 ends.append(loss)
             rugged = len(ends) > 1 and 0 < min(ends) and max(ends) > RUGGED * min(ends)
             if rugged and not config.iterations and config.escalate:  # the starts disagree: anneal as well
-                escalated = True
                 for s in range(config.starts):
                     if progress:
                         bar.set_description_str(f"{desc} (rugged: annealing {s + 1}/{config.starts})", refresh=False)
@@ -355,7 +359,7 @@ def anneal(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig
                 checkpoint.save(evaluate)
     if track.best is None:
         raise KeyboardInterrupt("search interrupted before any mask was evaluated")
-    if rugged and not (interrupted or spent or escalated or config.iterations):
+    if rugged and not (interrupted or spent or config.iterations or config.escalate):
         warnings.warn(f"budcache: the local search's {len(ends)} starts ended {max(ends) / min(ends):.3g}x apart: this "
                       "objective is rugged and a local search may miss its best plan; compare with --effort default "
                       "(which anneals then) or annealed", UserWarning, stacklevel=2)
@@ -383,8 +387,7 @@ def _sweep(track: _Tracker, mask: Mask, loss: float, free: tuple[int, ...], conf
         for i in reversed(_split(mask, free)[0]):
             if mask[i] != 1:
                 continue
-            near = range(i - config.reach, i + config.reach + 1) if config.reach else free
-            moves = [_swap(mask, i, j) for j in near if j in free and mask[j] != 1]
+            moves = _moves(mask, i, _split(mask, free)[1], config.reach)
             if not moves:
                 continue
             scores = screen.many(moves, config.batch_candidates) if screen else track.many(moves, config.batch_candidates)
