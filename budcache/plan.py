@@ -309,8 +309,6 @@ class CachePlan(JsonFile):
             raise PlanError(f"{source}: {e}") from None
 
 
-
-
 def read_json(path: Path, what: str = "plan file") -> Any:
     """The JSON content of a plan (or plan set) file; any failure is a PlanError."""
     try:

@@ -255,13 +255,26 @@ def test_a_plan_set_needs_a_scheduler(pipe):
         budcache.apply(pipe.transformer, plan_set(pipe))
 
 
+def _flux_prompt() -> dict:
+    return dict(prompt_embeds=torch.randn(1, 8, 32), pooled_prompt_embeds=torch.randn(1, 32))
+
+
+def _sd3_prompt() -> dict:
+    return dict(prompt_embeds=torch.randn(1, 8, 32), pooled_prompt_embeds=torch.randn(1, 64), guidance_scale=1.0)
+
+
+def _sibling(cls, t2i):
+    """``cls`` (an image-to-image or inpainting pipeline) on a text-to-image pipeline's components."""
+    pipe = cls(**{k: v for k, v in t2i.components.items() if k not in ("image_encoder", "feature_extractor")})
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def _flux_img2img():
     from diffusers import FluxImg2ImgPipeline
 
     t2i = tiny_flux_pipeline()
-    pipe = FluxImg2ImgPipeline(**{k: v for k, v in t2i.components.items() if k not in ("image_encoder", "feature_extractor")})
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, t2i, lambda: dict(prompt_embeds=torch.randn(1, 8, 32), pooled_prompt_embeds=torch.randn(1, 32))
+    return _sibling(FluxImg2ImgPipeline, t2i), t2i, _flux_prompt
 
 
 def _sd3_img2img():
@@ -270,11 +283,7 @@ def _sd3_img2img():
     from tests.fixtures.tiny import tiny_sd3_pipeline
 
     t2i = tiny_sd3_pipeline()
-    pipe = StableDiffusion3Img2ImgPipeline(**{k: v for k, v in t2i.components.items()
-                                              if k not in ("image_encoder", "feature_extractor")})
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, t2i, lambda: dict(prompt_embeds=torch.randn(1, 8, 32), pooled_prompt_embeds=torch.randn(1, 64),
-                                   guidance_scale=1.0)
+    return _sibling(StableDiffusion3Img2ImgPipeline, t2i), t2i, _sd3_prompt
 
 
 @torch.no_grad()
@@ -363,13 +372,9 @@ def _inpaint(family: str):
 
     from tests.fixtures.tiny import tiny_sd3_pipeline
 
-    t2i = tiny_flux_pipeline() if family == "flux" else tiny_sd3_pipeline(channels=16)
-    cls = FluxInpaintPipeline if family == "flux" else StableDiffusion3InpaintPipeline
-    pipe = cls(**{k: v for k, v in t2i.components.items() if k not in ("image_encoder", "feature_extractor")})
-    pipe.set_progress_bar_config(disable=True)
-    pooled = 32 if family == "flux" else 64
-    extra = {} if family == "flux" else {"guidance_scale": 1.0}
-    return pipe, lambda: dict(prompt_embeds=torch.randn(1, 8, 32), pooled_prompt_embeds=torch.randn(1, pooled), **extra)
+    if family == "flux":
+        return _sibling(FluxInpaintPipeline, tiny_flux_pipeline()), _flux_prompt
+    return _sibling(StableDiffusion3InpaintPipeline, tiny_sd3_pipeline(channels=16)), _sd3_prompt
 
 
 @torch.no_grad()

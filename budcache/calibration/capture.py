@@ -188,7 +188,6 @@ class Calibration:
                              "the captured set_timesteps call; budcache cannot replay this pipeline")
         return solver
 
-
     def _tail_solver(self, num_steps: int | None) -> Solver:
         """Image-to-image: Euler over the steps that ran (the pipeline's K-step schedule from
         ``begin_index`` on), or over ``num_steps`` steps of that same curve (plain fewer-step Euler from
