@@ -14,7 +14,7 @@ validation loss is kept, and the input schedule is returned if nothing beats it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,16 +25,22 @@ from ._stage import callable_module
 from .plan import CachePlan, PlanError
 from .sampling.denoisers import Batch, Checkpointed, Denoiser
 from .sampling.loop import sample
-from .sampling.solver import Euler, Solver
+from .sampling.solver import Euler, Retimed, Solver
 
 
 @dataclass
 class AlignConfig:
+    """``epochs`` of AdamW at ``lr`` (cosine decay), gradients clipped to ``clip``; ``checkpointing``:
+    recompute each step's activations in backward. ``model_times``: then also learn, beside the
+    sigmas, the noise level the model is told at each step (LD3's decoupled times), for another
+    ``epochs`` from the aligned sigmas; kept only where it improves the validation loss."""
+
     epochs: int = 80
     lr: float = 0.2
     weight_decay: float = 0.0
     clip: float = 1.0
     checkpointing: bool = True
+    model_times: bool = False
 
 
 @dataclass
@@ -45,6 +51,7 @@ class AlignResult:
     validation_loss: list[float] = field(default_factory=list)  # [initial, after epoch 1, ...]
     best_epoch: int = 0  # 0: the input schedule was kept
     interrupted: bool = False  # Ctrl-C / SIGTERM stopped the epochs; the best schedule so far is kept
+    model_sigmas: list[float] | None = None  # decoupled model times, where they won on validation
 
     @property
     def improved(self) -> bool:
@@ -82,6 +89,20 @@ class SigmaSchedule(torch.nn.Module):
         return torch.cat(parts)
 
 
+class ModelTimes(torch.nn.Module):
+    """The noise level the model is told at each of K steps, as an offset ``d[k]`` from the step's own
+    sigma in logit space (zero: the step's sigma exactly), so it stays within (0, 1)."""
+
+    def __init__(self, num_steps: int):
+        super().__init__()
+        self.offsets = torch.nn.Parameter(torch.zeros(num_steps, dtype=torch.float64))
+
+    def forward(self, sigmas: torch.Tensor) -> torch.Tensor:
+        s = sigmas[:-1]
+        logit = torch.logit(s.clamp(1e-4, 1 - 1e-4))
+        return s + (torch.sigmoid(logit + self.offsets) - torch.sigmoid(logit))
+
+
 def boundary_pins(restarts: Collection[int]) -> list[int]:
     """The sigmas to pin so no step crosses a restart (an expert switch): both sides of each."""
     return sorted({i for k in restarts for i in (k - 1, k)})
@@ -94,11 +115,13 @@ def require_euler(solver: Solver) -> None:
                         "align plans of pipelines that run FlowMatchEuler (or the demo with --scheduler euler)")
 
 
-def student(denoiser: Denoiser, noise: torch.Tensor, sigmas: torch.Tensor, mask: Sequence[int],
+def student(denoiser: Denoiser, noise: torch.Tensor, schedule: torch.Tensor | Solver, mask: Sequence[int],
             rules: Sequence[str], checkpointing: bool = True, restarts: Collection[int] = ()) -> torch.Tensor:
-    """The one cached loop over ``sigmas`` (a tensor: differentiable in them); with
-    ``checkpointing`` every call keeps only its inputs for backward."""
-    return sample(Checkpointed(denoiser) if checkpointing else denoiser, noise, sigmas.to(noise.dtype), mask, rules,
+    """The one cached loop over ``schedule`` (sigmas as a tensor, stepped by Euler and differentiable in
+    them, or a solver built on such tensors); with ``checkpointing`` every call keeps only its inputs
+    for backward."""
+    solver = Euler(schedule.to(noise.dtype)) if torch.is_tensor(schedule) else schedule
+    return sample(Checkpointed(denoiser) if checkpointing else denoiser, noise, solver, mask, rules,
                   restarts=restarts, check_finite=False)
 
 
@@ -108,15 +131,23 @@ def _teacher(batch: Batch, sigmas: Sequence[float], restarts: Collection[int]) -
                   check_finite=False)
 
 
-def _loss(batches, teachers, sigmas, plan: CachePlan, checkpointing: bool, backward: bool,
-          restarts: Collection[int]) -> float:
-    """Mean MSE to the teachers over all batches; with ``backward`` its gradient reaches ``sigmas``
-    (each batch backpropagates to a leaf copy of them and frees its own graph; the schedule's graph
-    is used once, after the last batch)."""
+Build = Callable[..., Solver]  # the learned tensors (sigmas[, model sigmas]) -> the student's solver
+
+
+def _euler(sigmas: torch.Tensor, told: torch.Tensor | None = None) -> Solver:
+    """Euler over the learned sigmas, its model told the learned model sigmas where there are any."""
+    return Euler(sigmas) if told is None else Retimed(Euler(sigmas), told)
+
+
+def _loss(batches, teachers, tensors: Sequence[torch.Tensor], build: Build, plan: CachePlan, checkpointing: bool,
+          backward: bool, restarts: Collection[int]) -> float:
+    """Mean MSE to the teachers over all batches of the student over ``build(*tensors)``; with
+    ``backward`` its gradient reaches ``tensors`` (each batch backpropagates to leaf copies of them and
+    frees its own graph; the tensors' graph is used once, after the last batch)."""
     total, n = 0.0, sum(b.noise.shape[0] for b in batches)
-    leaf = sigmas.detach().requires_grad_() if backward else sigmas
+    leaves = [t.detach().requires_grad_() for t in tensors] if backward else list(tensors)
     for b, t in zip(batches, teachers):
-        x = student(b.denoiser, b.noise, leaf, plan.mask, plan.step_rules, checkpointing, restarts)
+        x = student(b.denoiser, b.noise, build(*(t.to(b.noise.dtype) for t in leaves)), plan.mask, plan.step_rules, checkpointing, restarts)
         loss = (x - t).pow(2).mean() * (b.noise.shape[0] / n)
         if not torch.isfinite(loss):
             return float("inf")
@@ -124,8 +155,65 @@ def _loss(batches, teachers, sigmas, plan: CachePlan, checkpointing: bool, backw
             loss.backward()
         total += float(loss.detach())
     if backward:
-        sigmas.backward(leaf.grad)
+        torch.autograd.backward(list(tensors), [torch.zeros_like(leaf) if leaf.grad is None else leaf.grad
+                                                for leaf in leaves])
     return total
+
+
+@dataclass
+class _Fit:
+    """What one run of epochs needs: the data, the teachers and how the tensors become a solver."""
+
+    batches: Sequence[Batch]
+    teachers: list[torch.Tensor]
+    validation: Sequence[Batch]
+    val_teachers: list[torch.Tensor]
+    plan: CachePlan
+    build: Build
+    config: AlignConfig
+    restarts: Collection[int]
+
+    def train(self, tensors: Callable[[], list[torch.Tensor]]) -> float:
+        """The calibration loss of ``tensors()``, its gradient accumulated on their parameters."""
+        with torch.enable_grad():  # also when called under no_grad (e.g. from the comparison)
+            return _loss(self.batches, self.teachers, tensors(), self.build, self.plan, self.config.checkpointing,
+                         True, self.restarts)
+
+    @torch.no_grad()
+    def validate(self, tensors: Sequence[torch.Tensor]) -> float:
+        return _loss(self.validation, self.val_teachers, tensors, self.build, self.plan, False, False, self.restarts)
+
+    def epochs(self, modules: Sequence[torch.nn.Module], tensors: Callable[[], list[torch.Tensor]],
+               result: AlignResult, best: float, desc: str, progress: bool) -> tuple[float, list[float] | None]:
+        """Train ``modules`` (``tensors()``: their outputs) for the configured epochs, appending the losses to
+        ``result``; returns the best validation loss and the tensors (as lists) that reached it, if any
+        beat ``best``. Ctrl-C ends the epochs early (``result.interrupted``)."""
+        params = [p for m in modules for p in m.parameters()]
+        opt = torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        lr = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.config.epochs))
+        won = None
+        bar = tqdm(range(self.config.epochs), desc=desc, disable=not progress, leave=False)
+        try:
+            for _ in bar:
+                opt.zero_grad()
+                train = self.train(tensors)
+                if not torch.isfinite(torch.tensor(train)):
+                    break
+                torch.nn.utils.clip_grad_norm_(params, self.config.clip)
+                opt.step()
+                lr.step()
+                with torch.no_grad():
+                    now = tensors()
+                val = self.validate(now)
+                result.train_loss.append(train)
+                result.validation_loss.append(val)
+                if val < best:
+                    best, won = val, [t.tolist() for t in now]
+                    result.best_epoch = len(result.validation_loss) - 1
+                bar.set_postfix(train=f"{train:.3g}", val=f"{val:.3g}", best=f"{best:.3g}", refresh=False)
+        except KeyboardInterrupt:
+            result.interrupted = True
+        return best, won
 
 
 def align(
@@ -143,51 +231,48 @@ def align(
     ``budcache.align(plan, calib, validation_calib)`` replays its captures, full compute over the
     calibrated schedule is the teacher, and a plan without sigmas starts from that schedule. The teacher runs full
     compute over ``teacher_sigmas`` (default: the plan's schedule); ``restarts``: steps where the
-    cache restarts (another expert). Ctrl-C (KeyboardInterrupt) ends the epochs early with the best
-    schedule so far (``result.interrupted``)."""
+    cache restarts (another expert). With ``config.model_times`` the model's noise levels are learned
+    too (``plan.model_sigmas``), and kept only where they beat the aligned sigmas on validation.
+    Ctrl-C (KeyboardInterrupt) ends the epochs early with the best schedule so far (``result.interrupted``)."""
     from .calibration.capture import Calibration
 
     if isinstance(batches, Calibration):
         return _align_calibrated(plan, batches, validation, config, progress)
+    if config.model_times and restarts:
+        raise PlanError("decoupled model times would move the timesteps that pick each expert; align this "
+                        "two-expert pipeline without them")
     if plan.sigmas is None:
         if teacher_sigmas is None:
             raise PlanError("this plan has no sigmas (the pipeline's default schedule) and no teacher_sigmas were "
                             "given; pass the schedule it runs at as teacher_sigmas (or align on a Calibration)")
         plan = dataclasses.replace(plan, sigmas=[float(s) for s in teacher_sigmas])  # stored explicitly
+    plan = dataclasses.replace(plan, model_sigmas=None)  # what is learned starts from the steps' own sigmas
     validation = list(validation or batches)
     teacher = teacher_sigmas or plan.sigmas
-    teachers = [_teacher(b, teacher, restarts) for b in batches]
-    val_teachers = [_teacher(b, teacher, restarts) for b in validation]
+    fit = _Fit(batches, [_teacher(b, teacher, restarts) for b in batches], validation,
+               [_teacher(b, teacher, restarts) for b in validation], plan, _euler, config, restarts)
     schedule = SigmaSchedule(plan.sigmas, pinned=boundary_pins(restarts))
-    opt = torch.optim.AdamW(schedule.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    lr = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, config.epochs))
     with torch.no_grad():
-        best = _loss(validation, val_teachers, schedule(), plan, False, False, restarts)
+        best = fit.validate([schedule()])
     result = AlignResult(sigmas=list(plan.sigmas), initial=list(plan.sigmas), validation_loss=[best])
-    bar = tqdm(range(config.epochs), desc=f"align B={plan.budget}/{plan.num_steps}", disable=not progress, leave=False)
-    try:
-        for epoch in bar:
-            opt.zero_grad()
-            with torch.enable_grad():  # also when called under no_grad (e.g. from the comparison)
-                train = _loss(batches, teachers, schedule(), plan, config.checkpointing, True, restarts)
-            if not torch.isfinite(torch.tensor(train)):
-                break
-            torch.nn.utils.clip_grad_norm_(schedule.parameters(), config.clip)
-            opt.step()
-            lr.step()
-            with torch.no_grad():
-                sigmas = schedule()
-                val = _loss(validation, val_teachers, sigmas, plan, False, False, restarts)
-            result.train_loss.append(train)
-            result.validation_loss.append(val)
-            if val < best:
-                best, result.best_epoch, result.sigmas = val, epoch + 1, sigmas.tolist()
-            bar.set_postfix(train=f"{train:.3g}", val=f"{val:.3g}", best=f"{best:.3g}", refresh=False)
-    except KeyboardInterrupt:
-        result.interrupted = True
+    best, won = fit.epochs([schedule], lambda: [schedule()], result, best, f"align B={plan.budget}/{plan.num_steps}",
+                           progress)
+    if won is not None:
+        result.sigmas = won[0]
+    if config.model_times and not result.interrupted:
+        schedule = SigmaSchedule(result.sigmas, pinned=boundary_pins(restarts))
+        times = ModelTimes(plan.num_steps)
+
+        def both() -> list[torch.Tensor]:
+            sigmas = schedule()
+            return [sigmas, times(sigmas)]
+        best, won = fit.epochs([schedule, times], both, result, best, f"times B={plan.budget}/{plan.num_steps}",
+                               progress)
+        if won is not None:
+            result.sigmas, result.model_sigmas = won
     for i in (0, len(plan.sigmas) - 1, *boundary_pins(restarts)):  # endpoints and pins exactly as given
         result.sigmas[i] = plan.sigmas[i]
-    return dataclasses.replace(plan, sigmas=result.sigmas), result
+    return dataclasses.replace(plan, sigmas=result.sigmas, model_sigmas=result.model_sigmas), result
 
 
 def _align_calibrated(plan: CachePlan, calib, validation, config: AlignConfig,

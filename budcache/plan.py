@@ -97,6 +97,9 @@ class CachePlan(JsonFile):
     ``begin_index``: the step an image-to-image (or inpainting) call starts at (``strength`` < 1 skips
     the first ``begin_index`` of ``num_inference_steps = begin_index + num_steps``); the mask, ``sigmas``
     and ``schedule`` cover the steps that run. A call that starts elsewhere is refused.
+    ``model_sigmas``: K noise levels the transformer is told at each step instead of the step's own sigma
+    (LD3's decoupled model times, learned by ``align``; the family's time rule turns them into timesteps);
+    they need ``sigmas`` and are refused for two-expert pipelines, whose timesteps pick the expert.
     """
 
     num_steps: int
@@ -111,11 +114,14 @@ class CachePlan(JsonFile):
     record: SearchRecord | None = None
     schedule: list[float] | None = None
     begin_index: int = 0
+    model_sigmas: list[float] | None = None
 
     def __post_init__(self) -> None:
         self.mask = [int(m) for m in self.mask]
         if self.sigmas is not None:
             self.sigmas = [float(s) for s in self.sigmas]
+        if self.model_sigmas is not None:
+            self.model_sigmas = [float(s) for s in self.model_sigmas]
         if self.schedule is not None:
             self.schedule = [float(s) for s in self.schedule]
         self.validate()
@@ -149,11 +155,23 @@ class CachePlan(JsonFile):
             check_sigmas(self.sigmas, k, "field 'sigmas'")
         if self.schedule is not None:
             check_sigmas(self.schedule, k, "field 'schedule'")
+        if self.model_sigmas is not None:
+            self._check_model_sigmas()
         if not isinstance(self.begin_index, int) or isinstance(self.begin_index, bool) or self.begin_index < 0:
             raise PlanError(f"field 'begin_index' must be a non-negative integer, got {self.begin_index!r}")
         if self.boundary_ratio is not None and not (isinstance(self.boundary_ratio, (int, float))
                                                     and 0 < self.boundary_ratio < 1):
             raise PlanError(f"field 'boundary_ratio' must be null or in (0, 1), got {self.boundary_ratio!r}")
+
+    def _check_model_sigmas(self) -> None:
+        m, k = self.model_sigmas, self.num_steps
+        if self.sigmas is None:
+            raise PlanError("field 'model_sigmas' needs field 'sigmas' (the steps they are told apart from)")
+        if len(m) != k or not all(math.isfinite(s) and s > 0 for s in m):
+            raise PlanError(f"field 'model_sigmas' must hold num_steps={k} finite positive values")
+        if self.boundary_ratio is not None:
+            raise PlanError("field 'model_sigmas' cannot be used with two experts (boundary_ratio): the timesteps "
+                            "pick the expert; align without decoupled times")
 
     # -- derived ----------------------------------------------------------------------------
     @property
@@ -251,6 +269,8 @@ class CachePlan(JsonFile):
             + ("" if self.schedule is None else f" (searched on the pipeline schedule {self.schedule[0]:.4f} .. "
                f"{self.schedule[-2]:.4f}, refused on another)"),
         ]
+        if self.model_sigmas is not None:
+            lines.append("times   decoupled: the transformer is told its own noise level at each step (model_sigmas)")
         if self.begin_index:
             lines.append(f"start   image-to-image: steps {self.begin_index}..{self.total_steps - 1} of "
                          f"num_inference_steps={self.total_steps}")

@@ -63,9 +63,10 @@ knows the family's latent packing (scored beside the latents; None: latents only
     def num_steps(self) -> int:
         return len(self.solver.sigmas) - 1
 
-    def solver_for(self, sigmas: Sequence[float] | None) -> Solver:
-        """The source's solver over a plan's ``sigmas`` (None: the source's own schedule)."""
-        return with_sigmas(self.solver, sigmas)
+    def solver_for(self, sigmas: Sequence[float] | None, model_sigmas: Sequence[float] | None = None) -> Solver:
+        """The source's solver over a plan's ``sigmas`` (None: the source's own schedule), its model told
+        the plan's ``model_sigmas`` where it has them."""
+        return with_sigmas(self.solver, sigmas, model_sigmas)
 
     def has(self, which: str) -> bool:
         return which in self.sets

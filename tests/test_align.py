@@ -3,11 +3,12 @@
 import pytest
 import torch
 
-from budcache.align import AlignConfig, SigmaSchedule, align, student
+from budcache.align import AlignConfig, ModelTimes, SigmaSchedule, align, student
 from budcache.cli import main
 from budcache.demo.problem import demo_batches, demo_denoisers, demo_inputs
 from budcache.plan import CachePlan, PlanError
-from budcache.sampling import linear_sigmas
+from budcache.sampling import linear_sigmas, sample
+from budcache.sampling.solver import Euler, Retimed
 
 K = 8
 PLAN = CachePlan(num_steps=K, budget=3, mask=[1, 0, 0, 1, 0, 0, 1, 0], rule="extrapolate", sigmas=linear_sigmas(K))
@@ -77,6 +78,11 @@ def test_cli_align(tmp_path, capsys, demo_model):
     aligned = CachePlan.load(tmp_path / "a.json")
     assert aligned.mask == plan.mask and (tmp_path / "a.png").exists()
     assert "validation MSE" in capsys.readouterr().out
+    main(["--threads", "1", "align", str(tmp_path / "p.json"), "--out", str(tmp_path / "t.json"), "--calib", "4",
+          "--validation", "4", "--epochs", "2", "--model-times", "--no-progress"])
+    timed = CachePlan.load(tmp_path / "t.json")
+    assert "decoupled model times" in capsys.readouterr().out
+    assert timed.model_sigmas is None or len(timed.model_sigmas) == K
 
 
 def test_several_batches_give_the_gradient_of_one(demo_model):
@@ -97,3 +103,38 @@ def test_align_refuses_a_multistep_scheduler_in_one_line(tmp_path):
     with pytest.raises(SystemExit, match="--scheduler unipc: stage 2 learns sigmas through the Euler step"):
         main(["align", str(plan.save(tmp_path / "p.json")), "--scheduler", "unipc", "--calib", "2",
               "--validation", "2", "--epochs", "1", "--out", str(tmp_path / "a.json"), "--no-progress"])
+
+
+def test_model_times_start_at_the_steps_own_sigmas_and_learn_where_the_model_is_told():
+    sigmas = SigmaSchedule(PLAN.sigmas)()
+    times = ModelTimes(K)
+    assert torch.equal(times(sigmas), sigmas[:-1])  # zero offsets: exactly the steps' sigmas
+    with torch.no_grad():
+        times.offsets.copy_(torch.randn(K) * 3)
+    told = times(sigmas)
+    assert bool((told > 0).all()) and bool((told < 1 + 1e-4).all()) and not torch.allclose(told, sigmas[:-1])
+
+
+def test_decoupled_model_times_are_kept_only_where_validation_improves(demo_model):
+    """With ``model_times`` the second phase learns the model's noise levels; the plan carries them only
+    when they beat the aligned sigmas on validation, and sampling the returned plan gives the reported loss."""
+    noise, labels = demo_inputs(6, 99)
+    with demo_denoisers(demo_model, "residual") as make:
+        train = demo_batches(make, *demo_inputs(6, 0))
+        held_out = demo_batches(make, noise, labels)
+        config = AlignConfig(epochs=4, lr=0.2)
+        plain, first = align(PLAN, train, held_out, config, progress=False)
+        timed, result = align(PLAN, train, held_out, AlignConfig(epochs=4, lr=0.2, model_times=True), progress=False)
+        assert result.validation_loss[:5] == pytest.approx(first.validation_loss, rel=1e-6)  # phase 1 is align's
+        assert len(result.validation_loss) == 9
+        best = result.validation_loss[result.best_epoch]
+        assert best == min(result.validation_loss)
+        assert (timed.model_sigmas is not None) == (result.best_epoch > 4)
+        if timed.model_sigmas is None:
+            assert timed.sigmas == plain.sigmas
+        with torch.no_grad():
+            teacher = sample(make(labels), noise, linear_sigmas(K), [1] * K)
+            solver = Euler(timed.sigmas) if timed.model_sigmas is None else Retimed(Euler(timed.sigmas),
+                                                                                    timed.model_sigmas)
+            x = sample(make(labels), noise, solver, timed.mask, timed.step_rules)
+        assert (x - teacher).pow(2).mean().item() == pytest.approx(best, rel=1e-4)

@@ -11,9 +11,9 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 import budcache
 from budcache import families
-from budcache.align import AlignConfig, SigmaSchedule, _loss, _teacher, boundary_pins
+from budcache.align import AlignConfig, ModelTimes, SigmaSchedule, _euler, _loss, _teacher, boundary_pins
 from budcache.calibration import calibrate, pipeline_source
-from budcache.plan import model_identity
+from budcache.plan import PlanError, model_identity
 from tests.fixtures import tiny_families
 from tests.fixtures.tiny import tiny_flux_pipeline, tiny_wan_pipeline
 
@@ -81,13 +81,13 @@ def _applied(pipe, prompts, kwargs, plan):
     return sum(errors) / len(errors)
 
 
-def _replayed(calib, plan, sigmas):
-    """The loss alignment computes for ``sigmas`` (replayed captures, full compute as teacher)."""
+def _replayed(calib, plan, sigmas, model_sigmas=None):
+    """The loss alignment computes for ``sigmas`` (and ``model_sigmas``; replayed captures, full compute as teacher)."""
+    tensors = [torch.tensor(s, dtype=torch.float64) for s in (sigmas, model_sigmas) if s is not None]
     with torch.no_grad(), pipeline_source(calib, plan.reuse) as source:
         batches = source.batches("calib")
         teachers = [_teacher(b, calib.sigmas, source.restarts) for b in batches]
-        return _loss(batches, teachers, torch.tensor(sigmas, dtype=torch.float64), plan, False, False,
-                     source.restarts)
+        return _loss(batches, teachers, tensors, _euler, plan, False, False, source.restarts)
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
@@ -106,6 +106,36 @@ def test_aligned_loss_is_what_the_pipeline_gets(name):
     moved = dataclasses.replace(plan, sigmas=schedule().tolist())
     assert max(abs(a - b) for a, b in zip(moved.sigmas, plan.sigmas)) > 0.01
     assert _applied(pipe, prompts, kwargs, moved) == pytest.approx(_replayed(calib, plan, moved.sigmas), rel=1e-4)
+
+
+@pytest.mark.parametrize("name", ["cogview4", "flux"])
+def test_decoupled_model_times_reach_the_transformer_inside_the_pipeline(name):
+    """A plan's ``model_sigmas`` become the timesteps the pipeline passes to its transformer (by the family's
+    time rule: CogView4's unshifted times), while the scheduler steps over the plan's sigmas: the loss inside
+    the pipeline equals the replayed one, for what alignment returns and for model sigmas far from the steps'."""
+    pipe, prompts, kwargs, calib, plan = _setup(name)
+    config = dataclasses.replace(QUICK, model_times=True)
+    aligned, result = budcache.align(plan, calib, config=config, progress=False)
+    assert _applied(pipe, prompts, kwargs, aligned) == pytest.approx(result.validation_loss[result.best_epoch],
+                                                                     rel=1e-4)
+    times = ModelTimes(K)
+    with torch.no_grad():
+        times.offsets.copy_(0.5 * torch.randn(K, generator=torch.Generator().manual_seed(2), dtype=torch.float64))
+        told = times(torch.tensor(plan.sigmas, dtype=torch.float64)).tolist()
+    moved = dataclasses.replace(plan, model_sigmas=told)
+    assert max(abs(a - b) for a, b in zip(told, plan.sigmas)) > 0.02
+    replayed = _replayed(calib, plan, plan.sigmas, told)
+    assert replayed != pytest.approx(_replayed(calib, plan, plan.sigmas), rel=1e-3)  # the times matter
+    assert _applied(pipe, prompts, kwargs, moved) == pytest.approx(replayed, rel=1e-4)
+
+
+def test_decoupled_model_times_are_refused_for_two_experts():
+    """Wan2.2's timesteps pick the expert: decoupled times would move the switch, so they are refused."""
+    pipe, prompts, kwargs, calib, plan = _setup("wan22")
+    with pytest.raises(PlanError, match="two-expert"):
+        budcache.align(plan, calib, config=dataclasses.replace(QUICK, model_times=True), progress=False)
+    with pytest.raises(PlanError, match="two experts"):
+        dataclasses.replace(plan, model_sigmas=plan.sigmas[:-1])
 
 
 def test_wan22_alignment_keeps_the_expert_boundary():

@@ -42,6 +42,7 @@ def files(tmp_path_factory):
     CachePlan(num_steps=10, budget=3, mask=[1, 0, 0, 1, 0, 0, 1, 0, 0, 0]).save(d / "plan10.json")
     CachePlan(num_steps=8, budget=3, mask=plan8.mask, model={"class": "SD3Transformer2DModel", "fingerprint": "x"}
               ).save(d / "plan8_sd3.json")
+    CachePlan(num_steps=8, budget=3, mask=plan8.mask, sigmas=plan8.sigmas, boundary_ratio=0.9).save(d / "plan8_wan22.json")
     CachePlan(num_steps=8, budget=3, mask=plan8.mask, model={"class": "FluxTransformer2DModel", "fingerprint": "y"}
               ).save(d / "plan8_flux.json")
     ckpt = {"format": "budcache-search-checkpoint/1", "identity": {"budget": 4}, "forwards": 0, "memo": {}}
@@ -53,7 +54,7 @@ def files(tmp_path_factory):
     return {"tmp": str(d), "flux": str(save_tiny_flux_pipeline(d / "flux")), "out": str(d / "out" / "plan.json"),
             "empty_dir": str(d / "empty_dir"),
             **{Path(n).stem: str(d / n) for n in [*texts, "plan8.json", "plan10.json",
-                                                                   "plan8_sd3.json", "plan8_flux.json",
+                                                                   "plan8_sd3.json", "plan8_flux.json", "plan8_wan22.json",
                                                                    "ckpt_b4.json", "ckpt_unfinished.json"]}}
 
 
@@ -157,6 +158,7 @@ BAD = [
     ("align {plan8} --out {out} --model nosuch", "--model 'nosuch': use --model demo"),
     ("align {plan8} --out {out} --scheduler unipc", "--scheduler unipc: stage 2 learns sigmas through the Euler"),
     ("align {plan8} --out {out} --validation -1", "--validation: must be at least 0"),
+    ("align {plan8_wan22} --out {out} --model-times", "--model-times: this plan is for two experts"),
     # show
     ("show {tmp}", "is a folder; name a plan file"),
     ("show {tmp}/missing.json", "no such plan file"),

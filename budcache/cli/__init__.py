@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=integer(1), default=AlignConfig.epochs)
     p.add_argument("--lr", type=number(0, strict=True), default=AlignConfig.lr)
     p.add_argument("--no-checkpointing", action="store_true", help="keep every activation (more memory)")
+    p.add_argument("--model-times", action="store_true",
+                   help="then also learn the noise level the transformer is told per step (LD3's decoupled times, "
+                        "another --epochs); kept only where validation improves")
     add_progress_option(p)
     p.set_defaults(func=cmd_align, check=checks.check_align)
 

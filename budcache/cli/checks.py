@@ -315,6 +315,9 @@ def check_show(a: argparse.Namespace) -> None:
 def check_align(a: argparse.Namespace) -> None:
     a.loaded = CachePlan.load(a.plan)
     check_source(a, steps=a.loaded.num_steps)
+    if a.model_times and a.loaded.boundary_ratio is not None:
+        raise UsageError("--model-times: this plan is for two experts, whose timesteps pick the expert; align it "
+                         "without decoupled model times")
     if a.pipeline is None and a.scheduler != "euler":
         raise UsageError(f"--scheduler {a.scheduler}: stage 2 learns sigmas through the Euler step; align under "
                          "--scheduler euler")

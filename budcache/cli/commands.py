@@ -108,7 +108,7 @@ def cmd_compare(a: argparse.Namespace) -> None:
 
 def cmd_align(a: argparse.Namespace) -> None:
     plan = a.loaded
-    config = AlignConfig(epochs=a.epochs, lr=a.lr, checkpointing=not a.no_checkpointing)
+    config = AlignConfig(epochs=a.epochs, lr=a.lr, checkpointing=not a.no_checkpointing, model_times=a.model_times)
     with open_source(a, reuse=plan.reuse) as source:
         _check_models([(a.plan, plan)], source.model)
         require_euler(source.solver)
@@ -119,7 +119,9 @@ def cmd_align(a: argparse.Namespace) -> None:
     v0, v1 = result.validation_loss[0], min(result.validation_loss)
     print(aligned.describe())
     print(f"validation MSE {v0:.4g} -> {v1:.4g} ({10 * math.log10(v0 / v1):+.2f} dB), "
-          f"{'kept epoch ' + str(result.best_epoch) if result.improved else 'input schedule kept'}")
+          f"{'kept epoch ' + str(result.best_epoch) if result.improved else 'input schedule kept'}"
+          + ("" if not a.model_times else ", with decoupled model times" if aligned.model_sigmas is not None
+             else ", decoupled model times did not improve validation (not kept)"))
     write_plan(aligned, a.out)
     figure = a.out.with_suffix(".png")
     _plot(plots.plot_alignment, aligned, result, figure)

@@ -223,9 +223,9 @@ def compare_plans(source: Source, plans: Sequence[tuple[str, CachePlan]]) -> tup
     for b in sorted({p.budget for _, p in plans}):
         uniform: set[tuple] = set()
         for label, plan in ((n, p) for n, p in plans if p.budget == b):
-            sigmas, nfe = source.solver_for(plan.sigmas), []
-            x = static_outputs(source, "eval", sigmas, plan.mask, plan.step_rules, plan.reuse, nfe)
-            _, seconds = metrics.timed(lambda: static_outputs(source, "eval", sigmas, plan.mask, plan.step_rules,
+            solver, sigmas, nfe = source.solver_for(plan.sigmas, plan.model_sigmas), source.solver_for(plan.sigmas), []
+            x = static_outputs(source, "eval", solver, plan.mask, plan.step_rules, plan.reuse, nfe)
+            _, seconds = metrics.timed(lambda: static_outputs(source, "eval", solver, plan.mask, plan.step_rules,
                                                               plan.reuse))
             rule = plan.rule if plan.rules is None else "per step"
             report.add(b, f"plan ({label})", rule, x, nfe, seconds, mask=plan.strip, note=f"{plan.reuse} reuse")

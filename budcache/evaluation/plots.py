@@ -74,7 +74,8 @@ def plot_quality_vs_nfe(rows: Sequence, path: str | Path) -> Path:
 
 
 def plot_alignment(plan: CachePlan, result, path: str | Path) -> Path:
-    """The schedule before and after alignment over the mask, and the training / validation loss."""
+    """The schedule before and after alignment over the mask (crosses: the noise levels the model is told,
+    where decoupled), and the training / validation loss."""
     fig = figure(figsize=(11, 3.6))
     ax, bx = fig.subplots(1, 2)
     k = plan.num_steps
@@ -84,6 +85,8 @@ def plot_alignment(plan: CachePlan, result, path: str | Path) -> Path:
                    color=color, s=22, zorder=3)
         ax.scatter([i for i in range(k) if not plan.mask[i]], [sigmas[i] for i in range(k) if not plan.mask[i]],
                    facecolor="white", edgecolor=color, s=18, zorder=3)
+    if plan.model_sigmas is not None:
+        ax.scatter(range(k), plan.model_sigmas, marker="x", color="C0", s=20, zorder=4, label="model told")
     ax.set_xlabel("step (filled: computed)")
     ax.set_ylabel("sigma")
     ax.set_title(f"B={plan.budget}/K={k}  {plan.strip}", fontsize=8, family="monospace")

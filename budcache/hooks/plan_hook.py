@@ -329,7 +329,8 @@ def _wrap_set_timesteps(scheduler: Any, handle: CacheHandle, run: _Run, time: An
     set's by step count and budget; one plan refuses another step count), refuse a schedule other than
     the one the plan was searched on, start a new generation, keep the sigmas on the host, and (for a
     plan with ``sigmas``) make the schedule exactly the plan's, its timesteps by the family's ``time``
-    rule; when the scheduler's own schedule already equals them, its timesteps are kept as they are."""
+    rule (of its ``model_sigmas`` where it has them); when the scheduler's own schedule already equals
+    them, its timesteps are kept as they are."""
     original = scheduler.set_timesteps
 
     def set_timesteps(*args, **kwargs):
@@ -349,10 +350,14 @@ def _wrap_set_timesteps(scheduler: Any, handle: CacheHandle, run: _Run, time: An
         plan.check_schedule(sigmas[b:])
         run.generating, run.owner = True, threading.get_ident()
         if plan.sigmas is not None:
-            if len(sigmas) - b != len(plan.sigmas) or any(abs(x - y) > 1e-6 for x, y in zip(sigmas[b:], plan.sigmas)):
-                want = torch.tensor(sigmas[:b] + plan.sigmas, dtype=torch.float32, device=scheduler.sigmas.device)
+            told = plan.model_sigmas  # decoupled model times: the timesteps the transformer sees
+            if told is not None or len(sigmas) - b != len(plan.sigmas) or any(
+                    abs(x - y) > 1e-6 for x, y in zip(sigmas[b:], plan.sigmas)):
+                device = scheduler.sigmas.device
+                want = torch.tensor(sigmas[:b] + plan.sigmas, dtype=torch.float32, device=device)
                 scheduler.sigmas = want
-                scheduler.timesteps = time(want[:-1], scheduler.config, bound).to(torch.float32)
+                at = want[:-1] if told is None else torch.tensor(sigmas[:b] + told, dtype=torch.float32, device=device)
+                scheduler.timesteps = time(at, scheduler.config, bound).to(torch.float32)
             sigmas = sigmas[:b] + list(plan.sigmas)
         run.sigmas = sigmas
         return result

@@ -18,7 +18,7 @@ import torch
 
 from .denoisers import Denoiser, OutputDenoiser, VelocityFn
 from .rules import History, check_rules, history_depth, predict, remember
-from .solver import Solver, as_solver, cat_states, split_state
+from .solver import Solver, as_solver, cat_states, model_sigma, split_state
 
 
 @dataclass(frozen=True)
@@ -48,21 +48,23 @@ def advance(denoiser: Denoiser, states: Sequence[State], solver: Solver | Sequen
     """One cached step of every state in ``states`` (all at the same step) through one call of
     ``denoiser`` on their latents stacked along the batch; ``rules[i]`` is state i's reuse rule.
     A computed step keeps ``depth`` cache entries (``restart``: none from before it). Returns the
-    new states and the velocity. ``solver``: a solver, or a schedule stepped by Euler."""
+    new states and the velocity. ``solver``: a solver, or a schedule stepped by Euler; the model is
+    told the step's sigma (or the solver's decoupled ``model_sigmas``), the rules extrapolate in sigma."""
     solver = as_solver(solver)
     k, sigmas = states[0].step, solver.sigmas
+    told = model_sigma(solver, k)
     sizes = [s.x.shape[0] for s in states]
     one = len(states) == 1
     x = states[0].x if one else torch.cat([s.x for s in states])
     if compute:
-        v, cache = denoiser.compute(x, sigmas[k])
+        v, cache = denoiser.compute(x, told)
         caches = [cache] if one else cache.split(sizes)
         histories = [remember(s.history, sigmas[k], c, depth, restart) for s, c in zip(states, caches)]
     else:
         if not all(s.history for s in states):
             raise ValueError(f"step {k} reuses a cache but no earlier step computed; mask[0] must be 1")
         predicted = [predict(s.history, sigmas[k], r) for s, r in zip(states, rules)]
-        v = denoiser.reuse(x, sigmas[k], predicted[0] if one else torch.cat(predicted))
+        v = denoiser.reuse(x, told, predicted[0] if one else torch.cat(predicted))
         histories = [s.history for s in states]
     blend = getattr(denoiser, "blend", None)
     if one:

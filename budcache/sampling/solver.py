@@ -103,6 +103,24 @@ class SchedulerSolver:
         return out.to(x.dtype), self._snapshot()
 
 
+class Retimed:
+    """``solver`` whose model is told ``model_sigmas[k]`` at step k instead of the step's own sigma
+    (LD3's decoupled model times: K values, floats or a tensor); the step itself is ``solver``'s."""
+
+    def __init__(self, solver: Solver, model_sigmas: Sequence[float] | torch.Tensor):
+        self.solver, self.model_sigmas = solver, model_sigmas
+        self.name, self.sigmas = solver.name, solver.sigmas
+
+    def step(self, k: int, x: torch.Tensor, v: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        return self.solver.step(k, x, v, state)
+
+
+def model_sigma(solver: Solver, k: int) -> Any:
+    """The noise level the model is told at step k: the step's sigma unless the solver is :class:`Retimed`."""
+    told = getattr(solver, "model_sigmas", None)
+    return solver.sigmas[k] if told is None else told[k]
+
+
 def solver_for(scheduler: Any) -> Solver:
     """The loop's step for a configured diffusers scheduler: Euler over its sigmas for a
     deterministic FlowMatchEuler (the exact equivalent of its step), else its own step."""
@@ -111,12 +129,14 @@ def solver_for(scheduler: Any) -> Solver:
     return Euler(scheduler.sigmas.tolist()) if euler else SchedulerSolver(scheduler)
 
 
-def with_sigmas(solver: Solver, sigmas: Sequence[float] | None) -> Solver:
-    """``solver`` over ``sigmas`` (None or the same: ``solver`` itself)."""
-    if sigmas is None or (len(sigmas) == len(solver.sigmas)
-                          and all(abs(float(a) - float(b)) <= 1e-7 for a, b in zip(sigmas, solver.sigmas))):
-        return solver
-    return solver.with_sigmas(sigmas) if isinstance(solver, SchedulerSolver) else Euler(sigmas)
+def with_sigmas(solver: Solver, sigmas: Sequence[float] | None,
+                model_sigmas: Sequence[float] | None = None) -> Solver:
+    """``solver`` over ``sigmas`` (None or the same: ``solver`` itself), its model told ``model_sigmas``
+    when given (:class:`Retimed`)."""
+    if not (sigmas is None or (len(sigmas) == len(solver.sigmas)
+                               and all(abs(float(a) - float(b)) <= 1e-7 for a, b in zip(sigmas, solver.sigmas)))):
+        solver = solver.with_sigmas(sigmas) if isinstance(solver, SchedulerSolver) else Euler(sigmas)
+    return solver if model_sigmas is None else Retimed(solver, model_sigmas)
 
 
 def as_solver(sigmas_or_solver: Any) -> Solver:
