@@ -25,7 +25,8 @@ from ._stage import callable_module
 from .plan import CachePlan, PlanError
 from .sampling.denoisers import Batch, Checkpointed, Denoiser
 from .sampling.loop import sample
-from .sampling.solver import Euler, Retimed, Solver
+from .sampling.multistep import differentiable
+from .sampling.solver import Euler, Retimed, Solver, as_solver, with_sigmas
 
 
 @dataclass
@@ -108,13 +109,6 @@ def boundary_pins(restarts: Collection[int]) -> list[int]:
     return sorted({i for k in restarts for i in (k - 1, k)})
 
 
-def require_euler(solver: Solver) -> None:
-    """Stage 2 differentiates through the Euler step; refuse another solver with one clear line."""
-    if not isinstance(solver, Euler):
-        raise PlanError(f"stage 2 learns sigmas through the Euler step, and this model steps with {solver.name}; "
-                        "align plans of pipelines that run FlowMatchEuler (or the demo with --scheduler euler)")
-
-
 def student(denoiser: Denoiser, noise: torch.Tensor, schedule: torch.Tensor | Solver, mask: Sequence[int],
             rules: Sequence[str], checkpointing: bool = True, restarts: Collection[int] = ()) -> torch.Tensor:
     """The one cached loop over ``schedule`` (sigmas as a tensor, stepped by Euler and differentiable in
@@ -126,17 +120,23 @@ def student(denoiser: Denoiser, noise: torch.Tensor, schedule: torch.Tensor | So
 
 
 @torch.no_grad()
-def _teacher(batch: Batch, sigmas: Sequence[float], restarts: Collection[int]) -> torch.Tensor:
-    return sample(batch.denoiser, batch.noise, sigmas, [1] * (len(sigmas) - 1), restarts=restarts,
+def _teacher(batch: Batch, solver: Solver | Sequence[float], restarts: Collection[int]) -> torch.Tensor:
+    solver = as_solver(solver)
+    return sample(batch.denoiser, batch.noise, solver, [1] * (len(solver.sigmas) - 1), restarts=restarts,
                   check_finite=False)
 
 
 Build = Callable[..., Solver]  # the learned tensors (sigmas[, model sigmas]) -> the student's solver
 
 
-def _euler(sigmas: torch.Tensor, told: torch.Tensor | None = None) -> Solver:
-    """Euler over the learned sigmas, its model told the learned model sigmas where there are any."""
-    return Euler(sigmas) if told is None else Retimed(Euler(sigmas), told)
+def student_solver(solver: Solver) -> Build:
+    """How the learned tensors become the student's solver: ``solver``'s step made differentiable in the
+    sigmas (Euler, UniPC, DPM-Solver++; :func:`~budcache.sampling.multistep.differentiable`), its model
+    told the learned model sigmas where there are any."""
+    def build(sigmas: torch.Tensor, told: torch.Tensor | None = None) -> Solver:
+        step = differentiable(solver, sigmas)
+        return step if told is None else Retimed(step, told)
+    return build
 
 
 def _loss(batches, teachers, tensors: Sequence[torch.Tensor], build: Build, plan: CachePlan, checkpointing: bool,
@@ -224,6 +224,7 @@ def align(
     teacher_sigmas: Sequence[float] | None = None,
     progress: bool = True,
     restarts: Collection[int] = (),
+    solver: Solver | None = None,
 ) -> tuple[CachePlan, AlignResult]:
     """Learn the sigmas of ``plan`` (its mask and rules fixed) on ``batches``; keep the schedule with
     the best loss on ``validation`` (default: the calibration batches). ``batches`` may be a
@@ -231,7 +232,9 @@ def align(
     ``budcache.align(plan, calib, validation_calib)`` replays its captures, full compute over the
     calibrated schedule is the teacher, and a plan without sigmas starts from that schedule. The teacher runs full
     compute over ``teacher_sigmas`` (default: the plan's schedule); ``restarts``: steps where the
-    cache restarts (another expert). With ``config.model_times`` the model's noise levels are learned
+    cache restarts (another expert); ``solver``: the model's step (default Euler; UniPC and DPM-Solver++
+    as a :class:`~budcache.sampling.solver.SchedulerSolver` too): the teacher takes it over
+    ``teacher_sigmas``, the student its differentiable equal over the learned sigmas. With ``config.model_times`` the model's noise levels are learned
     too (``plan.model_sigmas``), and kept only where they beat the aligned sigmas on validation.
     Ctrl-C (KeyboardInterrupt) ends the epochs early with the best schedule so far (``result.interrupted``)."""
     from .calibration.capture import Calibration
@@ -247,10 +250,12 @@ def align(
                             "given; pass the schedule it runs at as teacher_sigmas (or align on a Calibration)")
         plan = dataclasses.replace(plan, sigmas=[float(s) for s in teacher_sigmas])  # stored explicitly
     plan = dataclasses.replace(plan, model_sigmas=None)  # what is learned starts from the steps' own sigmas
+    build = student_solver(solver or Euler(plan.sigmas))
+    build(torch.tensor(plan.sigmas, dtype=torch.float64))  # a step stage 2 cannot differentiate: refused now
     validation = list(validation or batches)
-    teacher = teacher_sigmas or plan.sigmas
+    teacher = with_sigmas(solver or Euler(plan.sigmas), teacher_sigmas or plan.sigmas)
     fit = _Fit(batches, [_teacher(b, teacher, restarts) for b in batches], validation,
-               [_teacher(b, teacher, restarts) for b in validation], plan, _euler, config, restarts)
+               [_teacher(b, teacher, restarts) for b in validation], plan, build, config, restarts)
     schedule = SigmaSchedule(plan.sigmas, pinned=boundary_pins(restarts))
     with torch.no_grad():
         best = fit.validate([schedule()])
@@ -284,12 +289,11 @@ def _align_calibrated(plan: CachePlan, calib, validation, config: AlignConfig,
 
     with pipeline_source(calib, plan.reuse, validation=validation) as source:
         plan.check_model(source.model)
-        require_euler(source.solver)
         if plan.sigmas is not None and len(plan.sigmas) != len(source.sigmas):
             raise PlanError(f"the plan has {plan.num_steps} steps, the calibration {source.num_steps}")
         return align(plan, source.batches("calib"),
                      source.batches("validation") if source.has("validation") else None, config,
-                     teacher_sigmas=source.sigmas, progress=progress, restarts=source.restarts)
+                     teacher_sigmas=source.sigmas, progress=progress, restarts=source.restarts, solver=source.solver)
 
 
 callable_module(__name__, align)

@@ -131,8 +131,12 @@ TimeRule = Callable[[Any, Any, dict[str, Any]], Any]  # sigmas, scheduler config
 
 
 def sigma_time(sigmas: Any, config: Any, kwargs: dict[str, Any]) -> Any:
-    """``num_train_timesteps * sigma``: the scheduler's own timesteps (FLUX, Wan, SD3, Qwen-Image, ...)."""
-    return sigmas * config.get("num_train_timesteps", 1000)
+    """``num_train_timesteps * sigma``: the scheduler's own timesteps (FLUX, Wan, SD3, Qwen-Image, ...),
+    truncated to integers where the scheduler truncates them (UniPC and DPM-Solver with flow sigmas, as
+    Wan and Sana ship); the truncation passes gradients through unchanged, so stage 2 still learns
+    the time the model is told."""
+    t = sigmas * config.get("num_train_timesteps", 1000)
+    return t + (t.trunc() - t).detach() if config.get("use_flow_sigmas") else t
 
 
 def unshifted_time(sigmas: Any, config: Any, kwargs: dict[str, Any]) -> Any:

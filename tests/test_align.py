@@ -98,11 +98,29 @@ def test_several_batches_give_the_gradient_of_one(demo_model):
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
 
 
-def test_align_refuses_a_multistep_scheduler_in_one_line(tmp_path):
-    plan = CachePlan(num_steps=6, budget=3, mask=[1, 0, 1, 0, 1, 0], sigmas=linear_sigmas(6))
-    with pytest.raises(SystemExit, match="--scheduler unipc: stage 2 learns sigmas through the Euler step"):
-        main(["align", str(plan.save(tmp_path / "p.json")), "--scheduler", "unipc", "--calib", "2",
-              "--validation", "2", "--epochs", "1", "--out", str(tmp_path / "a.json"), "--no-progress"])
+@pytest.mark.parametrize("scheduler", ["unipc", "dpm"])
+def test_align_steps_through_the_multistep_schedulers(tmp_path, capsys, scheduler, demo_model):
+    """Under UniPC and DPM-Solver++ the student steps their differentiable equals: the schedule learns, and
+    the aligned plan run by the source's solver over its sigmas gives the loss alignment reported."""
+    from budcache.demo.problem import demo_source
+    from budcache.plan import model_identity
+
+    mask = [1, 0, 1, 0, 0, 1, 0, 1]
+    with demo_source(K, 4, validation=4, held_out=0, model=demo_model, scheduler=scheduler) as source:
+        plan = CachePlan(num_steps=K, budget=4, mask=mask, sigmas=source.sigmas, model=model_identity(demo_model.transformer))
+        aligned, result = align(plan, source.batches("calib"), source.batches("validation"), AlignConfig(epochs=3, lr=0.05),
+                                progress=False, solver=source.solver)
+        assert result.improved and aligned.sigmas != plan.sigmas
+        with torch.no_grad():
+            teacher = [sample(b.denoiser, b.noise, source.solver, [1] * K) for b in source.batches("validation")]
+            solver = source.solver_for(aligned.sigmas)
+            assert solver.name == source.solver.name
+            x = [sample(b.denoiser, b.noise, solver, mask, aligned.step_rules) for b in source.batches("validation")]
+        loss = sum((a - t).pow(2).mean().item() * a.shape[0] for a, t in zip(x, teacher)) / 4
+        assert loss == pytest.approx(result.validation_loss[result.best_epoch], rel=1e-4)
+    main(["align", str(plan.save(tmp_path / "p.json")), "--scheduler", scheduler, "--calib", "2", "--validation", "2",
+          "--epochs", "1", "--out", str(tmp_path / "a.json"), "--no-progress"])
+    assert "validation MSE" in capsys.readouterr().out
 
 
 def test_model_times_start_at_the_steps_own_sigmas_and_learn_where_the_model_is_told():

@@ -11,7 +11,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 import budcache
 from budcache import families
-from budcache.align import AlignConfig, ModelTimes, SigmaSchedule, _euler, _loss, _teacher, boundary_pins
+from budcache.align import AlignConfig, ModelTimes, SigmaSchedule, _loss, _teacher, boundary_pins, student_solver
 from budcache.calibration import calibrate, pipeline_source
 from budcache.plan import PlanError, model_identity
 from tests.fixtures import tiny_families
@@ -29,11 +29,13 @@ def _flux():
     return tiny_flux_pipeline(), prompt, dict(height=16, width=16, true_cfg_scale=3.0)
 
 
-def _wan():  # Wan's pipeline takes no sigmas=: the plan hook replaces the scheduler's schedule
-    def prompt():
-        return dict(prompt_embeds=torch.randn(1, 8, 32), negative_prompt_embeds=torch.randn(1, 8, 32))
-    pipe = tiny_wan_pipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
-    return pipe, prompt, dict(height=16, width=16, num_frames=5, guidance_scale=4.0)
+def _wan(scheduler=None):  # Wan's pipeline takes no sigmas=: the plan hook replaces the scheduler's schedule
+    def build():
+        def prompt():
+            return dict(prompt_embeds=torch.randn(1, 8, 32), negative_prompt_embeds=torch.randn(1, 8, 32))
+        pipe = tiny_wan_pipeline(scheduler=scheduler)  # default: UniPC, as Wan ships
+        return pipe, prompt, dict(height=16, width=16, num_frames=5, guidance_scale=4.0)
+    return build
 
 
 def _family(name, scheduler=None):
@@ -51,8 +53,10 @@ def _family(name, scheduler=None):
     return build
 
 
-FAMILIES = {"flux": _flux, "wan": _wan, "cogview4": _family("cogview4"),
-            "wan22": _family("wan22", FlowMatchEulerDiscreteScheduler(shift=3.0))}
+# Wan2.1 and Wan2.2 as shipped step with UniPC, Sana with DPM-Solver++: stage 2 steps their native equals
+FAMILIES = {"flux": _flux, "wan-euler": _wan(FlowMatchEulerDiscreteScheduler(shift=3.0)), "wan-unipc": _wan(),
+            "cogview4": _family("cogview4"), "sana-dpm": _family("sana"),
+            "wan22-euler": _family("wan22", FlowMatchEulerDiscreteScheduler(shift=3.0)), "wan22-unipc": _family("wan22")}
 
 
 def _setup(name):
@@ -86,8 +90,8 @@ def _replayed(calib, plan, sigmas, model_sigmas=None):
     tensors = [torch.tensor(s, dtype=torch.float64) for s in (sigmas, model_sigmas) if s is not None]
     with torch.no_grad(), pipeline_source(calib, plan.reuse) as source:
         batches = source.batches("calib")
-        teachers = [_teacher(b, calib.sigmas, source.restarts) for b in batches]
-        return _loss(batches, teachers, tensors, _euler, plan, False, False, source.restarts)
+        teachers = [_teacher(b, source.solver, source.restarts) for b in batches]
+        return _loss(batches, teachers, tensors, student_solver(source.solver), plan, False, False, source.restarts)
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
@@ -131,7 +135,7 @@ def test_decoupled_model_times_reach_the_transformer_inside_the_pipeline(name):
 
 def test_decoupled_model_times_are_refused_for_two_experts():
     """Wan2.2's timesteps pick the expert: decoupled times would move the switch, so they are refused."""
-    pipe, prompts, kwargs, calib, plan = _setup("wan22")
+    pipe, prompts, kwargs, calib, plan = _setup("wan22-euler")
     with pytest.raises(PlanError, match="two-expert"):
         budcache.align(plan, calib, config=dataclasses.replace(QUICK, model_times=True), progress=False)
     with pytest.raises(PlanError, match="two experts"):
@@ -140,7 +144,7 @@ def test_decoupled_model_times_are_refused_for_two_experts():
 
 def test_wan22_alignment_keeps_the_expert_boundary():
     """Both sigmas around Wan2.2's expert switch are pinned: every step keeps the expert the pipeline gave it."""
-    pipe, prompts, kwargs, calib, plan = _setup("wan22")
+    pipe, prompts, kwargs, calib, plan = _setup("wan22-euler")
     (switch,) = calib.forced_steps()
     boundary = calib.boundary_ratio
     expert = [s >= boundary for s in calib.sigmas[:-1]]
@@ -233,15 +237,27 @@ def test_align_command_on_a_plan_searched_at_the_pipeline_default(tmp_path, caps
     assert aligned.sigmas[0] == pytest.approx(default[0]) and aligned.sigmas[-1] == pytest.approx(default[-1])
 
 
-def test_align_command_refuses_a_pipeline_that_does_not_step_with_euler(tmp_path):
-    """Wan ships UniPC: refused from its model_index.json, before anything is loaded or calibrated."""
+@pytest.mark.parametrize("change, refused", [
+    ({"solver_type": "bh1"}, "UniPCMultistepScheduler (solver_type='bh1')"),
+    ({"_class_name": "DPMSolverSinglestepScheduler"}, "this pipeline steps with DPMSolverSinglestepScheduler")])
+def test_align_command_refuses_a_scheduler_it_cannot_differentiate(tmp_path, change, refused):
+    """A scheduler whose step stage 2 has no differentiable equal of is refused from the folder's
+    model_index.json and scheduler config, before anything is loaded or calibrated."""
+    import json
+
     from budcache.cli import main
     from tests.fixtures.tiny_text import save_tiny_wan_pipeline
 
     folder = save_tiny_wan_pipeline(tmp_path / "wan")
+    config = folder / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), **change}))
+    if "_class_name" in change:
+        index = json.loads((folder / "model_index.json").read_text())
+        index["scheduler"][1] = change["_class_name"]
+        (folder / "model_index.json").write_text(json.dumps(index))
     (tmp_path / "calib.txt").write_text("a red square\n")
     plan = budcache.CachePlan(num_steps=6, budget=3, mask=[1, 0, 1, 0, 1, 0])
     plan.save(tmp_path / "plan.json")
-    with pytest.raises(SystemExit, match="steps with UniPCMultistepScheduler"):
+    with pytest.raises(SystemExit, match=refused.replace("(", r"\(").replace(")", r"\)")):
         main(["align", str(tmp_path / "plan.json"), "--pipeline", str(folder), "--prompts", str(tmp_path / "calib.txt"),
               "--out", str(tmp_path / "aligned.json")])

@@ -156,7 +156,6 @@ BAD = [
     ("align {plan8} --out {out} --epochs 0", "--epochs: must be at least 1"),
     ("align {plan8} --out {out} --lr 0", "--lr: must be a finite number above 0"),
     ("align {plan8} --out {out} --model nosuch", "--model 'nosuch': use --model demo"),
-    ("align {plan8} --out {out} --scheduler unipc", "--scheduler unipc: stage 2 learns sigmas through the Euler"),
     ("align {plan8} --out {out} --validation -1", "--validation: must be at least 0"),
     ("align {plan8_wan22} --out {out} --model-times", "--model-times: this plan is for two experts"),
     # show

@@ -312,22 +312,30 @@ def check_show(a: argparse.Namespace) -> None:
         output_figure(a.png, "--png", "plan.png")
 
 
+def _stage2_refusal(spec: str, class_name: str) -> str | None:
+    """Why stage 2 cannot step like the pipeline's scheduler (its config read from a local folder; for a hub id,
+    by class only), or None."""
+    import diffusers
+
+    from ..sampling.multistep import DIFFERENTIABLE, SUPPORTED, refusal
+
+    if class_name not in DIFFERENTIABLE:
+        return f"{SUPPORTED}; this pipeline steps with {class_name}"
+    folder = Path(spec).expanduser() / "scheduler"
+    return refusal(getattr(diffusers, class_name).from_pretrained(folder)) if folder.is_dir() else None
+
+
 def check_align(a: argparse.Namespace) -> None:
     a.loaded = CachePlan.load(a.plan)
     check_source(a, steps=a.loaded.num_steps)
     if a.model_times and a.loaded.boundary_ratio is not None:
         raise UsageError("--model-times: this plan is for two experts, whose timesteps pick the expert; align it "
                          "without decoupled model times")
-    if a.pipeline is None and a.scheduler != "euler":
-        raise UsageError(f"--scheduler {a.scheduler}: stage 2 learns sigmas through the Euler step; align under "
-                         "--scheduler euler")
     if a.pipeline is not None:
         entry = model_index(a.pipeline).get("scheduler")
-        scheduler = entry[1] if isinstance(entry, list) and len(entry) == 2 else None
-        if scheduler is not None and scheduler != "FlowMatchEulerDiscreteScheduler":
-            raise UsageError(f"--pipeline {a.pipeline} steps with {scheduler}, and stage 2 learns sigmas through the "
-                             "Euler step; align a plan of a FlowMatchEulerDiscreteScheduler pipeline (replace the "
-                             "folder's scheduler/ with one, same shift, and search the plan again)")
+        why = _stage2_refusal(a.pipeline, entry[1]) if isinstance(entry, list) and len(entry) == 2 else None
+        if why is not None:
+            raise UsageError(f"--pipeline {a.pipeline}: {why}; swap in one of those (same shift) and search again")
     output_file(a.out, "--out")
     output_file(a.out.with_suffix(".png"), "--out (its plot)", "aligned.png")
 

@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..align import align, AlignConfig, require_euler
+from ..align import align, AlignConfig
 from ..errors import BudcacheError, PlanError
 from ..evaluation import plots
 from ..plan import CachePlan
@@ -111,11 +111,11 @@ def cmd_align(a: argparse.Namespace) -> None:
     config = AlignConfig(epochs=a.epochs, lr=a.lr, checkpointing=not a.no_checkpointing, model_times=a.model_times)
     with open_source(a, reuse=plan.reuse) as source:
         _check_models([(a.plan, plan)], source.model)
-        require_euler(source.solver)
         validation = source.batches("validation") if source.has("validation") else None
         # a plan searched at the pipeline's default schedule (no sigmas) starts from that schedule
         aligned, result = align(plan, source.batches("calib"), validation, config, progress=not a.no_progress,
-                                restarts=source.restarts, teacher_sigmas=None if plan.sigmas else source.sigmas)
+                                restarts=source.restarts, teacher_sigmas=None if plan.sigmas else source.sigmas,
+                                solver=source.solver)
     v0, v1 = result.validation_loss[0], min(result.validation_loss)
     print(aligned.describe())
     print(f"validation MSE {v0:.4g} -> {v1:.4g} ({10 * math.log10(v0 / v1):+.2f} dB), "

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import baselines as policies
-from ..align import AlignConfig, align, require_euler
+from ..align import AlignConfig, align, student_solver
 from ..baselines import teacache
 from ..plan import CachePlan, uniform_mask
 from ..sampling.loop import StepInfo, sample
@@ -134,8 +134,8 @@ def _compare(source: Source, signal: list, budgets: Sequence[int], rules: Sequen
              thresholds: Sequence[float] | None, progress: bool, align_epochs: int,
              magcache: str, max_state_mb: float) -> tuple[list[Row], dict[str, torch.Tensor]]:
     k, sigmas = source.num_steps, source.solver
-    if align_epochs:
-        require_euler(source.solver)
+    if align_epochs:  # a step stage 2 cannot differentiate: refused before any work
+        student_solver(source.solver)(torch.tensor(source.sigmas, dtype=torch.float64))
     thresholds = list(thresholds or torch.logspace(-3, 0.5, 40).tolist())
     full, t_full = metrics.timed(lambda: static_outputs(source, "eval", sigmas, [1] * k, "repeat"))
     report = Report(source, full, t_full)
@@ -168,7 +168,7 @@ def _compare(source: Source, signal: list, budgets: Sequence[int], rules: Sequen
             schedules = dict.fromkeys(masks, sigmas)
             if align_epochs:
                 aligned, result = align(plan, source.batches("calib"), config=AlignConfig(epochs=align_epochs),
-                                        progress=False, restarts=source.restarts)
+                                        progress=False, restarts=source.restarts, solver=source.solver)
                 if result.interrupted:
                     raise KeyboardInterrupt
                 masks["budcache + aligned sigmas"] = masks["budcache"]
@@ -196,13 +196,14 @@ def _compare(source: Source, signal: list, budgets: Sequence[int], rules: Sequen
         x, seconds = metrics.timed(lambda: _ab2(source, "eval", fewer.sigmas))
         add(b, f"plain {b}-step AB2", "-", x, [b] * n_eval, seconds)
         if align_epochs:
-            euler = CachePlan(num_steps=b, budget=b, mask=[1] * b, sigmas=fewer.sigmas)
-            aligned, result = align(euler, source.batches("calib"), config=AlignConfig(epochs=align_epochs),
-                                    teacher_sigmas=source.sigmas, progress=False)
+            plain = CachePlan(num_steps=b, budget=b, mask=[1] * b, sigmas=fewer.sigmas)
+            aligned, result = align(plain, source.batches("calib"), config=AlignConfig(epochs=align_epochs),
+                                    teacher_sigmas=source.sigmas, progress=False, solver=source.solver)
             if result.interrupted:
                 raise KeyboardInterrupt
-            x, seconds = metrics.timed(lambda: static_outputs(source, "eval", aligned.sigmas, [1] * b, "repeat"))
-            add(b, f"plain {b}-step Euler, aligned sigmas", "-", x, [b] * n_eval, seconds)
+            solver = student_solver(source.solver)(torch.tensor(aligned.sigmas, dtype=torch.float64))
+            x, seconds = metrics.timed(lambda: static_outputs(source, "eval", solver, [1] * b, "repeat"))
+            add(b, f"plain {b}-step {fewer.name}, aligned sigmas", "-", x, [b] * n_eval, seconds)
     return report.rows, report.images
 
 

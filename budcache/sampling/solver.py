@@ -131,11 +131,16 @@ def solver_for(scheduler: Any) -> Solver:
 
 def with_sigmas(solver: Solver, sigmas: Sequence[float] | None,
                 model_sigmas: Sequence[float] | None = None) -> Solver:
-    """``solver`` over ``sigmas`` (None or the same: ``solver`` itself), its model told ``model_sigmas``
-    when given (:class:`Retimed`)."""
+    """``solver`` over ``sigmas`` (None or the same: ``solver`` itself; a diffusers UniPC or DPM-Solver++
+    as its native equal, :func:`~.multistep.native`, which takes any sigmas; Euler for a solver without a
+    ``with_sigmas`` of its own), its model told ``model_sigmas`` when given (:class:`Retimed`)."""
     if not (sigmas is None or (len(sigmas) == len(solver.sigmas)
                                and all(abs(float(a) - float(b)) <= 1e-7 for a, b in zip(sigmas, solver.sigmas)))):
-        solver = solver.with_sigmas(sigmas) if isinstance(solver, SchedulerSolver) else Euler(sigmas)
+        if isinstance(solver, SchedulerSolver):
+            from .multistep import native  # (multistep builds on this module)
+            solver = native(solver, sigmas) or solver.with_sigmas(sigmas)
+        else:
+            solver = solver.with_sigmas(sigmas) if hasattr(solver, "with_sigmas") else Euler(sigmas)
     return solver if model_sigmas is None else Retimed(solver, model_sigmas)
 
 
