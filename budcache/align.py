@@ -37,7 +37,7 @@ class AlignConfig:
     ``epochs`` from the aligned sigmas; kept only where it improves the validation loss."""
 
     epochs: int = 80
-    lr: float = 0.2
+    lr: float = 0.01
     weight_decay: float = 0.0
     clip: float = 1.0
     checkpointing: bool = True

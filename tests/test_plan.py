@@ -21,6 +21,8 @@ def test_roundtrip(tmp_path):
     assert back.strip == "#..#..#."
     assert back.ideal_speedup == pytest.approx(8 / 3)
     assert [p.name for p in tmp_path.iterdir()] == ["p.json"]  # no temp file left behind
+    timed = make_plan(sigmas=linear_sigmas(8), model_sigmas=[0.9 - 0.1 * i for i in range(8)])
+    assert CachePlan.load(timed.save(tmp_path / "t.json")) == timed and "decoupled" in timed.describe()
 
 
 @pytest.mark.parametrize(
@@ -36,6 +38,10 @@ def test_roundtrip(tmp_path):
         (dict(sigmas=[1.0, 0.9, 0.8, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05]), "sigmas"),
         (dict(sigmas=[1.0, 0.9, float("nan"), 0.5, 0.4, 0.3, 0.2, 0.1, 0.0]), "sigmas"),
         (dict(reuse="blocks"), "reuse"),
+        (dict(sigmas=None, model_sigmas=[0.5] * 8), "model_sigmas' needs field 'sigmas'"),
+        (dict(sigmas=linear_sigmas(8), model_sigmas=[0.5] * 7), "model_sigmas"),
+        (dict(sigmas=linear_sigmas(8), model_sigmas=[0.5] * 7 + [0.0]), "model_sigmas"),
+        (dict(sigmas=linear_sigmas(8), model_sigmas=[0.5] * 8, boundary_ratio=0.9), "two experts"),
     ],
 )
 def test_invalid_plans_name_the_field(change, field):
