@@ -25,8 +25,8 @@ from ._stage import callable_module
 from .plan import CachePlan, PlanError
 from .sampling.denoisers import Batch, Checkpointed, Denoiser
 from .sampling.loop import sample
-from .sampling.multistep import differentiable
-from .sampling.solver import Euler, Retimed, Solver, as_solver, with_sigmas
+from .sampling.multistep import differentiable, require_differentiable
+from .sampling.solver import Euler, Retimed, Solver, with_sigmas
 
 
 @dataclass
@@ -120,8 +120,7 @@ def student(denoiser: Denoiser, noise: torch.Tensor, schedule: torch.Tensor | So
 
 
 @torch.no_grad()
-def _teacher(batch: Batch, solver: Solver | Sequence[float], restarts: Collection[int]) -> torch.Tensor:
-    solver = as_solver(solver)
+def _teacher(batch: Batch, solver: Solver, restarts: Collection[int]) -> torch.Tensor:
     return sample(batch.denoiser, batch.noise, solver, [1] * (len(solver.sigmas) - 1), restarts=restarts,
                   check_finite=False)
 
@@ -146,9 +145,10 @@ def _loss(batches, teachers, tensors: Sequence[torch.Tensor], build: Build, plan
     frees its own graph; the tensors' graph is used once, after the last batch)."""
     total, n = 0.0, sum(b.noise.shape[0] for b in batches)
     leaves = [t.detach().requires_grad_() for t in tensors] if backward else list(tensors)
-    for b, t in zip(batches, teachers):
-        x = student(b.denoiser, b.noise, build(*(t.to(b.noise.dtype) for t in leaves)), plan.mask, plan.step_rules, checkpointing, restarts)
-        loss = (x - t).pow(2).mean() * (b.noise.shape[0] / n)
+    for b, teacher in zip(batches, teachers):
+        solver = build(*(leaf.to(b.noise.dtype) for leaf in leaves))
+        x = student(b.denoiser, b.noise, solver, plan.mask, plan.step_rules, checkpointing, restarts)
+        loss = (x - teacher).pow(2).mean() * (b.noise.shape[0] / n)
         if not torch.isfinite(loss):
             return float("inf")
         if backward:
@@ -250,12 +250,12 @@ def align(
                             "given; pass the schedule it runs at as teacher_sigmas (or align on a Calibration)")
         plan = dataclasses.replace(plan, sigmas=[float(s) for s in teacher_sigmas])  # stored explicitly
     plan = dataclasses.replace(plan, model_sigmas=None)  # what is learned starts from the steps' own sigmas
-    build = student_solver(solver or Euler(plan.sigmas))
-    build(torch.tensor(plan.sigmas, dtype=torch.float64))  # a step stage 2 cannot differentiate: refused now
+    solver = solver or Euler(plan.sigmas)
+    require_differentiable(solver)
     validation = list(validation or batches)
-    teacher = with_sigmas(solver or Euler(plan.sigmas), teacher_sigmas or plan.sigmas)
+    teacher = with_sigmas(solver, teacher_sigmas or plan.sigmas)
     fit = _Fit(batches, [_teacher(b, teacher, restarts) for b in batches], validation,
-               [_teacher(b, teacher, restarts) for b in validation], plan, build, config, restarts)
+               [_teacher(b, teacher, restarts) for b in validation], plan, student_solver(solver), config, restarts)
     schedule = SigmaSchedule(plan.sigmas, pinned=boundary_pins(restarts))
     with torch.no_grad():
         best = fit.validate([schedule()])

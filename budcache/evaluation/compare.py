@@ -18,11 +18,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import baselines as policies
-from ..align import AlignConfig, align, student_solver
+from ..align import AlignConfig, align
 from ..baselines import teacache
 from ..plan import CachePlan, uniform_mask
 from ..sampling.loop import StepInfo, sample
-from ..sampling.solver import Solver
+from ..sampling.multistep import require_differentiable
+from ..sampling.solver import Solver, with_sigmas
 from ..sampling.plain import SCHEDULERS, adams_bashforth2, scheduler_sample
 from ..search import SearchConfig, search_source
 from ..search.plan_search import source_evaluator
@@ -134,8 +135,8 @@ def _compare(source: Source, signal: list, budgets: Sequence[int], rules: Sequen
              thresholds: Sequence[float] | None, progress: bool, align_epochs: int,
              magcache: str, max_state_mb: float) -> tuple[list[Row], dict[str, torch.Tensor]]:
     k, sigmas = source.num_steps, source.solver
-    if align_epochs:  # a step stage 2 cannot differentiate: refused before any work
-        student_solver(source.solver)(torch.tensor(source.sigmas, dtype=torch.float64))
+    if align_epochs:
+        require_differentiable(source.solver)
     thresholds = list(thresholds or torch.logspace(-3, 0.5, 40).tolist())
     full, t_full = metrics.timed(lambda: static_outputs(source, "eval", sigmas, [1] * k, "repeat"))
     report = Report(source, full, t_full)
@@ -201,7 +202,7 @@ def _compare(source: Source, signal: list, budgets: Sequence[int], rules: Sequen
                                     teacher_sigmas=source.sigmas, progress=False, solver=source.solver)
             if result.interrupted:
                 raise KeyboardInterrupt
-            solver = student_solver(source.solver)(torch.tensor(aligned.sigmas, dtype=torch.float64))
+            solver = source.solver_for(aligned.sigmas)
             x, seconds = metrics.timed(lambda: static_outputs(source, "eval", solver, [1] * b, "repeat"))
             add(b, f"plain {b}-step {fewer.name}, aligned sigmas", "-", x, [b] * n_eval, seconds)
     return report.rows, report.images
@@ -224,7 +225,8 @@ def compare_plans(source: Source, plans: Sequence[tuple[str, CachePlan]]) -> tup
     for b in sorted({p.budget for _, p in plans}):
         uniform: set[tuple] = set()
         for label, plan in ((n, p) for n, p in plans if p.budget == b):
-            solver, sigmas, nfe = source.solver_for(plan.sigmas, plan.model_sigmas), source.solver_for(plan.sigmas), []
+            sigmas, nfe = source.solver_for(plan.sigmas), []
+            solver = with_sigmas(sigmas, None, plan.model_sigmas)  # the plan's model times where it has them
             x = static_outputs(source, "eval", solver, plan.mask, plan.step_rules, plan.reuse, nfe)
             _, seconds = metrics.timed(lambda: static_outputs(source, "eval", solver, plan.mask, plan.step_rules,
                                                               plan.reuse))

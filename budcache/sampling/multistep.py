@@ -237,12 +237,15 @@ def refusal(scheduler: Any) -> str | None:
 
 
 def native(solver: SchedulerSolver, sigmas: Sequence[float] | torch.Tensor) -> Solver | None:
-    """The native equal of ``solver``'s UniPC (bh2) or DPM-Solver++ multistep step for a flow model over
-    ``sigmas`` (K+1 values, floats or a tensor); None for any other scheduler."""
+    """The native equal of ``solver``'s step over ``sigmas`` (K+1 values, floats or a tensor): Euler for a
+    deterministic FlowMatchEuler, UniPC (bh2) or DPM-Solver++ multistep for a flow model; None for any other
+    scheduler (exactly where :func:`refusal` gives a reason)."""
     scheduler = solver.scheduler
-    if _mismatch(scheduler) is not None:
+    if refusal(scheduler) is not None:
         return None
     config = scheduler.config
+    if type(scheduler).__name__ == "FlowMatchEulerDiscreteScheduler":
+        return Euler(sigmas)
     if type(scheduler).__name__ == "UniPCMultistepScheduler":
         return UniPC(sigmas, config.solver_order, config.lower_order_final, list(scheduler.disable_corrector))
     return DPMSolver(sigmas, config.solver_order, config.solver_type, config.lower_order_final, config.euler_at_final,
@@ -263,3 +266,8 @@ def differentiable(solver: Solver, sigmas: torch.Tensor) -> Solver:
             return step
         raise PlanError(refusal(solver.scheduler))
     raise PlanError(f"{SUPPORTED}; this source steps with {getattr(solver, 'name', type(solver).__name__)}")
+
+
+def require_differentiable(solver: Solver) -> None:
+    """Refuse, in one line and before any work, a step stage 2 cannot differentiate."""
+    differentiable(solver, torch.tensor([float(s) for s in solver.sigmas], dtype=torch.float64))

@@ -80,9 +80,15 @@ class SchedulerSolver:
     def _restore(self, state: dict) -> None:
         vars(self.scheduler).update({k: list(v) if isinstance(v, list) else v for k, v in state.items()})
 
-    def with_sigmas(self, sigmas: Sequence[float]) -> SchedulerSolver:
-        """This scheduler over other sigmas (K+1 values ending in 0), as the scheduler itself sets
-        them from ``set_timesteps(sigmas=...)``; refused where it takes none or changes them."""
+    def with_sigmas(self, sigmas: Sequence[float]) -> Solver:
+        """This scheduler's step over other sigmas (K+1 values ending in 0): its native equal where there is
+        one (:func:`~.multistep.native`: Euler, UniPC, DPM-Solver++, any sigmas), else the scheduler as it
+        sets them from ``set_timesteps(sigmas=...)``, refused where it takes none or changes them."""
+        from .multistep import native  # (multistep builds on this module)
+
+        step = native(self, sigmas)
+        if step is not None:
+            return step
         scheduler = copy.deepcopy(self.scheduler)
         name = type(scheduler).__name__
         if "sigmas" not in inspect.signature(scheduler.set_timesteps).parameters:
@@ -131,16 +137,11 @@ def solver_for(scheduler: Any) -> Solver:
 
 def with_sigmas(solver: Solver, sigmas: Sequence[float] | None,
                 model_sigmas: Sequence[float] | None = None) -> Solver:
-    """``solver`` over ``sigmas`` (None or the same: ``solver`` itself; a diffusers UniPC or DPM-Solver++
-    as its native equal, :func:`~.multistep.native`, which takes any sigmas; Euler for a solver without a
+    """``solver`` over ``sigmas`` (None or the same: ``solver`` itself; Euler for a solver without a
     ``with_sigmas`` of its own), its model told ``model_sigmas`` when given (:class:`Retimed`)."""
     if not (sigmas is None or (len(sigmas) == len(solver.sigmas)
                                and all(abs(float(a) - float(b)) <= 1e-7 for a, b in zip(sigmas, solver.sigmas)))):
-        if isinstance(solver, SchedulerSolver):
-            from .multistep import native  # (multistep builds on this module)
-            solver = native(solver, sigmas) or solver.with_sigmas(sigmas)
-        else:
-            solver = solver.with_sigmas(sigmas) if hasattr(solver, "with_sigmas") else Euler(sigmas)
+        solver = solver.with_sigmas(sigmas) if hasattr(solver, "with_sigmas") else Euler(sigmas)
     return solver if model_sigmas is None else Retimed(solver, model_sigmas)
 
 
