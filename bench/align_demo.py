@@ -50,7 +50,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=AlignConfig.lr)
     p.add_argument("--joint-budgets", type=int, nargs="*", default=[6, 8])
     p.add_argument("--calib", type=int, default=16)
-    p.add_argument("--validation", type=int, default=32)
+    p.add_argument("--validation", type=int, default=100)
     p.add_argument("--held-out", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=Path("bench-out/align_demo"))

@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("align", help="stage 2: learn a plan's sigma schedule by distillation")
     p.add_argument("plan", type=Path)
     p.add_argument("--out", type=Path, required=True, help="where to write the aligned plan")
-    add_source_options(p, validation=32)
+    add_source_options(p, validation=100)  # 32 picked schedules that lost on held-out samples (README, stage 2)
     p.add_argument("--epochs", type=integer(1), default=AlignConfig.epochs)
     p.add_argument("--lr", type=number(0, strict=True), default=AlignConfig.lr)
     p.add_argument("--no-checkpointing", action="store_true", help="keep every activation (more memory)")
