@@ -8,7 +8,10 @@ Prints one JSON object: validation loss before and after alignment, the loss of 
 applied inside the pipeline (it must equal the reported one), peak memory (CUDA allocator peak on
 the GPU; resident-set peak of the process on the CPU), and seconds per stage.
 
-usage: python bench/align_pipeline.py [--gpu] [--prompts 8] [--steps 28] [--budget 10] [--epochs 20]
+``--estimate``: no run; alignment's memory at FLUX.1-dev scale estimated on the CPU (weights + the
+activations autograd saves in one transformer call, measured at full width with 1-2 blocks).
+
+usage: python bench/align_pipeline.py [--gpu | --estimate] [--prompts 8] [--steps 28] [--budget 10] [--epochs 20]
 """
 
 from __future__ import annotations
@@ -39,16 +42,26 @@ def tiny_flux():
     return tiny_flux_pipeline(), prompt, dict(height=16, width=16, true_cfg_scale=3.0)
 
 
+FLUX_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+                axes_dims_rope=[16, 56, 56])
+
+
+def flux_transformer(**overrides):
+    from diffusers import FluxTransformer2DModel
+    from diffusers.utils import logging
+
+    logging.set_verbosity_error()  # the cast to bf16 warns about float32 modules FLUX does not have
+    return FluxTransformer2DModel(**{**FLUX_DEV, **overrides}).to(torch.bfloat16).eval().requires_grad_(False)
+
+
 def flux_dev(size: int):
     """FLUX.1-dev's architecture, random bf16 weights, on CUDA (guidance-distilled: one call per step)."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
 
     torch.manual_seed(0)
     with torch.device("cuda"):
-        tr = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38,
-                                    attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
-                                    pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=[16, 56, 56])
-        tr = tr.to(torch.bfloat16).eval().requires_grad_(False)
+        tr = flux_transformer()
         vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
                             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                             layers_per_block=2, norm_num_groups=32, use_quant_conv=False, use_post_quant_conv=False,
@@ -66,6 +79,49 @@ def flux_dev(size: int):
     return pipe, prompt, dict(height=size, width=size, guidance_scale=3.5)
 
 
+def saved_bytes(size: int, double: int, single: int) -> int:
+    """Bytes autograd keeps for backward in one call (at ``size`` x ``size``, 512 text tokens, bf16, on this
+    CPU) of a FLUX.1-dev-width transformer with ``double`` + ``single`` blocks, the weights excluded: what
+    alignment's backward holds for the call it recomputes. Counted exactly with saved-tensor hooks; the
+    CPU's SDPA (flash attention for CPU) keeps q, k, v, the output and the log-sum-exp, as on a GPU."""
+    torch.manual_seed(0)
+    tr = flux_transformer(num_layers=double, num_single_layers=single)
+    weights = {p.untyped_storage().data_ptr() for p in tr.parameters()}
+    n_img, n_txt = (size // 16) ** 2, 512
+    kept: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.untyped_storage().data_ptr() not in weights:
+            kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        tr(hidden_states=torch.randn(1, n_img, 64, dtype=torch.bfloat16, requires_grad=True),
+           encoder_hidden_states=torch.randn(1, n_txt, 4096, dtype=torch.bfloat16),
+           pooled_projections=torch.randn(1, 768, dtype=torch.bfloat16),
+           timestep=torch.full((1,), 0.5, dtype=torch.bfloat16, requires_grad=True),
+           guidance=torch.full((1,), 3.5), img_ids=torch.zeros(n_img, 3), txt_ids=torch.zeros(n_txt, 3), return_dict=False)
+    return sum(kept.values())
+
+
+def estimate(size: int) -> dict:
+    """Alignment's memory at FLUX.1-dev scale, estimated on the CPU: the bf16 weights (counted on the meta
+    device) plus the saved activations of one transformer call, measured with 1-2 blocks of each kind at
+    full width and extrapolated linearly to 19 + 38 blocks. Checkpointing per step and one prompt per
+    batch mean backward holds one call's activations at a time; the steps' inputs (one latent each) and
+    the captures (512x4096 text embeddings per prompt) add a few MB per prompt."""
+    with torch.device("meta"):
+        weights = sum(p.numel() * p.element_size() for p in flux_transformer().parameters())
+    start = time.perf_counter()
+    base, two_double, two_single = (saved_bytes(size, 1, 1), saved_bytes(size, 2, 1), saved_bytes(size, 1, 2))
+    double, single = two_double - base, two_single - base
+    saved = base + (FLUX_DEV["num_layers"] - 1) * double + (FLUX_DEV["num_single_layers"] - 1) * single
+    gib = 2**30
+    return {"estimate": "CPU, saved tensors extrapolated; not a GPU measurement", "size": size,
+            "weights_gib": round(weights / gib, 2), "saved_per_double_block_mib": round(double / 2**20, 1),
+            "saved_per_single_block_mib": round(single / 2**20, 1), "saved_one_call_gib": round(saved / gib, 2),
+            "weights_plus_saved_gib": round((weights + saved) / gib, 2), "seconds": round(time.perf_counter() - start, 1)}
+
+
 def peak_mb(gpu: bool) -> float:
     if gpu:
         return round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -75,7 +131,9 @@ def peak_mb(gpu: bool) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--gpu", action="store_true", help="FLUX.1-dev architecture (random bf16 weights) on CUDA")
-    p.add_argument("--size", type=int, default=1024, help="image side with --gpu (default 1024)")
+    p.add_argument("--estimate", action="store_true",
+                   help="no run: estimate alignment's memory at FLUX.1-dev scale from saved tensors on the CPU")
+    p.add_argument("--size", type=int, default=1024, help="image side with --gpu or --estimate (default 1024)")
     p.add_argument("--prompts", type=int, default=None, help="calibration prompts (default 4 CPU, 8 GPU)")
     p.add_argument("--validation", type=int, default=2, help="validation prompts (default 2)")
     p.add_argument("--steps", type=int, default=None, help="K (default 12 CPU, 28 GPU)")
@@ -86,6 +144,9 @@ def main() -> None:
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.estimate:
+        print(json.dumps(estimate(a.size), indent=1))
+        return
     if a.gpu and not torch.cuda.is_available():
         sys.exit("bench/align_pipeline.py: --gpu needs a CUDA device, and torch sees none")
     n = a.prompts or (8 if a.gpu else 4)

@@ -241,7 +241,7 @@ def align(
 
     if isinstance(batches, Calibration):
         return _align_calibrated(plan, batches, validation, config, progress)
-    if config.model_times and restarts:
+    if config.model_times and plan.boundary_ratio is not None:  # other restarts (Qwen-Image 2.1's step 1) go by step
         raise PlanError("decoupled model times would move the timesteps that pick each expert; align this "
                         "two-expert pipeline without them")
     if plan.sigmas is None:

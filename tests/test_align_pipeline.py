@@ -1,5 +1,5 @@
 """Stage 2 on real diffusers pipelines (tiny random configs, CPU): the aligned plan applied inside the
-pipeline gives exactly the loss alignment reported, per family, including Wan (no ``sigmas=``),
+pipeline gives exactly the loss alignment reported, for every family calibrate supports, including Wan (no ``sigmas=``),
 Wan2.2 (the expert boundary stays where the pipeline puts it) and CogView4 (its transformer sees the
 unshifted time, not 1000 * sigma)."""
 
@@ -15,7 +15,7 @@ from budcache.align import AlignConfig, ModelTimes, SigmaSchedule, _loss, _teach
 from budcache.calibration import calibrate, pipeline_source
 from budcache.plan import PlanError, model_identity
 from tests.fixtures import tiny_families
-from tests.fixtures.tiny import tiny_flux_pipeline, tiny_wan_pipeline
+from tests.fixtures.tiny import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_wan_pipeline
 
 K = 8
 MASK = [1, 0, 1, 0, 0, 1, 0, 0]
@@ -27,6 +27,13 @@ def _flux():
         return dict(prompt_embeds=torch.randn(1, 8, 32), pooled_prompt_embeds=torch.randn(1, 32),
                     negative_prompt_embeds=torch.randn(1, 8, 32), negative_pooled_prompt_embeds=torch.randn(1, 32))
     return tiny_flux_pipeline(), prompt, dict(height=16, width=16, true_cfg_scale=3.0)
+
+
+def _sd3():
+    def prompt():
+        return dict(prompt_embeds=torch.randn(1, 8, 32), pooled_prompt_embeds=torch.randn(1, 64),
+                    negative_prompt_embeds=torch.randn(1, 8, 32), negative_pooled_prompt_embeds=torch.randn(1, 64))
+    return tiny_sd3_pipeline(), prompt, dict(height=16, width=16, guidance_scale=5.0)
 
 
 def _wan(scheduler=None):  # Wan's pipeline takes no sigmas=: the plan hook replaces the scheduler's schedule
@@ -53,10 +60,13 @@ def _family(name, scheduler=None):
     return build
 
 
+# every family that calibrate and search support (all tiny pipelines but LTX-2, whose audio latents evolve too);
 # Wan2.1 and Wan2.2 as shipped step with UniPC, Sana with DPM-Solver++: stage 2 steps their native equals
-FAMILIES = {"flux": _flux, "wan-euler": _wan(FlowMatchEulerDiscreteScheduler(shift=3.0)), "wan-unipc": _wan(),
-            "cogview4": _family("cogview4"), "sana-dpm": _family("sana"),
-            "wan22-euler": _family("wan22", FlowMatchEulerDiscreteScheduler(shift=3.0)), "wan22-unipc": _family("wan22")}
+FAMILIES = {"flux": _flux, "sd3": _sd3, "wan-euler": _wan(FlowMatchEulerDiscreteScheduler(shift=3.0)),
+            "wan-unipc": _wan(), "sana-dpm": _family("sana"),
+            "wan22-euler": _family("wan22", FlowMatchEulerDiscreteScheduler(shift=3.0)), "wan22-unipc": _family("wan22"),
+            **{name: _family(name) for name in ("cogview4", "z_image", "z_image_turbo", "qwen_image", "qwen_image21",
+                                                "flux2", "flux2_klein", "chroma", "hunyuan_video15")}}
 
 
 def _setup(name):
@@ -72,8 +82,20 @@ def _setup(name):
     return pipe, prompts, kwargs, calib, plan
 
 
+def _latent_scale(pipe) -> float:
+    """What the pipeline's ``output_type="latent"`` multiplies the MSE by: FLUX.2 Klein returns its latents
+    denormalized by the VAE's batch-norm statistics (std ``sqrt(running_var + eps)``, uniform at init)."""
+    bn = getattr(getattr(pipe, "vae", None), "bn", None)
+    if bn is None or "Klein" not in type(pipe).__name__:
+        return 1.0
+    var = bn.running_var + pipe.vae.config.batch_norm_eps
+    assert bool((var == var[0]).all()) and bool((bn.running_mean == 0).all())
+    return float(var[0])
+
+
 def _applied(pipe, prompts, kwargs, plan):
-    """Mean MSE of the plan's result inside the pipeline to the pipeline's full-compute result."""
+    """Mean MSE of the plan's result inside the pipeline to the pipeline's full-compute result (in the
+    transformer's latent space, where alignment measures it)."""
     errors = []
     for i, prompt in enumerate(prompts):
         run = dict(**prompt, **kwargs, num_inference_steps=K, output_type="latent")
@@ -82,7 +104,7 @@ def _applied(pipe, prompts, kwargs, plan):
             cached = pipe(**run, generator=torch.Generator().manual_seed(i))[0]
             assert all(c["computed"] + c["reused"] <= K for c in handle.summary().values())
         errors.append((cached - full).pow(2).mean().item())
-    return sum(errors) / len(errors)
+    return sum(errors) / len(errors) / _latent_scale(pipe)
 
 
 def _replayed(calib, plan, sigmas, model_sigmas=None):
@@ -112,7 +134,7 @@ def test_aligned_loss_is_what_the_pipeline_gets(name):
     assert _applied(pipe, prompts, kwargs, moved) == pytest.approx(_replayed(calib, plan, moved.sigmas), rel=1e-4)
 
 
-@pytest.mark.parametrize("name", ["cogview4", "flux"])
+@pytest.mark.parametrize("name", sorted(set(FAMILIES) - {"wan22-euler", "wan22-unipc"}))  # two experts: refused
 def test_decoupled_model_times_reach_the_transformer_inside_the_pipeline(name):
     """A plan's ``model_sigmas`` become the timesteps the pipeline passes to its transformer (by the family's
     time rule: CogView4's unshifted times), while the scheduler steps over the plan's sigmas: the loss inside
