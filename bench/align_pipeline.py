@@ -55,13 +55,14 @@ def flux_transformer(**overrides):
     return FluxTransformer2DModel(**{**FLUX_DEV, **overrides}).to(torch.bfloat16).eval().requires_grad_(False)
 
 
-def flux_dev(size: int):
-    """FLUX.1-dev's architecture, random bf16 weights, on CUDA (guidance-distilled: one call per step)."""
+def flux_dev(size: int, device: str = "cuda", **blocks):
+    """FLUX.1-dev's architecture, random bf16 weights, on ``device`` (guidance-distilled: one call per step);
+    ``blocks``: fewer layers for a smoke run."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
 
     torch.manual_seed(0)
-    with torch.device("cuda"):
-        tr = flux_transformer()
+    with torch.device(device):
+        tr = flux_transformer(**blocks)
         vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
                             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                             layers_per_block=2, norm_num_groups=32, use_quant_conv=False, use_post_quant_conv=False,
@@ -74,8 +75,8 @@ def flux_dev(size: int):
 
     def prompt(i: int) -> dict:
         g = torch.Generator().manual_seed(i)
-        return dict(prompt_embeds=torch.randn(1, 512, 4096, generator=g).to("cuda", torch.bfloat16),
-                    pooled_prompt_embeds=torch.randn(1, 768, generator=g).to("cuda", torch.bfloat16))
+        return dict(prompt_embeds=torch.randn(1, 512, 4096, generator=g).to(device, torch.bfloat16),
+                    pooled_prompt_embeds=torch.randn(1, 768, generator=g).to(device, torch.bfloat16))
     return pipe, prompt, dict(height=size, width=size, guidance_scale=3.5)
 
 
@@ -131,6 +132,8 @@ def peak_mb(gpu: bool) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--gpu", action="store_true", help="FLUX.1-dev architecture (random bf16 weights) on CUDA")
+    p.add_argument("--smoke", action="store_true",
+                   help="with --gpu: the same run on the CPU with 1 + 1 blocks (checks the code path, no figures)")
     p.add_argument("--estimate", action="store_true",
                    help="no run: estimate alignment's memory at FLUX.1-dev scale from saved tensors on the CPU")
     p.add_argument("--size", type=int, default=1024, help="image side with --gpu or --estimate (default 1024)")
@@ -147,14 +150,18 @@ def main() -> None:
     if a.estimate:
         print(json.dumps(estimate(a.size), indent=1))
         return
-    if a.gpu and not torch.cuda.is_available():
+    if a.gpu and not a.smoke and not torch.cuda.is_available():
         sys.exit("bench/align_pipeline.py: --gpu needs a CUDA device, and torch sees none")
     n = a.prompts or (8 if a.gpu else 4)
     k = a.steps or (28 if a.gpu else 12)
     b = a.budget or max(2, k // 3)
     epochs = a.epochs or (3 if a.gpu else 20)
-    pipe, prompt, call = flux_dev(a.size) if a.gpu else tiny_flux()
-    times, out = {}, {"device": torch.cuda.get_device_name() if a.gpu else "cpu", "pipeline": type(pipe).__name__,
+    cuda = a.gpu and not a.smoke
+    if a.smoke:
+        pipe, prompt, call = flux_dev(a.size, "cpu", num_layers=1, num_single_layers=1)
+    else:
+        pipe, prompt, call = flux_dev(a.size) if a.gpu else tiny_flux()
+    times, out = {}, {"device": torch.cuda.get_device_name() if cuda else "cpu", "pipeline": type(pipe).__name__,
                       "size": a.size if a.gpu else 16, "steps": k, "budget": b, "prompts": n,
                       "validation_prompts": a.validation, "epochs": epochs}
 
@@ -171,12 +178,12 @@ def main() -> None:
         plan = budcache.search(calib, b, config=dataclasses.replace(budcache.search.EFFORTS["annealed"], iterations=60, starts=1, kicks=0),
                                progress=False)
     times["search"] = time.perf_counter() - start
-    if a.gpu:
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     aligned, result = budcache.align(plan, calib, validation, AlignConfig(epochs=epochs, lr=a.lr), progress=False)
     times["align"] = time.perf_counter() - start
-    out["peak_mb_align"] = peak_mb(a.gpu)
+    out["peak_mb_align"] = peak_mb(cuda)
     start = time.perf_counter()
     errors = []
     for i in range(a.validation):
@@ -190,7 +197,7 @@ def main() -> None:
                best_epoch=result.best_epoch, train_loss=result.train_loss,
                seconds={name: round(t, 2) for name, t in times.items()},
                seconds_per_epoch=round(times["align"] / max(1, len(result.train_loss)), 2),
-               peak_mb=peak_mb(a.gpu))
+               peak_mb=peak_mb(cuda))
     print(json.dumps(out, indent=1))
 
 
