@@ -38,3 +38,19 @@ def test_cli_frontier(tmp_path):
         assert r["budcache"] > 10 and r["plain Euler"] > 10
     plans = PlanSet.load(out / "plans.json")
     assert [p.budget for p in plans] == [2, 3, 4, 5] and plans.plans[0] == CachePlan.load(out / "plan_B2.json")
+
+
+def test_cli_frontier_under_a_predictive_rule(tmp_path):
+    """``--rule extrapolate``: every budget is searched under it, and the plans and the uniform mask are
+    scored under it (the same uniform mask scores otherwise under repeat)."""
+    rows = {}
+    for rule in ("repeat", "extrapolate"):
+        out = tmp_path / rule
+        main(["--threads", "1", "frontier", "--steps", "8", "--budgets", "3..4", "--calib", "4", "--held-out", "6",
+              "--iterations", "10", "--starts", "1", "--rule", rule, "--no-progress", "--out", str(out)])
+        rows[rule] = json.loads((out / "frontier.json").read_text())["rows"]
+        assert all(r["rule"] == rule and CachePlan.load(out / f"plan_B{r['budget']}.json").rule == rule
+                   for r in rows[rule])
+    for repeat, extrapolate in zip(rows["repeat"], rows["extrapolate"]):
+        assert extrapolate["uniform mask"] != pytest.approx(repeat["uniform mask"], abs=0.01)
+        assert extrapolate["plain Euler"] == pytest.approx(repeat["plain Euler"])

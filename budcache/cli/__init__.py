@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_budgets_option(p, list(range(4, 21)))
     p.add_argument("--out", type=Path, default=Path("frontier-out"), help="output folder (default frontier-out)")
     add_source_options(p, held_out=True)
-    add_search_options(p, DEMO_EFFORT, rule=False)
+    add_search_options(p, DEMO_EFFORT)
     add_progress_option(p)
     p.set_defaults(func=cmd_frontier, check=checks.check_frontier)
 

@@ -136,7 +136,7 @@ def cmd_frontier(a: argparse.Namespace) -> None:
     from ..evaluation.frontier import frontier
 
     with open_source(a, held_out=True, validation=False) as source:
-        rows = frontier(source, a.budgets, a.out, search_config(a), not a.no_progress, a.state_mb)
+        rows = frontier(source, a.budgets, a.out, search_config(a), not a.no_progress, a.state_mb, a.rule)
     for r in rows:
         plain = next(k for k in r if k.startswith("plain "))
         image = "" if "image" not in r else "   image PSNR / SSIM " + "  ".join(

@@ -20,13 +20,14 @@ from .report import Report
 
 @torch.no_grad()
 def frontier(source: Source, budgets: Sequence[int], out: Path, config: SearchConfig = SearchConfig(),
-             progress: bool = True, max_state_mb: float = 1024.0) -> list[dict]:
-    """Search every budget (see :func:`budcache.search.search_frontier`), score each plan on the
+             progress: bool = True, max_state_mb: float = 1024.0, rule: str = "repeat") -> list[dict]:
+    """Search every budget under the reuse ``rule`` (see :func:`budcache.search.search_frontier`; the uniform
+    mask reuses by the same rule), score each plan on the
     held-out set (latent PSNR; where the source decodes, also image PSNR and SSIM in ``row["image"]``), and write
     ``plan_B<b>.json``, the plan set of them all ``plans.json`` (for ``budcache.apply(pipe, plan_set)``),
     ``frontier.json`` and ``frontier.png`` to ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    plans, cost = search_frontier(source, budgets, config, progress, max_state_mb)
+    plans, cost = search_frontier(source, budgets, config, progress, max_state_mb, rule)
     k = source.num_steps
     full, t_full = metrics.timed(lambda: static_outputs(source, "eval", source.solver, [1] * k, "repeat"), repeats=1)
     report = Report(source, full, t_full)
@@ -35,13 +36,13 @@ def frontier(source: Source, budgets: Sequence[int], out: Path, config: SearchCo
         plan.save(out / f"plan_B{b}.json")
         n = full.shape[0]
         solver, fewer = source.solver_for(plan.sigmas), source.fewer(b)
-        outputs = {"budcache": (static_outputs(source, "eval", solver, plan.mask, "repeat"), "repeat"),
-                   "uniform mask": (static_outputs(source, "eval", solver, uniform_mask(k, b), "repeat"), "repeat"),
+        outputs = {"budcache": (static_outputs(source, "eval", solver, plan.mask, plan.step_rules), rule),
+                   "uniform mask": (static_outputs(source, "eval", solver, uniform_mask(k, b), rule), rule),
                    f"plain {fewer.name}": (static_outputs(source, "eval", fewer, [1] * b, "repeat"), "-")}
-        for method, (x, rule) in outputs.items():
-            report.add(b, method, rule, x, [b] * n)
+        for method, (x, label) in outputs.items():
+            report.add(b, method, label, x, [b] * n)
         psnr = {r.method: r.psnr for r in report.rows[-3:]}
-        row = {"budget": b, "mask": plan.strip, "calibration_loss": plan.record.objective, **psnr}
+        row = {"budget": b, "rule": rule, "mask": plan.strip, "calibration_loss": plan.record.objective, **psnr}
         if source.decode is not None:  # a pipeline that decodes: image PSNR / SSIM beside the latents'
             if images is None:
                 images = source.decode(full)

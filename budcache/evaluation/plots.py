@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from matplotlib.ticker import MaxNLocator
 
 from ..plan import CachePlan
 from ..search.history import figure, plot_history, save
@@ -113,6 +114,7 @@ def plot_frontier(rows: Sequence[dict], path: str | Path) -> Path:
     for name, style in (("budcache", "-o"), ("uniform mask", "--s"), (plain, ":^")):
         ax.plot(budgets, [r[name] for r in rows], style, ms=4, label=name)
     ax.set_xlabel("budget B (block-stack executions)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("PSNR vs full compute (dB)")
     ax.legend(fontsize=8, frameon=False)
     return save(fig, path)

@@ -31,16 +31,18 @@ def grow(mask: Sequence[int]) -> list[int]:
 
 
 def search_frontier(source: Source, budgets: Sequence[int], config: SearchConfig = SearchConfig(),
-                    progress: bool = True, max_state_mb: float = 1024.0) -> tuple[dict[int, CachePlan], dict[str, int]]:
-    """One plan per budget (ascending) on the source's calibration set; each search starts from the
-    previous budget's plan grown by one step; an interrupted search (Ctrl-C) ends the run with its
-    plan. Returns the plans and the shared evaluator's ``evaluations`` and ``forwards``."""
-    evaluate = source_evaluator(source, "calib", config=config, max_state_mb=max_state_mb)
+                    progress: bool = True, max_state_mb: float = 1024.0,
+                    rule: str = "repeat") -> tuple[dict[int, CachePlan], dict[str, int]]:
+    """One plan per budget (ascending) on the source's calibration set under the reuse ``rule``; each
+    search starts from the previous budget's plan grown by one step; an interrupted search (Ctrl-C)
+    ends the run with its plan. Returns the plans and the shared evaluator's ``evaluations`` and
+    ``forwards``."""
+    evaluate = source_evaluator(source, "calib", rule=rule, config=config, max_state_mb=max_state_mb)
     plans: dict[int, CachePlan] = {}
     previous = None
     for b in tqdm(sorted(budgets), desc="frontier", disable=not progress):
         start = grow(previous.mask) if previous is not None and previous.budget == b - 1 else None
-        plan, _ = search_source(source, b, config=config, progress=False, start=start, evaluate=evaluate)
+        plan, _ = search_source(source, b, rule=rule, config=config, progress=False, start=start, evaluate=evaluate)
         plans[b] = previous = plan
         if plan.record.interrupted:
             break
