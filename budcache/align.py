@@ -16,11 +16,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from . import align_checkpoint
 from ._stage import callable_module
 from .plan import CachePlan, PlanError
 from .sampling.denoisers import Batch, Checkpointed, Denoiser
@@ -172,6 +174,7 @@ class _Fit:
     build: Build
     config: AlignConfig
     restarts: Collection[int]
+    save: Callable[[dict], None] | None = None  # writes the state after every epoch (a checkpoint)
 
     def train(self, tensors: Callable[[], list[torch.Tensor]]) -> float:
         """The calibration loss of ``tensors()``, its gradient accumulated on their parameters."""
@@ -184,17 +187,26 @@ class _Fit:
         return _loss(self.validation, self.val_teachers, tensors, self.build, self.plan, False, False, self.restarts)
 
     def epochs(self, modules: Sequence[torch.nn.Module], tensors: Callable[[], list[torch.Tensor]],
-               result: AlignResult, best: float, desc: str, progress: bool) -> tuple[float, list[float] | None]:
+               result: AlignResult, best: float, desc: str, progress: bool, phase: int = 0,
+               saved: dict | None = None) -> tuple[float, list[float] | None]:
         """Train ``modules`` (``tensors()``: their outputs) for the configured epochs, appending the losses to
         ``result``; returns the best validation loss and the tensors (as lists) that reached it, if any
-        beat ``best``. Ctrl-C ends the epochs early (``result.interrupted``)."""
+        beat ``best``. ``saved``: a checkpoint of this phase to go on from; with ``self.save`` the state
+        is written after every epoch. Ctrl-C ends the epochs early (``result.interrupted``)."""
         params = [p for m in modules for p in m.parameters()]
         opt = torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
         lr = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.config.epochs))
-        won = None
-        bar = tqdm(range(self.config.epochs), desc=desc, disable=not progress, leave=False)
+        won, done = None, 0
+        if saved is not None:
+            for m, state in zip(modules, saved["modules"]):
+                m.load_state_dict(state)
+            opt.load_state_dict(saved["optimizer"])
+            lr.load_state_dict(saved["lr"])
+            won, done = saved["won"], saved["epoch"]
+        bar = tqdm(range(done, self.config.epochs), desc=desc, disable=not progress, leave=False,
+                   initial=done, total=self.config.epochs)
         try:
-            for _ in bar:
+            for epoch in bar:
                 opt.zero_grad()
                 train = self.train(tensors)
                 if not torch.isfinite(torch.tensor(train)):
@@ -210,6 +222,10 @@ class _Fit:
                 if val < best:
                     best, won = val, [t.tolist() for t in now]
                     result.best_epoch = len(result.validation_loss) - 1
+                if self.save is not None:
+                    self.save({"phase": phase, "epoch": epoch + 1, "modules": [m.state_dict() for m in modules],
+                               "optimizer": opt.state_dict(), "lr": lr.state_dict(), "won": won, "best": best,
+                               "result": dataclasses.asdict(result)})
                 bar.set_postfix(train=f"{train:.3g}", val=f"{val:.3g}", best=f"{best:.3g}", refresh=False)
         except KeyboardInterrupt:
             result.interrupted = True
@@ -225,6 +241,8 @@ def align(
     progress: bool = True,
     restarts: Collection[int] = (),
     solver: Solver | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
 ) -> tuple[CachePlan, AlignResult]:
     """Learn the sigmas of ``plan`` (its mask and rules fixed) on ``batches``; keep the schedule with
     the best loss on ``validation`` (default: the calibration batches). ``batches`` may be a
@@ -236,11 +254,13 @@ def align(
     as a :class:`~budcache.sampling.solver.SchedulerSolver` too): the teacher takes it over
     ``teacher_sigmas``, the student its differentiable equal over the learned sigmas. With ``config.model_times`` the model's noise levels are learned
     too (``plan.model_sigmas``), and kept only where they beat the aligned sigmas on validation.
-    Ctrl-C (KeyboardInterrupt) ends the epochs early with the best schedule so far (``result.interrupted``)."""
+    Ctrl-C (KeyboardInterrupt) ends the epochs early with the best schedule so far (``result.interrupted``).
+    ``checkpoint``: a file the state is written to after every epoch; ``resume``: go on from it (the
+    result is the one an uninterrupted run returns; :mod:`budcache.align_checkpoint`)."""
     from .calibration.capture import Calibration
 
     if isinstance(batches, Calibration):
-        return _align_calibrated(plan, batches, validation, config, progress)
+        return _align_calibrated(plan, batches, validation, config, progress, checkpoint, resume)
     if config.model_times and plan.boundary_ratio is not None:  # other restarts (Qwen-Image 2.1's step 1) go by step
         raise PlanError("decoupled model times would move the timesteps that pick each expert; align this "
                         "two-expert pipeline without them")
@@ -253,17 +273,29 @@ def align(
     solver = solver or Euler(plan.sigmas)
     require_differentiable(solver)
     validation = list(validation or batches)
-    teacher = with_sigmas(solver, teacher_sigmas or plan.sigmas)
+    teacher_sigmas = teacher_sigmas or plan.sigmas
+    saved = None
+    if checkpoint is not None:  # refused before the teachers' forwards when it belongs to another alignment
+        path, expected = Path(checkpoint), align_checkpoint.identity(plan, config, teacher_sigmas, batches, validation)
+        saved = align_checkpoint.load(path, expected) if resume else None
+    teacher = with_sigmas(solver, teacher_sigmas)
     fit = _Fit(batches, [_teacher(b, teacher, restarts) for b in batches], validation,
                [_teacher(b, teacher, restarts) for b in validation], plan, student_solver(solver), config, restarts)
+    if checkpoint is not None:
+        fit.save = lambda state: align_checkpoint.save(path, {"identity": expected, **state})
     schedule = SigmaSchedule(plan.sigmas, pinned=boundary_pins(restarts))
-    with torch.no_grad():
-        best = fit.validate([schedule()])
-    result = AlignResult(sigmas=list(plan.sigmas), initial=list(plan.sigmas), validation_loss=[best])
-    best, won = fit.epochs([schedule], lambda: [schedule()], result, best, f"align B={plan.budget}/{plan.num_steps}",
-                           progress)
-    if won is not None:
-        result.sigmas = won[0]
+    if saved is None:
+        with torch.no_grad():
+            best = fit.validate([schedule()])
+        result = AlignResult(sigmas=list(plan.sigmas), initial=list(plan.sigmas), validation_loss=[best])
+    else:
+        result, best = AlignResult(**saved["result"]), saved["best"]
+    if saved is None or saved["phase"] == 0:
+        best, won = fit.epochs([schedule], lambda: [schedule()], result, best,
+                               f"align B={plan.budget}/{plan.num_steps}", progress, 0, saved)
+        if won is not None:
+            result.sigmas = won[0]
+        saved = None
     if config.model_times and not result.interrupted:
         schedule = SigmaSchedule(result.sigmas, pinned=boundary_pins(restarts))
         times = ModelTimes(plan.num_steps)
@@ -272,7 +304,7 @@ def align(
             sigmas = schedule()
             return [sigmas, times(sigmas)]
         best, won = fit.epochs([schedule, times], both, result, best, f"times B={plan.budget}/{plan.num_steps}",
-                               progress)
+                               progress, 1, saved)
         if won is not None:
             result.sigmas, result.model_sigmas = won
     for i in (0, len(plan.sigmas) - 1, *boundary_pins(restarts)):  # endpoints and pins exactly as given
@@ -280,8 +312,8 @@ def align(
     return dataclasses.replace(plan, sigmas=result.sigmas, model_sigmas=result.model_sigmas), result
 
 
-def _align_calibrated(plan: CachePlan, calib, validation, config: AlignConfig,
-                      progress: bool) -> tuple[CachePlan, AlignResult]:
+def _align_calibrated(plan: CachePlan, calib, validation, config: AlignConfig, progress: bool,
+                      checkpoint: str | Path | None, resume: bool) -> tuple[CachePlan, AlignResult]:
     """:func:`align` on a calibrated pipeline: its captures (and ``validation`` captures) replayed, the
     cache restarting (and the schedule pinned) at expert switches; a plan without sigmas starts from
     the calibrated schedule."""
@@ -293,7 +325,8 @@ def _align_calibrated(plan: CachePlan, calib, validation, config: AlignConfig,
             raise PlanError(f"the plan has {plan.num_steps} steps, the calibration {source.num_steps}")
         return align(plan, source.batches("calib"),
                      source.batches("validation") if source.has("validation") else None, config,
-                     teacher_sigmas=source.sigmas, progress=progress, restarts=source.restarts, solver=source.solver)
+                     teacher_sigmas=source.sigmas, progress=progress, restarts=source.restarts, solver=source.solver,
+                     checkpoint=checkpoint, resume=resume)
 
 
 callable_module(__name__, align)

@@ -14,4 +14,4 @@ class SearchError(BudcacheError):
 
 
 class CheckpointError(SearchError):
-    """A search checkpoint is unreadable or belongs to another search."""
+    """A search or alignment checkpoint is unreadable or belongs to another run."""

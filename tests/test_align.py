@@ -76,8 +76,11 @@ def test_cli_align(tmp_path, capsys, demo_model):
     main(["--threads", "1", "align", str(plan.save(tmp_path / "p.json")), "--out", str(tmp_path / "a.json"),
           "--calib", "4", "--validation", "4", "--epochs", "3", "--no-progress"])
     aligned = CachePlan.load(tmp_path / "a.json")
-    assert aligned.mask == plan.mask and (tmp_path / "a.png").exists()
+    assert aligned.mask == plan.mask and (tmp_path / "a.png").exists() and (tmp_path / "a.checkpoint.pt").exists()
     assert "validation MSE" in capsys.readouterr().out
+    main(["--threads", "1", "align", str(tmp_path / "p.json"), "--out", str(tmp_path / "a.json"), "--calib", "4",
+          "--validation", "4", "--epochs", "3", "--resume", "--no-progress"])  # a finished run: nothing left to do
+    assert CachePlan.load(tmp_path / "a.json") == aligned
     main(["--threads", "1", "align", str(tmp_path / "p.json"), "--out", str(tmp_path / "t.json"), "--calib", "4",
           "--validation", "4", "--epochs", "2", "--model-times", "--no-progress"])
     timed = CachePlan.load(tmp_path / "t.json")
@@ -156,3 +159,38 @@ def test_decoupled_model_times_are_kept_only_where_validation_improves(demo_mode
                                                                                     timed.model_sigmas)
             x = sample(make(labels), noise, solver, timed.mask, timed.step_rules)
         assert (x - teacher).pow(2).mean().item() == pytest.approx(best, rel=1e-4)
+
+
+@pytest.mark.parametrize("stop_at", [2, 6])  # 2: during the sigmas, 6: during the model times (4 epochs each)
+def test_an_interrupted_alignment_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, demo_model, stop_at):
+    """The checkpoint written after every epoch lets ``resume`` continue where Ctrl-C stopped (in either
+    phase); the result is exactly an uninterrupted run's. Another configuration's checkpoint is refused."""
+    from budcache import align as align_module
+    from budcache.errors import CheckpointError
+
+    config = AlignConfig(epochs=4, lr=0.05, model_times=True)
+    with demo_denoisers(demo_model, "residual") as make:
+        train = demo_batches(make, *demo_inputs(4, 0))
+        held_out = demo_batches(make, *demo_inputs(4, 99))
+        whole, expected = align(PLAN, train, held_out, config, progress=False, checkpoint=tmp_path / "whole.pt")
+        train_epoch, calls = align_module._Fit.train, []
+
+        def interrupted(self, tensors):
+            calls.append(1)
+            if len(calls) > stop_at:
+                raise KeyboardInterrupt
+            return train_epoch(self, tensors)
+        monkeypatch.setattr(align_module._Fit, "train", interrupted)
+        _, cut = align(PLAN, train, held_out, config, progress=False, checkpoint=tmp_path / "cut.pt")
+        assert cut.interrupted and len(cut.train_loss) == stop_at
+        monkeypatch.setattr(align_module._Fit, "train", train_epoch)
+        resumed, result = align(PLAN, train, held_out, config, progress=False, checkpoint=tmp_path / "cut.pt",
+                                resume=True)
+        assert (resumed.sigmas, resumed.model_sigmas) == (whole.sigmas, whole.model_sigmas)
+        assert (result.validation_loss, result.train_loss, result.best_epoch) == (
+            expected.validation_loss, expected.train_loss, expected.best_epoch)
+        with pytest.raises(CheckpointError, match="config differs"):
+            align(PLAN, train, held_out, AlignConfig(epochs=4, lr=0.01), progress=False,
+                  checkpoint=tmp_path / "cut.pt", resume=True)
+        with pytest.raises(CheckpointError, match="no such alignment checkpoint"):
+            align(PLAN, train, held_out, config, progress=False, checkpoint=tmp_path / "none.pt", resume=True)

@@ -158,6 +158,8 @@ BAD = [
     ("align {plan8} --out {out} --model nosuch", "--model 'nosuch': use --model demo"),
     ("align {plan8} --out {out} --validation -1", "--validation: must be at least 0"),
     ("align {plan8_wan22} --out {out} --model-times", "--model-times: this plan is for two experts"),
+    ("align {plan8} --out {out} --resume", "--resume: no checkpoint at"),
+    ("align {plan8} --out {out} --checkpoint {tmp}", "--checkpoint {tmp} is a folder"),
     # show
     ("show {tmp}", "is a folder; name a plan file"),
     ("show {tmp}/missing.json", "no such plan file"),

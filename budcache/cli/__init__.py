@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-times", action="store_true",
                    help="then also learn the noise level the transformer is told per step (LD3's decoupled times, "
                         "another --epochs); kept only where validation improves")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="the state after every epoch (default: --out with .checkpoint.pt)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted alignment from --checkpoint (same result as an uninterrupted run)")
     add_progress_option(p)
     p.set_defaults(func=cmd_align, check=checks.check_align)
 

@@ -338,6 +338,11 @@ def check_align(a: argparse.Namespace) -> None:
             raise UsageError(f"--pipeline {a.pipeline}: {why}; swap in one of those (same shift) and search again")
     output_file(a.out, "--out")
     output_file(a.out.with_suffix(".png"), "--out (its plot)", "aligned.png")
+    a.checkpoint = a.checkpoint or a.out.with_suffix(".checkpoint.pt")
+    output_file(a.checkpoint, "--checkpoint", "aligned.checkpoint.pt")
+    if a.resume and not a.checkpoint.exists():
+        raise UsageError(f"--resume: no checkpoint at {a.checkpoint}; align without --resume, or name it with "
+                         "--checkpoint")
 
 
 def check_compare(a: argparse.Namespace) -> None:

@@ -115,7 +115,7 @@ def cmd_align(a: argparse.Namespace) -> None:
         # a plan searched at the pipeline's default schedule (no sigmas) starts from that schedule
         aligned, result = align(plan, source.batches("calib"), validation, config, progress=not a.no_progress,
                                 restarts=source.restarts, teacher_sigmas=None if plan.sigmas else source.sigmas,
-                                solver=source.solver)
+                                solver=source.solver, checkpoint=a.checkpoint, resume=a.resume)
     v0, v1 = result.validation_loss[0], min(result.validation_loss)
     print(aligned.describe())
     print(f"validation MSE {v0:.4g} -> {v1:.4g} ({10 * math.log10(v0 / v1):+.2f} dB), "
@@ -126,10 +126,10 @@ def cmd_align(a: argparse.Namespace) -> None:
     figure = a.out.with_suffix(".png")
     _plot(plots.plot_alignment, aligned, result, figure)
     if result.interrupted:
-        print(f"interrupted after {len(result.train_loss)} of {a.epochs} epochs: saved the best schedule so far to "
-              f"{a.out}", file=sys.stderr)
+        print(f"interrupted after {len(result.train_loss)} epochs: saved the best schedule so far to {a.out}; "
+              f"the same command with --resume goes on from {a.checkpoint}", file=sys.stderr)
         return
-    print(f"saved {a.out} and {figure}")
+    print(f"saved {a.out} and {figure} (state in {a.checkpoint})")
 
 
 def cmd_frontier(a: argparse.Namespace) -> None:
