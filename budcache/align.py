@@ -223,7 +223,9 @@ class _Fit:
                     best, won = val, [t.tolist() for t in now]
                     result.best_epoch = len(result.validation_loss) - 1
                 if self.save is not None:
-                    self.save({"phase": phase, "epoch": epoch + 1, "modules": [m.state_dict() for m in modules],
+                    last = phase == int(self.config.model_times) and epoch + 1 == self.config.epochs
+                    self.save({"phase": phase, "epoch": epoch + 1, "finished": last,
+                               "modules": [m.state_dict() for m in modules],
                                "optimizer": opt.state_dict(), "lr": lr.state_dict(), "won": won, "best": best,
                                "result": dataclasses.asdict(result)})
                 bar.set_postfix(train=f"{train:.3g}", val=f"{val:.3g}", best=f"{best:.3g}", refresh=False)

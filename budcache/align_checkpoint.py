@@ -43,8 +43,17 @@ def save(path: Path, state: dict) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load(path: Path, expected: dict) -> dict:
-    """The state saved at ``path``, refused unless it was written for the alignment ``expected`` describes."""
+def unfinished(path: Path) -> str | None:
+    """Where the alignment saved at ``path`` stopped, if it did not finish (None: finished)."""
+    state = load(path)
+    if state["finished"]:
+        return None
+    return f"epoch {state['epoch']} of the {'model times' if state['phase'] else 'sigmas'}"
+
+
+def load(path: Path, expected: dict | None = None) -> dict:
+    """The state saved at ``path``, refused unless it was written for the alignment ``expected`` describes
+    (None: any)."""
     try:
         state = torch.load(path, weights_only=True)
     except FileNotFoundError:
@@ -53,7 +62,7 @@ def load(path: Path, expected: dict) -> dict:
         raise CheckpointError(f"{path}: not a readable alignment checkpoint ({e}); delete it to start afresh") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an alignment checkpoint ({FORMAT}); delete it to start afresh")
-    for field, value in expected.items():
+    for field, value in (expected or {}).items():
         if state["identity"].get(field) != value:
             raise CheckpointError(f"{path} was written for another alignment ({field} differs); delete it or "
                                   "align without --resume")

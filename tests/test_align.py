@@ -165,7 +165,7 @@ def test_decoupled_model_times_are_kept_only_where_validation_improves(demo_mode
 def test_an_interrupted_alignment_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, demo_model, stop_at):
     """The checkpoint written after every epoch lets ``resume`` continue where Ctrl-C stopped (in either
     phase); the result is exactly an uninterrupted run's. Another configuration's checkpoint is refused."""
-    from budcache import align as align_module
+    from budcache import align as align_module, align_checkpoint
     from budcache.errors import CheckpointError
 
     config = AlignConfig(epochs=4, lr=0.05, model_times=True)
@@ -183,6 +183,12 @@ def test_an_interrupted_alignment_resumes_to_the_uninterrupted_result(tmp_path, 
         monkeypatch.setattr(align_module._Fit, "train", interrupted)
         _, cut = align(PLAN, train, held_out, config, progress=False, checkpoint=tmp_path / "cut.pt")
         assert cut.interrupted and len(cut.train_loss) == stop_at
+        phase = "sigmas" if stop_at < 4 else "model times"
+        assert align_checkpoint.unfinished(tmp_path / "cut.pt") == f"epoch {stop_at % 4} of the {phase}"
+        assert align_checkpoint.unfinished(tmp_path / "whole.pt") is None
+        with pytest.raises(SystemExit, match="holds an unfinished alignment"):  # a fresh start would overwrite it
+            main(["align", str(PLAN.save(tmp_path / "p.json")), "--out", str(tmp_path / "a.json"), "--checkpoint",
+                  str(tmp_path / "cut.pt")])
         monkeypatch.setattr(align_module._Fit, "train", train_epoch)
         resumed, result = align(PLAN, train, held_out, config, progress=False, checkpoint=tmp_path / "cut.pt",
                                 resume=True)

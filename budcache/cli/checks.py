@@ -20,6 +20,7 @@ from ..plan import CachePlan
 from ..planset import PlanSet, load_plans
 from ..search import check_budget
 from ..errors import CheckpointError
+from .. import align_checkpoint
 from ..search.checkpoint import hold, read as read_checkpoint
 from .options import DEMO_STEPS, search_config
 from .run import UsageError, one_line
@@ -343,6 +344,11 @@ def check_align(a: argparse.Namespace) -> None:
     if a.resume and not a.checkpoint.exists():
         raise UsageError(f"--resume: no checkpoint at {a.checkpoint}; align without --resume, or name it with "
                          "--checkpoint")
+    if not a.resume and a.checkpoint.exists():  # starting afresh would overwrite an interrupted run's epochs
+        stopped = align_checkpoint.unfinished(a.checkpoint)
+        if stopped is not None:
+            raise UsageError(f"--checkpoint {a.checkpoint} holds an unfinished alignment (stopped after {stopped}); "
+                             "add --resume to go on, or delete it to start afresh")
 
 
 def check_compare(a: argparse.Namespace) -> None:
