@@ -54,3 +54,26 @@ def test_cli_frontier_under_a_predictive_rule(tmp_path):
     for repeat, extrapolate in zip(rows["repeat"], rows["extrapolate"]):
         assert extrapolate["uniform mask"] != pytest.approx(repeat["uniform mask"], abs=0.01)
         assert extrapolate["plain Euler"] == pytest.approx(repeat["plain Euler"])
+
+
+def test_each_budget_searches_from_the_grown_plan_and_the_efforts_own_starts(monkeypatch):
+    """After the first budget, the search starts from the previous plan grown by one step, then from the
+    effort's own starts (one start more than the effort has)."""
+    from types import SimpleNamespace
+
+    from budcache.plan import SearchRecord, uniform_mask
+    from budcache.search import frontier
+
+    seen = []
+
+    def search(source, b, config, start, **kwargs):
+        seen.append((b, config.starts, config.start, start))
+        return CachePlan(num_steps=8, budget=b, mask=uniform_mask(8, b), record=SearchRecord(objective=1.0)), None
+
+    monkeypatch.setattr(frontier, "source_evaluator", lambda *a, **k: SimpleNamespace(evaluations=0, forwards=0))
+    monkeypatch.setattr(frontier, "search_source", search)
+    effort = SearchConfig(starts=2, start=("uniform", "endpoints"))
+    frontier.search_frontier(None, [2, 3, 5], effort, progress=False)
+    assert seen[0] == (2, 2, ("uniform", "endpoints"), None)
+    assert seen[1] == (3, 3, ("uniform", "uniform", "endpoints"), grow(uniform_mask(8, 2)))
+    assert seen[2] == (5, 2, ("uniform", "endpoints"), None)  # no neighbour at B=4

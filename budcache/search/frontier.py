@@ -1,8 +1,9 @@
 """The budget frontier: plans for every budget in one run, each search warm-started from its
-neighbour's plan and sharing one evaluator (memo and prefix states)."""
+neighbour's plan (beside the effort's own starts) and sharing one evaluator (memo and prefix states)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from tqdm.auto import tqdm
@@ -34,15 +35,19 @@ def search_frontier(source: Source, budgets: Sequence[int], config: SearchConfig
                     progress: bool = True, max_state_mb: float = 1024.0,
                     rule: str = "repeat") -> tuple[dict[int, CachePlan], dict[str, int]]:
     """One plan per budget (ascending) on the source's calibration set under the reuse ``rule``; each
-    search starts from the previous budget's plan grown by one step; an interrupted search (Ctrl-C)
-    ends the run with its plan. Returns the plans and the shared evaluator's ``evaluations`` and
-    ``forwards``."""
+    search starts from the previous budget's plan grown by one step, and then from the effort's own
+    starts as well (alone, the grown start gets caught in worse optima at some budgets); an
+    interrupted search (Ctrl-C) ends the run with its plan. Returns the plans and the shared
+    evaluator's ``evaluations`` and ``forwards``."""
     evaluate = source_evaluator(source, "calib", rule=rule, config=config, max_state_mb=max_state_mb)
     plans: dict[int, CachePlan] = {}
     previous = None
     for b in tqdm(sorted(budgets), desc="frontier", disable=not progress):
-        start = grow(previous.mask) if previous is not None and previous.budget == b - 1 else None
-        plan, _ = search_source(source, b, rule=rule, config=config, progress=False, start=start, evaluate=evaluate)
+        start, own = None, config
+        if previous is not None and previous.budget == b - 1:  # the grown plan, then the effort's own starts
+            start, own = grow(previous.mask), dataclasses.replace(config, starts=config.starts + 1,
+                                                                   start=(config.start[0], *config.start))
+        plan, _ = search_source(source, b, rule=rule, config=own, progress=False, start=start, evaluate=evaluate)
         plans[b] = previous = plan
         if plan.record.interrupted:
             break
