@@ -115,6 +115,8 @@ def plot_frontier(rows: Sequence[dict], path: str | Path) -> Path:
         ax.plot(budgets, [r[name] for r in rows], style, ms=4, label=name)
     ax.set_xlabel("budget B (block-stack executions)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if "rule" in rows[0]:
+        ax.set_title(f"held-out quality, reuse rule {rows[0]['rule']}", fontsize=9)
     ax.set_ylabel("PSNR vs full compute (dB)")
     ax.legend(fontsize=8, frameon=False)
     return save(fig, path)
