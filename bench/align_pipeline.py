@@ -26,6 +26,7 @@ import time
 import torch
 
 import _root  # noqa: F401  (repository root on sys.path: tests.fixtures)
+from real_scale import FLUX_DEV
 import budcache
 from budcache.align import AlignConfig
 from budcache.plan import model_identity, uniform_mask
@@ -40,11 +41,6 @@ def tiny_flux():
                     negative_prompt_embeds=torch.randn(1, 8, 32, generator=g),
                     negative_pooled_prompt_embeds=torch.randn(1, 32, generator=g))
     return tiny_flux_pipeline(), prompt, dict(height=16, width=16, true_cfg_scale=3.0)
-
-
-FLUX_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-                num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
-                axes_dims_rope=[16, 56, 56])
 
 
 def flux_transformer(**overrides):

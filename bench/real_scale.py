@@ -224,6 +224,11 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
+FLUX_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+                axes_dims_rope=[16, 56, 56])  # FluxTransformer2DModel of FLUX.1-dev (published config)
+
+
 def flux(device: torch.device, dtype: torch.dtype, tiny: bool) -> Case:
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
@@ -235,10 +240,7 @@ def flux(device: torch.device, dtype: torch.dtype, tiny: bool) -> Case:
     else:
         torch.manual_seed(0)
         with torch.device(device), default_dtype(dtype):
-            transformer = FluxTransformer2DModel(  # FLUX.1-dev
-                patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-                num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
-                axes_dims_rope=[16, 56, 56]).eval().requires_grad_(False)
+            transformer = FluxTransformer2DModel(**FLUX_DEV).eval().requires_grad_(False)
             vae = AutoencoderKL(  # tiny, with FLUX's 16 latent channels and 8x downsampling; never run
                 latent_channels=16, block_out_channels=(32,) * 4, down_block_types=("DownEncoderBlock2D",) * 4,
                 up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, norm_num_groups=32)
