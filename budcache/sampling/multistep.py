@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import PlanError
-from .solver import Euler, SchedulerSolver, Solver
+from .solver import Euler, SchedulerSolver, Solver, deterministic_euler
 
 SUPPORTED = "stage 2 differentiates through Euler, UniPC (bh2, flow) and DPM-Solver++ multistep (flow)"
 _FLOW = {"prediction_type": "flow_prediction", "use_flow_sigmas": True, "thresholding": False}
@@ -228,7 +228,7 @@ def _mismatch(scheduler: Any) -> list[str] | None:
 
 def refusal(scheduler: Any) -> str | None:
     """Why stage 2 cannot differentiate ``scheduler``'s step (one line), or None where it can."""
-    if type(scheduler).__name__ == "FlowMatchEulerDiscreteScheduler" and not scheduler.config.get("stochastic_sampling"):
+    if deterministic_euler(scheduler):
         return None
     off = _mismatch(scheduler)
     if off is None:

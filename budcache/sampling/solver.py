@@ -127,12 +127,16 @@ def model_sigma(solver: Solver, k: int) -> Any:
     return solver.sigmas[k] if told is None else told[k]
 
 
+def deterministic_euler(scheduler: Any) -> bool:
+    """Whether ``scheduler`` steps exactly as :class:`Euler` does: a FlowMatchEuler without stochastic sampling."""
+    return type(scheduler).__name__ == "FlowMatchEulerDiscreteScheduler" and not scheduler.config.get(
+        "stochastic_sampling", False)
+
+
 def solver_for(scheduler: Any) -> Solver:
     """The loop's step for a configured diffusers scheduler: Euler over its sigmas for a
     deterministic FlowMatchEuler (the exact equivalent of its step), else its own step."""
-    euler = type(scheduler).__name__ == "FlowMatchEulerDiscreteScheduler" and not scheduler.config.get(
-        "stochastic_sampling", False)
-    return Euler(scheduler.sigmas.tolist()) if euler else SchedulerSolver(scheduler)
+    return Euler(scheduler.sigmas.tolist()) if deterministic_euler(scheduler) else SchedulerSolver(scheduler)
 
 
 def with_sigmas(solver: Solver, sigmas: Sequence[float] | None,
