@@ -19,6 +19,7 @@ from budcache.demo.model import load_demo_model
 from budcache.demo.problem import demo_denoisers, demo_inputs
 from budcache.plan import uniform_mask
 from budcache.sampling import linear_sigmas
+from budcache.sampling.solver import Euler
 
 
 def measure(model, make, noise, labels, k: int, checkpointing: bool) -> dict:
@@ -32,7 +33,7 @@ def measure(model, make, noise, labels, k: int, checkpointing: bool) -> dict:
 
     start = time.perf_counter()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        x = student(make(labels), noise, schedule(), mask, ["repeat"] * k, checkpointing)
+        x = student(make(labels), noise, Euler(schedule().to(noise.dtype)), mask, ["repeat"] * k, checkpointing)
     x.pow(2).mean().backward()
     return {"steps": k, "budget": sum(mask), "checkpointing": checkpointing,
             "saved_mb": round(sum(sizes.values()) / 2**20, 2), "seconds": round(time.perf_counter() - start, 3)}

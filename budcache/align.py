@@ -111,12 +111,10 @@ def boundary_pins(restarts: Collection[int]) -> list[int]:
     return sorted({i for k in restarts for i in (k - 1, k)})
 
 
-def student(denoiser: Denoiser, noise: torch.Tensor, schedule: torch.Tensor | Solver, mask: Sequence[int],
+def student(denoiser: Denoiser, noise: torch.Tensor, solver: Solver, mask: Sequence[int],
             rules: Sequence[str], checkpointing: bool = True, restarts: Collection[int] = ()) -> torch.Tensor:
-    """The one cached loop over ``schedule`` (sigmas as a tensor, stepped by Euler and differentiable in
-    them, or a solver built on such tensors); with ``checkpointing`` every call keeps only its inputs
-    for backward."""
-    solver = Euler(schedule.to(noise.dtype)) if torch.is_tensor(schedule) else schedule
+    """The one cached loop over ``solver`` (built on sigma tensors: differentiable in them); with
+    ``checkpointing`` every call keeps only its inputs for backward."""
     return sample(Checkpointed(denoiser) if checkpointing else denoiser, noise, solver, mask, rules,
                   restarts=restarts, check_finite=False)
 
