@@ -28,25 +28,10 @@ from matplotlib.figure import Figure
 from budcache.demo.problem import demo_source
 from budcache.evaluation.compare import static_outputs
 from budcache.evaluation.metrics import psnr
-from budcache.search import EFFORTS, Batch, Evaluator, anneal, exhaustive
+from budcache.search import EFFORTS, Batch, Evaluator, exhaustive, run_search
 from budcache.sampling import OutputDenoiser, linear_sigmas
 from tests.fixtures.gmm import GaussianMixtureFlow
 from tests.fixtures.tiny import tiny_flux_pipeline
-
-
-class Recording(Evaluator):
-    """An evaluator that records (forwards per sample, best loss so far) after every evaluation."""
-
-    def __init__(self, *args, **kwargs):
-        self.curve: list[tuple[float, float]] = []
-        super().__init__(*args, **kwargs)
-
-    def __call__(self, mask) -> float:
-        loss = super().__call__(mask)
-        if self.root is self:
-            best = min(loss, self.curve[-1][1]) if self.curve else loss
-            self.curve.append((self.forwards / self.samples, best))
-        return loss
 
 
 def run(make, budget: int, efforts: list[str]) -> dict:
@@ -54,11 +39,11 @@ def run(make, budget: int, efforts: list[str]) -> dict:
     for name in efforts:
         evaluate = make()
         start = time.perf_counter()
-        result = anneal(evaluate, budget, EFFORTS[name], progress=False)
+        result = run_search(evaluate, budget, EFFORTS[name], progress=False)
         out[name] = {"loss": result.loss, "mask": "".join("#" if m else "." for m in result.mask),
                      "forwards_per_sample": round(evaluate.forwards / evaluate.samples, 1),
                      "masks": evaluate.evaluations, "seconds": round(time.perf_counter() - start, 1),
-                     "curve": evaluate.curve[:: max(1, len(evaluate.curve) // 200)] + evaluate.curve[-1:]}
+                     "curve": result.curve[:: max(1, len(result.curve) // 200)] + result.curve[-1:]}
     return out
 
 
@@ -212,7 +197,7 @@ def main() -> None:
         with demo_source(k, a.calib, validation=0, held_out=100 if a.held_out else 0) as source:
             full = static_outputs(source, "eval", source.solver, [1] * k, "repeat") if a.held_out else None
             for rule in ("repeat", "extrapolate"):
-                found = run(lambda: Recording(source.batches("calib"), source.solver, rule=rule), b, efforts)
+                found = run(lambda: Evaluator(source.batches("calib"), source.solver, rule=rule), b, efforts)
                 best = min([v["loss"] for v in found.values()] + [known.get(("demo", k, b, rule, None), math.inf)])
                 row = {"model": "demo", "K": k, "B": b, "rule": rule, "best_known": best,
                        **{n: {**v, "ratio": round(v["loss"] / best, 4)} for n, v in found.items()}}
@@ -226,7 +211,7 @@ def main() -> None:
     for b in a.budgets if a.gmm_seeds else []:
         for seed in range(a.gmm_seeds):
             def make(noise=gmm.noise(64, seed)):
-                return Recording([Batch(OutputDenoiser(gmm), part) for part in noise.split(8)], linear_sigmas(20))
+                return Evaluator([Batch(OutputDenoiser(gmm), part) for part in noise.split(8)], linear_sigmas(20))
             optimum = exhaustive(make(), b, progress=False).loss
             found = run(make, b, [e for e in efforts if e != "long"])
             emit({"model": "gmm", "K": 20, "B": b, "rule": "repeat", "seed": seed, "best_known": optimum,

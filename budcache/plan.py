@@ -42,7 +42,9 @@ class SearchRecord:
     seconds: float = 0.0
     interrupted: bool = False
     solver: str | None = None  # the loop's step the plan was searched under (Euler, UniPCMultistep, ...)
-    effort: str | None = None  # the named search effort (fast, default, thorough) or custom
+    effort: str | None = None  # the named search effort (default, local, annealed, thorough, long) or custom
+    cap: float | None = None  # forwards per calibration sample the search could spend, teacher included (None: no cap)
+    spent: float | None = None  # forwards per calibration sample it charged against the cap
 
 
 def check_object(d: Any, source: str) -> None:

@@ -11,7 +11,7 @@ from budcache.calibration import calibrate
 from budcache.search import SearchConfig
 from tests.fixtures.tiny import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_wan_pipeline
 
-QUICK = SearchConfig(iterations=30, starts=1, kicks=0)
+QUICK = SearchConfig(strategy="classic", iterations=30, starts=1, kicks=0)
 K, B = 10, 4
 
 

@@ -43,7 +43,7 @@ def test_teacache_rule(rescaled):
 @pytest.fixture(scope="module")
 def rows():
     with demo_source(steps=K, calibration=4, validation=0, held_out=6, seed=1) as problem:
-        return compare.compare(problem, [3, 5], ("repeat",), SearchConfig(iterations=15, starts=1, kicks=0),
+        return compare.compare(problem, [3, 5], ("repeat",), SearchConfig(strategy="classic", iterations=15, starts=1, kicks=0),
                                thresholds=torch.logspace(-2, 0.5, 12).tolist(), progress=False, align_epochs=2)
 
 
@@ -107,7 +107,7 @@ def test_compare_a_pipeline_from_the_command_line(tmp_path):
 def test_results_depend_only_on_the_seed(capsys):
     def run():
         with demo_source(steps=6, calibration=3, validation=0, held_out=4, seed=2) as problem:
-            rows, _ = compare.compare(problem, [3], ("repeat",), SearchConfig(iterations=5, starts=1, kicks=0),
+            rows, _ = compare.compare(problem, [3], ("repeat",), SearchConfig(strategy="classic", iterations=5, starts=1, kicks=0),
                                       thresholds=[0.05, 0.2, 1.0], progress=False)
         return [(r.method, r.mask, r.psnr, r.nfe_mean) for r in rows]
 

@@ -15,7 +15,7 @@ from budcache.sampling import OutputDenoiser, linear_sigmas
 from budcache.search import Batch, Evaluator, SearchConfig, search_plan
 
 K, B, N = 14, 5, 24
-CONFIG = SearchConfig(iterations=60, seed=5, kicks=2)
+CONFIG = SearchConfig(strategy="classic", iterations=60, seed=5, kicks=2)
 
 
 def _search(noise: torch.Tensor) -> dict:

@@ -9,7 +9,7 @@ from budcache.search import grow
 from budcache.errors import SearchError
 from budcache.plan import CachePlan
 from budcache.planset import PlanSet
-from budcache.search import SearchConfig, anneal
+from budcache.search import SearchConfig, run_search
 
 
 def test_grow_fills_the_middle_of_the_longest_gap():
@@ -23,7 +23,7 @@ def test_a_bad_start_mask_is_refused(gmm):
     from tests.test_search import evaluator
 
     with pytest.raises(SearchError, match="start mask"):
-        anneal(evaluator(gmm), 3, SearchConfig(iterations=5), progress=False, start=[1, 1, 0, 0])
+        run_search(evaluator(gmm), 3, SearchConfig(strategy="classic", iterations=5), progress=False, start=[1, 1, 0, 0])
 
 
 def test_cli_frontier(tmp_path):

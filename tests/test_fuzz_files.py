@@ -133,7 +133,7 @@ def checkpoint(gmm, tmp_path_factory):
     """A real checkpoint, the evaluator that wrote it and its identity."""
     path = tmp_path_factory.mktemp("ckpt") / "search.json"
     evaluate = Evaluator([Batch(OutputDenoiser(gmm), gmm.noise(4, seed=0))], linear_sigmas(8))
-    search_plan(evaluate, 3, reuse="output", config=SearchConfig(iterations=10, starts=1, kicks=0), progress=False,
+    search_plan(evaluate, 3, reuse="output", config=SearchConfig(strategy="classic", iterations=10, starts=1, kicks=0), progress=False,
                 checkpoint=path)
     return path.read_bytes(), evaluate
 

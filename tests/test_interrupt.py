@@ -72,7 +72,7 @@ def test_plans_and_checkpoints_follow_the_umask(gmm, tmp_path):
     previous = os.umask(0o027)
     try:
         evaluate = Evaluator([Batch(OutputDenoiser(gmm), gmm.noise(4, seed=0))], linear_sigmas(8))
-        plan, _ = search_plan(evaluate, 3, reuse="output", config=SearchConfig(iterations=5, starts=1, kicks=0),
+        plan, _ = search_plan(evaluate, 3, reuse="output", config=SearchConfig(strategy="classic", iterations=5, starts=1, kicks=0),
                               progress=False, checkpoint=tmp_path / "c.json")
         plan.save(tmp_path / "p.json")
     finally:
@@ -91,7 +91,7 @@ def test_search_plan_refuses_a_checkpoint_another_search_holds(gmm, tmp_path):
     with open(lock_path(ckpt), "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(CheckpointError, match="in use by another search"):
-            search_plan(evaluate, 3, reuse="output", config=SearchConfig(iterations=5, starts=1, kicks=0),
+            search_plan(evaluate, 3, reuse="output", config=SearchConfig(strategy="classic", iterations=5, starts=1, kicks=0),
                         progress=False, checkpoint=ckpt)
     assert not ckpt.exists()
 
@@ -103,7 +103,7 @@ def test_search_plan_refuses_an_unwritable_checkpoint_before_searching(gmm, tmp_
     (tmp_path / "file").write_text("x")
     for where, message in ((tmp_path, "is a folder"), (tmp_path / "file" / "c.json", "cannot write beside")):
         with pytest.raises(CheckpointError, match=message):
-            search_plan(evaluate, 3, reuse="output", config=SearchConfig(iterations=5, starts=1, kicks=0),
+            search_plan(evaluate, 3, reuse="output", config=SearchConfig(strategy="classic", iterations=5, starts=1, kicks=0),
                         progress=False, checkpoint=where)
     assert evaluate.evaluations == 0
 

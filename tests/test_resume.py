@@ -13,11 +13,11 @@ import torch
 from budcache.cli import main
 from budcache.errors import CheckpointError
 from budcache.plan import CachePlan
-from budcache.search import Batch, Evaluator, SearchConfig, anneal, search_plan
+from budcache.search import Batch, Evaluator, SearchConfig, run_search, search_plan
 from budcache.sampling import OutputDenoiser, linear_sigmas
 
 K, B = 12, 4
-CONFIG = SearchConfig(iterations=80, seed=3, kicks=2, checkpoint_every=5)
+CONFIG = SearchConfig(strategy="classic", iterations=80, seed=3, kicks=2, checkpoint_every=5)
 
 
 def evaluator(gmm):
@@ -92,7 +92,7 @@ def test_batched_candidates_score_what_one_at_a_time_scores(demo_model):
         batched, single = fresh(), fresh()
         candidates = neighbours(tuple(uniform_mask(K, B)), tuple(range(1, K)))
         assert batched.many(candidates, group=6) == pytest.approx([single(c) for c in candidates], rel=1e-6)
-        runs = [anneal(fresh(), B, SearchConfig(iterations=20, kicks=1, batch_candidates=g), progress=False)
+        runs = [run_search(fresh(), B, SearchConfig(strategy="classic", iterations=20, kicks=1, batch_candidates=g), progress=False)
                 for g in (1, 8)]
         assert runs[0].mask == runs[1].mask and [h[0] for h in runs[0].history] == [h[0] for h in runs[1].history]
 

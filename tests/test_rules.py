@@ -6,7 +6,7 @@ import torch
 from budcache.plan import CachePlan, PlanError
 from budcache.hooks.stack import stack_hooks
 from budcache.sampling import OutputDenoiser, ResidualDenoiser, euler, linear_sigmas, predict, sample
-from budcache.search import Batch, Evaluator, SearchConfig, anneal, decode, encode, search_plan
+from budcache.search import Batch, Evaluator, SearchConfig, run_search, decode, encode, search_plan
 from budcache.sampling.plain import SCHEDULERS, adams_bashforth2, plain_solvers, scheduler_sample
 
 
@@ -71,17 +71,17 @@ def test_extrapolation_beats_repetition_on_a_smooth_flow(gmm):
     x = gmm.noise(32, 4)
     rep = Evaluator([Batch(OutputDenoiser(gmm), x)], linear_sigmas(16))
     ext = Evaluator([Batch(OutputDenoiser(gmm), x)], linear_sigmas(16), rule="extrapolate")
-    cfg = SearchConfig(iterations=80, seed=0)
-    assert anneal(ext, 6, cfg, progress=False).loss < anneal(rep, 6, cfg, progress=False).loss
+    cfg = SearchConfig(strategy="classic", iterations=80, seed=0)
+    assert run_search(ext, 6, cfg, progress=False).loss < run_search(rep, 6, cfg, progress=False).loss
 
 
 def test_joint_rule_search_returns_per_step_rules(gmm):
     x = gmm.noise(32, 4)
     ev = Evaluator([Batch(OutputDenoiser(gmm), x)], linear_sigmas(12), rules_in_play=("extrapolate", "extrapolate2"))
-    r = anneal(ev, 5, SearchConfig(iterations=80, rules=("repeat", "extrapolate", "extrapolate2")), progress=False)
+    r = run_search(ev, 5, SearchConfig(strategy="classic", iterations=80, rules=("repeat", "extrapolate", "extrapolate2")), progress=False)
     assert len(r.rules) == 12 and sum(r.mask) == 5
     assert r.loss == ev(encode(r.mask, r.rules))
-    plan, _ = search_plan(ev, 5, reuse="output", config=SearchConfig(iterations=40, rules=("repeat", "extrapolate")),
+    plan, _ = search_plan(ev, 5, reuse="output", config=SearchConfig(strategy="classic", iterations=40, rules=("repeat", "extrapolate")),
                           progress=False)
     assert plan.step_rules == (plan.rules or [plan.rule] * 12)
 
@@ -93,12 +93,12 @@ def test_a_predictive_plan_never_validates_worse_than_repeat(gmm):
     def exploding(schedule):  # validation where extrapolation diverges
         return float("inf") if any(c > 2 for c in schedule) else 1.0
 
-    plan, _ = search_plan(ev, 4, reuse="output", config=SearchConfig(iterations=30), validation=exploding,
+    plan, _ = search_plan(ev, 4, reuse="output", config=SearchConfig(strategy="classic", iterations=30), validation=exploding,
                           progress=False)
     assert plan.rule == "repeat" and plan.rules is None
     assert plan.record.objective == plan.record.repeat_objective
     assert plan.record.validation_objective == float("inf")
-    kept, _ = search_plan(ev, 4, reuse="output", config=SearchConfig(iterations=30), progress=False)
+    kept, _ = search_plan(ev, 4, reuse="output", config=SearchConfig(strategy="classic", iterations=30), progress=False)
     assert kept.rule == "extrapolate" and kept.record.objective <= kept.record.repeat_objective * 1.000001
 
 

@@ -8,8 +8,9 @@ import torch
 from budcache.errors import SearchError
 from budcache.plan import uniform_mask
 from budcache.sampling import OutputDenoiser, linear_sigmas, sample
-from budcache.search import Batch, Evaluator, SearchConfig, anneal, exhaustive, neighbours, search_plan
-from budcache.search.anneal import auto_reach, _endpoints_mask, _swap, _sweep, _Tracker, _uniform_start
+from budcache.search import EFFORTS, Batch, Evaluator, SearchConfig, cap_of, exhaustive, neighbours, run_search, search_plan
+from budcache.search.config import auto_reach
+from budcache.search.moves import endpoints_mask, swap, with_fixed
 
 K = 10
 
@@ -70,7 +71,7 @@ def test_annealing_reaches_the_exhaustive_optimum(gmm, budget):
     optimum = exhaustive(evaluator(gmm, k=k), budget, progress=False).loss
     for seed in range(3):
         ev = evaluator(gmm, k=k)
-        r = anneal(ev, budget, SearchConfig(iterations=150, seed=seed), progress=False)
+        r = run_search(ev, budget, SearchConfig(strategy="classic", iterations=150, seed=seed), progress=False)
         assert sum(r.mask) == budget and r.mask[0] == 1
         assert r.loss <= optimum * 1.02
         assert ev.evaluations < math.comb(k - 1, budget - 1)
@@ -78,27 +79,27 @@ def test_annealing_reaches_the_exhaustive_optimum(gmm, budget):
 
 def test_hill_climbing_ends_in_a_local_optimum(gmm):
     ev = evaluator(gmm)
-    r = anneal(ev, 4, SearchConfig(iterations=10, seed=5), progress=False)
+    r = run_search(ev, 4, SearchConfig(strategy="classic", iterations=10, seed=5), progress=False)
     free = tuple(range(1, K))
     assert all(ev(n) >= r.loss for n in neighbours(tuple(r.mask), free))
     assert len(neighbours(tuple(r.mask), free)) == 3 * (K - 4)
 
 
 def test_search_is_reproducible_and_respects_a_forced_prefix(gmm):
-    cfg = SearchConfig(iterations=60, seed=11, forced_prefix=3)
-    a = anneal(evaluator(gmm), 5, cfg, progress=False)
-    b = anneal(evaluator(gmm), 5, cfg, progress=False)
+    cfg = SearchConfig(strategy="classic", iterations=60, seed=11, forced_prefix=3)
+    a = run_search(evaluator(gmm), 5, cfg, progress=False)
+    b = run_search(evaluator(gmm), 5, cfg, progress=False)
     assert a.mask == b.mask and a.history == b.history
     assert a.mask[:3] == [1, 1, 1] and sum(a.mask) == 5
 
 
 def test_bad_budgets_are_refused(gmm):
     with pytest.raises(SearchError, match="between 1 and the number of steps"):
-        anneal(evaluator(gmm), K + 1, progress=False)
+        run_search(evaluator(gmm), K + 1, progress=False)
     with pytest.raises(SearchError, match="more than the budget"):
-        anneal(evaluator(gmm), 3, SearchConfig(forced_prefix=4), progress=False)
+        run_search(evaluator(gmm), 3, SearchConfig(forced_prefix=4), progress=False)
     with pytest.raises(SearchError, match="outside"):
-        anneal(evaluator(gmm), 3, SearchConfig(forced=(K,)), progress=False)
+        run_search(evaluator(gmm), 3, SearchConfig(forced=(K,)), progress=False)
 
 
 def test_forced_steps_always_compute(gmm):
@@ -107,7 +108,7 @@ def test_forced_steps_always_compute(gmm):
     seen = []
     inner = ev.__class__.__call__
     ev.__class__ = type("Spy", (ev.__class__,), {"__call__": lambda self, m: seen.append(tuple(m)) or inner(self, m)})
-    r = anneal(ev, 4, SearchConfig(iterations=40, seed=3, forced=(5, 8), kicks=1), progress=False)
+    r = run_search(ev, 4, SearchConfig(strategy="classic", iterations=40, seed=3, forced=(5, 8), kicks=1), progress=False)
     assert r.mask[0] == r.mask[5] == r.mask[8] == 1 and sum(r.mask) == 4
     assert seen and all(m[5] == 1 and m[8] == 1 and sum(x == 1 for x in m) == 4 for m in seen)
 
@@ -123,7 +124,7 @@ def test_interrupt_keeps_the_best_mask_so_far(gmm):
             return inner(self, mask)
 
     ev.__class__ = Interrupting
-    r = anneal(ev, 4, SearchConfig(iterations=500), progress=False)
+    r = run_search(ev, 4, SearchConfig(strategy="classic", iterations=500), progress=False)
     assert r.interrupted and sum(r.mask) == 4
     assert r.loss == min(ev.memo.values())
 
@@ -137,13 +138,13 @@ def test_non_finite_trajectories_are_infeasible_not_a_crash(gmm):
 
     ev = Evaluator([Batch(Reuse(gmm), x)], linear_sigmas(K))
     assert ev([1, 0, 0, 0, 0, 0, 0, 0, 0, 0]) == math.inf
-    r = anneal(ev, 8, SearchConfig(iterations=30), progress=False)
+    r = run_search(ev, 8, SearchConfig(strategy="classic", iterations=30), progress=False)
     assert math.isfinite(r.loss)
 
 
 def test_search_plan_records_references(gmm):
     ev = evaluator(gmm)
-    plan, result = search_plan(ev, 4, reuse="output", config=SearchConfig(iterations=80),
+    plan, result = search_plan(ev, 4, reuse="output", config=SearchConfig(strategy="classic", iterations=80),
                                euler_sigmas=linear_sigmas(4), progress=False)
     r = plan.record
     assert plan.mask == result.mask and plan.budget == 4 and plan.sigmas == linear_sigmas(K)
@@ -201,14 +202,14 @@ def test_surrogate_segments_and_its_exact_optimum(gmm):
     assert sum(surrogate_mask(two, k, b, forced=(4,))) == b and surrogate_mask(two, k, b, forced=(4,))[4] == 1
 
 
-def test_fast_effort_is_deterministic_and_never_worse_than_its_start(gmm):
+def test_the_local_effort_is_deterministic_and_ends_in_a_local_optimum(gmm):
     from budcache.search import EFFORTS, neighbours
 
     evaluate = Evaluator([Batch(OutputDenoiser(gmm), gmm.noise(6, 2))], linear_sigmas(16))
-    config = EFFORTS["fast"]
-    first = anneal(evaluate, 5, config, progress=False)
-    again = anneal(Evaluator([Batch(OutputDenoiser(gmm), gmm.noise(6, 2))], linear_sigmas(16)), 5, config,
-                   progress=False)
+    config = dataclasses.replace(EFFORTS["local"], kicks=0)
+    first = run_search(evaluate, 5, config, progress=False)
+    again = run_search(Evaluator([Batch(OutputDenoiser(gmm), gmm.noise(6, 2))], linear_sigmas(16)), 5, config,
+                       progress=False)
     assert first.mask == again.mask and first.loss == again.loss
     assert first.loss <= first.history[0][1]  # climbed from the uniform mask (one batch: nothing to screen on)
     free, reach = tuple(range(1, 16)), auto_reach(16)
@@ -220,11 +221,11 @@ def test_fast_effort_is_deterministic_and_never_worse_than_its_start(gmm):
 def test_the_record_names_the_effort(gmm):
     from budcache.search import EFFORTS
 
-    for name in ("fast", "default"):
+    for name in ("local", "default"):
         evaluate = Evaluator([Batch(OutputDenoiser(gmm), gmm.noise(4, 3))], linear_sigmas(10))
         plan, _ = search_plan(evaluate, 4, reuse="output", config=EFFORTS[name], progress=False)
         assert plan.record.effort == name and f"effort {name}" in plan.describe()
-    plan, _ = search_plan(evaluate, 4, reuse="output", config=SearchConfig(iterations=7), progress=False)
+    plan, _ = search_plan(evaluate, 4, reuse="output", config=SearchConfig(strategy="classic", iterations=7), progress=False)
     assert plan.record.effort == "custom"
 
 
@@ -249,117 +250,141 @@ def test_a_screening_subset_shares_the_teacher_and_counts_its_forwards_in_the_pa
 def test_screened_hill_climbing_takes_only_confirmed_steps_and_costs_fewer_forwards(gmm):
     k, budget = 14, 5
     optimum = exhaustive(batches_of(gmm, k=k), budget, progress=False).loss
-    climb = SearchConfig(iterations=0, starts=1, kicks=0)
+    climb = SearchConfig(strategy="classic", iterations=0, starts=1, kicks=0)
     screened, full = batches_of(gmm, k=k), batches_of(gmm, k=k)
-    s = anneal(screened, budget, climb, progress=False)
-    f = anneal(full, budget, dataclasses.replace(climb, screen=1.0), progress=False)
-    uniform = screened(_uniform_start(k, budget, [0]))
+    s = run_search(screened, budget, climb, progress=False)
+    f = run_search(full, budget, dataclasses.replace(climb, screen=1.0), progress=False)
+    uniform = screened(with_fixed(k, budget, [0]))
     # every accepted step was scored on the whole set: the loss only falls, from the uniform mask
     losses = [h[1] for h in s.history]
     assert s.loss <= uniform and losses[0] == uniform
     assert screened.forwards < full.forwards
     assert s.loss <= optimum * 1.05 and f.loss <= optimum * 1.05
     for seed in range(2):  # the default effort (screened climbing from two starts + kicks) reaches the optimum
-        r = anneal(batches_of(gmm, k=k), budget, SearchConfig(seed=seed), progress=False)
+        r = run_search(batches_of(gmm, k=k), budget, SearchConfig(seed=seed), progress=False)
         assert r.loss <= optimum * 1.02
 
 
 def test_screening_options_are_checked(gmm):
     with pytest.raises(SearchError, match="screen"):
-        anneal(batches_of(gmm), 4, SearchConfig(screen=0.0), progress=False)
+        run_search(batches_of(gmm), 4, SearchConfig(screen=0.0), progress=False)
     with pytest.raises(SearchError, match="confirm"):
-        anneal(batches_of(gmm), 4, SearchConfig(confirm=0), progress=False)
+        run_search(batches_of(gmm), 4, SearchConfig(confirm=0), progress=False)
     with pytest.raises(SearchError, match="unknown start"):
-        anneal(batches_of(gmm), 4, SearchConfig(start=("best",)), progress=False)
+        run_search(batches_of(gmm), 4, SearchConfig(start=("best",)), progress=False)
 
 
 def test_a_checkpoint_keeps_the_screening_evaluations(gmm, tmp_path):
     from budcache.search.checkpoint import Checkpoint
 
-    config = SearchConfig(iterations=20, kicks=1)
+    config = SearchConfig(strategy="classic", iterations=20, kicks=1)
     first = batches_of(gmm)
-    done = anneal(first, 4, config, progress=False, checkpoint=Checkpoint(tmp_path / "c.json", {}))
-    assert first.subsets and first.subsets[2].evaluations > 0
+    done = run_search(first, 4, config, progress=False, checkpoint=Checkpoint(tmp_path / "c.json", {}))
+    assert first.subsets and first.subsets[2, 0].evaluations > 0
     again = batches_of(gmm)
     Checkpoint(tmp_path / "c.json", {}).restore(again)
     restored = again.forwards
-    replay = anneal(again, 4, config, progress=False)
+    replay = run_search(again, 4, config, progress=False)
     assert replay.mask == done.mask and again.forwards == restored  # nothing evaluated anew, screening included
 
 
 def test_the_endpoints_start_computes_the_last_step_and_keeps_the_forced_ones():
-    mask = _endpoints_mask(28, 10)
+    mask = endpoints_mask(28, 10)
     assert sum(mask) == 10 and mask[0] == mask[27] == 1
-    assert _endpoints_mask(5, 5) == [1] * 5 and _endpoints_mask(7, 1) == [1, 0, 0, 0, 0, 0, 0]
-    forced = _uniform_start(28, 10, [0, 4], mask)
+    assert endpoints_mask(5, 5) == [1] * 5 and endpoints_mask(7, 1) == [1, 0, 0, 0, 0, 0, 0]
+    forced = with_fixed(28, 10, [0, 4], mask)
     assert sum(forced) == 10 and forced[4] == 1 and forced[27] == 1
 
 
 def test_a_sweep_takes_only_confirmed_moves_and_ends_where_no_step_moves(gmm):
+    import random
+
     from tqdm import tqdm
+
+    from budcache.search.climb import sweep
+    from budcache.search.run import Run, Tracker
 
     k, budget = 20, 6
     evaluate = batches_of(gmm, k=k)
     screen = evaluate.subset(1 / 3)
     config = SearchConfig(reach=2)
     free = tuple(range(1, k))
-    start = evaluate.schedule(_uniform_start(k, budget, [0]))
+    start = evaluate.schedule(with_fixed(k, budget, [0]))
     with tqdm(disable=True) as bar:
-        track = _Tracker(evaluate, bar, "test")
-        mask, loss = _sweep(track, start, track(start), free, config, screen)
+        track = Tracker(evaluate, bar)
+        run = Run(evaluate, budget, config, track, [0], free, (), random.Random(0))
+        mask, loss = sweep(run, start, track(start), track, screen)
         assert loss < evaluate(start) and loss == evaluate(mask) and mask.count(1) == budget and mask[0] == 1
         fully = [m for m in track.seen if m in evaluate.memo]
         assert all(evaluate(m) >= loss for m in fully)  # every move scored in full was taken only if it lowered the loss
         for i in [i for i in free if mask[i] == 1]:  # a fixed point: no computed step has a confirmed better move
-            moves = [_swap(mask, i, j) for j in range(i - config.reach, i + config.reach + 1) if j in free and mask[j] != 1]
+            moves = [swap(mask, i, j) for j in range(i - config.reach, i + config.reach + 1) if j in free and mask[j] != 1]
             best = min(moves, key=screen)
             assert screen(best) >= screen(mask) or evaluate(best) >= loss
         spent = evaluate.forwards
-        assert _sweep(track, mask, loss, free, config, screen) == (mask, loss) and evaluate.forwards == spent
+        assert sweep(run, mask, loss, track, screen) == (mask, loss) and evaluate.forwards == spent
 
 
 def test_the_efforts_keep_the_earlier_searches_reachable():
     from budcache.search import EFFORTS
 
-    assert EFFORTS["default"] == SearchConfig() and EFFORTS["fast"].kicks == 0
+    assert EFFORTS["default"] == SearchConfig() and SearchConfig().strategy == "budgeted"
+    local = EFFORTS["local"]  # the uncapped local search that was the default before the cap
+    assert (local.strategy, local.iterations, local.kicks, local.escalate, local.max_forwards) == ("classic", 0, 2, 300, None)
     annealed, thorough = EFFORTS["annealed"], EFFORTS["thorough"]
     assert (annealed.iterations, annealed.starts, annealed.kicks, annealed.reach, annealed.sweep) == (300, 2, 4, 0, False)
     assert thorough == dataclasses.replace(annealed, screen=1.0)  # budcache's default before screening
 
 
-def test_a_rugged_objective_is_annealed_by_the_default_and_flagged_by_fast(gmm):
+def test_a_rugged_objective_is_annealed_by_the_local_search_or_flagged(gmm):
     import warnings
 
     from budcache.search import EFFORTS
 
     k, budget = 14, 5
     optimum = exhaustive(batches_of(gmm, seed=0, k=k), budget, progress=False).loss
-    with pytest.warns(UserWarning, match=r"2 starts ended 57.5x apart: this objective is rugged .* --effort default"):
-        fast = anneal(batches_of(gmm, seed=0, k=k), budget, EFFORTS["fast"], progress=False)
+    quiet = dataclasses.replace(EFFORTS["local"], kicks=0, escalate=0)
+    with pytest.warns(UserWarning, match=r"2 starts ended 57.5x apart: this objective is rugged .* --effort local"):
+        fast = run_search(batches_of(gmm, seed=0, k=k), budget, quiet, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         local = batches_of(gmm, seed=0, k=k)
-        default = anneal(local, budget, SearchConfig(), progress=False)  # the starts disagree: it anneals, no warning
+        default = run_search(local, budget, EFFORTS["local"], progress=False)  # the starts disagree: it anneals, no warning
         smooth = batches_of(gmm, seed=1, k=k)
-        anneal(smooth, budget, SearchConfig(), progress=False)  # the starts agree: no annealing
+        run_search(smooth, budget, EFFORTS["local"], progress=False)  # the starts agree: no annealing
     assert default.loss <= min(fast.loss, optimum * 1.02)
     assert local.evaluations > 3 * smooth.evaluations  # the annealing proposals (2 x 300; memoized where they repeat)
 
 
-def test_a_forward_budget_stops_the_search_with_the_best_plan_so_far(gmm):
+def test_a_cap_is_never_exceeded_and_a_larger_cap_continues_the_same_search(gmm):
     k, budget = 20, 6
-    whole = batches_of(gmm, k=k)
-    full = anneal(whole, budget, SearchConfig(), progress=False)
-    capped_eval = batches_of(gmm, k=k)
-    cap = 2 * k  # the teacher's K, then about K more per sample
-    capped = anneal(capped_eval, budget, SearchConfig(max_forwards=cap), progress=False)
-    per_sample = capped_eval.forwards / capped_eval.samples
-    assert cap <= per_sample <= cap + budget  # stopped by the evaluation that crossed the cap
-    assert per_sample < whole.forwards / whole.samples and capped.loss >= full.loss
-    assert capped.loss == min(h[2] for h in capped.history) and not capped.interrupted
-    assert capped.history == full.history[:len(capped.history)]  # the same search, cut short
+    results, spent = [], []
+    for cap in (60, 120, 240):
+        evaluate = batches_of(gmm, k=k)
+        results.append(run_search(evaluate, budget, SearchConfig(max_forwards=cap), progress=False))
+        spent.append(evaluate.forwards / evaluate.samples)
+        assert spent[-1] <= cap and results[-1].spent == pytest.approx(spent[-1]) and results[-1].cap == cap
+    for small, large in zip(results, results[1:]):
+        assert large.history[:len(small.history)] == small.history  # the same search, continued
+        assert large.loss <= small.loss
+    assert spent[0] < spent[1] < spent[2]
+    for r in results:  # anytime: the best never rises as forwards are spent
+        assert all(b2 <= b1 for (_, b1), (_, b2) in zip(r.curve, r.curve[1:]))
+        assert all(f2 >= f1 for (f1, _), (f2, _) in zip(r.curve, r.curve[1:]))
+        assert r.loss == r.curve[-1][1] == min(h[2] for h in r.history) and not r.interrupted
     with pytest.raises(SearchError, match="max_forwards must be positive"):
-        anneal(batches_of(gmm, k=k), budget, SearchConfig(max_forwards=0), progress=False)
+        run_search(batches_of(gmm, k=k), budget, SearchConfig(max_forwards=0), progress=False)
+    with pytest.raises(SearchError, match=r"cannot pay for the teacher \(20\) and one candidate \(6\); give --max-forwards 26"):
+        run_search(batches_of(gmm, k=k), budget, SearchConfig(max_forwards=25), progress=False)
+
+
+def test_the_default_cap_depends_on_k_and_b_only():
+    from budcache.search import default_cap
+
+    assert default_cap(28, 10) <= 200 and default_cap(50, 20) <= 400
+    assert all(default_cap(28, b) == default_cap(28, 6) for b in range(1, 29))
+    assert cap_of(SearchConfig(), 28, 10) == default_cap(28, 10) and cap_of(EFFORTS["thorough"], 28, 10) == math.inf
+    assert cap_of(dataclasses.replace(EFFORTS["thorough"], max_forwards=500.0), 28, 10) == 500
 
 
 def test_the_command_line_search_options_reach_the_config():

@@ -128,7 +128,7 @@ def test_a_plan_refuses_a_call_on_another_schedule(pipe):
     searched on and refuses another (here 16x16 for a plan searched at 8x8)."""
     prompts = [dict(prompt_embeds=torch.randn(1, 8, 32), pooled_prompt_embeds=torch.randn(1, 32)) for _ in range(2)]
     calib = budcache.calibrate(pipe, prompts, 6, progress=False, height=8, width=8)
-    searched = budcache.search(calib, 3, config=SearchConfig(iterations=10, starts=1, kicks=0), progress=False)
+    searched = budcache.search(calib, 3, config=SearchConfig(strategy="classic", iterations=10, starts=1, kicks=0), progress=False)
     assert searched.schedule == pytest.approx(calib.sigmas)
     with budcache.apply(pipe, searched) as handle:
         run(pipe, 6, size=8)
@@ -299,7 +299,7 @@ def test_img2img_plan_searched_with_the_strength_applies_and_others_are_refused(
     kw = dict(image=image, strength=0.6, height=8, width=8)
     calib = budcache.calibrate(pipe, prompts, 10, progress=False, **kw)
     assert (calib.num_steps, calib.begin_index) == (6, 4)
-    searched = budcache.search(calib, 3, config=SearchConfig(iterations=10, starts=1, kicks=0), progress=False)
+    searched = budcache.search(calib, 3, config=SearchConfig(strategy="classic", iterations=10, starts=1, kicks=0), progress=False)
     assert (searched.num_steps, searched.begin_index, searched.total_steps) == (6, 4, 10)
     assert "image-to-image: steps 4..9" in searched.describe()
 

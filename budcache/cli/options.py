@@ -16,7 +16,7 @@ from ..search import EFFORTS, SearchConfig
 
 # `demo`, `compare`, `frontier` must finish in minutes: 100 annealing proposals from the uniform mask and screened
 # steepest descent over every swap (the README's demo and comparison figures were measured with it)
-DEMO_EFFORT = SearchConfig(iterations=100, starts=1, kicks=0, start=("uniform",), reach=0, sweep=False)
+DEMO_EFFORT = SearchConfig(strategy="classic", iterations=100, starts=1, kicks=0, start=("uniform",), reach=0, sweep=False)
 
 DEMO_STEPS = 28
 

@@ -9,6 +9,7 @@ an evaluated one at step p resumes from step p instead of step 0.
 from __future__ import annotations
 
 import copy
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 
@@ -19,6 +20,7 @@ from ..sampling.denoisers import Batch
 from ..sampling.loop import State, advance, sample
 from ..sampling.rules import Schedule, check_rules, code_rule, decode, encode, history_depth
 from ..sampling.solver import Solver, as_solver, state_bytes
+from .ledger import Ledger
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 METRICS: dict[str, Distance] = {
@@ -32,7 +34,8 @@ def _nbytes(states: list[State]) -> int:
 
 
 class Evaluator:
-    """Scores masks against the teacher on fixed calibration batches, counting transformer forwards.
+    """Scores masks against the teacher on fixed calibration batches, counting transformer forwards
+    and charging each trajectory to the search's :class:`~budcache.search.ledger.Ledger` before it runs.
 
     Under ``torch.distributed`` each rank holds its shard of the calibration samples and every
     loss is all-reduced, so all ranks see the same losses and, with the same seed, take the same
@@ -76,13 +79,20 @@ class Evaluator:
         self.state_bytes = 0
         self.forwards = 0  # block-stack executions summed over calibration samples (screening subsets included)
         self.root = self  # the evaluator whose forwards this one counts (see subset)
-        self.subsets: dict[int, Evaluator] = {}
-        self._saved_subsets: dict[int, dict] = {}
+        self.ledger = Ledger()  # forwards per calibration sample charged, against the search's cap
+        self.prefixes: set[Schedule] = set()  # every prefix of every schedule scored (nominal costs, see Ledger)
+        self._replayed: set[Schedule] = set()  # schedules answered from a checkpoint and not yet asked for
+        self.subsets: dict[tuple[int, int], Evaluator] = {}  # by (number of batches, offset)
+        self._saved_subsets: dict[tuple[int, int], dict] = {}
+        started = time.perf_counter()
         if teacher_sigmas is None:
             self.teacher = [s.x for s in self._run((1,) * self.num_steps)]
         else:
             teacher = as_solver(teacher_sigmas)
             self.teacher = [s.x for s in self._run((1,) * (len(teacher.sigmas) - 1), teacher)]
+        if self.teacher[0].is_cuda:
+            torch.cuda.synchronize(self.teacher[0].device)
+        self.teacher_seconds = time.perf_counter() - started  # the teacher's wall time (projects a search's time)
 
     # -- trajectories -----------------------------------------------------------------------
     def _store(self, key: Schedule, states: list[State]) -> None:
@@ -111,6 +121,7 @@ class Evaluator:
         on_grid = sigmas is None
         solver = self.solver if on_grid else as_solver(sigmas)
         starts = self._resume(key) if on_grid else [State(0, b.noise) for b in self.batches]
+        self._charge([key], [starts[0].step], on_grid)
         mask, rules = decode(key)
         trail: list[list[State]] = [[] for _ in key]  # per step: every batch's state after it
         finals = []
@@ -123,6 +134,28 @@ class Evaluator:
             for k in range(starts[0].step, len(key) - 1):
                 self._store(key[: k + 1], trail[k])
         return finals
+
+    def _nominal(self, key: Schedule) -> int:
+        """The step a trajectory of ``key`` would start at with every scored prefix's state at hand."""
+        return next((p for p in range(len(key) - 1, 0, -1) if key[:p] in self.prefixes), 0)
+
+    def _charge(self, keys: list[Schedule], steps: list[int], on_grid: bool = True) -> None:
+        """Charge the trajectories of ``keys`` from ``steps`` to the ledger (raising ``Spent`` before
+        any runs when they do not fit), at the nominal cost when the ledger asks for it."""
+        if on_grid and self.root.ledger.nominal:
+            steps = [self._nominal(k) for k in keys]
+        computed = sum(sum(1 for c in k[s:] if c == 1) for k, s in zip(keys, steps))
+        self.root.ledger.charge(computed * self.samples / self.root.samples)
+        if on_grid:
+            self.prefixes.update(k[:p] for k in keys for p in range(1, len(k)))
+
+    def cost(self, mask: Sequence[int]) -> float:
+        """What scoring ``mask`` would charge now, in forwards per calibration sample (0 when memoized)."""
+        key = self.schedule(mask)
+        if key in self.memo and key not in self._replayed:
+            return 0.0
+        step = self._nominal(key) if self.root.ledger.nominal or key in self._replayed else self._resume(key)[0].step
+        return sum(1 for c in key[step:] if c == 1) * self.samples / self.root.samples
 
     def _loss(self, finals: list[State]) -> float:
         """Mean distance per sample, over every rank's samples under ``torch.distributed``."""
@@ -145,6 +178,9 @@ class Evaluator:
         key = self.schedule(mask)
         if len(key) != self.num_steps:
             raise ValueError(f"mask has {len(key)} steps, the search grid has {self.num_steps}")
+        if key in self._replayed:  # answered from a checkpoint: charged as the interrupted search was
+            self._charge([key], [self._nominal(key)])
+            self._replayed.discard(key)
         if key not in self.memo:
             self.memo[key] = self._loss(self._run(key))
         return self.memo[key]
@@ -157,6 +193,8 @@ class Evaluator:
         if group > 1 and len(new) > 1 and all(b.replicate is not None for b in self.batches):
             for i in range(0, len(new), group):
                 chunk = new[i:i + group]
+                if not self.root.ledger.fits(sum(self.cost(k) for k in chunk)):
+                    break  # one at a time below, until the cap
                 for key, finals in zip(chunk, self._run_many(chunk)):
                     self.memo[key] = self._loss(finals)
         return [self(k) for k in keys]
@@ -166,6 +204,7 @@ class Evaluator:
         """Final states of several schedules, advanced together step by step: the candidates that
         compute (or reuse) at a step share one batched forward per batch (``Batch.replicate``)."""
         states = [list(self._resume(key)) for key in keys]  # own lists: stored prefixes are shared
+        self._charge(keys, [s[0].step for s in states])
         for k in range(min(s[0].step for s in states), self.num_steps):
             active = [c for c, s in enumerate(states) if s[0].step == k]
             for compute in (True, False):
@@ -185,23 +224,26 @@ class Evaluator:
                     self._store(keys[c][: k + 1], list(states[c]))
         return states
 
-    def subset(self, share: float) -> Evaluator | None:
-        """An evaluator on ``share`` of this one's calibration batches (at least one, spread evenly),
-        scoring against the same teacher (no forwards) and counting its forwards here; ``None`` when
-        the share would be every batch. Cheap screening of candidates (see ``SearchConfig.screen``)."""
+    def subset(self, share: float, offset: int = 0) -> Evaluator | None:
+        """An evaluator on ``share`` of this one's calibration batches (at least one, spread evenly, each
+        ``offset`` batches on: offset 1 gives batches disjoint from offset 0's while the share is at most
+        half), scoring against the same teacher (no forwards) and counting its forwards here; ``None``
+        when the share would be every batch. Cheap ranking of candidates (see ``SearchConfig.screen``)."""
         n = len(self.batches)
         m = max(1, round(n * share))
         if m >= n:
             return None
-        if m not in self.subsets:
-            picks = [round(i * n / m) for i in range(m)]
+        key = (m, offset % n)
+        if key not in self.subsets:
+            picks = [(round(i * n / m) + offset) % n for i in range(m)]
             child = copy.copy(self)
             child.batches, child.teacher = [self.batches[i] for i in picks], [self.teacher[i] for i in picks]
             child.samples = sum(b.noise.shape[0] for b in child.batches)
             child.memo, child.states, child.state_bytes, child.subsets = {}, OrderedDict(), 0, {}
-            child.memo.update(self._saved_subsets.get(m, {}))
-            self.subsets[m] = child
-        return self.subsets[m]
+            child.prefixes, child._replayed = set(), set(self._saved_subsets.get(key, {}))
+            child.memo.update(self._saved_subsets.get(key, {}))
+            self.subsets[key] = child
+        return self.subsets[key]
 
     def schedule_loss(self, sigmas: Sequence[float] | Solver) -> float:
         """Loss of plain Euler over another schedule (e.g. B evenly spaced steps), not memoized."""
@@ -209,18 +251,21 @@ class Evaluator:
         return self._loss(self._run((1,) * (len(solver.sigmas) - 1), solver))
 
     def state_dict(self) -> dict:
-        """What a checkpoint keeps: the memo table (schedule -> loss), the screening subsets' tables
-        (by their number of batches) and the forwards spent."""
+        """What a checkpoint keeps: the memo table (schedule -> loss), the subsets' tables (by their
+        number of batches and offset) and the forwards spent."""
         return {"memo": dict(self.memo), "forwards": self.forwards,
                 "subsets": {m: dict(child.memo) for m, child in self.subsets.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         """Answer the saved evaluations from memory from now on (see :mod:`.checkpoint`)."""
         self.memo.update(state["memo"])
+        self._replayed = set(state["memo"])
         self.forwards = int(state["forwards"])
-        self._saved_subsets = {int(m): dict(memo) for m, memo in state.get("subsets", {}).items()}
-        for m, child in self.subsets.items():
-            child.memo.update(self._saved_subsets.get(m, {}))
+        self.ledger.nominal = True
+        self._saved_subsets = {tuple(key): dict(memo) for key, memo in state.get("subsets", {}).items()}
+        for key, child in self.subsets.items():
+            child.memo.update(self._saved_subsets.get(key, {}))
+            child._replayed = set(self._saved_subsets.get(key, {}))
 
     @property
     def evaluations(self) -> int:

@@ -12,8 +12,9 @@ import time
 
 from tqdm import tqdm
 
-from .anneal import SearchResult, check_budget
+from .config import check_budget
 from .evaluator import Evaluator
+from .run import SearchResult
 
 
 def exhaustive(evaluate: Evaluator, budget: int, progress: bool = True, max_masks: int = 2_000_000) -> SearchResult:

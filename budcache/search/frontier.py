@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from ..plan import CachePlan
 from ..source import Source
-from .anneal import SearchConfig
+from .config import SearchConfig
 from .plan_search import search_source, source_evaluator
 
 

@@ -4,7 +4,10 @@ evaluator, on any model source, or on a calibrated pipeline (:func:`search`)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import functools
+import math
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +18,11 @@ from ..calibration.replay import pipeline_source
 from ..plan import CachePlan, SearchRecord, model_identity, uniform_mask
 from ..sampling.rules import encode
 from ..source import Source
-from .anneal import SearchConfig, SearchResult, anneal, check_budget, check_config, effort_name
 from .checkpoint import Checkpoint, held, identity
+from .config import SearchConfig, cap_of, check_budget, check_config, effort_name
 from .evaluator import Evaluator
+from .ledger import check_cap
+from .run import SearchResult, run_search
 from .history import plot_history
 
 
@@ -46,6 +51,7 @@ def search_plan(
     start: Sequence[int] | None = None,
     boundary_ratio: float | None = None,
     begin_index: int = 0,
+    announce: Callable[[str], None] | None = None,
 ) -> tuple[CachePlan, SearchResult]:
     """Search a mask (under ``evaluate.rule``, or with per-step rules when ``config.rules``) and
     wrap it in a :class:`CachePlan` with its search record.
@@ -57,11 +63,23 @@ def search_plan(
     ``resume`` continues from it (same final plan).
     ``start``: the first start (e.g. a neighbouring budget's plan), else ``config.start``'s first.
     ``boundary_ratio``: the expert boundary the plan is for (two-expert pipelines). ``begin_index``:
-    the step image-to-image calls start at (see :class:`CachePlan`).
+    the step image-to-image calls start at (see :class:`CachePlan`). ``announce``: where to write, before
+    the first candidate, what the search will spend (:func:`cost_line`).
+
+    The cap (``config.max_forwards``, or the strategy's default) covers the teacher, the search and the
+    reference losses scored after it on the calibration set (``budget`` forwards per sample each are
+    kept for them); a predictive rule's check on ``validation`` is spent on other samples.
     """
     k = evaluate.num_steps
     check_config(config)
     check_budget(k, budget, config)
+    cap = cap_of(config, k, budget)
+    predictive = evaluate.rule != "repeat" or bool(config.rules)
+    reserve = budget * ((euler_sigmas is not None) + 1 + predictive)  # uniform, plain Euler, the plan under repeat
+    check_cap(cap, k, budget, reserve)
+    searched = dataclasses.replace(config, max_forwards=cap - reserve)
+    if announce is not None:
+        announce(cost_line(evaluate, cap))
     saver = None
     if checkpoint is not None:
         ident = identity(evaluate, budget, config, model_identity(model) if model is not None else None)
@@ -69,11 +87,12 @@ def search_plan(
     with held(checkpoint):
         if saver is not None and resume and Path(checkpoint).exists():
             saver.restore(evaluate)
-        result = anneal(evaluate, budget, config, progress=progress, checkpoint=saver, start=start)
+        result = run_search(evaluate, budget, searched, progress=progress, checkpoint=saver, start=start)
+        if math.isfinite(cap):  # the references may spend what was kept for them
+            evaluate.ledger.limit += cap - cap_of(searched, k, budget)
         if saver is not None and not result.interrupted:
             saver.save(evaluate, finished=True)
     evaluations = evaluate.evaluations
-    samples, forwards = _over_ranks(evaluate, evaluate.samples, evaluate.forwards)
     rule, rules, objective = evaluate.rule, result.rules, result.loss
     # an interrupted search writes its plan at once (a scheduler's SIGKILL may follow its SIGTERM within
     # seconds): no reference losses, no validation of a predictive rule (a resume adds them)
@@ -86,14 +105,17 @@ def search_plan(
         v_plan, v_repeat = check(encode(result.mask, rules or rule)), check(repeat)
         if not v_plan <= v_repeat:  # never worse than plain repetition (inf/NaN included)
             rule, rules, objective = "repeat", None, repeat_objective
+    uniform_objective = evaluate(uniform_mask(k, budget)) if refer else None
+    euler_objective = None if euler_sigmas is None or not refer else evaluate.schedule_loss(euler_sigmas)
+    samples, forwards = _over_ranks(evaluate, evaluate.samples, evaluate.forwards)
     record = SearchRecord(
         objective=objective,
         repeat_objective=repeat_objective,
         validation_objective=v_plan,
         validation_repeat_objective=v_repeat,
         metric=evaluate.metric,
-        uniform_objective=evaluate(uniform_mask(k, budget)) if refer else None,
-        euler_objective=None if euler_sigmas is None or not refer else evaluate.schedule_loss(euler_sigmas),
+        uniform_objective=uniform_objective,
+        euler_objective=euler_objective,
         teacher_steps=k,
         evaluations=evaluations,
         forwards=forwards,
@@ -104,6 +126,8 @@ def search_plan(
         interrupted=result.interrupted,
         solver=evaluate.solver.name,
         effort=effort_name(config),
+        cap=cap if math.isfinite(cap) else None,
+        spent=round(evaluate.ledger.spent, 3),
     )
     plan = CachePlan(
         num_steps=k,
@@ -120,6 +144,24 @@ def search_plan(
         begin_index=begin_index,
     )
     return plan, result
+
+
+def cost_line(evaluate: Evaluator, cap: float) -> str:
+    """One line: the cap, the calibration samples, the forwards in all and the time they should take,
+    projected from the teacher's measured time per forward."""
+    samples = evaluate.samples
+    per = evaluate.teacher_seconds / max(1, evaluate.num_steps * samples)
+    if not math.isfinite(cap):
+        return (f"search: no cap on forwards (this effort does not plan its spending), {samples} calibration "
+                f"samples; {per * 1e3:.3g} ms per forward per sample: the time is not known in advance")
+    left = max(0.0, cap - evaluate.ledger.spent) * samples * per
+    return (f"search: at most {cap:g} forwards per calibration sample x {samples} samples = {cap * samples:.0f} "
+            f"forwards (teacher included); {per * 1e3:.3g} ms per forward per sample (the teacher's): at most "
+            f"{_duration(left)} more")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def source_evaluator(source: Source, which: str, *, rule: str = "repeat", config: SearchConfig = SearchConfig(),
@@ -142,6 +184,7 @@ def search_source(
     resume: bool = False,
     start: Sequence[int] | None = None,
     evaluate: Evaluator | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> tuple[CachePlan, SearchResult]:
     """Search the best ``budget``-of-K plan on a model source's calibration set. The source's
     restart steps always compute; a predictive rule must beat ``repeat`` on its validation set
@@ -163,7 +206,7 @@ def search_source(
         return search_plan(evaluate, budget, reuse=source.reuse, model=source.model, config=config,
                            euler_sigmas=source.fewer(budget), validation=validation, progress=progress,
                            checkpoint=checkpoint, resume=resume, start=start, boundary_ratio=source.boundary_ratio,
-                           begin_index=source.begin_index)
+                           begin_index=source.begin_index, announce=announce)
 
 
 def search(
@@ -180,6 +223,7 @@ def search(
     progress: bool = True,
     checkpoint: str | Path | None = None,
     resume: bool = False,
+    announce: Callable[[str], None] | None = None,
 ) -> CachePlan:
     """Search the best ``budget``-of-K plan for a calibrated pipeline (K = calibration steps).
 
@@ -187,12 +231,15 @@ def search(
     always compute, and the cache restarts there. ``validation``: other captures on which a
     predictive rule must beat ``repeat`` (default: the calibration ones). ``history``: where to
     plot the search history. ``checkpoint`` / ``resume``: save evaluations as they come and
-    continue an interrupted search (see :func:`search_plan`).
+    continue an interrupted search (see :func:`search_plan`). ``announce``: where the line on what the
+    search will spend goes (default: standard error, with ``progress``).
     """
+    if announce is None and progress:
+        announce = functools.partial(print, file=sys.stderr)
     with pipeline_source(calib, reuse, validation=validation) as source:
         plan, result = search_source(source, budget, rule=rule, config=config, metric=metric,
                                      max_state_mb=max_state_mb, progress=progress, checkpoint=checkpoint,
-                                     resume=resume)
+                                     resume=resume, announce=announce)
     if history is not None:
         plot_history({f"B={budget}": result}, history)
     return plan

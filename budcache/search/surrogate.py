@@ -33,6 +33,7 @@ def _teacher_states(evaluate: Evaluator) -> list[list[State]]:
         if stored is None:
             stored = [advance(b.denoiser, [s], evaluate.solver, True, ["repeat"], evaluate.depth,
                               (k - 1) in evaluate.restarts)[0][0] for b, s in zip(evaluate.batches, states[-1])]
+            evaluate.root.ledger.charge(evaluate.samples / evaluate.root.samples)
             evaluate.root.forwards += evaluate.samples
         states.append(list(stored))
     states.append([State(k_steps, t) for t in evaluate.teacher])

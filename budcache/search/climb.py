@@ -1,0 +1,74 @@
+"""Hill climbing on the budget manifold: first-improvement sweeps, then steepest descent to a local optimum.
+
+``objective`` is the run's tracker (the whole calibration set) or a rung (a share of it); with a
+``screen`` evaluator (a smaller share) moves are first ranked there and only the best are scored on
+the objective, so a move is taken only when the objective confirms it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol
+
+from .evaluator import Evaluator
+from .moves import Mask, moves, neighbours, split
+from .run import Run
+
+
+class Objective(Protocol):
+    def __call__(self, mask: Mask) -> float: ...
+
+    def many(self, masks: list[Mask], group: int = 1) -> list[float]: ...
+
+
+def sweep(run: Run, mask: Mask, loss: float, objective: Objective, screen: Evaluator | None) -> tuple[Mask, float]:
+    """First-improvement sweeps over the computed steps, the last first (their moves are the cheapest:
+    the prefix before them is stored): each step's best move within ``reach`` (by the ``screen``
+    evaluator, where it beats the current mask there) is scored on the objective and taken at once if
+    it lowers the loss. Repeated until a sweep moves nothing; a sweep can move every step, a
+    steepest-descent round one (far fewer rounds where the start is far from the optimum, e.g. at K=50)."""
+    config, free = run.config, run.free
+    moved = True
+    while moved:
+        moved = False
+        for i in reversed(split(mask, free)[0]):
+            if mask[i] != 1:
+                continue
+            near = moves(mask, i, split(mask, free)[1], config.reach)
+            if not near:
+                continue
+            scores = (screen or objective).many(near, config.batch_candidates)
+            rough, move = min(zip(scores, near))
+            if screen is not None and rough >= screen(mask):
+                continue
+            move_loss = objective(move)
+            if move_loss < loss:
+                mask, loss, moved = move, move_loss, True
+    return mask, loss
+
+
+def climb(run: Run, mask: Mask, loss: float, objective: Objective | None = None, screen: Evaluator | None = None,
+          reach: int | None = None) -> tuple[Mask, float]:
+    """Steepest descent on ``objective`` (default: the tracker) over the swap/shift (and rule-flip)
+    neighbourhood within ``reach`` (default ``config.reach``), to a local optimum (after sweeps, with
+    ``config.sweep``); ``config.batch_candidates`` neighbours at a time share one batched forward. With a
+    ``screen`` evaluator only the ``config.confirm`` neighbours it ranks best are scored on the objective."""
+    config = run.config
+    objective = objective or run.track
+    if reach is not None and reach != config.reach:
+        run = dataclasses.replace(run, config=dataclasses.replace(config, reach=reach))
+        config = run.config
+    if config.sweep:
+        mask, loss = sweep(run, mask, loss, objective, screen)
+    while True:
+        candidates = neighbours(mask, run.free, run.flips, config.reach)
+        if screen is not None and len(candidates) > config.confirm:
+            ranked = sorted(zip(screen.many(candidates, config.batch_candidates), range(len(candidates))))
+            candidates = [candidates[i] for _, i in ranked[:config.confirm]]
+        scored = list(zip(objective.many(candidates, config.batch_candidates), candidates))
+        if not scored:
+            return mask, loss
+        best_loss, best = min(scored)
+        if best_loss >= loss:
+            return mask, loss
+        mask, loss = best, best_loss

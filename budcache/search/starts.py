@@ -1,0 +1,35 @@
+"""The named start masks of ``SearchConfig.start``, each with the fixed steps switched on."""
+
+from __future__ import annotations
+
+from .moves import Mask, endpoints_mask, random_mask, warped_mask, with_fixed
+from .run import Run
+from .surrogate import segment_errors, surrogate_mask
+
+POWERS = (0.7, 1.5, 2.0, 3.0)  # the warped family: crowded at the end (< 1) or at the start (> 1)
+
+
+def named(run: Run, name: str) -> list[Mask]:
+    """The masks of one named start (the warped family has one per power in :data:`POWERS`)."""
+    k, b, fixed = run.num_steps, run.budget, run.fixed
+    if name == "surrogate":
+        masks = [surrogate_mask(segment_errors(run.evaluate, run.evaluate.rule), k, b, fixed)]
+    elif name == "endpoints":
+        masks = [with_fixed(k, b, fixed, endpoints_mask(k, b))]
+    elif name == "warped":
+        masks = [with_fixed(k, b, fixed, warped_mask(k, b, p)) for p in POWERS]
+    else:
+        masks = [with_fixed(k, b, fixed)]
+    return [run.check_start(m) for m in masks]
+
+
+def pool(run: Run) -> list[Mask]:
+    """Every named start's masks (the caller's ``start`` first), without repeats."""
+    masks = [run.check_start(run.start)] if run.start is not None else []
+    for name in run.config.start:
+        masks += named(run, name)
+    return list(dict.fromkeys(masks))
+
+
+def random_start(run: Run) -> Mask:
+    return run.evaluate.schedule(random_mask(run.num_steps, run.budget, run.fixed, run.free, run.rng))
