@@ -133,6 +133,7 @@ def read(path: str | Path, num_steps: int | None = None) -> dict:
         if not isinstance(data.get("identity"), dict):
             raise ValueError("no identity")
         memo = _table(data["memo"])
+        spreads = _table(data.get("spreads", {}))
         subsets = {_subset_key(key): _table(table) for key, table in data.get("subsets", {}).items()}
         forwards = data["forwards"]
         if not isinstance(forwards, int) or isinstance(forwards, bool) or forwards < 0:
@@ -146,7 +147,7 @@ def read(path: str | Path, num_steps: int | None = None) -> dict:
             any(math.isnan(v) or v < 0 for t in tables for v in t.values()):
         raise CheckpointError(f"{path}: not a readable search checkpoint (a saved schedule or loss is out of range); "
                               "delete it to start afresh")
-    return {**data, "memo": memo, "subsets": subsets}
+    return {**data, "memo": memo, "subsets": subsets, "spreads": spreads}
 
 
 class Checkpoint:
@@ -164,7 +165,7 @@ class Checkpoint:
             if data["identity"].get(field) != value:
                 raise CheckpointError(f"{self.path} was written for another search ({field} differs); delete it or "
                                       "search without --resume")
-        evaluate.load_state_dict({"memo": data["memo"], "subsets": data["subsets"],
+        evaluate.load_state_dict({"memo": data["memo"], "subsets": data["subsets"], "spreads": data["spreads"],
                                   "forwards": data["forwards"] + evaluate.forwards})
         self.saved_at = len(data["memo"])
         return len(data["memo"])
@@ -181,5 +182,5 @@ class Checkpoint:
             return
         state = evaluate.state_dict()
         data = {"format": FORMAT, "identity": self.ident, "forwards": state["forwards"], "finished": finished,
-                "memo": _keys(state["memo"]), "subsets": {f"{m}+{o}": _keys(t) for (m, o), t in state["subsets"].items()}}
+                "memo": _keys(state["memo"]), "spreads": _keys(state["spreads"]), "subsets": {f"{m}+{o}": _keys(t) for (m, o), t in state["subsets"].items()}}
         atomic_write_text(self.path, json.dumps({**data, "checksum": _checksum(data)}))

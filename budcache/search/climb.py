@@ -8,6 +8,7 @@ the objective, so a move is taken only when the objective confirms it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Protocol
 
 from .evaluator import Evaluator
@@ -21,16 +22,19 @@ class Objective(Protocol):
     def many(self, masks: list[Mask], group: int = 1) -> list[float]: ...
 
 
-def sweep(run: Run, mask: Mask, loss: float, objective: Objective, screen: Evaluator | None) -> tuple[Mask, float]:
+def sweep(run: Run, mask: Mask, loss: float, objective: Objective, screen: Evaluator | None,
+          each: Callable[[Mask], object] | None = None) -> tuple[Mask, float]:
     """First-improvement sweeps over the computed steps, the last first (their moves are the cheapest:
     the prefix before them is stored): each step's best move within ``reach`` (by the ``screen``
     evaluator, where it beats the current mask there) is scored on the objective and taken at once if
     it lowers the loss. Repeated until a sweep moves nothing; a sweep can move every step, a
-    steepest-descent round one (far fewer rounds where the start is far from the optimum, e.g. at K=50)."""
+    steepest-descent round one (far fewer rounds where the start is far from the optimum, e.g. at K=50).
+    ``each`` is called with the mask after every B/4 moves taken and at the end of every sweep that moved it."""
     config, free = run.config, run.free
+    every = max(1, run.budget // 4)  # accepted moves between calls of ``each`` within a sweep
     moved = True
     while moved:
-        moved = False
+        moved, taken = False, 0
         for i in reversed(split(mask, free)[0]):
             if mask[i] != 1:
                 continue
@@ -43,23 +47,29 @@ def sweep(run: Run, mask: Mask, loss: float, objective: Objective, screen: Evalu
                 continue
             move_loss = objective(move)
             if move_loss < loss:
-                mask, loss, moved = move, move_loss, True
+                mask, loss, moved, taken = move, move_loss, True, taken + 1
+                if each is not None and taken % every == 0:
+                    each(mask)
+        if moved and each is not None and taken % every:
+            each(mask)
     return mask, loss
 
 
 def climb(run: Run, mask: Mask, loss: float, objective: Objective | None = None, screen: Evaluator | None = None,
-          reach: int | None = None) -> tuple[Mask, float]:
+          reach: int | None = None, each: Callable[[Mask], object] | None = None) -> tuple[Mask, float]:
     """Steepest descent on ``objective`` (default: the tracker) over the swap/shift (and rule-flip)
     neighbourhood within ``reach`` (default ``config.reach``), to a local optimum (after sweeps, with
     ``config.sweep``); ``config.batch_candidates`` neighbours at a time share one batched forward. With a
-    ``screen`` evaluator only the ``config.confirm`` neighbours it ranks best are scored on the objective."""
+    ``screen`` evaluator only the ``config.confirm`` neighbours it ranks best are scored on the objective.
+    ``each`` is called with the mask after every sweep and every descent step that moved it (e.g. to
+    score a climb on a rung on every sample as it goes, so that a cap reached mid-climb keeps its progress)."""
     config = run.config
     objective = objective or run.track
     if reach is not None and reach != config.reach:
         run = dataclasses.replace(run, config=dataclasses.replace(config, reach=reach))
         config = run.config
     if config.sweep:
-        mask, loss = sweep(run, mask, loss, objective, screen)
+        mask, loss = sweep(run, mask, loss, objective, screen, each)
     while True:
         candidates = neighbours(mask, run.free, run.flips, config.reach)
         if screen is not None and len(candidates) > config.confirm:
@@ -72,3 +82,5 @@ def climb(run: Run, mask: Mask, loss: float, objective: Objective | None = None,
         if best_loss >= loss:
             return mask, loss
         mask, loss = best, best_loss
+        if each is not None:
+            each(mask)

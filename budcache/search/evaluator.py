@@ -9,6 +9,7 @@ an evaluated one at step p resumes from step p instead of step 0.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
@@ -75,6 +76,7 @@ class Evaluator:
         self.restarts = frozenset(restarts)
         self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.memo: dict[Schedule, float] = {}
+        self.spreads: dict[Schedule, float] = {}  # coefficient of variation of the per-sample distances
         self.states: OrderedDict[Schedule, list[State]] = OrderedDict()
         self.state_bytes = 0
         self.forwards = 0  # block-stack executions summed over calibration samples (screening subsets included)
@@ -157,13 +159,16 @@ class Evaluator:
         step = self._nominal(key) if self.root.ledger.nominal or key in self._replayed else self._resume(key)[0].step
         return sum(1 for c in key[step:] if c == 1) * self.samples / self.root.samples
 
-    def _loss(self, finals: list[State]) -> float:
-        """Mean distance per sample, over every rank's samples under ``torch.distributed``."""
-        local = sum(self.distance(s.x.float(), t.float()).double().sum() for s, t in zip(finals, self.teacher))
-        total = torch.tensor([float(local), float(self.samples)], dtype=torch.float64)
+    def _loss(self, finals: list[State], key: Schedule | None = None) -> float:
+        """Mean distance per sample, over every rank's samples under ``torch.distributed``; with a
+        ``key``, the spread of the per-sample distances is kept in ``spreads``."""
+        d = torch.cat([self.distance(s.x.float(), t.float()).double() for s, t in zip(finals, self.teacher)])
+        total = torch.stack([d.sum(), d.pow(2).sum(), torch.tensor(float(self.samples), dtype=torch.float64)])
         if self.distributed:
             dist.all_reduce(total)
-        loss = float(total[0] / total[1])
+        loss = float(total[0] / total[2])
+        if key is not None and loss > 0 and math.isfinite(loss):
+            self.spreads[key] = math.sqrt(max(0.0, float(total[1] / total[2]) - loss**2)) / loss
         return loss if loss == loss and loss != float("inf") else float("inf")
 
     # -- public -----------------------------------------------------------------------------
@@ -182,7 +187,7 @@ class Evaluator:
             self._charge([key], [self._nominal(key)])
             self._replayed.discard(key)
         if key not in self.memo:
-            self.memo[key] = self._loss(self._run(key))
+            self.memo[key] = self._loss(self._run(key), key)
         return self.memo[key]
 
     def many(self, masks: Sequence[Sequence[int]], group: int = 1) -> list[float]:
@@ -196,7 +201,7 @@ class Evaluator:
                 if not self.root.ledger.fits(sum(self.cost(k) for k in chunk)):
                     break  # one at a time below, until the cap
                 for key, finals in zip(chunk, self._run_many(chunk)):
-                    self.memo[key] = self._loss(finals)
+                    self.memo[key] = self._loss(finals, key)
         return [self(k) for k in keys]
 
     @torch.no_grad()
@@ -239,7 +244,7 @@ class Evaluator:
             child = copy.copy(self)
             child.batches, child.teacher = [self.batches[i] for i in picks], [self.teacher[i] for i in picks]
             child.samples = sum(b.noise.shape[0] for b in child.batches)
-            child.memo, child.states, child.state_bytes, child.subsets = {}, OrderedDict(), 0, {}
+            child.memo, child.spreads, child.states, child.state_bytes, child.subsets = {}, {}, OrderedDict(), 0, {}
             child.prefixes, child._replayed = set(), set(self._saved_subsets.get(key, {}))
             child.memo.update(self._saved_subsets.get(key, {}))
             self.subsets[key] = child
@@ -251,14 +256,15 @@ class Evaluator:
         return self._loss(self._run((1,) * (len(solver.sigmas) - 1), solver))
 
     def state_dict(self) -> dict:
-        """What a checkpoint keeps: the memo table (schedule -> loss), the subsets' tables (by their
-        number of batches and offset) and the forwards spent."""
-        return {"memo": dict(self.memo), "forwards": self.forwards,
+        """What a checkpoint keeps: the memo table (schedule -> loss) and the spreads, the subsets'
+        tables (by their number of batches and offset) and the forwards spent."""
+        return {"memo": dict(self.memo), "forwards": self.forwards, "spreads": dict(self.spreads),
                 "subsets": {m: dict(child.memo) for m, child in self.subsets.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         """Answer the saved evaluations from memory from now on (see :mod:`.checkpoint`)."""
         self.memo.update(state["memo"])
+        self.spreads.update(state.get("spreads", {}))
         self._replayed = set(state["memo"])
         self.forwards = int(state["forwards"])
         self.ledger.nominal = True

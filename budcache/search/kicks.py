@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from .climb import climb
-from .evaluator import Evaluator
-from .moves import propose
+from collections.abc import Callable
+
+from .moves import Mask, propose
 from .run import Run
 
 
-def kicks(run: Run, rounds: int, screen: Evaluator | None = None, size: int = 3) -> None:
-    """``rounds`` times: ``size`` random moves from the tracker's best mask, then hill climbing (screened
-    by ``screen``) on the whole calibration set."""
+def kicks(run: Run, rounds: int, climb_from: Callable[[Mask, float], object], size: int = 3,
+          score: Callable[[Mask], float] | None = None) -> None:
+    """``rounds`` times: ``size`` random moves from the tracker's best mask, scored by ``score``
+    (default: on every sample), then ``climb_from(mask, loss)``."""
     config, track = run.config, run.track
     for _ in range(rounds):
         kicked = track.best
         for _ in range(size):
             kicked = propose(kicked, run.free, run.rng, config.shift_prob, config.flip_prob, run.flips) or kicked
-        climb(run, kicked, track(kicked), screen=screen)
+        climb_from(kicked, (score or track)(kicked))
