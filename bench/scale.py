@@ -47,7 +47,7 @@ def batched() -> list[dict]:
     from budcache.demo.model import load_demo_model
     from budcache.demo.problem import demo_batches, demo_denoisers, demo_inputs
     from budcache.sampling import linear_sigmas
-    from budcache.search import EFFORTS, Evaluator, anneal
+    from budcache.search import EFFORTS, Evaluator, run_search
 
     torch.set_num_threads(1)
     model, rows = load_demo_model(), []
@@ -55,7 +55,7 @@ def batched() -> list[dict]:
         for group in (1, 8, 32):
             evaluate = Evaluator(demo_batches(make, *demo_inputs(16, 0)), linear_sigmas(20))
             start = time.perf_counter()
-            result = anneal(evaluate, 6, dataclasses.replace(EFFORTS["thorough"], batch_candidates=group), progress=False)
+            result = run_search(evaluate, 6, dataclasses.replace(EFFORTS["thorough"], batch_candidates=group), progress=False)
             seconds = time.perf_counter() - start
             rows.append({"batch_candidates": group, "mask": "".join("#" if m else "." for m in result.mask),
                          "evaluations": evaluate.evaluations, "forwards": evaluate.forwards,

@@ -1,19 +1,23 @@
-"""Search cost against plan quality: the named efforts on the demo model (K=28, B in {6, 8, 10}, and
-with ``--k50`` K=50, B in {14, 20}; repeat and extrapolate; 32 calibration samples in batches of 8)
-and on the Gaussian-mixture flow (K=20, B in {6, 8, 10}, exhaustive optimum known, 10 noise seeds).
+"""Search cost against plan quality: the default (budget-first) search within its cap against the named uncapped
+efforts, on the demo model (K=28, B in {6, 8, 10}, 32 calibration samples, and with ``--k50`` K=50, B in {14, 20},
+16 samples; repeat and extrapolate), on the Gaussian-mixture flow (K=20, B in {6, 8, 10}, the exhaustive optimum
+known, 10 noise seeds) and with ``--pipeline-prompts`` on the tiny FLUX pipeline (K=28, B=10).
 Prints one JSON line per setting, writes ``bench-out/search_cost.json`` and the anytime plot
-``bench-out/search_cost.png`` (best objective against forwards per sample, per effort, B and rule).
+``bench-out/search_cost.png`` (best objective / best known against forwards per sample).
 
-Forwards per sample count block-stack executions for one calibration sample, the teacher's and the
-screening subsets' included (a batched forward over n samples counts n). The best-known objective
-is the lowest any effort run found for that setting (``--efforts ... long`` adds the long search,
-4 x 1000 proposals + 8 kicks) or the exhaustive optimum. With ``--held-out`` the default's and the best plan's PSNR
-against full compute on 100 held-out demo samples are compared.
+Forwards per sample count block-stack executions for one calibration sample, the teacher's and the rungs'
+included (a batched forward over n samples counts n). On the demo the default runs as ``budcache search`` runs it
+(``search_plan``: the cap covers the reference losses too) at its default cap, and once more at ``--curve-cap``
+for the anytime curve; the curve read at the default cap must give the default run's plan (the search is nested:
+``nested`` in each row). The best-known objective is the lowest any run found (``--reference``: earlier outputs
+of this benchmark, e.g. the ``thorough`` and ``long`` efforts run once) or the exhaustive optimum. ``--held-out``:
+PSNR against full compute on 100 held-out demo samples, of the default's plan and of the best-known plan.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -28,22 +32,48 @@ from matplotlib.figure import Figure
 from budcache.demo.problem import demo_source
 from budcache.evaluation.compare import static_outputs
 from budcache.evaluation.metrics import psnr
-from budcache.search import EFFORTS, Batch, Evaluator, exhaustive, run_search
 from budcache.sampling import OutputDenoiser, linear_sigmas
-from tests.fixtures.gmm import GaussianMixtureFlow
+from budcache.search import EFFORTS, Batch, Evaluator, default_cap, run_search, search_plan
+from tests.fixtures.gmm import GaussianMixtureFlow, euler_optimum
 from tests.fixtures.tiny import tiny_flux_pipeline
 
 
-def run(make, budget: int, efforts: list[str]) -> dict:
+def text(mask) -> str:
+    return "".join("#" if m == 1 else "." for m in mask)
+
+
+def thin(curve: list) -> list:
+    return [list(map(float, p)) for p in curve[:: max(1, len(curve) // 300)] + curve[-1:]]
+
+
+def best_within(curve: list, spent: float) -> float:
+    """The best loss of an anytime curve once ``spent`` forwards per sample were charged."""
+    return min((loss for f, loss in curve if f <= spent + 1e-9), default=math.inf)
+
+
+def demo_row(source, k: int, b: int, rule: str, efforts: list[str], curve_cap: float) -> dict:
+    """The default as ``budcache search`` runs it at its cap and at ``curve_cap``, then the other efforts."""
+    def make():
+        return Evaluator(source.batches("calib"), source.solver, rule=rule)
+
     out = {}
+    for cap in (None, curve_cap):
+        evaluate, start = make(), time.perf_counter()
+        plan, result = search_plan(evaluate, b, reuse=source.reuse, config=dataclasses.replace(EFFORTS["default"],
+                                   max_forwards=cap), euler_sigmas=source.fewer(b), progress=False)
+        out["default" if cap is None else "default_curve"] = {
+            "loss": result.loss, "mask": text(result.mask), "forwards_per_sample": round(plan.record.spent, 1),
+            "cap": plan.record.cap, "masks": evaluate.evaluations, "seconds": round(time.perf_counter() - start, 1),
+            "curve": thin(result.curve)}
+    searched = out["default"]["curve"][-1][0]
+    out["nested"] = best_within(out["default_curve"]["curve"], searched) == out["default"]["loss"]
     for name in efforts:
-        evaluate = make()
-        start = time.perf_counter()
-        result = run_search(evaluate, budget, EFFORTS[name], progress=False)
-        out[name] = {"loss": result.loss, "mask": "".join("#" if m else "." for m in result.mask),
-                     "forwards_per_sample": round(evaluate.forwards / evaluate.samples, 1),
-                     "masks": evaluate.evaluations, "seconds": round(time.perf_counter() - start, 1),
-                     "curve": result.curve[:: max(1, len(result.curve) // 200)] + result.curve[-1:]}
+        if name != "default":
+            evaluate, start = make(), time.perf_counter()
+            result = run_search(evaluate, b, EFFORTS[name], progress=False)
+            out[name] = {"loss": result.loss, "mask": text(result.mask), "forwards_per_sample": round(result.spent, 1),
+                         "masks": evaluate.evaluations, "seconds": round(time.perf_counter() - start, 1),
+                         "curve": thin(result.curve)}
     return out
 
 
@@ -53,9 +83,43 @@ def held_out_psnr(source, full: torch.Tensor, rule: str, masks: dict[str, str]) 
             for name, m in masks.items()}
 
 
-def pipeline_rows(prompts: int, efforts: list[str], known: dict[tuple, float]) -> list[dict]:
-    """Forwards per prompt of each effort on the tiny FLUX pipeline (K=28, B=10, guidance-distilled, one call per
-    step): what a search costs on a real pipeline, whose block-stack forward is the unit of GPU time."""
+def gmm_rows(budgets: list[int], seeds: int, caps: list[float], efforts: list[str]) -> list[dict]:
+    """The default on the Gaussian mixture run once to the largest cap, read at every cap (nested), against
+    the exhaustive optimum; the other efforts uncapped."""
+    gmm, sigmas = GaussianMixtureFlow(), [float(s) for s in linear_sigmas(20)]
+    rows = []
+    for b in budgets:
+        for seed in range(seeds):
+            noise = gmm.noise(64, seed)
+
+            def make():
+                return Evaluator([Batch(OutputDenoiser(gmm), part) for part in noise.split(8)], linear_sigmas(20))
+
+            optimum, mask = euler_optimum(gmm, noise, sigmas, b)
+            evaluate = make()
+            optimum = min(optimum, evaluate(mask))  # the evaluator's own arithmetic
+            result = run_search(make(), b, dataclasses.replace(EFFORTS["default"], max_forwards=max(caps)),
+                                progress=False)
+            row = {"model": "gmm", "K": 20, "B": b, "rule": "repeat", "seed": seed, "best_known": optimum,
+                   "optimum_mask": text(mask), "default_curve": {"curve": thin(result.curve)}}
+            for cap in caps:
+                loss = best_within(result.curve, cap)
+                row[f"default@{cap:g}"] = {"loss": loss, "ratio": round(loss / optimum, 4), "cap": cap}
+            for name in efforts:
+                if name != "default":
+                    r = run_search(make(), b, EFFORTS[name], progress=False)
+                    row[name] = {"loss": r.loss, "ratio": round(r.loss / optimum, 4),
+                                 "forwards_per_sample": round(r.spent, 1), "curve": thin(r.curve)}
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "default_curve"} | {
+                n: {f: x for f, x in v.items() if f != "curve"} for n, v in row.items() if isinstance(v, dict)}),
+                flush=True)
+    return rows
+
+
+def pipeline_rows(prompts: int, efforts: list[str]) -> list[dict]:
+    """The default against the other efforts on the tiny FLUX pipeline (K=28, B=10, guidance-distilled, one call per
+    step), through ``budcache.search``: forwards per prompt and the objective's ratio to the best of them."""
     torch.manual_seed(0)
     pipe = tiny_flux_pipeline()
     inputs = [dict(prompt_embeds=torch.randn(1, 8, 32), pooled_prompt_embeds=torch.randn(1, 32)) for _ in range(prompts)]
@@ -63,39 +127,42 @@ def pipeline_rows(prompts: int, efforts: list[str], known: dict[tuple, float]) -
     rows = []
     for rule in ("repeat", "extrapolate"):
         found = {}
-        for name in efforts:
+        for name in dict.fromkeys(["default", *efforts]):
             start = time.perf_counter()
             plan = budcache.search(calib, 10, rule=rule, config=EFFORTS[name], progress=False)
-            found[name] = {"loss": plan.record.objective, "forwards_per_prompt": plan.record.forwards / prompts,
-                           "masks": plan.record.evaluations, "seconds": round(time.perf_counter() - start, 1)}
-        best = min([v["loss"] for v in found.values()] + [known.get(("tiny FLUX pipeline", 28, 10, rule, None), math.inf)])
+            found[name] = {"loss": plan.record.objective, "forwards_per_prompt": round(plan.record.forwards / prompts, 1),
+                           "cap": plan.record.cap, "masks": plan.record.evaluations,
+                           "seconds": round(time.perf_counter() - start, 1)}
+        best = min(v["loss"] for v in found.values())
         rows.append({"model": "tiny FLUX pipeline", "K": 28, "B": 10, "rule": rule, "prompts": prompts,
-                     **{n: {**v, "ratio": round(v["loss"] / best, 4)} for n, v in found.items()}})
+                     "best_known": best, **{n: {**v, "ratio": round(v["loss"] / best, 4)} for n, v in found.items()}})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    fig = Figure(figsize=(4 * 3, 3.2 * 3))
-    demo = [r for r in rows if r["model"] == "demo"]
-    gmm = [r for r in rows if r["model"] == "gmm" and r["seed"] == 0]
-    panels = demo + gmm
-    cols = 3
+    panels = [r for r in rows if r["model"] == "demo"] + [r for r in rows if r["model"] == "gmm" and r["seed"] == 0]
+    cols = 4
+    fig = Figure(figsize=(3.6 * cols, 3.0 * ((len(panels) + cols - 1) // cols)))
     axes = fig.subplots((len(panels) + cols - 1) // cols, cols, squeeze=False).ravel()
     for ax, row in zip(axes, panels):
-        for name in EFFORTS:
-            if name in row:
-                xs, ys = zip(*row[name]["curve"])
-                ax.step(xs, [y / row["best_known"] for y in ys], where="post", label=name)
+        for name, run in row.items():
+            if isinstance(run, dict) and "curve" in run and run["curve"]:
+                xs, ys = zip(*run["curve"])
+                label = "default (to the curve cap)" if name == "default_curve" else name
+                if name != "default":
+                    ax.step(xs, [y / row["best_known"] for y in ys], where="post", label=label)
+        cap = default_cap(row["K"], row["B"])
+        ax.axvline(cap, color="grey", lw=0.8, ls=":")
         ax.axhline(1.02, color="grey", lw=0.6, ls="--")
         ax.set_xscale("log")
         ax.set_ylim(0.99, 2.0)
         ax.set_title(f"{row['model']} K={row['K']} B={row['B']} {row['rule']}", fontsize=9)
-        ax.set_xlabel("forwards per sample")
+        ax.set_xlabel("forwards per sample (dotted: default cap)")
         ax.set_ylabel("best / best known")
+        ax.legend(fontsize=7)
     for ax in axes[len(panels):]:
         ax.axis("off")
-    axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
 
@@ -146,18 +213,20 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budgets", type=int, nargs="+", default=[6, 8, 10])
     p.add_argument("--calib", type=int, default=32)
-    p.add_argument("--efforts", nargs="+", choices=list(EFFORTS), default=["fast", "default", "thorough"],
-                   help="the efforts to run (long: the reference search, about an hour here)")
-    p.add_argument("--k50", action="store_true", help="also K=50, B in {14, 20}")
+    p.add_argument("--efforts", nargs="+", choices=list(EFFORTS), default=["default", "thorough"],
+                   help="the efforts to run (thorough: about 40 min at K=28 here; long: about an hour)")
+    p.add_argument("--curve-cap", type=float, default=1000, help="the default's anytime curve runs to this cap")
+    p.add_argument("--k50", action="store_true", help="also K=50, B in {14, 20} (with --k50-calib samples)")
+    p.add_argument("--k50-calib", type=int, default=16)
     p.add_argument("--skip-k28", action="store_true")
     p.add_argument("--held-out", action="store_true", help="held-out PSNR of the default's and the best plans")
     p.add_argument("--skip-demo", action="store_true")
     p.add_argument("--pipeline-prompts", type=int, default=0,
                    help="also the tiny FLUX pipeline with this many prompts (forwards per prompt)")
     p.add_argument("--gmm-seeds", type=int, default=10)
+    p.add_argument("--gmm-caps", type=float, nargs="+", default=[default_cap(20, 6), 1000])
     p.add_argument("--reference", type=Path, nargs="*", default=[],
-                   help="earlier outputs of this benchmark whose best-known objectives count too (a long search run "
-                        "once, then the quick efforts again)")
+                   help="earlier outputs of this benchmark whose runs count too (best-known objectives, curves)")
     p.add_argument("--gpu", action="store_true",
                    help="only the real-scale timing on a CUDA GPU (FLUX.1-dev, Wan2.1-1.3B; random bf16 weights)")
     p.add_argument("--tiny", action="store_true", help="with --gpu: a CPU smoke run on tiny configs (no figure of value)")
@@ -174,58 +243,44 @@ def main() -> None:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.with_name(a.out.stem + "_gpu.json").write_text(json.dumps({"rows": rows}, indent=1))
         return
-    efforts = a.efforts
-    known: dict[tuple, float] = {}
-    known_masks: dict[tuple, str] = {}  # the best plan's mask of a reference row
+    known: dict[tuple, dict] = {}  # (K, B, rule) -> the reference runs of that demo setting
     for path in a.reference:
         for r in json.loads(path.read_text())["rows"]:
-            key = (r["model"], r["K"], r["B"], r["rule"], r.get("seed"))
-            known[key] = min(known.get(key, math.inf), r["best_known"])
-            runs = [v for v in r.values() if isinstance(v, dict) and "mask" in v]
-            if runs and min(v["loss"] for v in runs) <= known[key]:
-                known_masks[key] = min(runs, key=lambda v: v["loss"])["mask"]
-    settings = [] if a.skip_demo else ([] if a.skip_k28 else [(28, b) for b in a.budgets]) + (
-        [(50, 14), (50, 20)] if a.k50 else [])
+            if r["model"] == "demo":
+                runs = {n: v for n, v in r.items() if isinstance(v, dict) and "mask" in v and n not in ("default", "default_curve")}
+                known.setdefault((r["K"], r["B"], r["rule"]), {}).update(runs)
+    settings = [] if a.skip_demo else ([] if a.skip_k28 else [(28, a.calib, b) for b in a.budgets]) + (
+        [(50, a.k50_calib, 14), (50, a.k50_calib, 20)] if a.k50 else [])
     rows = []
-
-    def emit(row: dict) -> None:
-        rows.append(row)
-        print(json.dumps({k: {f: x for f, x in v.items() if f != "curve"} if isinstance(v, dict) and "curve" in v
-                          else v for k, v in row.items()}), flush=True)
-
-    for k, b in settings:
-        with demo_source(k, a.calib, validation=0, held_out=100 if a.held_out else 0) as source:
+    for k, n, b in settings:
+        with demo_source(k, n, validation=0, held_out=100 if a.held_out else 0) as source:
             full = static_outputs(source, "eval", source.solver, [1] * k, "repeat") if a.held_out else None
             for rule in ("repeat", "extrapolate"):
-                found = run(lambda: Evaluator(source.batches("calib"), source.solver, rule=rule), b, efforts)
-                best = min([v["loss"] for v in found.values()] + [known.get(("demo", k, b, rule, None), math.inf)])
-                row = {"model": "demo", "K": k, "B": b, "rule": rule, "best_known": best,
-                       **{n: {**v, "ratio": round(v["loss"] / best, 4)} for n, v in found.items()}}
+                runs = {**known.get((k, b, rule), {}), **demo_row(source, k, b, rule, a.efforts, a.curve_cap)}
+                best = min(v["loss"] for v in runs.values() if isinstance(v, dict))
+                row = {"model": "demo", "K": k, "B": b, "rule": rule, "calibration": n, "best_known": best,
+                       **{name: {**v, "ratio": round(v["loss"] / best, 4)} if isinstance(v, dict) else v
+                          for name, v in runs.items()}}
                 if a.held_out:
-                    masks = {n: v["mask"] for n, v in found.items()}
-                    if ("demo", k, b, rule, None) in known_masks:
-                        masks["best known"] = known_masks["demo", k, b, rule, None]
-                    row["held_out_psnr"] = held_out_psnr(source, full, rule, masks)
-                emit(row)
-    gmm = GaussianMixtureFlow()
-    for b in a.budgets if a.gmm_seeds else []:
-        for seed in range(a.gmm_seeds):
-            def make(noise=gmm.noise(64, seed)):
-                return Evaluator([Batch(OutputDenoiser(gmm), part) for part in noise.split(8)], linear_sigmas(20))
-            optimum = exhaustive(make(), b, progress=False).loss
-            found = run(make, b, [e for e in efforts if e != "long"])
-            emit({"model": "gmm", "K": 20, "B": b, "rule": "repeat", "seed": seed, "best_known": optimum,
-                  **{n: {**v, "ratio": round(v["loss"] / optimum, 4)} for n, v in found.items()}})
+                    best_mask = min((v for v in runs.values() if isinstance(v, dict)), key=lambda v: v["loss"])["mask"]
+                    row["held_out_psnr"] = held_out_psnr(source, full, rule, {"default": row["default"]["mask"],
+                                                                              "best known": best_mask})
+                rows.append(row)
+                print(json.dumps({f: {g: x for g, x in v.items() if g != "curve"} if isinstance(v, dict) else v
+                                  for f, v in row.items()}), flush=True)
+    if a.gmm_seeds:
+        rows += gmm_rows(a.budgets, a.gmm_seeds, a.gmm_caps, a.efforts)
     if a.pipeline_prompts:
-        rows += pipeline_rows(a.pipeline_prompts, [e for e in efforts if e != "long"], known)
+        rows += pipeline_rows(a.pipeline_prompts, [e for e in a.efforts if e != "long"])
     summary = {}
     for r in rows:
         key = f"{r['model']} K={r['K']} B={r['B']} {r['rule']}"
-        for n in efforts:
-            if n in r:
-                s = summary.setdefault(key, {}).setdefault(n, {"worst_ratio": 0.0, "max_forwards": 0.0})
-                s["worst_ratio"] = max(s["worst_ratio"], r[n]["ratio"])
-                s["max_forwards"] = max(s["max_forwards"], r[n].get("forwards_per_sample", r[n].get("forwards_per_prompt")))
+        for name, v in r.items():
+            if isinstance(v, dict) and "ratio" in v:
+                s = summary.setdefault(key, {}).setdefault(name, {"worst_ratio": 0.0, "most_forwards": 0.0})
+                s["worst_ratio"] = max(s["worst_ratio"], v["ratio"])
+                s["most_forwards"] = max(s["most_forwards"], v.get("forwards_per_sample", v.get("forwards_per_prompt",
+                                                                                                  v.get("cap", 0.0))))
     print(json.dumps({"summary": summary}, indent=1))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({"rows": rows, "summary": summary}, indent=1))

@@ -23,7 +23,7 @@ from budcache.demo.problem import demo_batches, demo_denoisers, demo_inputs
 from tests.fixtures.gmm import GaussianMixtureFlow
 from budcache.plan import uniform_mask
 from budcache.sampling import OutputDenoiser, linear_sigmas
-from budcache.search import EFFORTS, Batch, Evaluator, SearchConfig, anneal, exhaustive
+from budcache.search import EFFORTS, Batch, Evaluator, SearchConfig, exhaustive, run_search
 
 
 def bench_model(name: str, make_evaluator, steps: int, budgets: list[int], seeds: int, config: SearchConfig,
@@ -43,7 +43,7 @@ def bench_model(name: str, make_evaluator, steps: int, budgets: list[int], seeds
         for seed in range(seeds):
             ev = make_evaluator()
             base = ev.forwards  # the teacher trajectory, counted in both columns
-            r = anneal(ev, b, SearchConfig(**{**config.__dict__, "seed": seed}), progress=False)
+            r = run_search(ev, b, SearchConfig(**{**config.__dict__, "seed": seed}), progress=False)
             ratios.append(r.loss / opt.loss)
             fwd.append(ev.forwards - base)
             fwd_plain.append(ev.samples * ev.evaluations * b)

@@ -364,6 +364,10 @@ def test_a_cap_is_never_exceeded_and_a_larger_cap_continues_the_same_search(gmm)
         results.append(run_search(evaluate, budget, SearchConfig(max_forwards=cap), progress=False))
         spent.append(evaluate.forwards / evaluate.samples)
         assert spent[-1] <= cap and results[-1].spent == pytest.approx(spent[-1]) and results[-1].cap == cap
+    again = run_search(batches_of(gmm, k=k), budget, SearchConfig(max_forwards=60), progress=False)
+    assert again.history == results[0].history and again.mask == results[0].mask  # deterministic for a seed
+    other = run_search(batches_of(gmm, k=k), budget, SearchConfig(max_forwards=240, seed=1), progress=False)
+    assert other.history != results[2].history  # the seed drives the random moves
     for small, large in zip(results, results[1:]):
         assert large.history[:len(small.history)] == small.history  # the same search, continued
         assert large.loss <= small.loss

@@ -134,12 +134,13 @@ def add_search_options(p: argparse.ArgumentParser, effort: SearchConfig = Search
     """Search effort, reuse rule, prefix-state memory, optional checkpointing."""
     g = p.add_argument_group("search")
     g.add_argument("--effort", choices=sorted(EFFORTS), default=None,
-                   help="a named search effort: fast (screened hill climbing from the uniform and endpoints masks), "
-                        "default (the same + 2 kicks), annealed (annealing + screened hill climbing over every swap + "
-                        "4 kicks: for rugged objectives), thorough (the same unscreened), long (the reference search); "
-                        "the options below override it")
+                   help="a named search effort: default (budget-first: ranks starts on a share of the prompts, climbs, "
+                        "kicks and anneals until --max-forwards is spent; 7 K forwards per prompt unless given), local "
+                        "(the uncapped local search of earlier releases), annealed (annealing + screened hill climbing "
+                        "over every swap + 4 kicks: for rugged objectives), thorough (the same unscreened), long (the "
+                        "reference search); the options below override it")
     g.add_argument("--iterations", type=integer(0), default=None,
-                   help=f"annealing proposals per start (default {effort.iterations})")
+                   help=f"annealing proposals per start, or per round of the default effort (default {effort.iterations})")
     g.add_argument("--starts", type=integer(1), default=None,
                    help=f"starts: the named masks ({', '.join(effort.start)}), then random ones (default {effort.starts})")
     g.add_argument("--kicks", type=integer(0), default=None,
@@ -151,8 +152,9 @@ def add_search_options(p: argparse.ArgumentParser, effort: SearchConfig = Search
                    help="share of the calibration prompts that ranks hill-climbing moves before the best "
                         f"{effort.confirm} are scored on all of them; 1: no screening (default {effort.screen})")
     g.add_argument("--max-forwards", type=number(0.0, strict=True), default=None,
-                   help="stop once this many transformer forwards per calibration prompt are spent (its full-compute "
-                        "teacher included) and keep the best plan so far (default: search to the end)")
+                   help="the search's cap in transformer forwards per calibration prompt, its full-compute teacher and "
+                        "reference losses included: it never spends more and keeps the best plan found (default: 7 K "
+                        "for the default effort, none for local, annealed, thorough and long)")
     p.set_defaults(base_effort=effort)
     g.add_argument("--batch-candidates", type=integer(1), default=1,
                    help="hill-climbing neighbours evaluated together in one batched forward (default 1: off)")

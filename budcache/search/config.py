@@ -36,7 +36,7 @@ class SearchConfig:
     # over 0..K-1, the last included), "surrogate" (the teacher surrogate's optimum, see .surrogate), "warped" (a
     # family of masks crowded at the start or the end, see moves.warped_mask; classic takes its power-2 mask)
     reach: int | None = None  # hill climbing moves a computed step at most this far (0: the whole swap
-    # neighbourhood; None: about 4% of the steps, at least 1: see auto_reach)
+    # neighbourhood; None: 1 for the budgeted strategy, about 4% of the steps, at least 1 for the classic: auto_reach)
     screen: float = 0.25  # share of the calibration batches that ranks hill-climbing neighbours (1: no screening)
     confirm: int = 3  # the best screened neighbours scored on the whole calibration set
     sweep: bool = True  # hill climbing first sweeps the computed steps (see climb.sweep), then descends steepest

@@ -75,7 +75,9 @@ def search_plan(
     check_budget(k, budget, config)
     cap = cap_of(config, k, budget)
     predictive = evaluate.rule != "repeat" or bool(config.rules)
-    reserve = budget * ((euler_sigmas is not None) + 1 + predictive)  # uniform, plain Euler, the plan under repeat
+    uniform_first = config.strategy == "budgeted" and start is None and config.start[:1] == ("uniform",)
+    reserve = budget * ((euler_sigmas is not None) + (not uniform_first) + predictive)  # plain Euler, the uniform
+    # mask (the budgeted search scores it first), the plan under repeat
     check_cap(cap, k, budget, reserve)
     searched = dataclasses.replace(config, max_forwards=cap - reserve)
     if announce is not None:
