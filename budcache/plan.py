@@ -293,7 +293,8 @@ class CachePlan(JsonFile):
                 f"search  {r.evaluations} masks, {r.forwards} transformer forwards "
                 f"({r.forwards_without_prefix_reuse} without prefix reuse), {r.calibration_size} calibration "
                 f"samples, seed {r.seed}, {r.seconds:.1f}s" + (f", effort {r.effort}" if r.effort else "")
-                + (", interrupted" if r.interrupted else ""),
+                + (f", {r.spent:g} of at most {r.cap:g} forwards per sample" if r.cap is not None and r.spent is not None
+                   else "") + (", interrupted" if r.interrupted else ""),
             ]
         return "\n".join(lines)
 

@@ -15,6 +15,7 @@ from budcache.errors import CheckpointError
 from budcache.plan import CachePlan
 from budcache.search import Batch, Evaluator, SearchConfig, run_search, search_plan
 from budcache.sampling import OutputDenoiser, linear_sigmas
+from tests.fixtures.interrupt import interrupted_after
 
 K, B = 12, 4
 CONFIG = SearchConfig(strategy="classic", iterations=80, seed=3, kicks=2, checkpoint_every=5)
@@ -26,17 +27,7 @@ def evaluator(gmm):
 
 def test_interrupted_search_resumes_to_the_same_plan(gmm, tmp_path):
     reference, _ = search_plan(evaluator(gmm), B, reuse="output", config=CONFIG, progress=False)
-    ev = evaluator(gmm)
-    inner = ev.__class__.__call__
-    calls = []
-
-    def stop_after_40(self, mask):
-        calls.append(1)
-        if len(calls) == 40:
-            raise KeyboardInterrupt
-        return inner(self, mask)
-
-    ev.__class__ = type("Interrupted", (ev.__class__,), {"__call__": stop_after_40})
+    ev = interrupted_after(evaluator(gmm), 40)
     ckpt = tmp_path / "search.json"
     partial, _ = search_plan(ev, B, reuse="output", config=CONFIG, progress=False, checkpoint=ckpt)
     assert partial.record.interrupted and ckpt.exists()

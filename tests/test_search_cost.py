@@ -12,6 +12,7 @@ from budcache.cli import main
 from budcache.plan import CachePlan
 from budcache.sampling import OutputDenoiser, linear_sigmas
 from budcache.search import Batch, Evaluator, SearchConfig, default_cap, search_plan
+from tests.fixtures.interrupt import interrupted_after
 from tests.fixtures.tiny import tiny_flux_pipeline
 
 K = 12
@@ -67,16 +68,7 @@ def test_an_interrupted_default_search_resumes_to_the_uninterrupted_plan(gmm, tm
 
     config = SearchConfig(checkpoint_every=3, seed=2)
     reference, whole = search_plan(evaluator(), 5, reuse="output", config=config, progress=False)
-    ev = evaluator()
-    inner, calls = ev.__class__.__call__, []
-
-    def stop_after(self, mask):
-        calls.append(1)
-        if len(calls) == 25:
-            raise KeyboardInterrupt
-        return inner(self, mask)
-
-    ev.__class__ = type("Interrupted", (ev.__class__,), {"__call__": stop_after})
+    ev = interrupted_after(evaluator(), 25)
     ckpt = tmp_path / "search.json"
     partial, _ = search_plan(ev, 5, reuse="output", config=config, progress=False, checkpoint=ckpt)
     assert partial.record.interrupted and 0 < len(json.loads(ckpt.read_text())["memo"])
