@@ -19,7 +19,7 @@ class SearchConfig:
     max_forwards: float | None = None  # the cap in forwards per calibration sample, teacher included (None: the
     # budgeted strategy's default_cap(K, B); the classic one is then uncapped; math.inf: no cap)
     iterations: int = 200  # annealing proposals per start (classic) or per round (budgeted)
-    starts: int = 2  # classic: starts (the named ones, then random); budgeted: local optima promoted from the first rung
+    starts: int = 2  # classic: starts (the named ones, then random); budgeted: the best-ranked starts climbed
     t_start: float = 0.05
     t_end: float = 1e-3
     shift_prob: float = 0.5
@@ -37,7 +37,8 @@ class SearchConfig:
     # family of masks crowded at the start or the end, see moves.warped_mask; classic takes its power-2 mask)
     reach: int | None = None  # hill climbing moves a computed step at most this far (0: the whole swap
     # neighbourhood; None: 1 for the budgeted strategy, about 4% of the steps, at least 1 for the classic: auto_reach)
-    screen: float = 0.25  # share of the calibration batches that ranks hill-climbing neighbours (1: no screening)
+    screen: float = 0.25  # share of the calibration batches that ranks hill-climbing neighbours (budgeted: the rung
+    # that ranks, climbs and anneals where the calibration samples are alike; 1: no screening)
     confirm: int = 3  # the best screened neighbours scored on the whole calibration set
     sweep: bool = True  # hill climbing first sweeps the computed steps (see climb.sweep), then descends steepest
     escalate: int = 300  # classic without annealing: proposals per start annealed after the local search when its
