@@ -18,6 +18,7 @@ from .starts import POWERS, named, random_start
 def classic(run: Run) -> None:
     config, track = run.config, run.track
     screen = run.rung(config.screen)
+    ends: list[float] = []  # each start's local optimum
 
     def climbed(mask, loss):
         return climb(run, mask, loss, screen=screen) if config.hill_climb else (mask, loss)
@@ -31,8 +32,7 @@ def classic(run: Run) -> None:
             first = named(run, name)[POWERS.index(2.0) if name == "warped" else 0]
         else:
             first = random_start(run)
-        run.ends.append(climbed(*anneal(run, first, config.iterations))[1])
-    ends = run.ends
+        ends.append(climbed(*anneal(run, first, config.iterations))[1])
     rugged = len(ends) > 1 and 0 < min(ends) and max(ends) > RUGGED * min(ends)
     if rugged and not config.iterations and config.escalate:  # the starts disagree: anneal as well
         for s in range(config.starts):

@@ -7,7 +7,6 @@ the objective, so a move is taken only when the objective confirms it.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Protocol
 
@@ -56,18 +55,15 @@ def sweep(run: Run, mask: Mask, loss: float, objective: Objective, screen: Evalu
 
 
 def climb(run: Run, mask: Mask, loss: float, objective: Objective | None = None, screen: Evaluator | None = None,
-          reach: int | None = None, each: Callable[[Mask], object] | None = None) -> tuple[Mask, float]:
+          each: Callable[[Mask], object] | None = None) -> tuple[Mask, float]:
     """Steepest descent on ``objective`` (default: the tracker) over the swap/shift (and rule-flip)
-    neighbourhood within ``reach`` (default ``config.reach``), to a local optimum (after sweeps, with
+    neighbourhood within ``config.reach``, to a local optimum (after sweeps, with
     ``config.sweep``); ``config.batch_candidates`` neighbours at a time share one batched forward. With a
     ``screen`` evaluator only the ``config.confirm`` neighbours it ranks best are scored on the objective.
     ``each`` is called with the mask after every sweep and every descent step that moved it (e.g. to
     score a climb on a rung on every sample as it goes, so that a cap reached mid-climb keeps its progress)."""
     config = run.config
     objective = objective or run.track
-    if reach is not None and reach != config.reach:
-        run = dataclasses.replace(run, config=dataclasses.replace(config, reach=reach))
-        config = run.config
     if config.sweep:
         mask, loss = sweep(run, mask, loss, objective, screen, each)
     while True:

@@ -4,7 +4,7 @@ A *strategy* is a function ``strategy(run)`` that spends forwards through ``run.
 calibration set, where the best plan is kept) and ``run.rung(share)`` (a share of it, for cheap
 ranking) until it is done or the ledger raises :class:`~.ledger.Spent`. Its building blocks are
 functions from a mask to a better one (``climb.climb``, ``anneal.anneal``, ``kicks.kicks``). One file
-per strategy; :data:`STRATEGIES` names them for ``SearchConfig.strategy``.
+per strategy; ``SearchConfig.strategy`` names one (see :data:`~.config.STRATEGIES`).
 """
 
 from __future__ import annotations
@@ -68,10 +68,8 @@ class Tracker:
             self.curve.append((self.evaluate.ledger.spent, self.best_loss))
         if self.checkpoint is not None:
             self.checkpoint.maybe_save(self.evaluate)
-        ledger = self.evaluate.ledger
-        self.bar.n = round(min(ledger.spent, ledger.limit if math.isfinite(ledger.limit) else ledger.spent), 1)
         self.bar.set_postfix(best=f"{self.best_loss:.4g}", evals=len(self.seen), refresh=False)
-        self.bar.refresh() if not self.bar.disable else None
+        self.bar.update(round(min(self.evaluate.ledger.spent, self.evaluate.ledger.limit), 1) - self.bar.n)  # rate-limited
         return loss
 
 
@@ -88,7 +86,6 @@ class Run:
     flips: tuple[int, ...]
     rng: random.Random
     start: Sequence[int] | None = None  # a first start given by the caller (e.g. a neighbouring budget's plan)
-    ends: list[float] = field(default_factory=list)  # the local optima reached (classic: ruggedness)
 
     @property
     def num_steps(self) -> int:
