@@ -280,7 +280,7 @@ def test_a_checkpoint_keeps_the_screening_evaluations(gmm, tmp_path):
     config = SearchConfig(strategy="classic", iterations=20, kicks=1)
     first = batches_of(gmm)
     done = run_search(first, 4, config, progress=False, checkpoint=Checkpoint(tmp_path / "c.json", {}))
-    assert first.subsets and first.subsets[2, 0].evaluations > 0
+    assert first.subsets and first.subsets[2].evaluations > 0
     again = batches_of(gmm)
     Checkpoint(tmp_path / "c.json", {}).restore(again)
     restored = again.forwards

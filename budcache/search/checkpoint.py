@@ -109,12 +109,6 @@ def _keys(memo: dict[tuple[int, ...], float]) -> dict[str, float]:
     return {",".join(map(str, k)): v for k, v in memo.items()}
 
 
-def _subset_key(key: str) -> tuple[int, int]:
-    """A saved subset's (number of batches, offset): "m+o", or "m" (offset 0)."""
-    m, _, o = key.partition("+")
-    return int(m), int(o or 0)
-
-
 def _checksum(data: dict) -> str:
     body = {k: v for k, v in data.items() if k != "checksum"}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
@@ -134,7 +128,7 @@ def read(path: str | Path, num_steps: int | None = None) -> dict:
             raise ValueError("no identity")
         memo = _table(data["memo"])
         spreads = _table(data.get("spreads", {}))
-        subsets = {_subset_key(key): _table(table) for key, table in data.get("subsets", {}).items()}
+        subsets = {int(m): _table(table) for m, table in data.get("subsets", {}).items()}
         forwards = data["forwards"]
         if not isinstance(forwards, int) or isinstance(forwards, bool) or forwards < 0:
             raise ValueError(f"forwards {forwards!r}")
@@ -182,5 +176,5 @@ class Checkpoint:
             return
         state = evaluate.state_dict()
         data = {"format": FORMAT, "identity": self.ident, "forwards": state["forwards"], "finished": finished,
-                "memo": _keys(state["memo"]), "spreads": _keys(state["spreads"]), "subsets": {f"{m}+{o}": _keys(t) for (m, o), t in state["subsets"].items()}}
+                "memo": _keys(state["memo"]), "spreads": _keys(state["spreads"]), "subsets": {str(m): _keys(t) for m, t in state["subsets"].items()}}
         atomic_write_text(self.path, json.dumps({**data, "checksum": _checksum(data)}))

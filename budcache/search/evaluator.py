@@ -84,8 +84,8 @@ class Evaluator:
         self.ledger = Ledger()  # forwards per calibration sample charged, against the search's cap
         self.prefixes: set[Schedule] = set()  # every prefix of every schedule scored (nominal costs, see Ledger)
         self._replayed: set[Schedule] = set()  # schedules answered from a checkpoint and not yet asked for
-        self.subsets: dict[tuple[int, int], Evaluator] = {}  # by (number of batches, offset)
-        self._saved_subsets: dict[tuple[int, int], dict] = {}
+        self.subsets: dict[int, Evaluator] = {}
+        self._saved_subsets: dict[int, dict] = {}
         started = time.perf_counter()
         if teacher_sigmas is None:
             self.teacher = [s.x for s in self._run((1,) * self.num_steps)]
@@ -229,26 +229,24 @@ class Evaluator:
                     self._store(keys[c][: k + 1], list(states[c]))
         return states
 
-    def subset(self, share: float, offset: int = 0) -> Evaluator | None:
-        """An evaluator on ``share`` of this one's calibration batches (at least one, spread evenly, each
-        ``offset`` batches on: offset 1 gives batches disjoint from offset 0's while the share is at most
-        half), scoring against the same teacher (no forwards) and counting its forwards here; ``None``
-        when the share would be every batch. Cheap ranking of candidates (see ``SearchConfig.screen``)."""
+    def subset(self, share: float) -> Evaluator | None:
+        """An evaluator on ``share`` of this one's calibration batches (at least one, spread evenly),
+        scoring against the same teacher (no forwards) and counting its forwards here; ``None`` when
+        the share would be every batch. Cheap ranking of candidates (see ``SearchConfig.screen``)."""
         n = len(self.batches)
         m = max(1, round(n * share))
         if m >= n:
             return None
-        key = (m, offset % n)
-        if key not in self.subsets:
-            picks = [(round(i * n / m) + offset) % n for i in range(m)]
+        if m not in self.subsets:
+            picks = [round(i * n / m) for i in range(m)]
             child = copy.copy(self)
             child.batches, child.teacher = [self.batches[i] for i in picks], [self.teacher[i] for i in picks]
             child.samples = sum(b.noise.shape[0] for b in child.batches)
             child.memo, child.spreads, child.states, child.state_bytes, child.subsets = {}, {}, OrderedDict(), 0, {}
-            child.prefixes, child._replayed = set(), set(self._saved_subsets.get(key, {}))
-            child.memo.update(self._saved_subsets.get(key, {}))
-            self.subsets[key] = child
-        return self.subsets[key]
+            child.prefixes, child._replayed = set(), set(self._saved_subsets.get(m, {}))
+            child.memo.update(self._saved_subsets.get(m, {}))
+            self.subsets[m] = child
+        return self.subsets[m]
 
     def schedule_loss(self, sigmas: Sequence[float] | Solver) -> float:
         """Loss of plain Euler over another schedule (e.g. B evenly spaced steps), not memoized."""
@@ -257,7 +255,7 @@ class Evaluator:
 
     def state_dict(self) -> dict:
         """What a checkpoint keeps: the memo table (schedule -> loss) and the spreads, the subsets'
-        tables (by their number of batches and offset) and the forwards spent."""
+        tables (by their number of batches) and the forwards spent."""
         return {"memo": dict(self.memo), "forwards": self.forwards, "spreads": dict(self.spreads),
                 "subsets": {m: dict(child.memo) for m, child in self.subsets.items()}}
 
@@ -268,10 +266,10 @@ class Evaluator:
         self._replayed = set(state["memo"])
         self.forwards = int(state["forwards"])
         self.ledger.nominal = True
-        self._saved_subsets = {tuple(key): dict(memo) for key, memo in state.get("subsets", {}).items()}
-        for key, child in self.subsets.items():
-            child.memo.update(self._saved_subsets.get(key, {}))
-            child._replayed = set(self._saved_subsets.get(key, {}))
+        self._saved_subsets = {int(m): dict(memo) for m, memo in state.get("subsets", {}).items()}
+        for m, child in self.subsets.items():
+            child.memo.update(self._saved_subsets.get(m, {}))
+            child._replayed = set(self._saved_subsets.get(m, {}))
 
     @property
     def evaluations(self) -> int:

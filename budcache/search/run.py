@@ -91,10 +91,10 @@ class Run:
     def num_steps(self) -> int:
         return self.evaluate.num_steps
 
-    def rung(self, share: float, offset: int = 0) -> Evaluator | None:
+    def rung(self, share: float) -> Evaluator | None:
         """An evaluator on ``share`` of the calibration batches (None: that is every batch; see
         :meth:`Evaluator.subset`)."""
-        return self.evaluate.subset(share, offset)
+        return self.evaluate.subset(share)
 
     def phase(self, text: str) -> None:
         if not self.track.bar.disable:
