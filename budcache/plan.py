@@ -45,6 +45,8 @@ class SearchRecord:
     effort: str | None = None  # the named search effort (default, local, annealed, thorough, long) or custom
     cap: float | None = None  # forwards per calibration sample the search could spend, teacher included (None: no cap)
     spent: float | None = None  # forwards per calibration sample it charged against the cap
+    reused_calls: int = 0  # reused steps called outside a trajectory (the teacher surrogate), summed over the
+    # calibration samples; the cap charges each budcache.search.ledger.REUSED_CALL of a forward
 
 
 def check_object(d: Any, source: str) -> None:
@@ -294,7 +296,8 @@ class CachePlan(JsonFile):
                 f"({r.forwards_without_prefix_reuse} without prefix reuse), {r.calibration_size} calibration "
                 f"samples, seed {r.seed}, {r.seconds:.1f}s" + (f", effort {r.effort}" if r.effort else "")
                 + (f", {r.spent:g} of at most {r.cap:g} forwards per sample" if r.cap is not None and r.spent is not None
-                   else "") + (", interrupted" if r.interrupted else ""),
+                   else "") + (f" ({r.reused_calls} reused calls for the teacher surrogate among them)"
+                               if r.reused_calls else "") + (", interrupted" if r.interrupted else ""),
             ]
         return "\n".join(lines)
 

@@ -200,6 +200,38 @@ def test_surrogate_segments_and_its_exact_optimum(gmm):
     assert total(best) == pytest.approx(min(total(m) for m in masks))
     two = segment_errors(evaluate, "extrapolate")
     assert sum(surrogate_mask(two, k, b, forced=(4,))) == b and surrogate_mask(two, k, b, forced=(4,))[4] == 1
+    short = segment_errors(evaluate, "extrapolate", longest=3)  # the default search's bounded table
+    assert short and all(j - i <= 3 and (h is None or i - h <= 3) for h, i, j in short)
+    assert all(two[key] == pytest.approx(e, rel=1e-6) for key, e in short.items())
+    assert max(j - i for i, j in _segments(surrogate_mask(short, k, b))) <= 3
+
+
+def _segments(mask):
+    nodes = [i for i, m in enumerate(mask) if m] + [len(mask)]
+    return list(zip(nodes, nodes[1:]))
+
+
+def test_the_default_search_starts_from_the_surrogate_under_a_two_entry_rule(gmm):
+    """Under extrapolate the teacher surrogate's optimum is among the ranked starts, its reused calls
+    charged to the ledger; under repeat it is not computed."""
+    from budcache.search.ledger import REUSED_CALL
+    from budcache.search.surrogate import segment_errors, surrogate_mask
+
+    k, b = 16, 5
+    for rule in ("repeat", "extrapolate"):
+        evaluate = Evaluator([Batch(OutputDenoiser(gmm), part) for part in gmm.noise(16, 3).split(4)],
+                             linear_sigmas(k), rule=rule)
+        run_search(evaluate, b, SearchConfig(max_forwards=400), progress=False)
+        if rule == "repeat":
+            assert evaluate.reused_calls == 0
+            continue
+        assert evaluate.reused_calls > 0
+        reference = Evaluator(evaluate.batches, linear_sigmas(k), rule=rule)
+        start = surrogate_mask(segment_errors(reference, rule, longest=math.ceil(2 * k / b)), k, b)
+        assert reference.reused_calls == evaluate.reused_calls
+        assert reference.ledger.spent - k == pytest.approx(reference.reused_calls * REUSED_CALL / 16)  # teacher: k
+        ranked = [evaluate.subset(0.25) or evaluate, evaluate]
+        assert any(evaluate.schedule(start) in e.memo for e in ranked)
 
 
 def test_the_local_effort_is_deterministic_and_ends_in_a_local_optimum(gmm):

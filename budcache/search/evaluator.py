@@ -80,6 +80,7 @@ class Evaluator:
         self.states: OrderedDict[Schedule, list[State]] = OrderedDict()
         self.state_bytes = 0
         self.forwards = 0  # block-stack executions summed over calibration samples (screening subsets included)
+        self.reused_calls = 0  # reused steps called outside a trajectory (the teacher surrogate), summed likewise
         self.root = self  # the evaluator whose forwards this one counts (see subset)
         self.ledger = Ledger()  # forwards per calibration sample charged, against the search's cap
         self.prefixes: set[Schedule] = set()  # every prefix of every schedule scored (nominal costs, see Ledger)

@@ -109,7 +109,7 @@ def search_plan(
             rule, rules, objective = "repeat", None, repeat_objective
     uniform_objective = evaluate(uniform_mask(k, budget)) if refer else None
     euler_objective = None if euler_sigmas is None or not refer else evaluate.schedule_loss(euler_sigmas)
-    samples, forwards = _over_ranks(evaluate, evaluate.samples, evaluate.forwards)
+    samples, forwards, reused_calls = _over_ranks(evaluate, evaluate.samples, evaluate.forwards, evaluate.reused_calls)
     record = SearchRecord(
         objective=objective,
         repeat_objective=repeat_objective,
@@ -130,6 +130,7 @@ def search_plan(
         effort=effort_name(config),
         cap=cap if math.isfinite(cap) else None,
         spent=round(evaluate.ledger.spent, 3),
+        reused_calls=reused_calls,
     )
     plan = CachePlan(
         num_steps=k,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 from .moves import Mask, endpoints_mask, random_mask, warped_mask, with_fixed
 from .run import Run
 from .surrogate import segment_errors, surrogate_mask
 
+LONGEST = 2.0  # the surrogate's longest segment, in multiples of the uniform gap K / B
 POWERS = (0.7, 1.5, 2.0, 3.0)  # the warped family: crowded at the end (< 1) or at the start (> 1)
 
 
@@ -13,7 +16,8 @@ def named(run: Run, name: str) -> list[Mask]:
     """The masks of one named start (the warped family has one per power in :data:`POWERS`)."""
     k, b, fixed = run.num_steps, run.budget, run.fixed
     if name == "surrogate":
-        masks = [surrogate_mask(segment_errors(run.evaluate, run.evaluate.rule), k, b, fixed)]
+        errors = segment_errors(run.evaluate, run.evaluate.rule, longest=math.ceil(LONGEST * k / b))
+        masks = [surrogate_mask(errors, k, b, fixed)]
     elif name == "endpoints":
         masks = [with_fixed(k, b, fixed, endpoints_mask(k, b))]
     elif name == "warped":

@@ -3,7 +3,8 @@
 The teacher's stored trajectory gives, for every step i, the state before i and the cache entry
 of step i. Starting there, the error of reusing over a segment (compute at i, reuse i+1..j-1) is
 the distance at step j to the teacher's state: it needs reused calls only (the embedding and the
-head under residual reuse), no block-stack execution. With ``extrapolate`` a segment also depends
+head under residual reuse), no block-stack execution; the ledger charges each :data:`~.ledger.REUSED_CALL`
+of a forward. With ``extrapolate`` a segment also depends
 on the previous computed step h (the rule reads two entries: the teacher's at h and i). The
 surrogate of a mask is the sum of its segments' errors, and a dynamic program over the computed
 steps finds its exact minimum with B of K steps. It ranks masks approximately (errors propagate
@@ -21,6 +22,7 @@ import torch
 from ..sampling.loop import State, advance
 from ..sampling.rules import history_depth
 from .evaluator import Evaluator
+from .ledger import REUSED_CALL
 
 
 def _teacher_states(evaluate: Evaluator) -> list[list[State]]:
@@ -41,17 +43,20 @@ def _teacher_states(evaluate: Evaluator) -> list[list[State]]:
 
 
 @torch.no_grad()
-def segment_errors(evaluate: Evaluator, rule: str) -> dict[tuple[int | None, int, int], float]:
+def segment_errors(evaluate: Evaluator, rule: str, longest: int | None = None) -> dict[tuple[int | None, int, int], float]:
     """``(h, i, j) -> error`` of computing at i and reusing i+1..j-1 (mean distance to the teacher at j
     per sample), for 0 <= i < j <= K; ``h`` is the previous computed step (``extrapolate``), or None
-    where the rule reads one entry. Steps in ``evaluate.restarts`` cannot be reused over."""
+    where the rule reads one entry. Steps in ``evaluate.restarts`` cannot be reused over. ``longest``:
+    only segments (and, for a two-entry rule, gaps i - h) of at most this many steps, so that the
+    reused calls grow as K * longest^2 instead of K^3 / 6 (:func:`surrogate_mask` never crosses a
+    longer gap)."""
     teacher = _teacher_states(evaluate)
     k_steps, solver, depth = evaluate.num_steps, evaluate.solver, history_depth([rule])
     two = depth >= 2
     errors: dict[tuple[int | None, int, int], float] = {}
     for i in range(k_steps):
         after_i = teacher[i + 1]  # the teacher computed step i from the same state: its entry is ours
-        for h in list(range(i)) if two and i > 0 else [None]:
+        for h in list(range(max(0, i - (longest or i)), i)) if two and i > 0 else [None]:
             if i == k_steps - 1:
                 errors[h, i, k_steps] = 0.0  # the last step computes: nothing is reused
                 continue
@@ -60,9 +65,11 @@ def segment_errors(evaluate: Evaluator, rule: str) -> dict[tuple[int | None, int
             states = [State(i + 1, s.x, (s.history[-1],) if h is None else (teacher[h + 1][b].history[-1], s.history[-1]),
                             s.solver) for b, s in enumerate(after_i)]
             errors[h, i, i + 1] = 0.0
-            for j in range(i + 2, k_steps + 1):
+            for j in range(i + 2, min(k_steps, i + (longest or k_steps)) + 1):
                 if (j - 1) in evaluate.restarts:
                     break
+                evaluate.root.ledger.charge(REUSED_CALL * evaluate.samples / evaluate.root.samples)
+                evaluate.root.reused_calls += evaluate.samples
                 states = [advance(b.denoiser, [s], solver, False, [rule], depth)[0][0]
                           for b, s in zip(evaluate.batches, states)]
                 total = sum(float(evaluate.distance(s.x.float(), t.x.float()).double().sum())
