@@ -211,27 +211,25 @@ def _segments(mask):
     return list(zip(nodes, nodes[1:]))
 
 
-def test_the_default_search_starts_from_the_surrogate_under_a_two_entry_rule(gmm):
-    """Under extrapolate the teacher surrogate's optimum is among the ranked starts, its reused calls
-    charged to the ledger; under repeat it is not computed."""
+def test_a_surrogate_start_is_charged_to_the_ledger(gmm):
+    """Named as a start, the teacher surrogate's optimum is among the ranked starts and its reused
+    calls are charged to the ledger (REUSED_CALL of a forward each); no other start computes it."""
     from budcache.search.ledger import REUSED_CALL
     from budcache.search.surrogate import segment_errors, surrogate_mask
 
     k, b = 16, 5
-    for rule in ("repeat", "extrapolate"):
+    for start in (("uniform", "endpoints", "warped"), ("uniform", "endpoints", "warped", "surrogate")):
         evaluate = Evaluator([Batch(OutputDenoiser(gmm), part) for part in gmm.noise(16, 3).split(4)],
-                             linear_sigmas(k), rule=rule)
-        run_search(evaluate, b, SearchConfig(max_forwards=400), progress=False)
-        if rule == "repeat":
+                             linear_sigmas(k), rule="extrapolate")
+        run_search(evaluate, b, SearchConfig(max_forwards=400, start=start), progress=False)
+        if "surrogate" not in start:
             assert evaluate.reused_calls == 0
             continue
-        assert evaluate.reused_calls > 0
-        reference = Evaluator(evaluate.batches, linear_sigmas(k), rule=rule)
-        start = surrogate_mask(segment_errors(reference, rule, longest=math.ceil(2 * k / b)), k, b)
-        assert reference.reused_calls == evaluate.reused_calls
+        reference = Evaluator(evaluate.batches, linear_sigmas(k), rule="extrapolate")
+        mask = surrogate_mask(segment_errors(reference, "extrapolate", longest=math.ceil(2 * k / b)), k, b)
+        assert reference.reused_calls == evaluate.reused_calls > 0
         assert reference.ledger.spent - k == pytest.approx(reference.reused_calls * REUSED_CALL / 16)  # teacher: k
-        ranked = [evaluate.subset(0.25) or evaluate, evaluate]
-        assert any(evaluate.schedule(start) in e.memo for e in ranked)
+        assert any(evaluate.schedule(mask) in e.memo for e in (evaluate.subset(0.25) or evaluate, evaluate))
 
 
 def test_the_local_effort_is_deterministic_and_ends_in_a_local_optimum(gmm):

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..sampling.rules import RULES
 from ..search import EFFORTS, SearchConfig
+from ..search.config import STARTS
 
 # `demo`, `compare`, `frontier` must finish in minutes: 100 annealing proposals from the uniform mask and screened
 # steepest descent over every swap (the README's demo and comparison figures were measured with it)
@@ -143,6 +144,9 @@ def add_search_options(p: argparse.ArgumentParser, effort: SearchConfig = Search
                    help=f"annealing proposals per start, or per round of the default effort (default {effort.iterations})")
     g.add_argument("--starts", type=integer(1), default=None,
                    help=f"starts: the named masks ({', '.join(effort.start)}), then random ones (default {effort.starts})")
+    g.add_argument("--start", nargs="+", choices=STARTS, default=None, metavar="NAME",
+                   help=f"the named start masks, from {', '.join(STARTS)} (surrogate: the optimum of the teacher's "
+                        f"segment errors, found without block-stack forwards; default {' '.join(effort.start)})")
     g.add_argument("--kicks", type=integer(0), default=None,
                    help=f"perturb-and-climb rounds after hill climbing (default {effort.kicks})")
     g.add_argument("--reach", type=integer(0), default=None,
@@ -184,7 +188,7 @@ def search_config(a: argparse.Namespace) -> SearchConfig:
     """The named (or the command's) effort, with the options given on the command line."""
     base = EFFORTS[a.effort] if a.effort else a.base_effort
     given = {k: getattr(a, k) for k in ("iterations", "starts", "kicks", "reach", "screen", "max_forwards")
-             if getattr(a, k) is not None}
+             if getattr(a, k) is not None} | ({"start": tuple(a.start)} if a.start else {})
     return dataclasses.replace(base, **given, forced_prefix=a.forced_prefix, seed=a.seed,
                                rules=RULES if a.search_rules else (), hill_climb=base.hill_climb and not a.no_hill_climb,
                                checkpoint_every=getattr(a, "checkpoint_every", 25), batch_candidates=a.batch_candidates)

@@ -2,11 +2,6 @@
 set, confirm on all of it, then keep improving (a climb on every sample, kicks, annealing rounds)
 until the cap is spent.
 
-Under a rule that reads two cache entries (``extrapolate``) the teacher surrogate's optimum
-(:mod:`.surrogate`) joins the starts: there its segment errors point near the optimum (demo, K=50,
-B=20: 1.9x the best known before any climb, against 9x for the uniform mask), where under ``repeat``
-they did not beat the uniform mask.
-
 Few samples rank masks almost as all of them do on a trained model, whose per-sample errors are
 alike; not where a few samples carry the loss (on the Gaussian mixture, the few samples that change
 mode). So the first start is scored on every sample, and where its per-sample distances spread
@@ -23,12 +18,11 @@ from __future__ import annotations
 
 import math
 
-from ..sampling.rules import history_depth
 from .anneal import anneal
 from .climb import climb
 from .kicks import kicks
 from .run import Run
-from .starts import named, pool, random_start
+from .starts import pool, random_start
 
 SPREAD = 1.0  # the per-sample coefficient of variation up to which a few batches stand in for all (the trained
 # demo model: 0.27-0.81 at K=28 and 50; the Gaussian mixture: 0.86-7.9, 25 of 30 cases above 1.4)
@@ -40,8 +34,6 @@ def budgeted(run: Run) -> None:
     run.phase("ranking starts")
     masks = pool(run)
     track(masks[0])  # a plan on every sample first: the search has one whatever its cap
-    if history_depth([run.evaluate.rule]) >= 2 and "surrogate" not in config.start:
-        masks = list(dict.fromkeys([*masks, *named(run, "surrogate")]))
     alike = evaluate.spreads.get(evaluate.schedule(masks[0]), math.inf) <= SPREAD
     low = run.rung(config.screen) if alike else None
     rank = low or track
