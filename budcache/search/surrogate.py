@@ -3,13 +3,12 @@
 The teacher's stored trajectory gives, for every step i, the state before i and the cache entry
 of step i. Starting there, the error of reusing over a segment (compute at i, reuse i+1..j-1) is
 the distance at step j to the teacher's state: it needs reused calls only (the embedding and the
-head under residual reuse), no block-stack execution; the ledger charges each :data:`~.ledger.REUSED_CALL`
-of a forward. With ``extrapolate`` a segment also depends
-on the previous computed step h (the rule reads two entries: the teacher's at h and i). The
-surrogate of a mask is the sum of its segments' errors, and a dynamic program over the computed
-steps finds its exact minimum with B of K steps. It ranks masks approximately (errors propagate
-and do not add exactly): the default search starts there as well as at the uniform mask (``SearchConfig.start``) and
-climbs on the true objective.
+head under residual reuse), no block-stack execution; the ledger charges each
+:data:`~.ledger.REUSED_CALL` of a forward. With ``extrapolate`` a segment also depends on the
+previous computed step h (the rule reads two entries: the teacher's at h and i). The surrogate of
+a mask is the sum of its segments' errors, and a dynamic program over the computed steps finds its
+exact minimum with B of K steps. It ranks masks approximately (errors propagate and do not add
+exactly): a search starts there where ``SearchConfig.start`` names it, and climbs on the true objective.
 """
 
 from __future__ import annotations
