@@ -76,14 +76,16 @@ def endpoints_mask(k: int, b: int) -> list[int]:
     return [1 if i in picks else 0 for i in range(k)]
 
 
-def warped_mask(k: int, b: int, power: float) -> list[int]:
+def warped_mask(k: int, b: int, power: float, last: bool = True) -> list[int]:
     """B computed steps at ``(K - 1) (i / (B - 1)) ** power`` (the first and the last step included;
-    power > 1 crowds them at the start, < 1 at the end), collisions moved to the next free step."""
+    power > 1 crowds them at the start, < 1 at the end), collisions moved to the next free step.
+    ``last=False``: at ``K (i / B) ** power``, so that the last steps reuse (where the flow runs straight)."""
     if b == 1:
         return [1] + [0] * (k - 1)
     picks: list[int] = []
     for i in range(b):
-        p = max(round((k - 1) * (i / (b - 1)) ** power), picks[-1] + 1 if picks else 0)
+        at = (k - 1) * (i / (b - 1)) ** power if last else k * (i / b) ** power
+        p = max(round(at), picks[-1] + 1 if picks else 0)
         picks.append(min(p, k - b + i))
     return [1 if i in picks else 0 for i in range(k)]
 

@@ -9,17 +9,20 @@ from .run import Run
 from .surrogate import segment_errors, surrogate_mask
 
 LONGEST = 2.0  # the surrogate's longest segment, in multiples of the uniform gap K / B
-POWERS = (0.7, 1.5, 2.0, 3.0)  # the warped family: crowded at the end (< 1) or at the start (> 1)
+POWERS = (0.7, 1.5, 2.0, 3.0)  # the warped family: crowded at the end (< 1) or at the start (> 1); front: those > 1
 
 
 def named(run: Run, name: str) -> list[Mask]:
-    """The masks of one named start (the warped family has one per power in :data:`POWERS`)."""
+    """The masks of one named start (the warped family has one per power in :data:`POWERS`, the front family
+    one per power above 1)."""
     k, b, fixed = run.num_steps, run.budget, run.fixed
     if name == "surrogate":
         errors = segment_errors(run.evaluate, run.evaluate.rule, longest=math.ceil(LONGEST * k / b))
         masks = [surrogate_mask(errors, k, b, fixed)]
     elif name == "endpoints":
         masks = [with_fixed(k, b, fixed, endpoints_mask(k, b))]
+    elif name == "front":
+        masks = [with_fixed(k, b, fixed, warped_mask(k, b, p, last=False)) for p in POWERS if p > 1]
     elif name == "warped":
         masks = [with_fixed(k, b, fixed, warped_mask(k, b, p)) for p in POWERS]
     else:
