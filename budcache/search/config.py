@@ -32,11 +32,12 @@ class SearchConfig:
     flip_prob: float = 0.25
     checkpoint_every: int = 25  # evaluations between checkpoint writes (when the search has a checkpoint)
     batch_candidates: int = 1  # hill-climbing neighbours evaluated together in one batched forward
-    start: tuple[str, ...] = ("uniform", "endpoints", "warped", "front")  # the named starts: "uniform" mask, "endpoints" (B
+    start: tuple[str, ...] = ("uniform", "endpoints", "warped")  # the named starts: "uniform" mask, "endpoints" (B
     # steps spread over 0..K-1, the last included), "surrogate" (the teacher surrogate's optimum, see .surrogate),
     # "warped" (a family of masks crowded at the start or the end, the last step included, see moves.warped_mask;
     # classic takes its power-2 mask), "front" (masks crowded at the start whose last steps reuse: where the flow runs
-    # straight once each sample has chosen its mode, as on the Gaussian mixture)
+    # straight once each sample has chosen its mode, as on the Gaussian mixture; the budgeted strategy adds them
+    # where the calibration samples are not alike)
     reach: int | None = None  # hill climbing moves a computed step at most this far (0: the whole swap
     # neighbourhood; None: 1 for the budgeted strategy, about 4% of the steps, at least 1 for the classic: auto_reach)
     screen: float = 0.25  # share of the calibration batches that ranks hill-climbing neighbours (budgeted: the rung
