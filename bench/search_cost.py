@@ -142,6 +142,8 @@ def pipeline_rows(prompts: int, efforts: list[str]) -> list[dict]:
 
 def plot(rows: list[dict], path: Path) -> None:
     panels = [r for r in rows if r["model"] == "demo"] + [r for r in rows if r["model"] == "gmm" and r["seed"] == 0]
+    if not panels:  # e.g. only the tiny FLUX pipeline: no curves to draw
+        return
     cols = 4
     fig = Figure(figsize=(3.6 * cols, 3.0 * ((len(panels) + cols - 1) // cols)))
     axes = fig.subplots((len(panels) + cols - 1) // cols, cols, squeeze=False).ravel()
