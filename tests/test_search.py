@@ -157,6 +157,26 @@ def test_search_plan_records_references(gmm):
     assert torch.isfinite(torch.tensor(r.objective))
 
 
+@pytest.mark.parametrize("screen", [0.25, 1.0])
+def test_the_forwards_without_prefix_reuse_count_every_trajectory(screen):
+    """With prefix reuse off the two counts agree (every trajectory from step 0: the rung's, the references'
+    and the teacher's included); with it on the count without is larger."""
+    from tests.fixtures.gmm import GaussianMixtureFlow
+
+    flow = GaussianMixtureFlow(dim=8, components=4, seed=3)
+    noise = flow.noise(32, 1)
+    records = []
+    for reuse in (False, True):
+        evaluate = Evaluator([Batch(OutputDenoiser(flow), part) for part in noise.split(4)], linear_sigmas(16),
+                             prefix_reuse=reuse)
+        plan, _ = search_plan(evaluate, 5, reuse="output", config=dataclasses.replace(EFFORTS["local"], screen=screen),
+                              euler_sigmas=linear_sigmas(5), progress=False)
+        records.append(plan.record)
+        assert bool(evaluate.subsets) == (screen < 1)  # screened on a share of the batches
+    assert records[0].forwards == records[0].forwards_without_prefix_reuse
+    assert records[1].forwards < records[1].forwards_without_prefix_reuse
+
+
 def test_prefix_reuse_and_batched_candidates_under_unipc(demo_model):
     """Under UniPC (multistep history and corrector in the loop state) a stored prefix resumes exactly:
     the losses with and without prefix reuse, and with batched candidates, are identical; forwards fall."""

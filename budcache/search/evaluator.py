@@ -81,6 +81,7 @@ class Evaluator:
         self.state_bytes = 0
         self.forwards = 0  # block-stack executions summed over calibration samples (screening subsets included)
         self.reused_calls = 0  # reused steps called outside a trajectory (the teacher surrogate), summed likewise
+        self.from_scratch = 0  # what the same trajectories would have executed, each from step 0 (no prefix reuse)
         self.root = self  # the evaluator whose forwards this one counts (see subset)
         self.ledger = Ledger()  # forwards per calibration sample charged, against the search's cap
         self.prefixes: set[Schedule] = set()  # every prefix of every schedule scored (nominal costs, see Ledger)
@@ -133,6 +134,7 @@ class Evaluator:
                        start=start, callback=lambda info: trail[info.step].append(info.state), check_finite=False)
             finals.append(State(len(key), x))
         self.root.forwards += self.samples * sum(mask[starts[0].step:])
+        self.root.from_scratch += self.samples * sum(mask)
         if on_grid:
             for k in range(starts[0].step, len(key) - 1):
                 self._store(key[: k + 1], trail[k])
@@ -211,6 +213,7 @@ class Evaluator:
         compute (or reuse) at a step share one batched forward per batch (``Batch.replicate``)."""
         states = [list(self._resume(key)) for key in keys]  # own lists: stored prefixes are shared
         self._charge(keys, [s[0].step for s in states])
+        self.root.from_scratch += self.samples * sum(sum(1 for c in key if c == 1) for key in keys)
         for k in range(min(s[0].step for s in states), self.num_steps):
             active = [c for c, s in enumerate(states) if s[0].step == k]
             for compute in (True, False):
@@ -257,7 +260,8 @@ class Evaluator:
     def state_dict(self) -> dict:
         """What a checkpoint keeps: the memo table (schedule -> loss) and the spreads, the subsets'
         tables (by their number of batches) and the forwards spent."""
-        return {"memo": dict(self.memo), "forwards": self.forwards, "spreads": dict(self.spreads),
+        return {"memo": dict(self.memo), "forwards": self.forwards, "from_scratch": self.from_scratch,
+                "spreads": dict(self.spreads),
                 "subsets": {m: dict(child.memo) for m, child in self.subsets.items()}}
 
     def load_state_dict(self, state: dict) -> None:
@@ -266,6 +270,7 @@ class Evaluator:
         self.spreads.update(state.get("spreads", {}))
         self._replayed = set(state["memo"])
         self.forwards = int(state["forwards"])
+        self.from_scratch = int(state.get("from_scratch", 0))
         self.ledger.nominal = True
         self._saved_subsets = {int(m): dict(memo) for m, memo in state.get("subsets", {}).items()}
         for m, child in self.subsets.items():

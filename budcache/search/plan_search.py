@@ -109,7 +109,8 @@ def search_plan(
             rule, rules, objective = "repeat", None, repeat_objective
     uniform_objective = evaluate(uniform_mask(k, budget)) if refer else None
     euler_objective = None if euler_sigmas is None or not refer else evaluate.schedule_loss(euler_sigmas)
-    samples, forwards, reused_calls = _over_ranks(evaluate, evaluate.samples, evaluate.forwards, evaluate.reused_calls)
+    samples, forwards, from_scratch, reused_calls = _over_ranks(evaluate, evaluate.samples, evaluate.forwards,
+                                                                evaluate.from_scratch, evaluate.reused_calls)
     record = SearchRecord(
         objective=objective,
         repeat_objective=repeat_objective,
@@ -121,7 +122,7 @@ def search_plan(
         teacher_steps=k,
         evaluations=evaluations,
         forwards=forwards,
-        forwards_without_prefix_reuse=samples * (k + evaluations * budget),
+        forwards_without_prefix_reuse=from_scratch,
         seed=config.seed,
         calibration_size=samples,
         seconds=round(result.seconds, 2),

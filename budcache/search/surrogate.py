@@ -36,6 +36,7 @@ def _teacher_states(evaluate: Evaluator) -> list[list[State]]:
                               (k - 1) in evaluate.restarts)[0][0] for b, s in zip(evaluate.batches, states[-1])]
             evaluate.root.ledger.charge(evaluate.samples / evaluate.root.samples)
             evaluate.root.forwards += evaluate.samples
+            evaluate.root.from_scratch += evaluate.samples * k
         states.append(list(stored))
     states.append([State(k_steps, t) for t in evaluate.teacher])
     return states
