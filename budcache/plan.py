@@ -47,6 +47,10 @@ class SearchRecord:
     spent: float | None = None  # forwards per calibration sample it charged against the cap
     reused_calls: int = 0  # reused steps called outside a trajectory (the teacher surrogate), summed over the
     # calibration samples; the cap charges each budcache.search.ledger.REUSED_CALL of a forward
+    verdict: str | None = None  # against plain B-step sampling with the same solver (euler_objective): "cached" (the
+    # cached plan is better), "plain" (plain is at least as good: the plan is the plain B-step schedule), or
+    # "plain, not applied" (plain is at least as good, but the cached plan was kept: comparisons, image-to-image)
+    cached_objective: float | None = None  # the best cached plan's loss, where the plan fell back to plain sampling
 
 
 def check_object(d: Any, source: str) -> None:
@@ -282,10 +286,11 @@ class CachePlan(JsonFile):
             lines.append(f"model   {self.model.get('class')} ({self.model.get('fingerprint')})")
         r = self.record
         if r is not None:
-            refs = [f"searched {r.objective:.4g}"]
+            refs = [f"searched {r.objective:.4g}" if r.cached_objective is None else
+                    f"this plain plan {r.objective:.4g}, best cached plan {r.cached_objective:.4g}"]
             if r.uniform_objective is not None:
                 refs.append(f"uniform mask {r.uniform_objective:.4g}")
-            if r.euler_objective is not None:
+            if r.euler_objective is not None and r.cached_objective is None:
                 refs.append(f"plain {self.budget}-step {r.solver or 'Euler'} {r.euler_objective:.4g}")
             if r.repeat_objective is not None and (self.rule != "repeat" or self.rules is not None):
                 refs.append(f"same mask with repeat {r.repeat_objective:.4g}")
@@ -299,7 +304,20 @@ class CachePlan(JsonFile):
                    else "") + (f" ({r.reused_calls} reused calls for the teacher surrogate among them)"
                                if r.reused_calls else "") + (", interrupted" if r.interrupted else ""),
             ]
+            if r.verdict is not None:
+                lines.append("verdict " + self._verdict(r))
         return "\n".join(lines)
+
+    def _verdict(self, r: SearchRecord) -> str:
+        plain = f"plain {self.budget}-step {r.solver or 'Euler'}"
+        if r.verdict == "cached":
+            ratio = r.euler_objective / r.objective if r.objective > 0 else math.inf
+            return (f"caching beats {plain} on the calibration set: {ratio:.3g}x lower "
+                    f"loss ({r.objective:.4g} vs {r.euler_objective:.4g})")
+        cached = r.objective if r.cached_objective is None else r.cached_objective
+        kept = (f"this plan runs {self.budget} plain steps (num_inference_steps={self.budget})"
+                if r.verdict == "plain" else "the cached plan was kept; fewer steps are as good")
+        return f"{plain} is at least as good as caching ({r.euler_objective:.4g} vs {cached:.4g}): {kept}"
 
     # -- io ---------------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -35,7 +35,8 @@ def run_demo(
                      scheduler=scheduler) as source:
         for b in budgets:
             for rule in rules:
-                plan, result = search_source(source, b, rule=rule, config=config, progress=progress)
+                plan, result = search_source(source, b, rule=rule, config=config, progress=progress,
+                                             fallback=False)  # the comparison that follows scores plain sampling
                 plan.save(out / f"plan_B{b}_{rule}.json")
                 if plan.record.interrupted:  # saved; Ctrl-C / SIGTERM stops the demo
                     raise KeyboardInterrupt

@@ -154,7 +154,7 @@ def _compare(source: Source, signal: list, budgets: Sequence[int], rules: Sequen
         tea_eval = [_teacache(source, signal, "eval", rescale, [t] * n_eval, rule) for t in thresholds]
         for b in budgets:
             bar.set_postfix(rule=rule, B=b)
-            plan, _ = search_source(source, b, config=config, progress=False, evaluate=evaluate)
+            plan, _ = search_source(source, b, config=config, progress=False, evaluate=evaluate, fallback=False)
             if plan.record.interrupted:  # Ctrl-C / SIGTERM stops the comparison, not just this search
                 raise KeyboardInterrupt
             masks = {"budcache": (plan.mask, plan.step_rules if plan.rules else rule, "")}

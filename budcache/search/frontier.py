@@ -47,7 +47,8 @@ def search_frontier(source: Source, budgets: Sequence[int], config: SearchConfig
         if previous is not None and previous.budget == b - 1:  # the grown plan, then the effort's own starts
             start, own = grow(previous.mask), dataclasses.replace(config, starts=config.starts + 1,
                                                                    start=(config.start[0], *config.start))
-        plan, _ = search_source(source, b, rule=rule, config=own, progress=False, start=start, evaluate=evaluate)
+        plan, _ = search_source(source, b, rule=rule, config=own, progress=False, start=start, evaluate=evaluate,
+                                fallback=False)  # the frontier draws plain sampling beside the plans
         plans[b] = previous = plan
         if plan.record.interrupted:
             break

@@ -20,6 +20,7 @@ from ..sampling.rules import encode
 from ..source import Source
 from .checkpoint import Checkpoint, held, identity
 from .config import SearchConfig, cap_of, check_budget, check_config, effort_name
+from ..sampling.solver import Solver, as_solver
 from .evaluator import Evaluator
 from .ledger import check_cap
 from .run import SearchResult, run_search
@@ -52,9 +53,16 @@ def search_plan(
     boundary_ratio: float | None = None,
     begin_index: int = 0,
     announce: Callable[[str], None] | None = None,
+    fallback: bool = True,
 ) -> tuple[CachePlan, SearchResult]:
     """Search a mask (under ``evaluate.rule``, or with per-step rules when ``config.rules``) and
     wrap it in a :class:`CachePlan` with its search record.
+
+    Never worse than not caching: where plain B-step sampling with the same solver (``euler_sigmas``) is at
+    least as good on the calibration set as the best cached plan found, the plan is that plain B-step
+    schedule (``num_steps = budget``, every step computed; the record keeps the cached plan's loss and the
+    verdict, and ``announce`` gets one line), unless ``fallback`` is False (comparisons that score plain
+    sampling themselves) or the plan is for image-to-image calls (``begin_index``), where the verdict alone says so.
 
     ``euler_sigmas``: the B-step schedule of plain fewer-step Euler, scored as a reference.
     ``validation``: an evaluator on other samples; a predictive plan whose validation loss is
@@ -109,10 +117,16 @@ def search_plan(
             rule, rules, objective = "repeat", None, repeat_objective
     uniform_objective = evaluate(uniform_mask(k, budget)) if refer else None
     euler_objective = None if euler_sigmas is None or not refer else evaluate.schedule_loss(euler_sigmas)
+    verdict = None if euler_objective is None else "cached" if euler_objective > objective else "plain"
+    plain = verdict == "plain" and fallback and begin_index == 0
+    if verdict == "plain" and not plain:
+        verdict = "plain, not applied"
+    if verdict is not None and verdict != "cached" and announce is not None:
+        announce(plain_line(euler_sigmas, budget, euler_objective, objective, plain))
     samples, forwards, from_scratch, reused_calls = _over_ranks(evaluate, evaluate.samples, evaluate.forwards,
                                                                 evaluate.from_scratch, evaluate.reused_calls)
     record = SearchRecord(
-        objective=objective,
+        objective=euler_objective if plain else objective,
         repeat_objective=repeat_objective,
         validation_objective=v_plan,
         validation_repeat_objective=v_repeat,
@@ -132,7 +146,15 @@ def search_plan(
         cap=cap if math.isfinite(cap) else None,
         spent=round(evaluate.ledger.spent, 3),
         reused_calls=reused_calls,
+        verdict=verdict,
+        cached_objective=objective if plain else None,
     )
+    if plain:
+        sigmas = [float(s) for s in as_solver(euler_sigmas).sigmas]
+        return CachePlan(num_steps=budget, budget=budget, mask=[1] * budget, reuse=reuse,
+                         sigmas=sigmas if store_sigmas else None, schedule=sigmas if store_sigmas else None,
+                         model=model_identity(model) if model is not None else {}, boundary_ratio=boundary_ratio,
+                         record=record), result
     plan = CachePlan(
         num_steps=k,
         budget=budget,
@@ -148,6 +170,14 @@ def search_plan(
         begin_index=begin_index,
     )
     return plan, result
+
+
+def plain_line(fewer: Sequence[float] | Solver, budget: int, plain: float, cached: float, applied: bool) -> str:
+    """One line: plain B-step sampling is at least as good as the best cached plan, and what the plan does."""
+    what = (f"the plan runs {budget} plain steps (num_inference_steps={budget})" if applied else
+            "the cached plan is kept as asked; running the pipeline with fewer steps is as good")
+    return (f"search: plain {budget}-step {as_solver(fewer).name} (loss {plain:.4g}) is at least as good as the best "
+            f"cached plan found ({cached:.4g}): {what}")
 
 
 def cost_line(evaluate: Evaluator, cap: float) -> str:
@@ -189,10 +219,12 @@ def search_source(
     start: Sequence[int] | None = None,
     evaluate: Evaluator | None = None,
     announce: Callable[[str], None] | None = None,
+    fallback: bool = True,
 ) -> tuple[CachePlan, SearchResult]:
     """Search the best ``budget``-of-K plan on a model source's calibration set. The source's
     restart steps always compute; a predictive rule must beat ``repeat`` on its validation set
-    (else on the calibration set). ``evaluate``: an evaluator of this source to reuse (frontier).
+    (else on the calibration set); plain B-step sampling at least as good gives a plain plan unless
+    ``fallback`` is False (see :func:`search_plan`). ``evaluate``: an evaluator of this source to reuse (frontier).
     The ``checkpoint`` is locked before the teacher runs (a second search on it is refused first)."""
     check_config(config)
     check_budget(source.num_steps, budget, config)
@@ -210,7 +242,7 @@ def search_source(
         return search_plan(evaluate, budget, reuse=source.reuse, model=source.model, config=config,
                            euler_sigmas=source.fewer(budget), validation=validation, progress=progress,
                            checkpoint=checkpoint, resume=resume, start=start, boundary_ratio=source.boundary_ratio,
-                           begin_index=source.begin_index, announce=announce)
+                           begin_index=source.begin_index, announce=announce, fallback=fallback)
 
 
 def search(
