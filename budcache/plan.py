@@ -51,6 +51,8 @@ class SearchRecord:
     # cached plan is better), "plain" (plain is at least as good: the plan is the plain B-step schedule), or
     # "plain, not applied" (plain is at least as good, but the cached plan was kept: comparisons, image-to-image)
     cached_objective: float | None = None  # the best cached plan's loss, where the plan fell back to plain sampling
+    rules_tried: dict[str, float] | None = None  # where the search chose the reuse rule: each rule's best loss on
+    # every sample (a rule ranked only on a share of the samples is missing)
 
 
 def check_object(d: Any, source: str) -> None:
@@ -304,6 +306,9 @@ class CachePlan(JsonFile):
                    else "") + (f" ({r.reused_calls} reused calls for the teacher surrogate among them)"
                                if r.reused_calls else "") + (", interrupted" if r.interrupted else ""),
             ]
+            if r.rules_tried is not None:
+                lines.append("rules   chosen among: " + ", ".join(f"{rule} {loss:.4g}" for rule, loss in r.rules_tried.items())
+                             + " (best loss on every sample)")
             if r.verdict is not None:
                 lines.append("verdict " + self._verdict(r))
         return "\n".join(lines)

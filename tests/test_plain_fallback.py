@@ -20,7 +20,7 @@ def _search(tmp_path, scheduler, budget, *extra):
 
 def test_plain_sampling_that_beats_the_cached_plan_becomes_the_plan(tmp_path, capsys):
     """The demo under UniPC with repeat: 4 plain UniPC steps beat every cached 4-of-12 plan found."""
-    plan = _search(tmp_path, "unipc", 4)
+    plan = _search(tmp_path, "unipc", 4, "--rule", "repeat")
     out = capsys.readouterr()
     r = plan.record
     assert r.verdict == "plain" and plan.num_steps == plan.budget == 4 and plan.mask == [1] * 4

@@ -50,7 +50,7 @@ def test_bad_checkpoints_are_refused(gmm, tmp_path):
 
 
 def test_search_killed_with_sigkill_resumes_from_the_command_line(tmp_path):
-    args = ["search", "--model", "demo", "--steps", "16", "--budget", "5", "--calib", "4", "--iterations", "400",
+    args = ["search", "--model", "demo", "--steps", "16", "--budget", "5", "--calib", "4", "--rule", "repeat", "--iterations", "400",
             "--starts", "2", "--kicks", "4", "--checkpoint-every", "5", "--no-progress"]
     out, ckpt = tmp_path / "killed.json", tmp_path / "killed.checkpoint.json"
     proc = subprocess.Popen([sys.executable, "-m", "budcache.cli", "--threads", "1", *args, "--out", str(out)],

@@ -448,9 +448,13 @@ def test_the_command_line_search_options_reach_the_config():
 
     a = build_parser().parse_args(["search", "--model", "demo", "--budget", "6", "--out", "p.json", "--max-forwards",
                                    "150", "--reach", "3"])
-    assert search_config(a) == dataclasses.replace(EFFORTS["default"], max_forwards=150.0, reach=3)
+    rules = ("repeat", "extrapolate", "extrapolate2")  # without --rule the search chooses among them
+    assert search_config(a) == dataclasses.replace(EFFORTS["default"], max_forwards=150.0, reach=3, choose=rules)
     a = build_parser().parse_args(["search", "--model", "demo", "--budget", "6", "--out", "p.json", "--effort", "annealed"])
-    assert search_config(a) == EFFORTS["annealed"]
+    assert search_config(a) == dataclasses.replace(EFFORTS["annealed"], choose=rules)
+    for pinned in (["--rule", "extrapolate"], ["--search-rules"]):
+        a = build_parser().parse_args(["search", "--model", "demo", "--budget", "6", "--out", "p.json", *pinned])
+        assert search_config(a).choose == ()
 
 
 @pytest.mark.parametrize("k,b", [(20, 6), (20, 10), (28, 8), (50, 20)])

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="where to write the plan (JSON)")
     p.add_argument("--history", type=Path, default=None, help="search-history plot (default: next to --out)")
     add_source_options(p, calib=32)
-    add_search_options(p, checkpoint=True)
+    add_search_options(p, checkpoint=True, choose=True)
     add_progress_option(p)
     p.set_defaults(func=cmd_search, check=checks.check_search)
 

@@ -51,7 +51,7 @@ def _plot(draw, *args) -> None:
 def cmd_search(a: argparse.Namespace) -> None:
     rank, world = rank_and_world()
     with held(a.checkpoint), open_source(a, rank=rank, world=world) as source:  # locked before loading
-        plan, result = search_source(source, a.budget, rule=a.rule, config=search_config(a), max_state_mb=a.state_mb,
+        plan, result = search_source(source, a.budget, rule=a.rule or "repeat", config=search_config(a), max_state_mb=a.state_mb,
                                      progress=not (a.no_progress or rank), checkpoint=a.checkpoint, resume=a.resume,
                                      announce=None if rank else functools.partial(print, file=sys.stderr, flush=True))
     if rank:

@@ -131,7 +131,7 @@ def add_scheduler_option(p: Any) -> None:
 
 
 def add_search_options(p: argparse.ArgumentParser, effort: SearchConfig = SearchConfig(), rule: bool = True,
-                       checkpoint: bool = False) -> None:
+                       checkpoint: bool = False, choose: bool = False) -> None:
     """Search effort, reuse rule, prefix-state memory, optional checkpointing."""
     g = p.add_argument_group("search")
     g.add_argument("--effort", choices=sorted(EFFORTS), default=None,
@@ -166,8 +166,9 @@ def add_search_options(p: argparse.ArgumentParser, effort: SearchConfig = Search
                    help="skip hill climbing (K*B neighbours a round: the bulk of a search at large K)")
     g.add_argument("--forced-prefix", type=integer(0), default=0, help="first steps that always compute (default 0)")
     if rule:
-        g.add_argument("--rule", choices=RULES, default="repeat",
-                       help="how reused steps read the cache: repeat, or extrapolate(2) in sigma (default repeat)")
+        g.add_argument("--rule", choices=RULES, default=None if choose else "repeat",
+                       help="how reused steps read the cache: repeat, or extrapolate(2) in sigma (default: "
+                            + ("the search chooses among them, within its cap)" if choose else "repeat)"))
     g.add_argument("--search-rules", action="store_true",
                    help="search the reuse rule of every step jointly with the mask")
     g.add_argument("--state-mb", type=number(0), default=1024.0,
@@ -189,7 +190,8 @@ def search_config(a: argparse.Namespace) -> SearchConfig:
     base = EFFORTS[a.effort] if a.effort else a.base_effort
     given = {k: getattr(a, k) for k in ("iterations", "starts", "kicks", "reach", "screen", "max_forwards")
              if getattr(a, k) is not None} | ({"start": tuple(a.start)} if a.start else {})
-    return dataclasses.replace(base, **given, forced_prefix=a.forced_prefix, seed=a.seed,
+    choose = RULES if getattr(a, "rule", "repeat") is None and not a.search_rules else ()
+    return dataclasses.replace(base, **given, forced_prefix=a.forced_prefix, seed=a.seed, choose=choose,
                                rules=RULES if a.search_rules else (), hill_climb=base.hill_climb and not a.no_hill_climb,
                                checkpoint_every=getattr(a, "checkpoint_every", 25), batch_candidates=a.batch_candidates)
 

@@ -27,7 +27,7 @@ from .anneal import anneal
 from .climb import climb
 from .kicks import kicks
 from .run import Run
-from .starts import named, pool, random_start
+from .starts import each_rule, named, pool, random_start
 
 SPREAD = 1.0  # the per-sample coefficient of variation up to which a few batches stand in for all (the trained
 # demo model: 0.27-0.81 at K=28 and 50; the Gaussian mixture: 0.86-7.9, 25 of 30 cases above 1.4)
@@ -41,7 +41,7 @@ def budgeted(run: Run) -> None:
     track(masks[0])  # a plan on every sample first: the search has one whatever its cap
     alike = evaluate.spreads.get(evaluate.schedule(masks[0]), math.inf) <= SPREAD
     if not alike and "front" not in config.start:
-        masks = list(dict.fromkeys([*masks, *named(run, "front")]))
+        masks = list(dict.fromkeys([*masks, *each_rule(run, named(run, "front"))]))
     low = run.rung(config.screen) if alike else None
     rank = low or track
 

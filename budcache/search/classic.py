@@ -1,6 +1,8 @@
 """The classic search: from each start, annealing (``iterations`` proposals) then screened hill
 climbing; when a local search's starts end more than ``RUGGED`` apart, annealing as well
 (``escalate``); then ``kicks``. It does not plan its spending: uncapped unless ``max_forwards`` is set.
+Choosing the rule (``SearchConfig.choose``), the first start is scored under each rule and the search goes
+on under the best.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from .climb import climb
 from .config import RUGGED
 from .kicks import kicks
 from .run import Run
-from .starts import POWERS, named, random_start
+from .starts import POWERS, chosen, named, random_start
 
 
 def classic(run: Run) -> None:
@@ -26,10 +28,10 @@ def classic(run: Run) -> None:
     for s in range(config.starts):
         run.phase(f"{'annealing, ' if config.iterations else ''}start {s + 1}/{config.starts}")
         if s == 0 and run.start is not None:
-            first = run.check_start(run.start)
+            first = chosen(run, run.check_start(run.start))
         elif s < len(config.start):
             name = config.start[s]
-            first = named(run, name)[POWERS.index(2.0) if name == "warped" else 0]
+            first = chosen(run, named(run, name)[POWERS.index(2.0) if name == "warped" else 0])
         else:
             first = random_start(run)
         ends.append(climbed(*anneal(run, first, config.iterations))[1])

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import SearchError
+from ..sampling.rules import RULES
 from .ledger import default_cap
 
 
@@ -29,6 +30,8 @@ class SearchConfig:
     forced: tuple[int, ...] = ()
     seed: int = 0
     rules: tuple[str, ...] = ()
+    choose: tuple[str, ...] = ()  # reuse rules the search chooses among: every start mask is ranked under each, and
+    # the plan keeps the rule of the best one (empty: the evaluator's rule; see budcache.sampling.rules.RULES)
     flip_prob: float = 0.25
     checkpoint_every: int = 25  # evaluations between checkpoint writes (when the search has a checkpoint)
     batch_candidates: int = 1  # hill-climbing neighbours evaluated together in one batched forward
@@ -121,6 +124,12 @@ def check_config(config: SearchConfig) -> None:
                           f"{config.max_forwards!r}")
     if not 0 < config.screen <= 1:
         raise SearchError(f"SearchConfig.screen must be a share of the calibration set in (0, 1], got {config.screen}")
+    if config.choose and config.rules:
+        raise SearchError("SearchConfig.choose and SearchConfig.rules exclude each other: choose one rule for the "
+                          "plan, or search a rule per step")
+    bad = [r for r in config.choose if r not in RULES]
+    if bad:
+        raise SearchError(f"SearchConfig.choose: unknown reuse rule {bad[0]!r}; choose from {', '.join(RULES)}")
     unknown = [name for name in config.start if name not in STARTS]
     if unknown:
         raise SearchError(f"SearchConfig.start: unknown start {unknown[0]!r}; choose from {', '.join(STARTS)}")

@@ -16,7 +16,7 @@ import torch
 from ..calibration.capture import Calibration
 from ..calibration.replay import pipeline_source
 from ..plan import CachePlan, SearchRecord, model_identity, uniform_mask
-from ..sampling.rules import encode
+from ..sampling.rules import RULES, code_rule, encode
 from ..source import Source
 from .checkpoint import Checkpoint, held, identity
 from .config import SearchConfig, cap_of, check_budget, check_config, effort_name
@@ -82,8 +82,9 @@ def search_plan(
     check_config(config)
     check_budget(k, budget, config)
     cap = cap_of(config, k, budget)
-    predictive = evaluate.rule != "repeat" or bool(config.rules)
-    uniform_first = config.strategy == "budgeted" and start is None and config.start[:1] == ("uniform",)
+    predictive = evaluate.rule != "repeat" or bool(config.rules) or any(r != "repeat" for r in config.choose)
+    uniform_first = (config.strategy == "budgeted" and start is None and config.start[:1] == ("uniform",)
+                     and not config.choose)  # choosing, the uniform mask under the plan's rule may not be scored
     reserve = budget * ((euler_sigmas is not None) + (not uniform_first) + predictive)  # plain Euler, the uniform
     # mask (the budgeted search scores it first), the plan under repeat
     check_cap(cap, k, budget, reserve)
@@ -103,7 +104,8 @@ def search_plan(
         if saver is not None and not result.interrupted:
             saver.save(evaluate, finished=True)
     evaluations = evaluate.evaluations
-    rule, rules, objective = evaluate.rule, result.rules, result.loss
+    rule, rules, objective = result.rule or evaluate.rule, result.rules, result.loss
+    tried = _rules_tried(evaluate, config.choose) if config.choose else None
     # an interrupted search writes its plan at once (a scheduler's SIGKILL may follow its SIGTERM within
     # seconds): no reference losses, no validation of a predictive rule (a resume adds them)
     refer = not result.interrupted
@@ -115,7 +117,7 @@ def search_plan(
         v_plan, v_repeat = check(encode(result.mask, rules or rule)), check(repeat)
         if not v_plan <= v_repeat:  # never worse than plain repetition (inf/NaN included)
             rule, rules, objective = "repeat", None, repeat_objective
-    uniform_objective = evaluate(uniform_mask(k, budget)) if refer else None
+    uniform_objective = evaluate(encode(uniform_mask(k, budget), rule)) if refer else None
     euler_objective = None if euler_sigmas is None or not refer else evaluate.schedule_loss(euler_sigmas)
     verdict = None if euler_objective is None else "cached" if euler_objective > objective else "plain"
     plain = verdict == "plain" and fallback and begin_index == 0
@@ -148,6 +150,7 @@ def search_plan(
         reused_calls=reused_calls,
         verdict=verdict,
         cached_objective=objective if plain else None,
+        rules_tried=tried,
     )
     if plain:
         sigmas = [float(s) for s in as_solver(euler_sigmas).sigmas]
@@ -170,6 +173,17 @@ def search_plan(
         begin_index=begin_index,
     )
     return plan, result
+
+
+def _rules_tried(evaluate: Evaluator, rules: Sequence[str]) -> dict[str, float]:
+    """Each rule's best loss over the masks scored under it on every sample (a rule only ranked on a share of
+    the samples is left out)."""
+    best: dict[str, float] = {}
+    for key, loss in evaluate.memo.items():
+        codes = {c for c in key if c != 1}
+        if len(codes) == 1 and (rule := code_rule(codes.pop())) in rules:
+            best[rule] = min(best.get(rule, math.inf), loss)
+    return {r: best[r] for r in rules if r in best}
 
 
 def plain_line(fewer: Sequence[float] | Solver, budget: int, plain: float, cached: float, applied: bool) -> str:
@@ -202,7 +216,7 @@ def source_evaluator(source: Source, which: str, *, rule: str = "repeat", config
                      metric: str = "mse", max_state_mb: float = 1024.0) -> Evaluator:
     """An evaluator on one set of a model source (cache restarting at the source's restart steps)."""
     return Evaluator(source.batches(which), source.solver, metric, max_state_mb=max_state_mb, rule=rule,
-                     rules_in_play=config.rules, restarts=source.restarts)
+                     rules_in_play=(*config.rules, *config.choose), restarts=source.restarts)
 
 
 def search_source(
@@ -250,7 +264,7 @@ def search(
     budget: int,
     *,
     reuse: str = "residual",
-    rule: str = "repeat",
+    rule: str | None = None,
     config: SearchConfig = SearchConfig(),
     validation: Calibration | None = None,
     metric: str = "mse",
@@ -263,6 +277,8 @@ def search(
 ) -> CachePlan:
     """Search the best ``budget``-of-K plan for a calibrated pipeline (K = calibration steps).
 
+    ``rule``: how reused steps read the cache (``repeat``, ``extrapolate``, ``extrapolate2``); None: the search
+    chooses among them within its cap (``SearchConfig.choose``; the record keeps each one's best loss).
     Steps where the transformer calls change (e.g. the first step of Wan2.2's second expert)
     always compute, and the cache restarts there. ``validation``: other captures on which a
     predictive rule must beat ``repeat`` (default: the calibration ones). ``history``: where to
@@ -273,7 +289,9 @@ def search(
     if announce is None and progress:
         announce = functools.partial(print, file=sys.stderr)
     with pipeline_source(calib, reuse, validation=validation) as source:
-        plan, result = search_source(source, budget, rule=rule, config=config, metric=metric,
+        if rule is None and not config.rules and not config.choose:
+            config = dataclasses.replace(config, choose=RULES)
+        plan, result = search_source(source, budget, rule=rule or "repeat", config=config, metric=metric,
                                      max_state_mb=max_state_mb, progress=progress, checkpoint=checkpoint,
                                      resume=resume, announce=announce)
     if history is not None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from ..errors import SearchError
-from ..sampling.rules import decode, rule_code
+from ..sampling.rules import decode, history_depth, rule_code
 from .checkpoint import Checkpoint
 from .config import SearchConfig, auto_reach, cap_of, check_budget, check_config, fixed_steps
 from .evaluator import Evaluator
@@ -32,6 +32,7 @@ class SearchResult:
     mask: list[int]
     loss: float
     rules: list[str] | None = None
+    rule: str | None = None  # the rule chosen among SearchConfig.choose (None: the evaluator's, or per-step rules)
     history: list[tuple[int, float, float]] = field(default_factory=list)  # (evaluation, current, best)
     seconds: float = 0.0
     interrupted: bool = False
@@ -124,6 +125,9 @@ def run_search(evaluate: Evaluator, budget: int, config: SearchConfig = SearchCo
     k = evaluate.num_steps
     check_config(config)
     check_budget(k, budget, config)
+    if config.choose and history_depth(config.choose) > evaluate.depth:
+        raise SearchError(f"the evaluator keeps too few cache entries to choose among {', '.join(config.choose)}; "
+                          "build it with rules_in_play=SearchConfig.choose")
     cap = cap_of(config, k, budget)
     check_cap(cap, k, budget)
     if config.reach is None:  # within a cap, single-step moves buy more (measured on the demo at K=50)
@@ -154,6 +158,7 @@ def run_search(evaluate: Evaluator, budget: int, config: SearchConfig = SearchCo
         raise SearchError(f"the cap of {cap:g} forwards per sample was spent before any mask was scored; raise "
                           "--max-forwards")
     mask, rules = decode(track.best, evaluate.rule)
-    return SearchResult(mask=mask, loss=track.best_loss, rules=rules if flips else None, history=track.history,
+    rule = next((r for m, r in zip(mask, rules) if not m), evaluate.rule) if config.choose else None
+    return SearchResult(mask=mask, loss=track.best_loss, rules=rules if flips else None, rule=rule, history=track.history,
                         seconds=time.perf_counter() - start_time, interrupted=interrupted, cap=cap,
                         spent=evaluate.ledger.spent, curve=track.curve)

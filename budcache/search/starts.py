@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from ..sampling.rules import code_rule, decode, encode
 from .moves import Mask, endpoints_mask, random_mask, warped_mask, with_fixed
 from .run import Run
 from .surrogate import segment_errors, surrogate_mask
@@ -31,12 +32,40 @@ def named(run: Run, name: str) -> list[Mask]:
 
 
 def pool(run: Run) -> list[Mask]:
-    """Every named start's masks (the caller's ``start`` first), without repeats."""
+    """Every named start's masks (the caller's ``start`` first), without repeats; with ``SearchConfig.choose``
+    each under every rule chosen among."""
     masks = [run.check_start(run.start)] if run.start is not None else []
     for name in run.config.start:
         masks += named(run, name)
-    return list(dict.fromkeys(masks))
+    return list(dict.fromkeys(each_rule(run, masks)))
+
+
+def each_rule(run: Run, masks: list[Mask]) -> list[Mask]:
+    """Every mask under each rule of ``SearchConfig.choose`` (the masks as they are where it is empty)."""
+    if not run.config.choose:
+        return masks
+    return [encode(decode(m)[0], rule) for m in masks for rule in run.config.choose]
 
 
 def random_start(run: Run) -> Mask:
-    return run.evaluate.schedule(random_mask(run.num_steps, run.budget, run.fixed, run.free, run.rng))
+    """A random mask, under the rule of the best plan so far where the search chooses the rule."""
+    mask = random_mask(run.num_steps, run.budget, run.fixed, run.free, run.rng)
+    return encode(mask, run_rule(run)) if run.config.choose else run.evaluate.schedule(mask)
+
+
+def chosen(run: Run, mask: Mask) -> Mask:
+    """``mask`` under the rule of the best plan so far, or (before any) under each rule chosen among, scored
+    on every sample, the best of them; as it is where the search does not choose the rule."""
+    if not run.config.choose:
+        return mask
+    bare = decode(mask)[0]
+    if run.track.best is not None:
+        return encode(bare, run_rule(run))
+    each = [encode(bare, rule) for rule in run.config.choose]
+    return min(zip(run.track.many(each), each))[1]
+
+
+def run_rule(run: Run) -> str:
+    """The rule of the best plan so far (the evaluator's before any)."""
+    best = run.track.best
+    return next((code_rule(c) for c in best or () if c != 1), run.evaluate.rule)
