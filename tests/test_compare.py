@@ -127,3 +127,21 @@ def test_compare_and_frontier_under_unipc(tmp_path):
           "--held-out", "4", "--iterations", "5", "--no-progress", "--out", str(tmp_path / "fr")])
     rows = json.loads((tmp_path / "fr" / "frontier.json").read_text())["rows"]
     assert [r["budget"] for r in rows] == [2, 3] and all("plain DPMSolverMultistep" in r for r in rows)
+
+
+def test_quality_vs_nfe_draws_one_line_per_method_across_budgets(tmp_path, monkeypatch):
+    """Every plain solver, the plan and the uniform mask keep one legend entry across budgets."""
+    from budcache.evaluation import plots
+    from budcache.evaluation.report import Row
+
+    names = lambda b: [f"plain {b}-step Euler", f"plain {b}-step AB2", f"UniPC (flow) {b}",  # noqa: E731
+                       f"DPM-Solver++ 2M (flow) {b}", "plan (extrapolate)", "uniform mask"]
+    assert {plots.series(m, 8) for m in names(8)} == {plots.series(m, 12) for m in names(12)}
+    assert len({plots.series(m, 8) for m in names(8)}) == 6 and plots.series("plain 10-step AB2", 10) == "plain AB2"
+    rows = [Row(b, m, "-", b, 0, b, b, 1e-3, 30.0 + b, None) for b in (8, 12) for m in names(b)]
+    figures = []
+    save = plots.save
+    monkeypatch.setattr(plots, "save", lambda fig, path: figures.append(fig) or save(fig, path))
+    plots.plot_quality_vs_nfe(rows, tmp_path / "q.png")
+    labels = [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
+    assert sorted(labels) == sorted({plots.series(m, 8) for m in names(8)})

@@ -492,3 +492,28 @@ def test_the_default_search_reaches_a_front_loaded_optimum_within_its_default_ca
     assert all(evaluate.schedule(warped_mask(k, b, p, last=False)) in evaluate.memo for p in (1.5, 2.0, 3.0))
     monkeypatch.setattr(budgeted, "named", lambda run, name: [])  # no front starts
     assert search()[1] > optimum * 2
+
+
+@pytest.mark.parametrize("strategy", ["budgeted", "classic"])
+def test_the_search_chooses_the_rule_among_those_it_may(gmm, strategy):
+    """Choosing, every start is scored under each rule (the budgeted strategy ranks them all, the classic one its
+    first start), the plan keeps one rule throughout, and the record holds each rule's best loss."""
+    from budcache.sampling.rules import RULES, decode, encode
+
+    rules = ("repeat", "extrapolate")
+    evaluate = Evaluator([Batch(OutputDenoiser(gmm), part) for part in gmm.noise(16, 2).split(4)], linear_sigmas(16),
+                         rules_in_play=rules)
+    config = SearchConfig(strategy=strategy, choose=rules, max_forwards=250, iterations=20 if strategy == "classic" else 200)
+    plan, result = search_plan(evaluate, 5, reuse="output", config=config, progress=False)
+    assert result.rule in rules and plan.rule == result.rule and plan.rules is None
+    assert all(encode(uniform_mask(16, 5), r) in evaluate.memo for r in rules)
+    tried = plan.record.rules_tried
+    assert set(tried) == set(rules) and min(tried.values()) == pytest.approx(result.loss)
+    assert tried[result.rule] == pytest.approx(result.loss)
+    best = min(evaluate.memo, key=evaluate.memo.get)
+    assert decode(best)[0] == plan.mask and {c for c in best if c != 1} == {2 + RULES.index(result.rule)}
+    with pytest.raises(SearchError, match="too few cache entries"):
+        run_search(Evaluator([Batch(OutputDenoiser(gmm), gmm.noise(4, 2))], linear_sigmas(16)), 5, config,
+                   progress=False)
+    with pytest.raises(SearchError, match="exclude each other"):
+        run_search(evaluate, 5, dataclasses.replace(config, rules=rules), progress=False)

@@ -26,7 +26,7 @@ def _calibration(prompts: int = 4):
 
 
 @pytest.mark.parametrize("cap", [None, 30.0, 55.0])
-@pytest.mark.parametrize("rule", ["repeat", "extrapolate"])
+@pytest.mark.parametrize("rule", ["repeat", "extrapolate", None])  # None: the search chooses the rule
 def test_the_search_never_spends_more_block_stack_forwards_than_its_cap(cap, rule):
     pipe, calib = _calibration()
     calls = []

@@ -55,14 +55,21 @@ def image_grid(rows: Sequence[tuple[str, torch.Tensor]], path: str | Path, colum
     return save(fig, path)
 
 
+def series(method: str, budget: int) -> str:
+    """A method's name across budgets: ``plain 10-step AB2`` -> ``plain AB2``, ``UniPC (flow) 10`` -> ``UniPC (flow)``."""
+    if method.startswith(f"plain {budget}-step "):
+        return "plain " + method.removeprefix(f"plain {budget}-step ")
+    return method.removesuffix(f" {budget}")
+
+
 def plot_quality_vs_nfe(rows: Sequence, path: str | Path) -> Path:
     """PSNR against mean NFE, one line per method and reuse rule (``rows``: compare.Row)."""
     fig = figure(figsize=(7.5, 4.5))
     ax = fig.subplots()
     lines: dict[str, list] = {}
     for r in rows:
-        method = r.method if not r.method.startswith("plain ") else "plain " + r.method.split("-step ")[-1]
-        lines.setdefault(method + ("" if r.rule == "-" else f" [{r.rule}]"), []).append((r.nfe_mean, r.psnr))
+        lines.setdefault(series(r.method, r.budget) + ("" if r.rule == "-" else f" [{r.rule}]"), []).append(
+            (r.nfe_mean, r.psnr))
     for i, (name, points) in enumerate(sorted(lines.items())):
         points.sort()
         style = "-" if "[extrapolate" in name else ("--" if "[repeat" in name else ":")

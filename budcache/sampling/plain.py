@@ -13,7 +13,7 @@ from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteSchedul
 
 from .denoisers import OutputDenoiser, VelocityFn
 from .loop import euler, linear_sigmas, sample
-from .solver import SchedulerSolver
+from .solver import AB2, SchedulerSolver
 
 FLOW = dict(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=1.0)
 SCHEDULERS: dict[str, Callable[[], object]] = {
@@ -24,14 +24,8 @@ SCHEDULERS: dict[str, Callable[[], object]] = {
 
 
 def adams_bashforth2(fn: VelocityFn, x: torch.Tensor, sigmas: Sequence[float]) -> torch.Tensor:
-    """x_{k+1} = x_k + h_k (v_k + h_k / (2 h_{k-1}) (v_k - v_{k-1})); Euler on the first step."""
-    sigmas = [float(s) for s in sigmas]
-    prev = None
-    for k in range(len(sigmas) - 1):
-        v, h = fn(x, sigmas[k]), sigmas[k + 1] - sigmas[k]
-        step = v if prev is None else v + (h / (2 * (sigmas[k] - sigmas[k - 1]))) * (v - prev)
-        x, prev = x + h * step, v
-    return x
+    """Plain AB2 over ``sigmas`` (see :class:`~.solver.AB2`): the one loop, every step computed."""
+    return sample(OutputDenoiser(fn), x, AB2(sigmas), [1] * (len(sigmas) - 1), check_finite=False)
 
 
 def scheduler_sample(scheduler, fn: VelocityFn, x: torch.Tensor, num_steps: int) -> torch.Tensor:

@@ -42,6 +42,21 @@ class Euler:
         return x + (self.sigmas[k + 1] - self.sigmas[k]) * v, None
 
 
+class AB2:
+    """Two-step Adams-Bashforth in sigma over ``sigmas`` (k-diffusion style; Euler on the first step): the
+    velocity of the previous step is its state, x_{k+1} = x_k + h_k (v_k + h_k / (2 h_{k-1}) (v_k - v_{k-1}))."""
+
+    name = "AB2"
+
+    def __init__(self, sigmas: Sequence[float]):
+        self.sigmas = [float(s) for s in sigmas]
+
+    def step(self, k: int, x: torch.Tensor, v: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, Any]:
+        s, h = self.sigmas, self.sigmas[k + 1] - self.sigmas[k]
+        slope = v if state is None else v + (h / (2 * (s[k] - s[k - 1]))) * (v - state)
+        return x + h * slope, v
+
+
 def _tensors(value: Any) -> list[torch.Tensor]:
     if torch.is_tensor(value):
         return [value]

@@ -1,0 +1,92 @@
+"""The default plan against plain fewer-step sampling (demo, K=28): for every scheduler (euler, unipc, dpm) and
+budget, the default search as ``budcache search`` runs it (the rule chosen among repeat, extrapolate and
+extrapolate2 within the default cap; plain B steps where they are at least as good), its loss on the calibration set
+against every plain B-step solver's there (the scheduler's own, AB2 on its B-step sigmas, UniPC and DPM-Solver++ 2M on
+their own flow schedules), and held-out PSNR (``budcache compare``'s rows) against the best plain solver's.
+One JSON line per setting; ``--pinned RULE`` runs the search with that rule instead (its cost for comparison).
+
+Goals: the default's calibration loss never above the best plain solver's; held-out PSNR at least +1 dB above the
+best plain solver at B in {8, 10, 14} (+3 dB aimed for); choosing the rule costs at most 1.3x a pinned search's forwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import _root  # noqa: F401
+import torch
+
+from budcache.demo.problem import demo_source
+from budcache.evaluation.compare import compare_plans
+from budcache.sampling import plain
+from budcache.sampling.rules import RULES
+from budcache.sampling.solver import AB2, SchedulerSolver
+from budcache.search import SearchConfig
+from budcache.search.plan_search import search_source, source_evaluator
+
+
+def plain_losses(evaluate, fewer) -> dict[str, float]:
+    """Every plain B-step solver's loss on the calibration set (B = ``fewer``'s steps)."""
+    b = len(fewer.sigmas) - 1
+    out = {f"plain {b}-step {fewer.name}": evaluate.schedule_loss(fewer), f"plain {b}-step AB2": evaluate.schedule_loss(
+        AB2(fewer.sigmas))}
+    for name, make in plain.SCHEDULERS.items():
+        scheduler = make()
+        scheduler.set_timesteps(b)
+        solver = SchedulerSolver(scheduler)
+        if solver.name != fewer.name:
+            out[f"{name} {b}"] = evaluate.schedule_loss(solver)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--schedulers", nargs="+", default=["euler", "unipc", "dpm"])
+    p.add_argument("--budgets", type=int, nargs="+", default=list(range(6, 15)))
+    p.add_argument("--steps", type=int, default=28)
+    p.add_argument("--calib", type=int, default=16)
+    p.add_argument("--held-out", type=int, default=100)
+    p.add_argument("--pinned", choices=RULES, default=None, help="pin the rule (the cost of a pinned search)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=Path("bench-out/plain_guarantee.jsonl"))
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    config = SearchConfig(choose=() if a.pinned else RULES)
+    with a.out.open("a") as sink:
+        for scheduler in a.schedulers:
+            with demo_source(a.steps, a.calib, held_out=a.held_out, scheduler=scheduler) as source:
+                for b in a.budgets:
+                    start = time.perf_counter()
+                    plan, _ = search_source(source, b, rule=a.pinned or "repeat", config=config, progress=False)
+                    seconds = time.perf_counter() - start
+                    evaluate = source_evaluator(source, "calib")
+                    losses = plain_losses(evaluate, source.fewer(b))
+                    best_plain = min(losses, key=losses.get)
+                    rows, _ = compare_plans(source, [("default", plan)])
+                    psnr = {r.method: r.psnr for r in rows}
+                    ours = psnr["plan (default)"]
+                    plains = {m: v for m, v in psnr.items() if m.startswith("plain ") or m.endswith(f" {b}")}
+                    best_held = max(plains, key=plains.get)
+                    r = plan.record
+                    row = {"scheduler": scheduler, "K": a.steps, "B": b, "rule": plan.rule, "verdict": r.verdict,
+                           "plan_steps": plan.num_steps, "objective": r.objective, "best_plain": best_plain,
+                           "best_plain_objective": losses[best_plain],
+                           "calib_ratio": round(losses[best_plain] / r.objective, 3) if r.objective > 0 else math.inf,
+                           "never_worse": r.objective <= losses[best_plain], "rules_tried": r.rules_tried,
+                           "held_out_psnr": round(ours, 2), "best_plain_held_out": best_held,
+                           "best_plain_psnr": round(plains[best_held], 2), "margin_db": round(ours - plains[best_held], 2),
+                           "forwards_per_sample": round(r.forwards / r.calibration_size, 1), "spent": r.spent,
+                           "cap": r.cap, "seconds": round(seconds, 1), "pinned": a.pinned,
+                           "date": time.strftime("%Y-%m-%d")}
+                    print(json.dumps(row), flush=True)
+                    sink.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
