@@ -19,8 +19,8 @@ from ..plan import CachePlan, SearchRecord, model_identity, uniform_mask
 from ..sampling.rules import RULES, code_rule, encode
 from ..source import Source
 from .checkpoint import Checkpoint, held, identity
-from .config import SearchConfig, cap_of, check_budget, check_config, effort_name
 from ..sampling.solver import Solver, as_solver
+from .config import SearchConfig, cap_of, check_budget, check_config, effort_name
 from .evaluator import Evaluator
 from .ledger import check_cap
 from .run import SearchResult, run_search
@@ -152,21 +152,18 @@ def search_plan(
         cached_objective=objective if plain else None,
         rules_tried=tried,
     )
-    if plain:
-        sigmas = [float(s) for s in as_solver(euler_sigmas).sigmas]
-        return CachePlan(num_steps=budget, budget=budget, mask=[1] * budget, reuse=reuse,
-                         sigmas=sigmas if store_sigmas else None, schedule=sigmas if store_sigmas else None,
-                         model=model_identity(model) if model is not None else {}, boundary_ratio=boundary_ratio,
-                         record=record), result
+    # the plain B-step schedule, every step computed, or the searched mask over the K-step schedule
+    mask, sigmas = ([1] * budget, [float(s) for s in as_solver(euler_sigmas).sigmas]) if plain else (
+        result.mask, list(evaluate.sigmas))
     plan = CachePlan(
-        num_steps=k,
+        num_steps=len(mask),
         budget=budget,
-        mask=result.mask,
+        mask=mask,
         reuse=reuse,
-        rule=rule,
-        rules=rules,
-        sigmas=list(evaluate.sigmas) if store_sigmas else None,
-        schedule=list(evaluate.sigmas) if store_sigmas else None,
+        rule="repeat" if plain else rule,
+        rules=None if plain else rules,
+        sigmas=sigmas if store_sigmas else None,
+        schedule=sigmas if store_sigmas else None,
         model=model_identity(model) if model is not None else {},
         boundary_ratio=boundary_ratio,
         record=record,
