@@ -27,11 +27,23 @@ from .anneal import anneal
 from .climb import climb
 from .kicks import kicks
 from .run import Run
-from .starts import each_rule, named, pool, random_start
+from .moves import Mask
+from .starts import each_rule, named, pool, random_start, rule_of
 
 SPREAD = 1.0  # the per-sample coefficient of variation up to which a few batches stand in for all (the trained
 # demo model: 0.27-0.81 at K=28 and 50; the Gaussian mixture: 0.86-7.9, 25 of 30 cases above 1.4)
+RULES_WITHIN = 2.0  # choosing the rule, the rules whose uniform mask scores within this factor of the best one's are
+# ranked further (on the demo: repeat 3-10x behind extrapolate under every scheduler; the two extrapolations close)
 ROUNDS = 64  # annealing rounds after the local search (an uncapped budgeted search ends after them)
+
+
+def _leading_rules(run: Run, masks: list[Mask], rank) -> list[Mask]:
+    """The starts under the rules whose first start (the uniform mask) ranks within :data:`RULES_WITHIN` of the
+    best rule's: a rule far behind on the uniform mask is not ranked further (choosing costs fewer forwards)."""
+    first = masks[:len(run.config.choose)]  # the first start under each rule (see starts.pool)
+    losses = dict(zip(first, rank.many(first, run.config.batch_candidates)))
+    keep = {rule_of(m) for m, loss in losses.items() if loss <= RULES_WITHIN * min(losses.values())}
+    return [m for m in masks if rule_of(m) in keep]
 
 
 def budgeted(run: Run) -> None:
@@ -44,6 +56,8 @@ def budgeted(run: Run) -> None:
         masks = list(dict.fromkeys([*masks, *each_rule(run, named(run, "front"))]))
     low = run.rung(config.screen) if alike else None
     rank = low or track
+    if config.choose:
+        masks = _leading_rules(run, masks, rank)
 
     def promote(mask, loss):
         """Climb on the low rung (each sweep's or descent step's improvement scored on every sample as
@@ -55,6 +69,8 @@ def budgeted(run: Run) -> None:
 
     scores = rank.many(masks, config.batch_candidates)
     order = sorted(range(len(masks)), key=lambda i: scores[i])
+    if config.choose:
+        track(masks[order[0]])  # a plan under the leading rule on every sample before the climbs
     for s, i in enumerate(order[:config.starts]):
         run.phase(f"climbing start {s + 1}/{min(config.starts, len(order))}")
         promote(masks[i], scores[i])

@@ -67,5 +67,9 @@ def chosen(run: Run, mask: Mask) -> Mask:
 
 def run_rule(run: Run) -> str:
     """The rule of the best plan so far (the evaluator's before any)."""
-    best = run.track.best
-    return next((code_rule(c) for c in best or () if c != 1), run.evaluate.rule)
+    return rule_of(run.track.best or (), run.evaluate.rule)
+
+
+def rule_of(mask: Mask, default: str = "repeat") -> str:
+    """The rule of a mask's first reused step (``default`` where none reuses)."""
+    return next((code_rule(c) for c in mask if c != 1), default)
