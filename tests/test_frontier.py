@@ -35,7 +35,7 @@ def test_cli_frontier(tmp_path):
     for r in rows:
         plan = CachePlan.load(out / f"plan_B{r['budget']}.json")
         assert sum(plan.mask) == r["budget"] and plan.strip == r["mask"]
-        assert r["budcache"] > 10 and r["plain Euler"] > 10
+        assert r["budcache"] > 10 and r["plain Euler"] > 10 and r["plain AB2"] > 10 and r["plain AB2"] != r["plain Euler"]
     plans = PlanSet.load(out / "plans.json")
     assert [p.budget for p in plans] == [2, 3, 4, 5] and plans.plans[0] == CachePlan.load(out / "plan_B2.json")
 

@@ -1,5 +1,6 @@
 """``budcache frontier``: plans for every budget in one run on any model source, and the held-out
-quality-vs-budget curve beside the uniform mask and plain Euler."""
+quality-vs-budget curve beside the uniform mask and plain B-step sampling (the source's own solver and AB2 on its
+B-step sigmas)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 
 from ..plan import uniform_mask
 from ..planset import PlanSet
+from ..sampling.solver import AB2
 from ..search import SearchConfig, search_frontier
 from ..source import Source
 from . import metrics, plots
@@ -38,10 +40,11 @@ def frontier(source: Source, budgets: Sequence[int], out: Path, config: SearchCo
         solver, fewer = source.solver_for(plan.sigmas), source.fewer(b)
         outputs = {"budcache": (static_outputs(source, "eval", solver, plan.mask, plan.step_rules), rule),
                    "uniform mask": (static_outputs(source, "eval", solver, uniform_mask(k, b), rule), rule),
-                   f"plain {fewer.name}": (static_outputs(source, "eval", fewer, [1] * b, "repeat"), "-")}
+                   f"plain {fewer.name}": (static_outputs(source, "eval", fewer, [1] * b, "repeat"), "-"),
+                   "plain AB2": (static_outputs(source, "eval", AB2(fewer.sigmas), [1] * b, "repeat"), "-")}
         for method, (x, label) in outputs.items():
             report.add(b, method, label, x, [b] * n)
-        psnr = {r.method: r.psnr for r in report.rows[-3:]}
+        psnr = {r.method: r.psnr for r in report.rows[-len(outputs):]}
         row = {"budget": b, "rule": rule, "mask": plan.strip, "calibration_loss": plan.record.objective, **psnr}
         if source.decode is not None:  # a pipeline that decodes: image PSNR / SSIM beside the latents'
             if images is None:

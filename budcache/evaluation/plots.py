@@ -112,13 +112,13 @@ def plot_alignment(plan: CachePlan, result, path: str | Path) -> Path:
 
 
 def plot_frontier(rows: Sequence[dict], path: str | Path) -> Path:
-    """Held-out PSNR against the budget for budcache's plans, the uniform mask and plain fewer-step
-    sampling (the row key that starts with ``plain``)."""
+    """Held-out PSNR against the budget for budcache's plans, the uniform mask and every plain fewer-step
+    solver (the row keys that start with ``plain``)."""
     fig = figure(figsize=(6.5, 4))
     ax = fig.subplots()
     budgets = [r["budget"] for r in rows]
-    plain = next(k for k in rows[0] if k.startswith("plain "))
-    for name, style in (("budcache", "-o"), ("uniform mask", "--s"), (plain, ":^")):
+    plain = [(k, ":^") for k in rows[0] if k.startswith("plain ")]
+    for name, style in (("budcache", "-o"), ("uniform mask", "--s"), *plain):
         ax.plot(budgets, [r[name] for r in rows], style, ms=4, label=name)
     ax.set_xlabel("budget B (block-stack executions)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
