@@ -88,3 +88,14 @@ def test_a_named_surrogate_start_is_charged_and_shown(tmp_path, capsys):
     capsys.readouterr()
     main(["show", str(out)])
     assert f"({record.reused_calls} reused calls for the teacher surrogate among them)" in capsys.readouterr().out
+
+
+def test_masks_scored_before_the_cap_count_when_it_is_reached_part_way(gmm):
+    """A cap reached inside a batch of evaluations keeps the best of the masks scored before it: the plan's
+    loss is the lowest loss the evaluator scored on every sample."""
+    for cap in range(30, 121, 3):
+        evaluate = Evaluator([Batch(OutputDenoiser(gmm), part) for part in gmm.noise(16, 4).split(4)],
+                             linear_sigmas(16))
+        plan, result = search_plan(evaluate, 5, reuse="output", config=SearchConfig(max_forwards=cap, sweep=False),
+                                   progress=False)  # steepest descent: every neighbour scored in one call
+        assert result.loss == min(evaluate.memo.values())

@@ -71,6 +71,10 @@ def budgeted(run: Run) -> None:
     order = sorted(range(len(masks)), key=lambda i: scores[i])
     if config.choose:
         track(masks[order[0]])  # a plan under the leading rule on every sample before the climbs
+        best_of = {}  # each kept rule's best-ranked start, in rank order: each rule is climbed
+        for i in order:
+            best_of.setdefault(rule_of(masks[i]), i)
+        order = [*best_of.values(), *(i for i in order if i not in best_of.values())]
     for s, i in enumerate(order[:config.starts]):
         run.phase(f"climbing start {s + 1}/{min(config.starts, len(order))}")
         promote(masks[i], scores[i])

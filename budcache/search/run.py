@@ -54,8 +54,15 @@ class Tracker:
         self.seen: set[Mask] = set()
 
     def many(self, masks: list[Mask], group: int = 1) -> list[float]:
-        """Losses of several masks, the new ones evaluated ``group`` at a time in batched forwards."""
-        self.evaluate.many(masks, group)
+        """Losses of several masks, the new ones evaluated ``group`` at a time in batched forwards; where the
+        cap is reached part way, the masks scored before it still count (the best plan among them)."""
+        try:
+            self.evaluate.many(masks, group)
+        except Spent:
+            for m in masks:
+                if self.evaluate.cost(m) == 0:  # scored (memoized, not a checkpoint's replay): free to track
+                    self(m)
+            raise
         return [self(m) for m in masks]
 
     def __call__(self, mask: Mask) -> float:
