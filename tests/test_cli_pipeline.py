@@ -79,7 +79,7 @@ def test_frontier_and_align_a_saved_pipeline_from_the_command_line(tmp_path, cap
           "--iterations", "10", "--out", str(tmp_path / "fr")])
     rows = json.loads((tmp_path / "fr" / "frontier.json").read_text())["rows"]
     assert [r["budget"] for r in rows] == [2, 3] and all(r["budcache"] > 0 for r in rows)
-    assert all(set(r["image"]) == {"budcache", "uniform mask", "plain Euler"} for r in rows)  # FLUX decodes
+    assert all(set(r["image"]) == {"budcache", "uniform mask", "plain Euler", "plain AB2"} for r in rows)  # FLUX decodes
     assert all(s["psnr"] > 0 and -1 <= s["ssim"] <= 1 for r in rows for s in r["image"].values())
     plan = budcache.CachePlan.load(tmp_path / "fr" / "plan_B3.json")
     assert plan.model["class"] == "FluxTransformer2DModel" and plan.sigmas is not None

@@ -140,9 +140,9 @@ def cmd_frontier(a: argparse.Namespace) -> None:
     with open_source(a, held_out=True, validation=False) as source:
         rows = frontier(source, a.budgets, a.out, search_config(a), not a.no_progress, a.state_mb, a.rule)
     for r in rows:
-        plain = next(k for k in r if k.startswith("plain "))
+        plain = "   ".join(f"{k} {r[k]:6.2f}" for k in r if k.startswith("plain "))
         image = "" if "image" not in r else "   image PSNR / SSIM " + "  ".join(
             f"{m} {s['psnr']:.2f} / {s['ssim']:.3f}" for m, s in r["image"].items())
         print(f"B={r['budget']:>2}  {r['mask']}  budcache {r['budcache']:6.2f} dB   uniform {r['uniform mask']:6.2f}   "
-              f"{plain} {r[plain]:6.2f}{image}")
+              f"{plain}{image}")
     print(f"wrote plan_B*.json, the plan set plans.json, frontier.json and frontier.png to {a.out}/")
