@@ -72,6 +72,11 @@ def code_rule(code: int, default: str = "repeat") -> str:
     return default if code == 1 else RULES[code - 2]
 
 
+def rule_of(schedule: Sequence[int], default: str = "repeat") -> str:
+    """The rule of a schedule's first reused step (``default`` where none reuses)."""
+    return next((code_rule(c) for c in schedule if c != 1), default)
+
+
 def encode(mask: Sequence[int], rules: str | Sequence[str]) -> Schedule:
     """A schedule from a 0/1 mask and its rule(s)."""
     rules = check_rules(rules, len(mask))

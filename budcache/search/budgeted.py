@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import math
 
+from ..sampling.rules import rule_of
 from .anneal import anneal
 from .climb import climb
 from .kicks import kicks
 from .run import Run
 from .moves import Mask
-from .starts import each_rule, named, pool, random_start, rule_of
+from .starts import each_rule, named, pool, random_start
 
 SPREAD = 1.0  # the per-sample coefficient of variation up to which a few batches stand in for all (the trained
 # demo model: 0.27-0.81 at K=28 and 50; the Gaussian mixture: 0.86-7.9, 25 of 30 cases above 1.4)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from ..errors import SearchError
-from ..sampling.rules import decode, history_depth, rule_code
+from ..sampling.rules import decode, history_depth, rule_code, rule_of
 from .checkpoint import Checkpoint
 from .config import SearchConfig, auto_reach, cap_of, check_budget, check_config, fixed_steps
 from .evaluator import Evaluator
@@ -165,7 +165,7 @@ def run_search(evaluate: Evaluator, budget: int, config: SearchConfig = SearchCo
         raise SearchError(f"the cap of {cap:g} forwards per sample was spent before any mask was scored; raise "
                           "--max-forwards")
     mask, rules = decode(track.best, evaluate.rule)
-    rule = next((r for m, r in zip(mask, rules) if not m), evaluate.rule) if config.choose else None
+    rule = rule_of(track.best, evaluate.rule) if config.choose else None
     return SearchResult(mask=mask, loss=track.best_loss, rules=rules if flips else None, rule=rule, history=track.history,
                         seconds=time.perf_counter() - start_time, interrupted=interrupted, cap=cap,
                         spent=evaluate.ledger.spent, curve=track.curve)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ..sampling.rules import code_rule, decode, encode
+from ..sampling.rules import decode, encode, rule_of
 from .moves import Mask, endpoints_mask, random_mask, warped_mask, with_fixed
 from .run import Run
 from .surrogate import segment_errors, surrogate_mask
@@ -69,7 +69,3 @@ def run_rule(run: Run) -> str:
     """The rule of the best plan so far (the evaluator's before any)."""
     return rule_of(run.track.best or (), run.evaluate.rule)
 
-
-def rule_of(mask: Mask, default: str = "repeat") -> str:
-    """The rule of a mask's first reused step (``default`` where none reuses)."""
-    return next((code_rule(c) for c in mask if c != 1), default)
