@@ -58,10 +58,9 @@ def chosen(run: Run, mask: Mask) -> Mask:
     on every sample, the best of them; as it is where the search does not choose the rule."""
     if not run.config.choose:
         return mask
-    bare = decode(mask)[0]
     if run.track.best is not None:
-        return encode(bare, run_rule(run))
-    each = [encode(bare, rule) for rule in run.config.choose]
+        return encode(decode(mask)[0], run_rule(run))
+    each = each_rule(run, [mask])
     return min(zip(run.track.many(each), each))[1]
 
 
