@@ -26,16 +26,17 @@ from budcache.evaluation.compare import compare_plans
 from budcache.plan import CachePlan, uniform_mask
 from budcache.sampling import plain
 from budcache.sampling.rules import RULES
-from budcache.sampling.solver import AB2, SchedulerSolver
+from budcache.sampling.solver import SchedulerSolver
 from budcache.search import SearchConfig
-from budcache.search.plan_search import search_source, source_evaluator
+from budcache.search.config import CHOICE
+from budcache.search.plan_search import plain_losses, search_source, source_evaluator
 
 
-def plain_losses(evaluate, fewer) -> dict[str, float]:
-    """Every plain B-step solver's loss on the calibration set (B = ``fewer``'s steps)."""
+def every_plain_loss(evaluate, fewer) -> dict[str, float]:
+    """Every plain B-step solver's loss on the calibration set (B = ``fewer``'s steps): those the search scores
+    itself, and diffusers' UniPC and DPM-Solver++ on their own flow schedules."""
     b = len(fewer.sigmas) - 1
-    out = {f"plain {b}-step {fewer.name}": evaluate.schedule_loss(fewer), f"plain {b}-step AB2": evaluate.schedule_loss(
-        AB2(fewer.sigmas))}
+    out = {f"plain {b}-step {name}": loss for name, loss in plain_losses(evaluate, fewer).items()}
     for name, make in plain.SCHEDULERS.items():
         scheduler = make()
         scheduler.set_timesteps(b)
@@ -58,7 +59,7 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    config = SearchConfig(choose=() if a.pinned else RULES)
+    config = SearchConfig(choose=() if a.pinned else CHOICE)
     with a.out.open("a") as sink:
         for scheduler in a.schedulers:
             with demo_source(a.steps, a.calib, held_out=a.held_out, scheduler=scheduler) as source:
@@ -67,7 +68,7 @@ def main() -> None:
                     plan, _ = search_source(source, b, rule=a.pinned or "repeat", config=config, progress=False)
                     seconds = time.perf_counter() - start
                     evaluate = source_evaluator(source, "calib")
-                    losses = plain_losses(evaluate, source.fewer(b))
+                    losses = every_plain_loss(evaluate, source.fewer(b))
                     best_plain = min(losses, key=losses.get)
                     cached = plan.num_steps == a.steps  # else the plan is plain B-step sampling (its own row)
                     probe = plan if cached else CachePlan(a.steps, b, uniform_mask(a.steps, b))

@@ -47,9 +47,13 @@ class SearchRecord:
     spent: float | None = None  # forwards per calibration sample it charged against the cap
     reused_calls: int = 0  # reused steps called outside a trajectory (the teacher surrogate), summed over the
     # calibration samples; the cap charges each budcache.search.ledger.REUSED_CALL of a forward
+    plain_objectives: dict[str, float] | None = None  # plain B-step sampling's loss per solver: the pipeline's own
+    # (first, also euler_objective) and AB2 over the same sigmas
     verdict: str | None = None  # against plain B-step sampling with the same solver (euler_objective): "cached" (the
-    # cached plan is better), "plain" (plain is at least as good: the plan is the plain B-step schedule), or
-    # "plain, not applied" (plain is at least as good, but the cached plan was kept: comparisons, image-to-image)
+    # cached plan is better than every plain solver scored), "plain" (plain is at least as good: the plan is the plain
+    # B-step schedule), "plain, not applied" (plain is at least as good, but the cached plan was kept: comparisons,
+    # image-to-image), or "cached, AB2 better" (the plan beats the own solver, not plain AB2, which the pipeline's
+    # scheduler does not run)
     cached_objective: float | None = None  # the best cached plan's loss, where the plan fell back to plain sampling
     rules_tried: dict[str, float] | None = None  # where the search chose the reuse rule: each rule's best loss on
     # every sample (a rule ranked only on a share of the samples is missing)
@@ -293,7 +297,8 @@ class CachePlan(JsonFile):
             if r.uniform_objective is not None:
                 refs.append(f"uniform mask {r.uniform_objective:.4g}")
             if r.euler_objective is not None and r.cached_objective is None:
-                refs.append(f"plain {self.budget}-step {r.solver or 'Euler'} {r.euler_objective:.4g}")
+                plains = r.plain_objectives or {r.solver or "Euler": r.euler_objective}
+                refs += [f"plain {self.budget}-step {name} {loss:.4g}" for name, loss in plains.items()]
             if r.repeat_objective is not None and (self.rule != "repeat" or self.rules is not None):
                 refs.append(f"same mask with repeat {r.repeat_objective:.4g}")
             lines += [
@@ -316,9 +321,15 @@ class CachePlan(JsonFile):
     def _verdict(self, r: SearchRecord) -> str:
         plain = f"plain {self.budget}-step {r.solver or 'Euler'}"
         if r.verdict == "cached":
-            ratio = r.euler_objective / r.objective if r.objective > 0 else math.inf
-            return (f"caching beats {plain} on the calibration set: {ratio:.3g}x lower "
-                    f"loss ({r.objective:.4g} vs {r.euler_objective:.4g})")
+            best, loss = min((r.plain_objectives or {r.solver or "Euler": r.euler_objective}).items(), key=lambda x: x[1])
+            ratio = loss / r.objective if r.objective > 0 else math.inf
+            return (f"caching beats every plain {self.budget}-step solver scored on the calibration set: {ratio:.3g}x "
+                    f"lower loss than the best, {best} ({r.objective:.4g} vs {loss:.4g})")
+        if r.verdict.startswith("cached, "):
+            name = r.verdict.removeprefix("cached, ").removesuffix(" better")
+            return (f"plain {self.budget}-step {name} beats this plan ({r.plain_objectives[name]:.4g} vs "
+                    f"{r.objective:.4g}), which beats {plain} ({r.euler_objective:.4g}); the pipeline's scheduler does "
+                    f"not run {name}")
         cached = r.objective if r.cached_objective is None else r.cached_objective
         kept = (f"this plan runs {self.budget} plain steps (num_inference_steps={self.budget})"
                 if r.verdict == "plain" else "the cached plan was kept; fewer steps are as good")

@@ -40,8 +40,29 @@ def test_a_cached_plan_that_beats_plain_sampling_says_by_how_much(tmp_path, caps
     assert r.objective < r.euler_objective
     capsys.readouterr()
     main(["show", str(tmp_path / "euler.json")])
-    assert f"verdict caching beats plain 6-step Euler on the calibration set: {r.euler_objective / r.objective:.3g}x" \
-        in capsys.readouterr().out
+    assert list(r.plain_objectives) == ["Euler", "AB2"] and r.plain_objectives["Euler"] == r.euler_objective
+    best = min(r.plain_objectives.values())
+    assert r.objective < best
+    assert ("verdict caching beats every plain 6-step solver scored on the calibration set: "
+            f"{best / r.objective:.3g}x lower loss than the best") in capsys.readouterr().out
+
+
+def test_a_plain_solver_the_pipeline_does_not_run_that_beats_the_plan_is_named(tmp_path, capsys, monkeypatch):
+    """Forced here (plain AB2 scored 0, the own solver infinite): the cached plan is kept, since applying it beats
+    the pipeline's own plain steps, and the line, the record and ``show`` name the solver that would beat it."""
+    from budcache.sampling.solver import as_solver
+
+    monkeypatch.setattr(Evaluator, "schedule_loss",
+                        lambda self, s: 0.0 if as_solver(s).name == "AB2" else float("inf"))
+    plan = _search(tmp_path, "dpm", 6, "--rule", "extrapolate")
+    r = plan.record
+    assert r.verdict == "cached, AB2 better" and plan.num_steps == 12 and r.cached_objective is None
+    assert r.plain_objectives == {"DPMSolverMultistep": float("inf"), "AB2": 0.0}
+    assert (f"search: plain 6-step AB2 (loss 0) beats the best cached plan found ({r.objective:.4g}), which beats "
+            "the pipeline's own plain 6-step DPMSolverMultistep (inf) and is kept") in capsys.readouterr().err
+    main(["show", str(tmp_path / "dpm.json")])
+    assert (f"verdict plain 6-step AB2 beats this plan (0 vs {r.objective:.4g}), which beats plain 6-step "
+            "DPMSolverMultistep (inf); the pipeline's scheduler does not run AB2") in capsys.readouterr().out
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..sampling.rules import RULES
 from ..search import EFFORTS, SearchConfig
-from ..search.config import STARTS
+from ..search.config import CHOICE, STARTS
 
 # `demo`, `compare`, `frontier` must finish in minutes: 100 annealing proposals from the uniform mask and screened
 # steepest descent over every swap (the README's demo and comparison figures were measured with it)
@@ -190,7 +190,7 @@ def search_config(a: argparse.Namespace) -> SearchConfig:
     base = EFFORTS[a.effort] if a.effort else a.base_effort
     given = {k: getattr(a, k) for k in ("iterations", "starts", "kicks", "reach", "screen", "max_forwards")
              if getattr(a, k) is not None} | ({"start": tuple(a.start)} if a.start else {})
-    choose = RULES if getattr(a, "rule", "repeat") is None and not a.search_rules else ()
+    choose = CHOICE if getattr(a, "rule", "repeat") is None and not a.search_rules else ()
     return dataclasses.replace(base, **given, forced_prefix=a.forced_prefix, seed=a.seed, choose=choose,
                                rules=RULES if a.search_rules else (), hill_climb=base.hill_climb and not a.no_hill_climb,
                                checkpoint_every=getattr(a, "checkpoint_every", 25), batch_candidates=a.batch_candidates)

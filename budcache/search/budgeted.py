@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 
-from ..sampling.rules import rule_of
+from ..sampling.rules import decode, encode, rule_of
 from .anneal import anneal
 from .climb import climb
 from .kicks import kicks
@@ -38,13 +38,27 @@ RULES_WITHIN = 2.0  # choosing the rule, the rules whose uniform mask scores wit
 ROUNDS = 64  # annealing rounds after the local search (an uncapped budgeted search ends after them)
 
 
-def _leading_rules(run: Run, masks: list[Mask], rank) -> list[Mask]:
-    """The starts under the rules whose first start (the uniform mask) ranks within :data:`RULES_WITHIN` of the
-    best rule's: a rule far behind on the uniform mask is not ranked further (choosing costs fewer forwards)."""
+def _leading_rule(run: Run, masks: list[Mask], rank) -> tuple[list[Mask], list[str]]:
+    """The starts under the rule whose first start (the uniform mask) ranks best, and the rules ranking within
+    :data:`RULES_WITHIN` of it (the climbed plans are tried under them, see :func:`switch`)."""
     first = masks[:len(run.config.choose)]  # the first start under each rule (see starts.pool)
     losses = dict(zip(first, rank.many(first, run.config.batch_candidates)))
-    keep = {rule_of(m) for m, loss in losses.items() if loss <= RULES_WITHIN * min(losses.values())}
-    return [m for m in masks if rule_of(m) in keep]
+    best = min(losses.values())
+    leading = rule_of(min(first, key=losses.get))
+    kept = [rule_of(m) for m in first if losses[m] <= RULES_WITHIN * best]
+    return [m for m in masks if rule_of(m) == leading], kept
+
+
+def switch(run: Run, rules: list[str]) -> None:
+    """The best plan so far under each other rule, scored on every sample; climbed on where one is better.
+    A start's rank under a rule says little about its climbed optimum under it (on the demo, extrapolate2 leads
+    on the uniform mask and extrapolate after the climb), and one climb under each rule costs a capped search
+    its progress: the climbed mask is carried across the rules instead."""
+    mask, loss = run.track.best, run.track.best_loss
+    others = [encode(decode(mask)[0], r) for r in rules if r != rule_of(mask)]
+    run.track.many(others)
+    if run.track.best_loss < loss:
+        climb(run, run.track.best, run.track.best_loss)
 
 
 def budgeted(run: Run) -> None:
@@ -57,8 +71,9 @@ def budgeted(run: Run) -> None:
         masks = list(dict.fromkeys([*masks, *each_rule(run, named(run, "front"))]))
     low = run.rung(config.screen) if alike else None
     rank = low or track
+    kept = []
     if config.choose:
-        masks = _leading_rules(run, masks, rank)
+        masks, kept = _leading_rule(run, masks, rank)
 
     def promote(mask, loss):
         """Climb on the low rung (each sweep's or descent step's improvement scored on every sample as
@@ -72,13 +87,11 @@ def budgeted(run: Run) -> None:
     order = sorted(range(len(masks)), key=lambda i: scores[i])
     if config.choose:
         track(masks[order[0]])  # a plan under the leading rule on every sample before the climbs
-        best_of = {}  # each kept rule's best-ranked start, in rank order: each rule is climbed
-        for i in order:
-            best_of.setdefault(rule_of(masks[i]), i)
-        order = [*best_of.values(), *(i for i in order if i not in best_of.values())]
     for s, i in enumerate(order[:config.starts]):
         run.phase(f"climbing start {s + 1}/{min(config.starts, len(order))}")
         promote(masks[i], scores[i])
+    if len(kept) > 1:
+        switch(run, kept)
     run.phase("climbing on every sample")
     climb(run, track.best, track.best_loss)
     run.phase("kicks")

@@ -10,6 +10,10 @@ from ..errors import SearchError
 from ..sampling.rules import RULES
 from .ledger import default_cap
 
+CHOICE = ("extrapolate", "extrapolate2", "repeat")  # the rules a default search chooses among, in the order their uniform
+# masks are scored: the first is scored on every sample before the others are ranked (on the demo it leads under every
+# scheduler), so the plan the search holds from the start is likely under the rule it keeps
+
 
 @dataclass
 class SearchConfig:
@@ -30,8 +34,9 @@ class SearchConfig:
     forced: tuple[int, ...] = ()
     seed: int = 0
     rules: tuple[str, ...] = ()
-    choose: tuple[str, ...] = ()  # reuse rules the search chooses among: every start mask is ranked under each, and
-    # the plan keeps the rule of the best one (empty: the evaluator's rule; see budcache.sampling.rules.RULES)
+    choose: tuple[str, ...] = ()  # reuse rules the search chooses among (a default search: CHOICE): the uniform mask is
+    # ranked under each, the search goes on under the best one, and its climbed plans are tried under the others (empty:
+    # the evaluator's rule; see budcache.sampling.rules.RULES)
     flip_prob: float = 0.25
     checkpoint_every: int = 25  # evaluations between checkpoint writes (when the search has a checkpoint)
     batch_candidates: int = 1  # hill-climbing neighbours evaluated together in one batched forward

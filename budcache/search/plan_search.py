@@ -19,8 +19,8 @@ from ..plan import CachePlan, SearchRecord, model_identity, uniform_mask
 from ..sampling.rules import RULES, code_rule, encode
 from ..source import Source
 from .checkpoint import Checkpoint, held, identity
-from ..sampling.solver import Solver, as_solver
-from .config import SearchConfig, cap_of, check_budget, check_config, effort_name
+from ..sampling.solver import AB2, Solver, as_solver
+from .config import CHOICE, SearchConfig, cap_of, check_budget, check_config, effort_name
 from .evaluator import Evaluator
 from .ledger import check_cap
 from .run import SearchResult, run_search
@@ -85,8 +85,8 @@ def search_plan(
     predictive = evaluate.rule != "repeat" or bool(config.rules) or any(r != "repeat" for r in config.choose)
     uniform_first = (config.strategy == "budgeted" and start is None and config.start[:1] == ("uniform",)
                      and not config.choose)  # choosing, the uniform mask under the plan's rule may not be scored
-    reserve = budget * ((euler_sigmas is not None) + (not uniform_first) + predictive)  # plain Euler, the uniform
-    # mask (the budgeted search scores it first), the plan under repeat
+    reserve = budget * (2 * (euler_sigmas is not None) + (not uniform_first) + predictive)  # plain sampling (own
+    # solver and AB2), the uniform mask (the budgeted search scores it first), the plan under repeat
     check_cap(cap, k, budget, reserve)
     searched = dataclasses.replace(config, max_forwards=cap - reserve)
     if announce is not None:
@@ -105,7 +105,6 @@ def search_plan(
             saver.save(evaluate, finished=True)
     evaluations = evaluate.evaluations
     rule, rules, objective = result.rule or evaluate.rule, result.rules, result.loss
-    tried = _rules_tried(evaluate, config.choose) if config.choose else None
     # an interrupted search writes its plan at once (a scheduler's SIGKILL may follow its SIGTERM within
     # seconds): no reference losses, no validation of a predictive rule (a resume adds them)
     refer = not result.interrupted
@@ -118,13 +117,19 @@ def search_plan(
         if not v_plan <= v_repeat:  # never worse than plain repetition (inf/NaN included)
             rule, rules, objective = "repeat", None, repeat_objective
     uniform_objective = evaluate(encode(uniform_mask(k, budget), rule)) if refer else None
-    euler_objective = None if euler_sigmas is None or not refer else evaluate.schedule_loss(euler_sigmas)
-    verdict = None if euler_objective is None else "cached" if euler_objective > objective else "plain"
+    tried = _rules_tried(evaluate, config.choose) if config.choose else None  # the plan's mask under repeat included
+    plains = plain_losses(evaluate, as_solver(euler_sigmas)) if euler_sigmas is not None and refer else None
+    euler_objective = None if plains is None else next(iter(plains.values()))
+    verdict = None if plains is None else "cached" if euler_objective > objective else "plain"
     plain = verdict == "plain" and fallback and begin_index == 0
     if verdict == "plain" and not plain:
         verdict = "plain, not applied"
+    better = [name for name, loss in plains.items() if loss <= objective] if verdict == "cached" else []
+    if better:
+        verdict = f"cached, {better[0]} better"
     if verdict is not None and verdict != "cached" and announce is not None:
-        announce(plain_line(euler_sigmas, budget, euler_objective, objective, plain))
+        announce(plain_line(euler_sigmas, budget, euler_objective, objective, plain) if not better else
+                 better_line(budget, better[0], plains[better[0]], objective, euler_sigmas, euler_objective))
     samples, forwards, from_scratch, reused_calls = _over_ranks(evaluate, evaluate.samples, evaluate.forwards,
                                                                 evaluate.from_scratch, evaluate.reused_calls)
     record = SearchRecord(
@@ -135,6 +140,7 @@ def search_plan(
         metric=evaluate.metric,
         uniform_objective=uniform_objective,
         euler_objective=euler_objective,
+        plain_objectives=plains,
         teacher_steps=k,
         evaluations=evaluations,
         forwards=forwards,
@@ -189,6 +195,21 @@ def plain_line(fewer: Sequence[float] | Solver, budget: int, plain: float, cache
             "the cached plan is kept as asked; running the pipeline with fewer steps is as good")
     return (f"search: plain {budget}-step {as_solver(fewer).name} (loss {plain:.4g}) is at least as good as the best "
             f"cached plan found ({cached:.4g}): {what}")
+
+
+def plain_losses(evaluate: Evaluator, own: Solver) -> dict[str, float]:
+    """Plain B-step sampling on the calibration set: with the pipeline's own solver (first) and with AB2 over the
+    same sigmas (which a multistep cache rule resembles; the other solvers are in ``budcache compare``)."""
+    return {own.name: evaluate.schedule_loss(own), **({} if own.name == AB2.name else
+                                                     {AB2.name: evaluate.schedule_loss(AB2(own.sigmas))})}
+
+
+def better_line(budget: int, name: str, loss: float, cached: float, own: Solver, own_loss: float) -> str:
+    """One line: a plain solver the pipeline does not run beats the cached plan, which is kept (it beats the
+    pipeline's own plain B steps)."""
+    return (f"search: plain {budget}-step {name} (loss {loss:.4g}) beats the best cached plan found ({cached:.4g}), "
+            f"which beats the pipeline's own plain {budget}-step {as_solver(own).name} ({own_loss:.4g}) and is kept: "
+            f"the pipeline's scheduler does not run {name}; a larger --max-forwards may find a better plan")
 
 
 def cost_line(evaluate: Evaluator, cap: float) -> str:
@@ -287,7 +308,7 @@ def search(
         announce = functools.partial(print, file=sys.stderr)
     with pipeline_source(calib, reuse, validation=validation) as source:
         if rule is None and not config.rules and not config.choose:
-            config = dataclasses.replace(config, choose=RULES)
+            config = dataclasses.replace(config, choose=CHOICE)
         plan, result = search_source(source, budget, rule=rule or "repeat", config=config, metric=metric,
                                      max_state_mb=max_state_mb, progress=progress, checkpoint=checkpoint,
                                      resume=resume, announce=announce)
