@@ -6,7 +6,8 @@ sigmas (optional) -> ``apply`` it at inference (``summary``, ``remove``).
 
 from . import align, search
 from .calibration import Calibration, calibrate
-from .errors import BudcacheError, CheckpointError, PlanError, SearchError
+from .errors import (ArgumentTypeError, BudcacheError, CacheConflictError, CalibrationError, CheckpointError, PlanError,
+                     SearchError, StateError)
 from .hooks import CacheHandle, apply, remove, stack_hooks, summary
 from .plan import CachePlan, SearchRecord, uniform_mask
 from .planset import PlanSet, load_plans
@@ -16,6 +17,7 @@ __all__ = [
     "calibrate", "Calibration", "search", "align", "apply", "remove", "summary", "CacheHandle", "CachePlan", "PlanSet",
     "load_plans",
     "SearchRecord", "uniform_mask", "stack_hooks", "OutputDenoiser", "ResidualDenoiser", "euler", "linear_sigmas",
-    "sample", "BudcacheError", "PlanError", "SearchError", "CheckpointError",
+    "sample", "BudcacheError", "ArgumentTypeError", "CalibrationError", "PlanError", "SearchError", "CheckpointError",
+    "CacheConflictError", "StateError",
 ]
 __version__ = "0.1.0"

@@ -24,6 +24,8 @@ from tqdm.auto import tqdm
 
 from . import align_checkpoint
 from ._stage import callable_module
+from .checks import check_int, check_type
+from .errors import BudcacheError
 from .plan import CachePlan, PlanError
 from .sampling.denoisers import Batch, Checkpointed, Denoiser
 from .sampling.loop import sample
@@ -44,6 +46,12 @@ class AlignConfig:
     clip: float = 1.0
     checkpointing: bool = True
     model_times: bool = False
+
+    def __post_init__(self) -> None:
+        check_int("AlignConfig.epochs", self.epochs, 0)
+        for name in ("lr", "clip"):
+            if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
+                raise BudcacheError(f"AlignConfig.{name} must be a number above 0, got {getattr(self, name)!r}")
 
 
 @dataclass
@@ -259,7 +267,12 @@ def align(
     result is the one an uninterrupted run returns; :mod:`budcache.align_checkpoint`)."""
     from .calibration.capture import Calibration
 
+    check_type("plan", plan, CachePlan, "a CachePlan")
+    check_type("config", config, AlignConfig, "an AlignConfig")
     if isinstance(batches, Calibration):
+        if plan.num_steps != batches.num_steps:
+            raise PlanError(f"plan: num_steps is {plan.num_steps}, the calibration has {batches.num_steps} steps; "
+                            "search the plan on this calibration")
         return _align_calibrated(plan, batches, validation, config, progress, checkpoint, resume)
     if config.model_times and plan.boundary_ratio is not None:  # other restarts (Qwen-Image 2.1's step 1) go by step
         raise PlanError("decoupled model times would move the timesteps that pick each expert; align this "

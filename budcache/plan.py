@@ -77,7 +77,9 @@ class JsonFile:
     KIND = "plan file"
 
     def save(self, path: str | Path) -> Path:
-        """Write as JSON, atomically (a crash never leaves a half-written file)."""
+        """Write as JSON, atomically (a crash never leaves a half-written file; the folder is created)."""
+        if Path(path).is_dir():
+            raise PlanError(f"path: {path} is a folder; give a file name (or save_pretrained({str(path)!r}))")
         return atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod

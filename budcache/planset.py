@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .errors import PlanError
+from .errors import ArgumentTypeError, PlanError
 from .plan import PLAN_FILENAME, SCHEMA_VERSION, CachePlan, JsonFile, check_object, pretrained_file, read_json
 
 _SHARED = ("model", "reuse", "boundary_ratio", "begin_index")  # what every plan of a set has in common
@@ -25,8 +25,9 @@ class PlanSet(JsonFile):
 
     def __init__(self, plans: Iterable[CachePlan]):
         plans = list(plans)
-        if not all(isinstance(p, CachePlan) for p in plans):
-            raise PlanError("a plan set holds CachePlan objects only")
+        bad = next((p for p in plans if not isinstance(p, CachePlan)), None)
+        if bad is not None:
+            raise ArgumentTypeError(f"plans: a plan set holds CachePlan objects only, got {type(bad).__name__}")
         self.plans = sorted(plans, key=lambda p: (p.total_steps, p.budget))
         if not self.plans:
             raise PlanError("a plan set needs at least one plan")
@@ -145,7 +146,8 @@ def resolve(plan: CachePlan | PlanSet | str | Path, filename: str = PLAN_FILENAM
     if isinstance(plan, (CachePlan, PlanSet)):
         return plan
     if not isinstance(plan, (str, Path)):
-        raise TypeError(f"expected a CachePlan, a PlanSet, a file, a folder or a Hub id, got {type(plan).__name__}")
+        raise ArgumentTypeError(f"plan must be a CachePlan, a PlanSet, a file, a folder or a Hub id, got "
+                                f"{type(plan).__name__}")
     path = Path(plan)
     if path.is_file():
         return load_plans(path)

@@ -155,7 +155,7 @@ def test_bad_calibration_input():
     with pytest.raises(ValueError, match="at least one prompt"):
         calibrate(pipe, [], K)
     mixed = [dict(prompts[0], height=16, width=16), dict(prompts[1], height=32, width=32)]
-    with pytest.raises(ValueError, match="different sigma schedules"):
+    with pytest.raises(ValueError, match="different sizes"):
         calibrate(pipe, mixed, K, progress=False, true_cfg_scale=3.0)
 
 

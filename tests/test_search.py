@@ -428,7 +428,7 @@ def test_a_cap_is_never_exceeded_and_a_larger_cap_continues_the_same_search(gmm)
         assert r.loss == r.curve[-1][1] == min(h[2] for h in r.history) and not r.interrupted
     with pytest.raises(SearchError, match="max_forwards must be positive"):
         run_search(batches_of(gmm, k=k), budget, SearchConfig(max_forwards=0), progress=False)
-    with pytest.raises(SearchError, match=r"cannot pay for the teacher \(20\) and one candidate \(6\); give --max-forwards 26"):
+    with pytest.raises(SearchError, match=r"cannot pay for the teacher \(20\) and one candidate \(6\); give max_forwards \(--max-forwards\) 26"):
         run_search(batches_of(gmm, k=k), budget, SearchConfig(max_forwards=25), progress=False)
 
 

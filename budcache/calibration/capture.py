@@ -21,6 +21,8 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from tqdm.auto import tqdm
 
+from ..checks import check_call_arguments, check_int, check_pipeline, check_type
+from ..errors import ArgumentTypeError, CalibrationError
 from ..families import INPAINT_LATENTS
 from ..hooks.experts import context_name, contexts, experts, input_names, step_index
 from ..hooks.override import override, restore
@@ -358,6 +360,39 @@ def _call_settings(pipe: Any, kwargs: dict) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if isinstance(v, (int, float, str, bool, type(None)))}
 
 
+_SET_BY_CALIBRATION = {"num_inference_steps": "the step count is calibrate's third argument",
+                       "output_type": "the search replays latents", "generator": "seeded by seed or seeds"}
+_SIZES = ("height", "width", "num_frames")
+
+
+def _check_calibration(pipe: Any, prompts: Any, num_inference_steps: Any, seeds: Any, call_kwargs: dict) -> None:
+    """Every argument of :func:`calibrate` before the first call (see :mod:`budcache.checks`)."""
+    check_pipeline(pipe)
+    if not hasattr(pipe.scheduler, "sigmas"):
+        raise CalibrationError(f"pipe.scheduler: {type(pipe.scheduler).__name__} has no sigma schedule; budcache needs "
+                               "a flow-matching scheduler")
+    check_type("prompts", prompts, (list, tuple), "a list of prompt strings or dicts of call arguments")
+    if not prompts:
+        raise CalibrationError("prompts: calibrate needs at least one prompt, got an empty list")
+    bad = next((p for p in prompts if not isinstance(p, (str, dict))), None)
+    if bad is not None:
+        raise ArgumentTypeError(f"prompts: each prompt must be a string or a dict of call arguments, got {bad!r}")
+    check_int("num_inference_steps", num_inference_steps, 1, error=CalibrationError)
+    if seeds is not None and len(seeds) != len(prompts):
+        raise CalibrationError(f"seeds: {len(seeds)} seeds for {len(prompts)} prompts; give one per prompt")
+    in_prompts = sorted({k for p in prompts if isinstance(p, dict) for k in p})
+    fixed = next((a for a in _SET_BY_CALIBRATION if a in {*call_kwargs, *in_prompts}), None)
+    if fixed is not None:
+        raise CalibrationError(f"{fixed}: calibrate sets it in every call ({_SET_BY_CALIBRATION[fixed]}); leave it out")
+    check_call_arguments(pipe, "call arguments", list(call_kwargs))
+    check_call_arguments(pipe, "prompts", in_prompts)
+    sizes = {tuple((p if isinstance(p, dict) else {}).get(k, call_kwargs.get(k)) for k in _SIZES) for p in prompts}
+    if len(sizes) > 1:
+        given = ", ".join("x".join(str(v) for v in size if v is not None) or "default" for size in sorted(sizes, key=str))
+        raise CalibrationError(f"height/width: the prompts ask for different sizes ({given}); calibrate one size at a "
+                               "time")
+
+
 def calibrate(
     pipe: Any,
     prompts: Sequence[str | dict[str, Any]],
@@ -374,12 +409,7 @@ def calibrate(
     without text encoder). ``call_kwargs`` go to every call (height, width, guidance_scale,
     negative_prompt, ...). Prompt ``i`` uses the generator seed ``seed + i`` (or ``seeds[i]``).
     """
-    if not prompts:
-        raise ValueError("calibrate needs at least one prompt")
-    if getattr(pipe, "transformer", None) is None:
-        raise ValueError(f"{type(pipe).__name__} has no `transformer`; budcache calibrates transformer pipelines")
-    if not hasattr(pipe.scheduler, "sigmas"):
-        raise ValueError(f"{type(pipe.scheduler).__name__} has no sigma schedule; budcache needs a flow-matching scheduler")
+    _check_calibration(pipe, prompts, num_inference_steps, seeds, call_kwargs)
     device = getattr(pipe, "_execution_device", None) or torch.device("cpu")
     captures, schedule_kwargs, sigmas, begins = [], {}, None, set()
     for i, prompt in enumerate(tqdm(prompts, desc="calibrating", disable=not progress)):
@@ -396,11 +426,12 @@ def calibrate(
                                f"{num_inference_steps - begin}")
         these = [s.sigma for s in recorder.steps] + [float(pipe.scheduler.sigmas[-1])]
         if sigmas is not None and not np.allclose(these, sigmas, rtol=0, atol=1e-6):
-            raise ValueError("calibration prompts produced different sigma schedules; use one resolution and step count")
+            raise CalibrationError("prompts: the calls produced different sigma schedules; use one resolution and step "
+                                   "count")
         sigmas = these
         blend = _blend(recorder, pipe)
         final = recorder.final if blend is None else blend(recorder.final, sigmas[-1])  # blended with the image too
         captures.append(Capture(recorder.latents, final, recorder.steps, _call_settings(pipe, kwargs), blend))
     if len(begins) > 1:
-        raise ValueError("calibration prompts started at different steps (strength); use one strength")
+        raise CalibrationError("prompts: the calls started at different steps (strength); use one strength")
     return Calibration(pipe, captures, sigmas, dict(schedule_kwargs), begins.pop())

@@ -4,6 +4,7 @@ model source a command runs on (``--model demo`` or ``--pipeline``), built the s
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +25,8 @@ def rank_and_world() -> tuple[int, int]:
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # left to the interpreter's exit, gloo's threads may abort a rank that ends first (SIGABRT)
+        atexit.register(dist.destroy_process_group)
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 

@@ -34,9 +34,12 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import StateManager
 
 from ..families import sigma_time, time_rule
+from ..checks import check_no_other_cache, check_pipeline
+from ..errors import StateError
 from ..plan import CachePlan, PlanError
 from ..planset import PlanSet, resolve
 from ..sampling.rules import history_depth, predict, remember
+from . import outputs
 from . import stack as residual
 from .experts import context_name, contexts, experts, input_positions, step_index
 from .override import override, restore
@@ -64,6 +67,7 @@ class _Branch:
     def reset(self) -> None:
         self.step, self.last_t, self.batch, self.direction = 0, None, None, 0.0
         self.history: tuple[tuple[float, torch.Tensor], ...] = ()
+        self.template: Any = None  # output reuse: the structure of the last computed output
 
 
 class _Run:
@@ -128,7 +132,6 @@ class _PlanHook(ModelHook):
         self.stack, self.scheduler, self.expert, self.run = stack, scheduler, expert, run
         self.use(plan)
         self.contexts = contexts()  # receives the pipeline's cache_context name
-        self.container: type = tuple
         self.in_pipeline = scheduler is not None and hasattr(scheduler, "step_index") and hasattr(scheduler, "sigmas")
         self.positions = input_positions(model)
 
@@ -169,9 +172,9 @@ class _PlanHook(ModelHook):
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         if torch.compiler.is_compiling():
-            raise RuntimeError(_INSIDE_COMPILE)
+            raise StateError(_INSIDE_COMPILE)
         if self.run.owner is not None and self.run.owner != threading.get_ident():
-            raise RuntimeError(_OTHER_THREAD)
+            raise StateError(_OTHER_THREAD)
         try:
             return self._forward(module, *args, **kwargs)
         except BaseException:
@@ -194,13 +197,10 @@ class _PlanHook(ModelHook):
             if self.stack is None:  # output reuse: the whole transformer call is skipped
                 if compute:
                     out = self.fn_ref.original_forward(*args, **kwargs)
-                    self.container = type(out)
-                    sample = out[0] if isinstance(out, tuple) else out.sample
-                    # a copy: a compiled model's output may live in memory its next call reuses (CUDA graphs)
-                    state.history = remember(state.history, sigma, sample.clone(), self.depth)
+                    state.template = outputs.template(out)
+                    state.history = remember(state.history, sigma, outputs.pack(out), self.depth)
                 else:
-                    cached = predict(state.history, sigma, self.rules[k])
-                    out = (cached,) if issubclass(self.container, tuple) else self.container(sample=cached)
+                    out = outputs.unpack(state.template, predict(state.history, sigma, self.rules[k]))
             else:
                 with self.stack.step(None if compute else predict(state.history, sigma, self.rules[k])) as stack:
                     out = self.fn_ref.original_forward(*args, **kwargs)
@@ -215,7 +215,9 @@ class _PlanHook(ModelHook):
         state.step, state.last_t, state.batch = k + 1, t, batch
         if k + 1 == self.plan.num_steps:  # a generation finished (in a pipeline: every branch of it)
             self.run.done.update(self.run.counts if self.in_pipeline else (key,))
-            if not self.in_pipeline:
+            if self.in_pipeline:
+                state.history, state.template = (), None  # not every pipeline resets its transformer's state
+            else:
                 state.reset()
         return out
 
@@ -339,7 +341,7 @@ def _wrap_set_timesteps(scheduler: Any, handle: CacheHandle, run: _Run, time: An
         asked = next((len(bound[n]) for n in ("sigmas", "timesteps") if bound.get(n) is not None),
                      bound.get("num_inference_steps"))
         if run.generating and run.owner != threading.get_ident():
-            raise RuntimeError(_OTHER_THREAD)
+            raise StateError(_OTHER_THREAD)
         if asked is None:
             raise PlanError("budcache: set_timesteps was called without a step count; cannot pick the plan")
         plan = handle.select(int(asked))
@@ -381,7 +383,7 @@ def _unwrapped(module: torch.nn.Module) -> torch.nn.Module:
 def _check_compiled(modules: dict[str, torch.nn.Module]) -> None:
     for module in modules.values():
         if getattr(_unwrapped(module), "_compiled_call_impl", None) is not None:
-            raise RuntimeError(
+            raise StateError(
                 f"budcache: this {type(_unwrapped(module)).__name__} was compiled whole in place (module.compile()), "
                 "where the plan cannot run outside the compiled region; compile its blocks instead "
                 "(pipe.transformer.compile_repeated_blocks(...)), or wrap it before applying the plan: "
@@ -399,8 +401,10 @@ def apply(pipe: Any, plan: CachePlan | PlanSet | str | Path, *, budget: int | No
 
     A transformer wrapped by ``torch.compile`` gets the plan hook on the wrapper, outside the compiled
     region, and the block-stack hooks inside it; regionally compiled blocks work in either order."""
+    check_pipeline(pipe, transformer_alone=True)
     plan = resolve(plan, **hub_kwargs)
     modules = experts(pipe) or {"transformer": pipe}
+    check_no_other_cache(pipe, modules)
     scheduler = getattr(pipe, "scheduler", None)
     plans = plan if isinstance(plan, PlanSet) else None
     if plans is not None and not hasattr(scheduler, "set_timesteps"):
@@ -409,8 +413,6 @@ def apply(pipe: Any, plan: CachePlan | PlanSet | str | Path, *, budget: int | No
     plan.check_model(_unwrapped(modules["transformer"]))
     if scheduler is not None:
         _check_boundary(pipe, plan)
-    if any(getattr(m, "_budcache_handle", None) is not None for m in modules.values()):
-        raise RuntimeError("a budcache plan is already applied to this pipeline; remove() it first")
     _check_compiled(modules)
     run = _Run(len(modules))
     reuse = residual.reuse_for(_unwrapped(modules["transformer"]), plan.reuse)
@@ -436,9 +438,10 @@ def apply(pipe: Any, plan: CachePlan | PlanSet | str | Path, *, budget: int | No
 
 
 def _handle(pipe: Any) -> CacheHandle:
+    check_pipeline(pipe, transformer_alone=True)
     handle = getattr(getattr(pipe, "transformer", pipe), "_budcache_handle", None)
     if handle is None:
-        raise ValueError("no budcache plan is applied to this pipeline; call budcache.apply(pipe, plan) first")
+        raise StateError("pipe: no budcache plan is applied to this pipeline; call budcache.apply(pipe, plan) first")
     return handle
 
 

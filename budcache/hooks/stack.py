@@ -29,6 +29,7 @@ import torch
 from diffusers.hooks._common import _ALL_TRANSFORMER_BLOCK_IDENTIFIERS
 from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 
+from ..errors import PlanError
 from ..families import OWN_BLOCKS
 
 
@@ -93,7 +94,7 @@ class StackState:
             # then it is not cached and passes through on reuse
             kept = [torch.is_tensor(o) and torch.is_tensor(i) and o.shape == i.shape for o, i in zip(outs, ins)]
             if not kept[0]:
-                raise RuntimeError("budcache: a block list of this transformer changes the shape of its streams; "
+                raise PlanError("budcache: a block list of this transformer changes the shape of its streams; "
                                    "it cannot be cached as a residual, use reuse='output'")
             segment.shapes = [o.shape if k else None for k, o in zip(kept, outs)]
             parts += [(o - i).flatten(1) for k, o, i in zip(kept, outs, ins) if k]
@@ -116,8 +117,8 @@ class StackState:
             raise _no_residual(residual, None)
 
 
-def _no_residual(residual: torch.Tensor | None, stream: torch.Tensor | None) -> RuntimeError:
-    return RuntimeError(
+def _no_residual(residual: torch.Tensor | None, stream: torch.Tensor | None) -> PlanError:
+    return PlanError(
         "budcache: no cached residual matching this step's block inputs "
         f"(cached {None if residual is None else tuple(residual.shape)}, "
         f"stream {None if stream is None else tuple(stream.shape)}); "
@@ -142,7 +143,11 @@ def _add(stream: torch.Tensor, piece: torch.Tensor | None) -> torch.Tensor:
     """``stream`` plus its cached residual ``piece`` (None: the stream passes through)."""
     if piece is None:
         return stream
-    if torch.broadcast_shapes(stream.shape, piece.shape) != piece.shape:
+    try:
+        shape = torch.broadcast_shapes(stream.shape, piece.shape)
+    except RuntimeError:
+        shape = None
+    if shape != piece.shape:
         raise _no_residual(piece, stream)
     return stream + piece.to(stream.device, stream.dtype)
 

@@ -68,4 +68,4 @@ def check_cap(cap: float, num_steps: int, budget: int, references: float = 0) ->
     if not cap >= least:
         kept = f", the reference losses ({references:g})" if references else ""
         raise SearchError(f"a cap of {cap:g} forwards per calibration sample cannot pay for the teacher ({num_steps}){kept} "
-                          f"and one candidate ({budget}); give --max-forwards {least:g} or more")
+                          f"and one candidate ({budget}); give max_forwards (--max-forwards) {least:g} or more")

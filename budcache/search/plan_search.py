@@ -15,13 +15,15 @@ import torch
 
 from ..calibration.capture import Calibration
 from ..calibration.replay import pipeline_source
-from ..plan import CachePlan, SearchRecord, model_identity, uniform_mask
+from ..checks import check_choice, check_int, check_type
+from ..errors import SearchError
+from ..plan import REUSE_MODES, CachePlan, SearchRecord, model_identity, uniform_mask
 from ..sampling.rules import RULES, code_rule, encode
 from ..source import Source
 from .checkpoint import Checkpoint, held, identity
 from ..sampling.solver import AB2, Solver, as_solver
 from .config import CHOICE, SearchConfig, cap_of, check_budget, check_config, effort_name
-from .evaluator import Evaluator
+from .evaluator import METRICS, Evaluator
 from .ledger import check_cap
 from .run import SearchResult, run_search
 from .history import plot_history
@@ -82,11 +84,7 @@ def search_plan(
     check_config(config)
     check_budget(k, budget, config)
     cap = cap_of(config, k, budget)
-    predictive = evaluate.rule != "repeat" or bool(config.rules) or any(r != "repeat" for r in config.choose)
-    uniform_first = (config.strategy == "budgeted" and start is None and config.start[:1] == ("uniform",)
-                     and not config.choose)  # choosing, the uniform mask under the plan's rule may not be scored
-    reserve = budget * (2 * (euler_sigmas is not None) + (not uniform_first) + predictive)  # plain sampling (own
-    # solver and AB2), the uniform mask (the budgeted search scores it first), the plan under repeat
+    reserve = reserve_of(config, budget, evaluate.rule, start, euler_sigmas is not None)
     check_cap(cap, k, budget, reserve)
     searched = dataclasses.replace(config, max_forwards=cap - reserve)
     if announce is not None:
@@ -176,6 +174,16 @@ def search_plan(
         begin_index=begin_index,
     )
     return plan, result
+
+
+def reserve_of(config: SearchConfig, budget: int, rule: str, start: Sequence[int] | None = None,
+               plain: bool = True) -> int:
+    """Forwards per sample the cap keeps for the losses scored after the search: plain sampling (the own solver and
+    AB2), the uniform mask (unless the budgeted search scores it first) and a predictive plan under repeat."""
+    predictive = rule != "repeat" or bool(config.rules) or any(r != "repeat" for r in config.choose)
+    uniform_first = (config.strategy == "budgeted" and start is None and config.start[:1] == ("uniform",)
+                     and not config.choose)  # choosing, the uniform mask under the plan's rule may not be scored
+    return budget * (2 * plain + (not uniform_first) + predictive)
 
 
 def _rules_tried(evaluate: Evaluator, rules: Sequence[str]) -> dict[str, float]:
@@ -304,11 +312,23 @@ def search(
     continue an interrupted search (see :func:`search_plan`). ``announce``: where the line on what the
     search will spend goes (default: standard error, with ``progress``).
     """
+    check_type("calib", calib, Calibration, "a Calibration (budcache.calibrate(pipe, prompts, steps))")
+    check_type("validation", validation, (Calibration, type(None)), "a Calibration or None")
+    check_type("config", config, SearchConfig, "a SearchConfig")
+    check_int("budget", budget, 1, calib.num_steps, SearchError)
+    check_choice("reuse", reuse, REUSE_MODES, SearchError)
+    check_choice("metric", metric, METRICS, SearchError)
+    if rule is not None:
+        check_choice("rule", rule, RULES, SearchError)
+    if rule is None and not config.rules and not config.choose:
+        config = dataclasses.replace(config, choose=CHOICE)
+    check_config(config)
+    k = calib.num_steps
+    check_budget(k, budget, config)
+    check_cap(cap_of(config, k, budget), k, budget, reserve_of(config, budget, rule or "repeat"))
     if announce is None and progress:
         announce = functools.partial(print, file=sys.stderr)
     with pipeline_source(calib, reuse, validation=validation) as source:
-        if rule is None and not config.rules and not config.choose:
-            config = dataclasses.replace(config, choose=CHOICE)
         plan, result = search_source(source, budget, rule=rule or "repeat", config=config, metric=metric,
                                      max_state_mb=max_state_mb, progress=progress, checkpoint=checkpoint,
                                      resume=resume, announce=announce)
