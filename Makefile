@@ -9,7 +9,7 @@ STAMP := $(VENV)/.budcache-installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "torch==2.13.0"
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[demo,test]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[demo,test,quant]"
 	touch $(STAMP)
 
 demo: $(STAMP)

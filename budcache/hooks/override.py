@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 
-class _Override:
+class Override:
     """A method override on one instance (``obj.name = fn``) that a deep copy of the instance does
     not inherit: the copy gets the class's own method (LTX-2 deep-copies its scheduler)."""
 
@@ -25,7 +25,7 @@ class _Override:
 
 def override(obj: Any, name: str, fn: Callable) -> None:
     """Replace ``obj.name`` by ``fn`` on this instance only; undo with :func:`restore`."""
-    setattr(obj, name, _Override(obj, name, fn))
+    setattr(obj, name, Override(obj, name, fn))
 
 
 def restore(obj: Any, *names: str) -> None:

@@ -25,7 +25,8 @@ import copy
 import functools
 import inspect
 import threading
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,13 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import StateManager
 
 from ..families import sigma_time, time_rule
-from ..checks import check_no_other_cache, check_pipeline
+from ..checks import check_pipeline
 from ..errors import StateError
 from ..plan import CachePlan, PlanError
 from ..planset import PlanSet, resolve
 from ..sampling.rules import history_depth, predict, remember
 from . import outputs
+from .conflicts import check_no_other_cache
 from . import stack as residual
 from .experts import context_name, contexts, experts, input_positions, step_index
 from .override import override, restore
@@ -188,6 +190,8 @@ class _PlanHook(ModelHook):
             state.reset()
         if k >= self.plan.num_steps:
             raise PlanError(f"step {k} is beyond the plan's {self.plan.num_steps} steps")
+        if k == 0 and self.stack is not None:
+            self.stack.check(getattr(module, "_orig_mod", module))
         compute = bool(self.plan.mask[k])
         if not compute and not state.history:
             raise PlanError(f"the plan reuses step {k}, but {self.expert} ({name}) has computed nothing since the "
@@ -326,7 +330,8 @@ def _host_sigmas(scheduler: Any, call: inspect.BoundArguments) -> list[float]:
     return twin.sigmas.tolist()
 
 
-def _wrap_set_timesteps(scheduler: Any, handle: CacheHandle, run: _Run, time: Any = sigma_time) -> None:
+def _wrap_set_timesteps(scheduler: Any, handle: CacheHandle, run: _Run, time: Any = sigma_time,
+                        pipe: Callable[[], Any] = lambda: None) -> None:
     """Per instance: refuse a call from a second thread while one generates, pick the plan (a plan
     set's by step count and budget; one plan refuses another step count), refuse a schedule other than
     the one the plan was searched on, start a new generation, keep the sigmas on the host, and (for a
@@ -344,6 +349,10 @@ def _wrap_set_timesteps(scheduler: Any, handle: CacheHandle, run: _Run, time: An
             raise StateError(_OTHER_THREAD)
         if asked is None:
             raise PlanError("budcache: set_timesteps was called without a step count; cannot pick the plan")
+        replaced = next((n for n, m in experts(pipe()).items() if m is not handle.experts.get(n)), None)
+        if replaced is not None:
+            raise StateError(f"pipe.{replaced} was replaced after budcache.apply, so the plan would not run on it; "
+                             "remove the plan (handle.remove()), then budcache.apply(pipe, plan)")
         plan = handle.select(int(asked))
         run.start()
         result = original(*args, **kwargs)
@@ -433,7 +442,7 @@ def apply(pipe: Any, plan: CachePlan | PlanSet | str | Path, *, budget: int | No
         registry.register_hook(hook, _HOOK)
         vars(module)["_budcache_handle"] = handle
     if scheduler is not None and hasattr(scheduler, "set_timesteps"):
-        _wrap_set_timesteps(scheduler, handle, run, time_rule(pipe))
+        _wrap_set_timesteps(scheduler, handle, run, time_rule(pipe), weakref.ref(pipe))
     return handle
 
 

@@ -29,7 +29,7 @@ import torch
 from diffusers.hooks._common import _ALL_TRANSFORMER_BLOCK_IDENTIFIERS
 from diffusers.hooks._helpers import TransformerBlockMetadata, TransformerBlockRegistry
 
-from ..errors import PlanError
+from ..errors import PlanError, StateError
 from ..families import OWN_BLOCKS
 
 
@@ -58,7 +58,16 @@ class StackState:
     segments: list[Segment] = field(default_factory=list)
     mode: str = "compute"
     executions: int = 0
+    blocks: list[torch.nn.Module] = field(default_factory=list)  # the hooked blocks, in execution order
     _residual: torch.Tensor | None = None
+
+    def check(self, transformer: torch.nn.Module) -> None:
+        """The hooked blocks are still the transformer's: a wrapper that replaced them after the plan was applied
+        would run them unskipped."""
+        if [id(b) for b in transformer_blocks(transformer)] != [id(b) for b in self.blocks]:
+            raise StateError(f"pipe.transformer: its blocks were replaced after budcache.apply (a wrapper took their "
+                             f"place in {type(transformer).__name__}), so the plan cannot skip them; remove the plan "
+                             "(budcache.remove(pipe)), apply the wrapper, then budcache.apply(pipe, plan)")
 
     def reset(self) -> None:
         self.mode, self._residual = "compute", None
@@ -259,7 +268,7 @@ def install(transformer: torch.nn.Module) -> StackState:
     metas = [[block_metadata(block) for block in blocks] for blocks in segments]
     if _hooks(transformer):
         raise RuntimeError(f"budcache residual hooks are already installed on this {type(transformer).__name__}")
-    state = StackState(segments=[Segment() for _ in segments])
+    state = StackState(segments=[Segment() for _ in segments], blocks=[b for blocks in segments for b in blocks])
     for blocks, block_metas, segment in zip(segments, metas, state.segments):
         for i, (block, meta) in enumerate(zip(blocks, block_metas)):
             block._budcache_stack = _BlockHook(state, meta, segment, block, head=i == 0)
