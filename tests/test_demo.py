@@ -138,3 +138,20 @@ def test_cli_compare_saved_plans(tmp_path, capsys):
     wrong = CachePlan(num_steps=10, budget=4, mask=a.mask, model={"class": "SD3Transformer2DModel", "fingerprint": "x"})
     with pytest.raises(SystemExit, match="searched for a SD3Transformer2DModel"):
         main(["compare", str(wrong.save(tmp_path / "w.json")), "--out", str(tmp_path / "w")])
+
+
+def test_the_demo_schedule_shifts_like_flux_and_sd3():
+    """``shift`` s maps each sigma x to s*x / (1 + (s-1)*x): 1 leaves the linear schedule as it is; other
+    schedulers refuse it."""
+    import pytest
+
+    from budcache.demo.problem import demo_source
+    from budcache.sampling import linear_sigmas
+
+    with demo_source(8, 2, held_out=0) as plain, demo_source(8, 2, held_out=0, shift=3.0) as shifted:
+        assert list(plain.sigmas) == linear_sigmas(8)
+        assert shifted.sigmas[0] == 1.0 and shifted.sigmas[-1] == 0.0
+        assert shifted.sigmas[4] == pytest.approx(3 * 0.5 / (1 + 2 * 0.5))
+    with pytest.raises(ValueError, match="shift applies to the euler scheduler"):
+        with demo_source(8, 2, held_out=0, scheduler="unipc", shift=3.0):
+            pass

@@ -57,22 +57,26 @@ SCHEDULERS = {"euler": None, "unipc": "UniPC (flow)", "dpm": "DPM-Solver++ 2M (f
 @contextmanager
 def demo_source(steps: int = 28, calibration: int = 16, validation: int | None = None, held_out: int = 100,
                 seed: int = 0, reuse: str = "residual", shard: tuple[int, int] = (0, 1),
-                model: DigitsFlux | None = None, scheduler: str = "euler") -> Iterator[Source]:
+                model: DigitsFlux | None = None, scheduler: str = "euler", shift: float = 1.0) -> Iterator[Source]:
     """The demo model as a :class:`~budcache.source.Source` over ``steps`` linear sigmas:
     ``calibration`` samples from ``seed``, ``validation`` (default: as many) from
     ``seed + VALIDATION_SEED_OFFSET``, ``held_out`` from ``seed + HELD_OUT_SEED_OFFSET``; ``shard`` =
     (rank, world size) keeps this process's share of the calibration and validation samples.
     ``batches(which, reuse)`` gives denoisers of either reuse mode (default ``reuse``).
     ``scheduler``: the solver, ``euler`` over linear sigmas or a diffusers flow scheduler of
-    :data:`SCHEDULERS` (``unipc``, ``dpm``) on its own schedule, for K and for fewer steps."""
+    :data:`SCHEDULERS` (``unipc``, ``dpm``) on its own schedule, for K and for fewer steps. ``shift``: the
+    schedule's time shift (sigma -> shift * sigma / (1 + (shift - 1) * sigma), as FLUX's and SD3's schedulers
+    shift theirs; 1: none), for Euler only."""
     from .data import accuracy, digit_classifier
 
     if scheduler not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {scheduler!r}; choose from {sorted(SCHEDULERS)}")
+    if shift != 1.0 and SCHEDULERS[scheduler] is not None:
+        raise ValueError(f"shift applies to the euler scheduler, not {scheduler!r}")
 
     def solver(num_steps: int) -> Solver:
         if SCHEDULERS[scheduler] is None:
-            return Euler(linear_sigmas(num_steps))
+            return Euler([shift * x / (1 + (shift - 1) * x) for x in linear_sigmas(num_steps)])
         configured = plain.SCHEDULERS[SCHEDULERS[scheduler]]()
         configured.set_timesteps(num_steps)
         return SchedulerSolver(configured)

@@ -1,0 +1,100 @@
+"""How much a plan loses at a schedule shift (resolution) it was not searched for.
+
+Demo (K=28, B=10, Euler over linear sigmas shifted by s -> s*x / (1 + (s-1)*x), the shift FLUX's dynamic shifting
+and SD3 apply): a plan searched at each shift, applied (its mask and rule) at every other one; the loss on the
+target's calibration set against the plan searched there, and held-out PSNR to the target's K-step teacher.
+``--pipeline``: the tiny FLUX pipeline at three resolutions (dynamic shifting: the mu of each token count),
+calibration loss only. One JSON line per (searched at, applied at).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import _root  # noqa: F401
+import torch
+
+from budcache.demo.problem import demo_source
+from budcache.evaluation import metrics
+from budcache.evaluation.compare import static_outputs
+from budcache.sampling.rules import encode
+from budcache.search.plan_search import search_source, source_evaluator
+
+
+def demo_rows(shifts: list[float], steps: int, budget: int, calib: int, held_out: int) -> list[dict]:
+    plans, rows = {}, []
+    for s in shifts:
+        with demo_source(steps, calib, held_out=0, shift=s) as source:
+            plans[s], _ = search_source(source, budget, config=_choose(), progress=False, fallback=False)
+    for target in shifts:
+        with demo_source(steps, calib, held_out=held_out, shift=target) as source:
+            evaluate = source_evaluator(source, "calib", config=_choose())
+            teacher = static_outputs(source, "eval", source.solver, [1] * steps, "repeat")
+            own = evaluate(encode(plans[target].mask, plans[target].rule))
+            for searched, plan in plans.items():
+                loss = evaluate(encode(plan.mask, plan.rule))
+                x = static_outputs(source, "eval", source.solver, plan.mask, plan.rule)
+                rows.append({"model": "demo", "K": steps, "B": budget, "searched_at": searched, "applied_at": target,
+                             "rule": plan.rule, "loss": loss, "ratio": round(loss / own, 3),
+                             "psnr": round(metrics.psnr(x, teacher), 2), "date": time.strftime("%Y-%m-%d")})
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def _choose():
+    from budcache.search import SearchConfig
+    from budcache.search.config import CHOICE
+
+    return SearchConfig(choose=CHOICE)
+
+
+def pipeline_rows(sizes: list[tuple[int, int]], steps: int, budget: int, prompts: int) -> list[dict]:
+    import budcache
+    from budcache.calibration.replay import pipeline_source
+    from tests.fixtures.tiny import tiny_flux_pipeline
+
+    pipe = tiny_flux_pipeline()
+    g = torch.Generator().manual_seed(0)
+    inputs = [dict(prompt_embeds=torch.randn(1, 8, 32, generator=g), pooled_prompt_embeds=torch.randn(1, 32, generator=g))
+              for _ in range(prompts)]
+    calibs = {size: budcache.calibrate(pipe, inputs, steps, progress=False, height=size[0], width=size[1])
+              for size in sizes}
+    plans = {size: budcache.search(calib, budget, progress=False) for size, calib in calibs.items()}
+    rows = []
+    for target, calib in calibs.items():
+        with pipeline_source(calib) as source:
+            evaluate = source_evaluator(source, "calib", config=_choose())
+            own = evaluate(encode(plans[target].mask, plans[target].rule))
+            for searched, plan in plans.items():
+                loss = evaluate(encode(plan.mask, plan.rule))
+                rows.append({"model": "tiny FLUX", "K": steps, "B": budget, "searched_at": "x".join(map(str, searched)),
+                             "applied_at": "x".join(map(str, target)), "mu_sigma1": round(calib.sigmas[1], 4),
+                             "rule": plan.rule, "loss": loss, "ratio": round(loss / own, 3),
+                             "date": time.strftime("%Y-%m-%d")})
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shifts", type=float, nargs="+", default=[1.0, 1.5, 3.0])
+    p.add_argument("--steps", type=int, default=28)
+    p.add_argument("--budget", type=int, default=10)
+    p.add_argument("--calib", type=int, default=16)
+    p.add_argument("--held-out", type=int, default=100)
+    p.add_argument("--pipeline", action="store_true", help="the tiny FLUX pipeline at 16x16, 16x32, 32x32 instead")
+    p.add_argument("--out", type=Path, default=Path("bench-out/shift_transfer.jsonl"))
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    rows = (pipeline_rows([(16, 16), (16, 32), (32, 32)], 12, 4, 4) if a.pipeline else
+            demo_rows(a.shifts, a.steps, a.budget, a.calib, a.held_out))
+    with a.out.open("a") as sink:
+        sink.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+if __name__ == "__main__":
+    main()
