@@ -136,6 +136,8 @@ class _PlanHook(ModelHook):
         self.contexts = contexts()  # receives the pipeline's cache_context name
         self.in_pipeline = scheduler is not None and hasattr(scheduler, "step_index") and hasattr(scheduler, "sigmas")
         self.positions = input_positions(model)
+        self.installed: Any = None
+        self.removed = False
 
     def use(self, plan: CachePlan) -> None:
         """Follow ``plan`` from now on (a plan set's pick, made when a generation starts)."""
@@ -173,6 +175,8 @@ class _PlanHook(ModelHook):
         return state.step, name, state, t
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
+        if self.removed:  # removed while a feature's wrapper applied after it still calls it
+            return self.fn_ref.original_forward(*args, **kwargs)
         if torch.compiler.is_compiling():
             raise StateError(_INSIDE_COMPILE)
         if self.run.owner is not None and self.run.owner != threading.get_ident():
@@ -302,7 +306,11 @@ class CacheHandle:
             registry = vars(module).get("_diffusers_hook")
             if registry is not None and registry.get_hook(_HOOK) is not None:
                 hook = registry.get_hook(_HOOK)
+                current = vars(module).get("forward")
                 registry.remove_hook(_HOOK, recurse=False)
+                hook.removed = True
+                if current is not hook.installed and current is not None:  # a feature wrapped it after apply
+                    vars(module)["forward"] = current  # (accelerate's offloading): keep the feature
                 if hook.stack is not None:
                     residual.uninstall(model)
             if model is not module:
@@ -311,11 +319,37 @@ class CacheHandle:
         if self.scheduler is not None:
             restore(self.scheduler, "set_timesteps")
 
+    def check_hooked(self) -> None:
+        """The plan's hooks are still in the forward of the transformer(s) and of every hooked block: a feature
+        that re-installs its own hooks after the plan was applied can drop them, and the plan would not run."""
+        for name, hook in zip(self.experts, self.hooks):
+            module = self.experts[name]
+            blocks = hook.stack.blocks if hook.stack is not None else []
+            if not reaches(module.forward, hook.installed) or not all(
+                    reaches(b.forward, vars(b)["_budcache_stack"].installed) for b in blocks
+                    if "_budcache_stack" in vars(b)):
+                raise StateError(f"pipe.{name}: the plan's hooks are no longer in its forward (a feature re-installed "
+                                 "its own hooks after budcache.apply: model CPU offload does after every call, group "
+                                 "offloading with CUDA streams on its first, unloading LoRA under group offloading); "
+                                 "remove the plan (handle.remove()) and apply it again after that")
+
     def __enter__(self) -> CacheHandle:
         return self
 
     def __exit__(self, *exc) -> None:
         self.remove()
+
+
+def reaches(forward: Callable, target: Callable, depth: int = 64) -> bool:
+    """``forward`` is ``target`` or wraps it (through ``__wrapped__``: diffusers' hook registry and accelerate's
+    hooks wrap the forward they replace)."""
+    for _ in range(depth):
+        if forward is target:
+            return True
+        forward = getattr(forward, "__wrapped__", None)
+        if forward is None:
+            return False
+    return False
 
 
 def _host_sigmas(scheduler: Any, call: inspect.BoundArguments) -> list[float]:
@@ -349,11 +383,13 @@ def _wrap_set_timesteps(scheduler: Any, handle: CacheHandle, run: _Run, time: An
             raise StateError(_OTHER_THREAD)
         if asked is None:
             raise PlanError("budcache: set_timesteps was called without a step count; cannot pick the plan")
-        replaced = next((n for n, m in experts(pipe()).items() if m is not handle.experts.get(n)), None)
+        replaced = next((n for n, m in experts(pipe()).items()
+                         if handle.experts.get(n) not in (m, getattr(m, "_orig_mod", None))), None)
         if replaced is not None:
             raise StateError(f"pipe.{replaced} was replaced after budcache.apply, so the plan would not run on it; "
                              "remove the plan (handle.remove()), then budcache.apply(pipe, plan)")
         plan = handle.select(int(asked))
+        handle.check_hooked()
         run.start()
         result = original(*args, **kwargs)
         sigmas = _host_sigmas(scheduler, call)
@@ -440,6 +476,7 @@ def apply(pipe: Any, plan: CachePlan | PlanSet | str | Path, *, budget: int | No
         # in the instance's own dict: a torch.compile wrapper forwards attribute writes to the wrapped module
         registry = vars(module).setdefault("_diffusers_hook", HookRegistry(module))
         registry.register_hook(hook, _HOOK)
+        hook.installed = vars(module)["forward"]  # the registry's wrapper: what the module's forward must reach
         vars(module)["_budcache_handle"] = handle
     if scheduler is not None and hasattr(scheduler, "set_timesteps"):
         _wrap_set_timesteps(scheduler, handle, run, time_rule(pipe), weakref.ref(pipe))

@@ -63,8 +63,8 @@ class StackState:
 
     def check(self, transformer: torch.nn.Module) -> None:
         """The hooked blocks are still the transformer's: a wrapper that replaced them after the plan was applied
-        would run them unskipped."""
-        if [id(b) for b in transformer_blocks(transformer)] != [id(b) for b in self.blocks]:
+        would run them unskipped (a block added beside them runs every step, as FirstBlockCache's first block)."""
+        if not {id(b) for b in self.blocks} <= {id(b) for b in transformer_blocks(transformer)}:
             raise StateError(f"pipe.transformer: its blocks were replaced after budcache.apply (a wrapper took their "
                              f"place in {type(transformer).__name__}), so the plan cannot skip them; remove the plan "
                              "(budcache.remove(pipe)), apply the wrapper, then budcache.apply(pipe, plan)")
@@ -185,10 +185,17 @@ class _BlockHook:
         self.state, self.meta, self.segment, self.block = state, meta, segment, block
         self.previous = vars(block).get("forward")  # an instance forward installed before (another hook)
         self.original = block.forward
-        block.forward = functools.update_wrapper(
+        self.removed = False
+        self.installed = functools.update_wrapper(
             functools.partial(_head_forward if head else _block_forward, self), self.original)
+        block.forward = self.installed
 
     def remove(self) -> None:
+        """Restore the block's forward; where a feature wrapped it after the plan was applied (group offloading),
+        its wrapper stays and this hook passes every call through."""
+        self.removed = True
+        if vars(self.block).get("forward") is not self.installed:
+            return
         if self.previous is None:
             vars(self.block).pop("forward", None)
         else:
@@ -196,6 +203,8 @@ class _BlockHook:
 
 
 def _head_forward(hook: _BlockHook, *args, **kwargs):
+    if hook.removed:
+        return hook.original(*args, **kwargs)
     segment = hook.segment
     if hook.state.mode == "reuse":
         if segment.pieces is None:
@@ -208,6 +217,8 @@ def _head_forward(hook: _BlockHook, *args, **kwargs):
 
 
 def _block_forward(hook: _BlockHook, *args, **kwargs):
+    if hook.removed:
+        return hook.original(*args, **kwargs)
     if hook.state.mode == "reuse":
         return _pack(hook.meta, _streams(hook.meta, args, kwargs))
     output = hook.original(*args, **kwargs)
