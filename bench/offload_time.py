@@ -29,16 +29,15 @@ import json
 import random
 import statistics
 import time
-from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable
 
 import _root  # noqa: F401  (tests.fixtures)
 import torch
 from diffusers import FluxTransformer2DModel
-from diffusers.hooks import group_offloading as go
 
 import budcache
 from budcache.plan import CachePlan, uniform_mask
+from tests.fixtures.composability import onloads
 from tests.fixtures.tiny import tiny_flux_pipeline
 
 CPU = torch.device("cpu")
@@ -52,26 +51,6 @@ def flux_transformer(seed: int = 0) -> FluxTransformer2DModel:
         patch_size=1, in_channels=4, num_layers=4, num_single_layers=8, attention_head_dim=32, num_attention_heads=4,
         joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[8, 12, 12],
     ).eval().requires_grad_(False)
-
-
-@contextmanager
-def block_onloads(transformer: torch.nn.Module) -> Iterator[list[int]]:
-    """Count the onloads of groups inside the block stack."""
-    inside = {id(m) for blocks in (transformer.transformer_blocks, transformer.single_transformer_blocks)
-              for block in blocks for m in block.modules()}
-    calls: list[int] = []
-    original = go.ModuleGroup.onload_
-
-    def onload_(group: go.ModuleGroup) -> None:
-        if id(group.onload_leader) in inside:
-            calls.append(1)
-        return original(group)
-
-    go.ModuleGroup.onload_ = onload_
-    try:
-        yield calls
-    finally:
-        go.ModuleGroup.onload_ = original
 
 
 def main() -> None:
@@ -114,10 +93,10 @@ def main() -> None:
             order.shuffle(names)
             for name in names:
                 times[name].append(configs[name]())
-        with block_onloads(pipe.transformer) as full_onloads:
+        with onloads(pipe.transformer) as full_onloads:
             run(pipe)
         b_mid = budgets[len(budgets) // 2]
-        with block_onloads(pipe.transformer) as plan_onloads, budcache.apply(pipe, plans[b_mid]):
+        with onloads(pipe.transformer) as plan_onloads, budcache.apply(pipe, plans[b_mid]):
             run(pipe)
 
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -150,8 +129,8 @@ def main() -> None:
         "block_stack_per_step_ms": (t_full - fixed) / K * 1e3,
         "least_squares": {"fixed_s": intercept, "block_stack_per_step_ms": slope * 1e3},
         "plans": rows,
-        "block_onloads_per_generation": {"full": len(full_onloads), f"plan B={b_mid}": len(plan_onloads),
-                                         "expected_under_plan": len(full_onloads) * b_mid // K},
+        "block_onloads_per_generation": {"full": full_onloads["blocks"], f"plan B={b_mid}": plan_onloads["blocks"],
+                                         "expected_under_plan": full_onloads["blocks"] * b_mid // K},
         "goal_within_5pct": all(abs(r["measured_over_predicted"] - 1) <= 0.05 for r in rows),
     }
     print(json.dumps(results, indent=1))

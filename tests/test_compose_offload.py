@@ -44,7 +44,8 @@ from peft import LoraConfig
 import budcache
 from budcache.errors import CacheConflictError, StateError
 from diffusers.hooks import group_offloading as go
-from tests.fixtures.composability import FAMILIES, K, MASK, SETUPS, Row, counting, executions, generate, plan_for
+from tests.fixtures.composability import (FAMILIES, K, MASK, SETUPS, Row, counting, executions, generate, onloads,
+                                          plan_for)
 
 GROUP_BLOCK = "group offloading (block level)"
 GROUP_LEAF = "group offloading (leaf level)"
@@ -226,28 +227,6 @@ def _in_place(pipe: Any, feature: str) -> bool:
     if feature == WHOLE:
         return isinstance(pipe.transformer, torch._dynamo.eval_frame.OptimizedModule)
     return go._is_group_offload_enabled(model)  # group offloading: its onloads are counted besides
-
-
-@contextmanager
-def onloads(transformer: torch.nn.Module) -> Iterator[dict[str, int]]:
-    """Count the group onloads (``ModuleGroup.onload_``) of ``transformer``'s groups: of those inside the block stack
-    (``blocks``) and of the others (``other``: the embeddings and output head)."""
-    inside = {id(m) for block in _blocks(transformer) for m in block.modules()}
-    everything = {id(m) for m in transformer.modules()}
-    counts = {"blocks": 0, "other": 0}
-    original = go.ModuleGroup.onload_
-
-    def onload_(group: go.ModuleGroup) -> None:
-        leader = group.onload_leader if group.onload_leader is not None else (group.modules or [None])[0]
-        if id(leader) in everything:
-            counts["blocks" if id(leader) in inside else "other"] += 1
-        return original(group)
-
-    go.ModuleGroup.onload_ = onload_
-    try:
-        yield counts
-    finally:
-        go.ModuleGroup.onload_ = original
 
 
 def _tick(counter: torch.Tensor, *_: Any) -> None:
