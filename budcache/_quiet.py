@@ -1,6 +1,7 @@
 """Import-time noise of optional backends: on a machine without CUDA, an installed torchao logs a warning for each
 CUDA kernel library it cannot load, and torch one per enum it registers, when transformers imports it (which
-importing diffusers does). Neither concerns a budcache user; both are silenced while diffusers is first imported."""
+importing diffusers does). Neither concerns a budcache user; both are silenced while budcache imports its
+dependencies."""
 
 from __future__ import annotations
 

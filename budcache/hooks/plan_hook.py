@@ -34,7 +34,7 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import StateManager
 
-from ..families import sigma_time, time_rule
+from ..families import time_rule
 from ..checks import check_pipeline
 from ..errors import StateError
 from ..plan import CachePlan, PlanError
@@ -322,8 +322,7 @@ class CacheHandle:
     def check_hooked(self) -> None:
         """The plan's hooks are still in the forward of the transformer(s) and of every hooked block: a feature
         that re-installs its own hooks after the plan was applied can drop them, and the plan would not run."""
-        for name, hook in zip(self.experts, self.hooks):
-            module = self.experts[name]
+        for (name, module), hook in zip(self.experts.items(), self.hooks):
             blocks = hook.stack.blocks if hook.stack is not None else []
             if not reaches(module.forward, hook.installed) or not all(
                     reaches(b.forward, vars(b)["_budcache_stack"].installed) for b in blocks
@@ -364,8 +363,8 @@ def _host_sigmas(scheduler: Any, call: inspect.BoundArguments) -> list[float]:
     return twin.sigmas.tolist()
 
 
-def _wrap_set_timesteps(scheduler: Any, handle: CacheHandle, run: _Run, time: Any = sigma_time,
-                        pipe: Callable[[], Any] = lambda: None) -> None:
+def _wrap_set_timesteps(scheduler: Any, handle: CacheHandle, run: _Run, time: Any,
+                        pipe: Callable[[], Any]) -> None:
     """Per instance: refuse a call from a second thread while one generates, pick the plan (a plan
     set's by step count and budget; one plan refuses another step count), refuse a schedule other than
     the one the plan was searched on, start a new generation, keep the sigmas on the host, and (for a

@@ -33,8 +33,9 @@ from .starts import each_rule, named, pool, random_start
 
 SPREAD = 1.0  # the per-sample coefficient of variation up to which a few batches stand in for all (the trained
 # demo model: 0.27-0.81 at K=28 and 50; the Gaussian mixture: 0.86-7.9, 25 of 30 cases above 1.4)
-RULES_WITHIN = 2.0  # choosing the rule, the rules whose uniform mask scores within this factor of the best one's are
-# ranked further (on the demo: repeat 3-10x behind extrapolate under every scheduler; the two extrapolations close)
+RULES_WITHIN = 2.0  # choosing the rule, the rules whose uniform mask scores within this factor of the best one's get
+# the climbed plan tried under them (on the demo: repeat 3-10x behind extrapolate under every scheduler; the two
+# extrapolations close)
 ROUNDS = 64  # annealing rounds after the local search (an uncapped budgeted search ends after them)
 
 
