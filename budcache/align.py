@@ -333,6 +333,7 @@ def _align_calibrated(plan: CachePlan, calib, validation, config: AlignConfig, p
     from .calibration.replay import pipeline_source
 
     with pipeline_source(calib, plan.reuse, validation=validation) as source:
+        source.check_one_size("align")
         plan.check_model(source.model)
         if plan.sigmas is not None and len(plan.sigmas) != len(source.sigmas):
             raise PlanError(f"the plan has {plan.num_steps} steps, the calibration {source.num_steps}")

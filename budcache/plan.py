@@ -16,6 +16,7 @@ from typing import Any
 from ._io import atomic_write_text
 from .errors import PlanError
 from .sampling.rules import MARKS, RULES
+from .sampling.shift import TOLERANCE, describe, relative_shift, shift_sigmas
 
 SCHEMA_VERSION = 1
 REUSE_MODES = ("residual", "output")
@@ -57,6 +58,7 @@ class SearchRecord:
     cached_objective: float | None = None  # the best cached plan's loss, where the plan fell back to plain sampling
     rules_tried: dict[str, float] | None = None  # where the search chose the reuse rule: each rule's best loss on
     # every sample (a rule ranked only on a share of the samples is missing)
+    sizes: list[str] | None = None  # the sizes (HxW, HxWxF) calibrated, where there were several
 
 
 def check_object(d: Any, source: str) -> None:
@@ -116,6 +118,9 @@ class CachePlan(JsonFile):
     ``model_sigmas``: K noise levels the transformer is told at each step instead of the step's own sigma
     (LD3's decoupled model times, learned by ``align``; the family's time rule turns them into timesteps);
     they need ``sigmas`` and are refused for two-expert pipelines, whose timesteps pick the expert.
+    ``shifts``: ``[low, high]``, the time shifts of ``schedule`` the plan was searched over (a calibration of several
+    sizes; see :mod:`budcache.sampling.shift`): a call whose schedule is ``schedule`` shifted by a factor in the range
+    runs the mask by step index, ``sigmas`` and ``model_sigmas`` shifted by the same factor; None: ``schedule`` only.
     """
 
     num_steps: int
@@ -131,6 +136,7 @@ class CachePlan(JsonFile):
     schedule: list[float] | None = None
     begin_index: int = 0
     model_sigmas: list[float] | None = None
+    shifts: list[float] | None = None
 
     def __post_init__(self) -> None:
         self.mask = [int(m) for m in self.mask]
@@ -140,6 +146,8 @@ class CachePlan(JsonFile):
             self.model_sigmas = [float(s) for s in self.model_sigmas]
         if self.schedule is not None:
             self.schedule = [float(s) for s in self.schedule]
+        if self.shifts is not None:
+            self.shifts = [float(s) for s in self.shifts]
         self.validate()
 
     # -- validation -------------------------------------------------------------------------
@@ -173,6 +181,13 @@ class CachePlan(JsonFile):
             check_sigmas(self.schedule, k, "field 'schedule'")
         if self.model_sigmas is not None:
             self._check_model_sigmas()
+        if self.shifts is not None:
+            s = self.shifts
+            if not (len(s) == 2 and 0 < s[0] <= 1 + TOLERANCE and 1 - TOLERANCE <= s[1] < math.inf):
+                raise PlanError(f"field 'shifts' must be null or [low, high] with 0 < low <= 1 <= high, got "
+                                f"{self.shifts!r}")
+            if self.schedule is None:
+                raise PlanError("field 'shifts' needs field 'schedule' (the schedule they shift)")
         if not isinstance(self.begin_index, int) or isinstance(self.begin_index, bool) or self.begin_index < 0:
             raise PlanError(f"field 'begin_index' must be a non-negative integer, got {self.begin_index!r}")
         if self.boundary_ratio is not None and not (isinstance(self.boundary_ratio, (int, float))
@@ -229,17 +244,48 @@ class CachePlan(JsonFile):
                 f"{shown(got.get('adapters', ''))}; the steps worth computing may differ: search a plan with the "
                 "adapters you serve", UserWarning, stacklevel=3)
 
-    def check_schedule(self, sigmas: list[float]) -> None:
-        """Refuse a call whose own sigma schedule (``sigmas``, K+1 values) is not the one the plan was
-        searched on (another resolution under dynamic shifting, another shift)."""
+    def shift_of(self, sigmas: list[float]) -> float | None:
+        """The factor the call's schedule (``sigmas``, K+1 values) shifts the plan's ``schedule`` by, where the plan
+        covers it (1.0: the same schedule, or a plan without one); None where it does not."""
         if self.schedule is None or same_schedule(sigmas, self.schedule):
-            return
-        at = next((i for i, (a, b) in enumerate(zip(sigmas, self.schedule)) if abs(a - b) > 1e-5), 0)
-        raise PlanError(
-            f"this plan was searched on another sigma schedule than this call's (sigma[{at}] "
-            f"{self.schedule[at]:.4f} != {sigmas[at]:.4f}): another resolution, shift or mu changes it; "
-            "calibrate and search at this resolution (a plan set can hold one plan per step count and budget)"
-        )
+            return 1.0
+        factor = relative_shift(sigmas, self.schedule)
+        if factor is None or self.shifts is None:
+            return None
+        low, high = self.shifts
+        return factor if low * (1 - TOLERANCE) <= factor <= high * (1 + TOLERANCE) else None
+
+    def check_schedule(self, sigmas: list[float]) -> float:
+        """The shift factor of a call's own sigma schedule (``sigmas``, K+1 values) from the plan's ``schedule``;
+        refused where the plan was not searched for it (another resolution, shift or ``mu`` than it covers)."""
+        factor = self.shift_of(sigmas)
+        if factor is not None:
+            return factor
+        raise PlanError(self._schedule_message(sigmas))
+
+    def _schedule_message(self, sigmas: list[float]) -> str:
+        factor = relative_shift(sigmas, self.schedule)
+        sizes = self.record.sizes if self.record is not None and self.record.sizes else None
+        covers = f"searched on sizes {', '.join(sizes)} (schedule shifts {describe(*self.shifts)})" if sizes else \
+            f"searched for schedule shifts {describe(*self.shifts)}" if self.shifts else \
+            "searched on one schedule (one resolution)"
+        if factor is None:
+            at = next((i for i, (a, b) in enumerate(zip(sigmas, self.schedule)) if abs(a - b) > 1e-5), 0)
+            got = (f"this call's schedule is not a shift of the plan's (sigma[{at}] {self.schedule[at]:.4f} != "
+                   f"{sigmas[at]:.4f}: another scheduler setting)")
+        else:
+            got = f"this call's schedule is the plan's shifted x{factor:.4g} (another resolution, shift or mu)"
+        return (f"this plan was {covers}; {got}: calibrate with this size among the sizes (budcache.calibrate(pipe, "
+                "prompts, steps, sizes=[(height, width), ...])) and search again, or serve it from a plan set holding "
+                "a plan searched at this size")
+
+    def sigmas_at(self, factor: float) -> list[float] | None:
+        """The plan's ``sigmas`` for a call whose schedule is the plan's ``schedule`` shifted by ``factor``."""
+        return None if self.sigmas is None else shift_sigmas(self.sigmas, factor)
+
+    def model_sigmas_at(self, factor: float) -> list[float] | None:
+        """The plan's ``model_sigmas`` for a call shifted by ``factor`` (see :meth:`sigmas_at`)."""
+        return None if self.model_sigmas is None else shift_sigmas(self.model_sigmas, factor)
 
     @property
     def total_steps(self) -> int:
@@ -283,8 +329,11 @@ class CachePlan(JsonFile):
             f"rule {self.rule if self.rules is None else 'per step'}), ideal speedup {self.ideal_speedup:.2f}x",
             f"sigmas  {'pipeline default' if self.sigmas is None else 'custom, ' + str(len(self.sigmas)) + ' values'}"
             + ("" if self.schedule is None else f" (searched on the pipeline schedule {self.schedule[0]:.4f} .. "
-               f"{self.schedule[-2]:.4f}, refused on another)"),
+               f"{self.schedule[-2]:.4f}, " + ("refused on another)" if self.shifts is None else
+                                                f"and its shifts {describe(*self.shifts)}; refused beyond)")),
         ]
+        if self.record is not None and self.record.sizes:
+            lines.append(f"sizes   {', '.join(self.record.sizes)} (calibrated together)")
         if self.model_sigmas is not None:
             lines.append("times   decoupled: the transformer is told its own noise level at each step (model_sigmas)")
         if self.begin_index:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ArgumentTypeError, PlanError
+from .sampling.shift import TOLERANCE, relative_shift
 from .plan import PLAN_FILENAME, SCHEMA_VERSION, CachePlan, JsonFile, check_object, pretrained_file, read_json
 
 _SHARED = ("model", "reuse", "boundary_ratio", "begin_index")  # what every plan of a set has in common
@@ -37,10 +38,12 @@ class PlanSet(JsonFile):
                 if getattr(p, name) != getattr(first, name):
                     raise PlanError(f"the plans of a set must share field '{name}': K={p.num_steps} B={p.budget} has "
                                     f"{getattr(p, name)!r}, K={first.num_steps} B={first.budget} {getattr(first, name)!r}")
-        keys = [(p.total_steps, p.budget) for p in self.plans]
-        dup = next((k for k in keys if keys.count(k) > 1), None)
-        if dup is not None:
-            raise PlanError(f"a plan set holds two plans for K={dup[0]} steps and budget B={dup[1]}")
+        for i, p in enumerate(self.plans):
+            for q in self.plans[i + 1:]:
+                if (p.total_steps, p.budget) == (q.total_steps, q.budget) and _overlap(p, q):
+                    raise PlanError(f"a plan set holds two plans for K={p.total_steps} steps and budget B={p.budget} "
+                                    "that cover the same schedule (size); plans for one K and B must be searched at "
+                                    "sizes whose schedules differ")
 
     # -- selection --------------------------------------------------------------------------
     @property
@@ -65,20 +68,30 @@ class PlanSet(JsonFile):
     def budgets(self, num_steps: int | None = None) -> list[int]:
         return sorted({p.budget for p in self.plans if num_steps in (None, p.total_steps)})
 
-    def select(self, num_steps: int, budget: int | None = None) -> CachePlan:
-        """The plan for ``num_steps`` and ``budget`` (None: the only budget held for that step count)."""
+    def select(self, num_steps: int, budget: int | None = None, sigmas: list[float] | None = None) -> CachePlan:
+        """The plan for ``num_steps`` and ``budget`` (None: the only budget held for that step count) and, where the
+        set holds plans for several sizes at that K and B, for a call whose schedule is ``sigmas`` (the steps the
+        plans cover); without ``sigmas``, the first of them."""
         at_k = [p for p in self.plans if p.total_steps == num_steps]
         if not at_k:
             raise PlanError(f"this plan set holds no plan for {num_steps} steps; it holds {self.holdings()}")
         if budget is None:
-            if len(at_k) > 1:
+            if len({p.budget for p in at_k}) > 1:
                 raise PlanError(f"choose a budget for {num_steps} steps (handle.budget = B); this plan set holds "
                                 f"{self.holdings()}")
-            return at_k[0]
-        plan = next((p for p in at_k if p.budget == budget), None)
-        if plan is None:
+            budget = at_k[0].budget
+        plans = [p for p in at_k if p.budget == budget]
+        if not plans:
             raise PlanError(f"this plan set holds no plan for {num_steps} steps at budget {budget}; it holds "
                             f"{self.holdings()}")
+        if sigmas is None or len(plans) == 1:
+            return plans[0]
+        tail = sigmas[plans[0].begin_index:]
+        plan = next((p for p in plans if p.shift_of(tail) is not None), None)
+        if plan is None:
+            plans[0].check_schedule(tail)  # refused: says what the first covers and how to add this size
+            raise PlanError(f"none of the {len(plans)} plans for K={num_steps} B={budget} covers this call's schedule "
+                            "(size); search a plan at this size and add it to the set")
         return plan
 
     def check_model(self, model: Any) -> None:
@@ -128,6 +141,19 @@ class PlanSet(JsonFile):
 
     def __iter__(self):
         return iter(self.plans)
+
+
+def _overlap(p: CachePlan, q: CachePlan) -> bool:
+    """Two plans of one K and B would both serve some schedule: either has no recorded schedule, or their schedules
+    are shifts of one another and their shift ranges meet."""
+    if p.schedule is None or q.schedule is None:
+        return True
+    factor = relative_shift(q.schedule, p.schedule)  # q's schedule is p's shifted by factor
+    if factor is None:
+        return False
+    low_p, high_p = p.shifts or (1.0, 1.0)
+    low_q, high_q = q.shifts or (1.0, 1.0)
+    return low_q * factor <= high_p * (1 + TOLERANCE) and low_p <= high_q * factor * (1 + TOLERANCE)
 
 
 def load_plans(path: str | Path) -> CachePlan | PlanSet:

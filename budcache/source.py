@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .errors import CalibrationError
 from .sampling.denoisers import Batch
 from .sampling.solver import Solver, with_sigmas
 
@@ -54,6 +55,7 @@ knows the family's latent packing (scored beside the latents; None: latents only
     reference: Sequence[torch.Tensor] | None = None
     tolerance: float = 1e-3
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None  # a pipeline's final latents -> images in [-1, 1]
+    sizes: tuple[str, ...] = ()  # a calibration of several sizes: the sizes (its batches carry their ``shift``)
 
     @property
     def sigmas(self) -> list[float]:
@@ -70,6 +72,12 @@ knows the family's latent packing (scored beside the latents; None: latents only
 
     def has(self, which: str) -> bool:
         return which in self.sets
+
+    def check_one_size(self, what: str) -> None:
+        """Refuse ``what`` on a source of several sizes (it needs one schedule and one latent shape)."""
+        if self.sizes:
+            raise CalibrationError(f"{what} runs on one size; this calibration holds {', '.join(self.sizes)}: "
+                                   "calibrate the size to judge alone (budcache.calibrate(..., height=, width=))")
 
     def check_teacher(self, finals: Sequence[torch.Tensor]) -> None:
         """Refuse a replay whose full-compute results differ from the model's own (``reference``)."""

@@ -154,9 +154,8 @@ def test_bad_calibration_input():
     pipe, prompts, kwargs, _ = _setup("flux-true-cfg")
     with pytest.raises(ValueError, match="at least one prompt"):
         calibrate(pipe, [], K)
-    mixed = [dict(prompts[0], height=16, width=16), dict(prompts[1], height=32, width=32)]
-    with pytest.raises(ValueError, match="different sizes"):
-        calibrate(pipe, mixed, K, progress=False, true_cfg_scale=3.0)
+    with pytest.raises(ValueError, match="sizes"):
+        calibrate(pipe, prompts, K, sizes=[], progress=False)
 
 
 def test_predictive_rule_validated_on_held_out_captures():

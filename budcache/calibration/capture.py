@@ -26,6 +26,7 @@ from ..errors import ArgumentTypeError, CalibrationError
 from ..families import INPAINT_LATENTS
 from ..hooks.experts import context_name, contexts, experts, input_names, step_index
 from ..hooks.override import override, restore
+from ..sampling.shift import relative_shift
 from ..sampling.solver import Euler, Solver, solver_for
 
 _HOOK = "budcache_capture"
@@ -122,11 +123,20 @@ class Capture:
     steps: list[Step]
     settings: dict[str, Any]
     blend: Blend | None = None
+    sigmas: list[float] = field(default_factory=list)  # the K+1 sigmas of this generation (its size's schedule)
+    schedule_kwargs: dict[str, Any] = field(default_factory=dict)  # its scheduler's set_timesteps arguments (mu)
+
+    @property
+    def size(self) -> str:
+        """The generation's size as ``HxW`` (``HxWxF`` with frames), from its call arguments."""
+        return "x".join(str(self.settings[k]) for k in _SIZES if self.settings.get(k) is not None) or "default"
 
 
 @dataclass
 class Calibration:
-    """Captured generations of one pipeline, all at the same sigma schedule."""
+    """Captured generations of one pipeline: at one sigma schedule, or at several sizes whose schedules are time
+    shifts of one another (see :mod:`budcache.sampling.shift`). ``sigmas`` and ``schedule_kwargs`` are the first
+    generation's (the reference the others are shifts of)."""
 
     pipe: Any
     captures: list[Capture]
@@ -137,6 +147,29 @@ class Calibration:
     @property
     def num_steps(self) -> int:
         return len(self.sigmas) - 1
+
+    @property
+    def sizes(self) -> list[str]:
+        """The sizes calibrated (``HxW``), in order of first appearance."""
+        return list(dict.fromkeys(c.size for c in self.captures))
+
+    def shifts(self, captures: Sequence[Capture] | None = None) -> list[float]:
+        """The factor each capture's schedule (of ``captures``, default this calibration's) is shifted by from
+        ``sigmas`` (1.0 at the same schedule); a CalibrationError where one is not a shift of it."""
+        factors = []
+        for capture in self.captures if captures is None else captures:
+            factor = relative_shift(capture.sigmas or self.sigmas, self.sigmas)
+            if factor is None:
+                raise CalibrationError(f"the schedule at size {capture.size} is not a time shift of the one at "
+                                       f"{self.captures[0].size} (another step count or scheduler setting); "
+                                       "calibrate sizes of one scheduler and step count together")
+            factors.append(factor)
+        return factors
+
+    @property
+    def mixed(self) -> bool:
+        """The captures run at more than one schedule (several sizes under dynamic shifting)."""
+        return any(f != 1.0 for f in self.shifts())
 
     @property
     def pipeline(self) -> str:
@@ -365,6 +398,25 @@ _SET_BY_CALIBRATION = {"num_inference_steps": "the step count is calibrate's thi
 _SIZES = ("height", "width", "num_frames")
 
 
+def _check_sizes(sizes: Any, prompts: Sequence[Any], call_kwargs: dict) -> None:
+    """``sizes``: None, or a non-empty list of (height, width) or (height, width, num_frames) positive integers, not
+    given beside the sizes of the call arguments or prompts."""
+    if sizes is None:
+        return
+    check_type("sizes", sizes, (list, tuple), "a list of (height, width) pairs")
+    if not sizes:
+        raise CalibrationError("sizes: give at least one (height, width), or leave sizes out")
+    for size in sizes:
+        if not (isinstance(size, (list, tuple)) and len(size) in (2, 3)
+                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+            raise CalibrationError(f"sizes: each size is (height, width) or (height, width, num_frames) of positive "
+                                   f"integers, got {size!r}")
+    given = sorted({k for k in _SIZES if k in call_kwargs} | {k for p in prompts if isinstance(p, dict) for k in p
+                                                              if k in _SIZES})
+    if given:
+        raise CalibrationError(f"{given[0]}: sizes sets the size of every call; give sizes or {given[0]}, not both")
+
+
 def _check_calibration(pipe: Any, prompts: Any, num_inference_steps: Any, seeds: Any, call_kwargs: dict) -> None:
     """Every argument of :func:`calibrate` before the first call (see :mod:`budcache.checks`)."""
     check_pipeline(pipe)
@@ -386,11 +438,6 @@ def _check_calibration(pipe: Any, prompts: Any, num_inference_steps: Any, seeds:
         raise CalibrationError(f"{fixed}: calibrate sets it in every call ({_SET_BY_CALIBRATION[fixed]}); leave it out")
     check_call_arguments(pipe, "call arguments", list(call_kwargs))
     check_call_arguments(pipe, "prompts", in_prompts)
-    sizes = {tuple((p if isinstance(p, dict) else {}).get(k, call_kwargs.get(k)) for k in _SIZES) for p in prompts}
-    if len(sizes) > 1:
-        given = ", ".join("x".join(str(v) for v in size if v is not None) or "default" for size in sorted(sizes, key=str))
-        raise CalibrationError(f"height/width: the prompts ask for different sizes ({given}); calibrate one size at a "
-                               "time")
 
 
 def calibrate(
@@ -401,6 +448,7 @@ def calibrate(
     seed: int = 0,
     progress: bool = True,
     seeds: Sequence[int] | None = None,
+    sizes: Sequence[tuple[int, ...]] | None = None,
     **call_kwargs: Any,
 ) -> Calibration:
     """Run ``pipe`` once per prompt with full compute and capture what the search replays.
@@ -408,15 +456,21 @@ def calibrate(
     ``prompts``: strings, or dicts of call arguments (e.g. ``prompt_embeds`` for a pipeline
     without text encoder). ``call_kwargs`` go to every call (height, width, guidance_scale,
     negative_prompt, ...). Prompt ``i`` uses the generator seed ``seed + i`` (or ``seeds[i]``).
+    ``sizes``: several sizes, ``[(height, width), ...]`` (or ``(height, width, num_frames)``): every prompt runs
+    at every size (the first size first), and a plan searched on the calibration serves all of them and the sizes
+    between (their schedules are time shifts of one another; see :class:`~budcache.plan.CachePlan`'s ``shifts``).
+    Prompts given as dicts may also carry their own ``height`` and ``width``.
     """
     _check_calibration(pipe, prompts, num_inference_steps, seeds, call_kwargs)
+    _check_sizes(sizes, prompts, call_kwargs)
     device = getattr(pipe, "_execution_device", None) or torch.device("cpu")
-    captures, schedule_kwargs, sigmas, begins = [], {}, None, set()
-    for i, prompt in enumerate(tqdm(prompts, desc="calibrating", disable=not progress)):
-        kwargs = {**call_kwargs, **(prompt if isinstance(prompt, dict) else {"prompt": prompt})}
+    runs = [(i, prompt, dict(zip(_SIZES, size))) for size in (sizes or [()]) for i, prompt in enumerate(prompts)]
+    captures, begins, calib = [], set(), None
+    for i, prompt, size in tqdm(runs, desc="calibrating", disable=not progress):
+        kwargs = {**call_kwargs, **size, **(prompt if isinstance(prompt, dict) else {"prompt": prompt})}
         kwargs.update(num_inference_steps=num_inference_steps, output_type="latent",
                       generator=torch.Generator(device).manual_seed(seed + i if seeds is None else seeds[i]))
-        recorder = _Recorder()
+        recorder, schedule_kwargs = _Recorder(), {}
         with torch.no_grad(), _capturing(pipe, recorder, schedule_kwargs):
             pipe(**kwargs)
         begin = getattr(pipe.scheduler, "begin_index", None) or 0  # image-to-image: strength < 1
@@ -424,14 +478,13 @@ def calibrate(
         if len(recorder.steps) != num_inference_steps - begin:
             raise RuntimeError(f"the pipeline ran {len(recorder.steps)} scheduler steps, expected "
                                f"{num_inference_steps - begin}")
-        these = [s.sigma for s in recorder.steps] + [float(pipe.scheduler.sigmas[-1])]
-        if sigmas is not None and not np.allclose(these, sigmas, rtol=0, atol=1e-6):
-            raise CalibrationError("prompts: the calls produced different sigma schedules; use one resolution and step "
-                                   "count")
-        sigmas = these
+        sigmas = [s.sigma for s in recorder.steps] + [float(pipe.scheduler.sigmas[-1])]
         blend = _blend(recorder, pipe)
         final = recorder.final if blend is None else blend(recorder.final, sigmas[-1])  # blended with the image too
-        captures.append(Capture(recorder.latents, final, recorder.steps, _call_settings(pipe, kwargs), blend))
-    if len(begins) > 1:
-        raise CalibrationError("prompts: the calls started at different steps (strength); use one strength")
-    return Calibration(pipe, captures, sigmas, dict(schedule_kwargs), begins.pop())
+        captures.append(Capture(recorder.latents, final, recorder.steps, _call_settings(pipe, kwargs), blend, sigmas,
+                                dict(schedule_kwargs)))
+        if len(begins) > 1:
+            raise CalibrationError("prompts: the calls started at different steps (strength); use one strength")
+        calib = calib or Calibration(pipe, captures, sigmas, dict(schedule_kwargs), begin)
+        calib.shifts(captures[-1:])  # refused where this size's schedule is not a shift of the first's
+    return calib

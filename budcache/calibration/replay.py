@@ -18,6 +18,7 @@ from ..hooks.experts import input_names
 from ..hooks.stack import StackState, reuse_for, stack_hooks
 from ..sampling.denoisers import Batch
 from ..source import SETS, Source, relative_error
+from ..errors import CalibrationError
 from .capture import Calibration, Capture, Step, to_hidden
 
 class PipelineDenoiser:
@@ -34,7 +35,9 @@ class PipelineDenoiser:
         self.experts, self.combine = calib.experts(), combine_for(calib.pipe)
         self.settings = {**capture.settings, "guider": getattr(calib.pipe, "guider", None)}
         self.grid = {s.sigma: s for s in capture.steps}
-        rule, config, kwargs = time_rule(calib.pipe), calib.pipe.scheduler.config, calib.schedule_kwargs
+        self.shapes: dict[int, list] = {}  # per call of a step: the residual shapes its computed calls gave
+        rule, config = time_rule(calib.pipe), calib.pipe.scheduler.config
+        kwargs = capture.schedule_kwargs or calib.schedule_kwargs  # this size's (mu)
         self.time = lambda sigma: rule(sigma, config, kwargs)  # the scheduler's timestep at ``sigma``
         first, last = capture.steps[0], capture.steps[-1]
         self.t0 = self.time(torch.tensor(first.sigma, dtype=torch.float64))
@@ -51,6 +54,8 @@ class PipelineDenoiser:
         if step is not None:
             return step, step.timesteps
         step = min(self.capture.steps, key=lambda s: abs(s.sigma - sigma))
+        if not torch.is_tensor(sigma) and abs(step.sigma - sigma) <= 1e-6:  # the grid, shifted back from another size
+            return step, step.timesteps
         first = self.capture.steps[0]
         t = self.time(sigma if torch.is_tensor(sigma) else torch.tensor(sigma, dtype=torch.float64))
         timesteps = [(a.double() + slope * (t - self.t0)).to(a.dtype) for a, slope in zip(first.timesteps, self.slopes)]
@@ -66,10 +71,12 @@ class PipelineDenoiser:
             inputs = {hidden: to_hidden(call.layout, x, call.dtype, call.extra), t: timesteps[i]}
             if stack is None:
                 out = module(**call.kwargs, **inputs)
-            else:
-                with stack.step(None if cache is None else cache[i]):
+            else:  # a cached residual is split in the shapes of this capture's call (sizes differ between captures)
+                with stack.step(None if cache is None else cache[i], self.shapes.get(i)):
                     out = module(**call.kwargs, **inputs)
                     residuals.append(stack.residual)
+                    if cache is None:
+                        self.shapes[i] = stack.shapes
             outputs.append(out[0] if isinstance(out, tuple) else out.sample)
         return self.combine(outputs, step.calls, self.settings, x).float(), residuals
 
@@ -155,18 +162,23 @@ def pipeline_source(calib: Calibration, reuse: str = "residual", *, validation: 
     and ``held_out`` captures (same schedule) become the ``validation`` and ``eval`` sets. The
     replay is checked first (:func:`check_replay`); residual hooks live inside the ``with`` block."""
     check_replay(calib)
-    for name, other in (("validation", validation), ("held-out", held_out)):
-        if other is not None and other.sigmas != calib.sigmas:
-            raise ValueError(f"{name} captures use another sigma schedule than the calibration ones")
-    reuse = reuse_for(calib.pipe.transformer, reuse)
     sets = {"calib": calib.captures, "validation": validation and validation.captures,
             "eval": held_out and held_out.captures}
+    try:
+        shifts = {which: calib.shifts(captures) for which, captures in sets.items() if captures}
+    except CalibrationError as e:
+        raise CalibrationError(f"validation / held-out captures: {e}") from None
+    mixed = len({c.size for captures in sets.values() if captures for c in captures}) > 1
+    reuse = reuse_for(calib.pipe.transformer, reuse)
+
+    def batches(which: str, mode: str | None = None) -> list[Batch]:
+        return [Batch(make(c, mode or reuse), c.latents.float(), shift=f) for c, f in zip(sets[which], shifts[which])]
+
     with denoisers(calib, reuse) as make:
         yield Source(
-            solver=calib.solver(),
-            batches=lambda which, mode=None: [Batch(make(c, mode or reuse), c.latents.float()) for c in sets[which]],
-            fewer=calib.solver, model=calib.pipe.transformer, reuse=reuse,
+            solver=calib.solver(), batches=batches, fewer=calib.solver, model=calib.pipe.transformer, reuse=reuse,
             sets=tuple(w for w in SETS if sets[w]), restarts=tuple(calib.forced_steps()),
             boundary_ratio=calib.boundary_ratio, begin_index=calib.begin_index, reference=[c.final for c in calib.captures],
-            tolerance=10 * _tolerance(calib), decode=decoder(calib),
+            tolerance=10 * _tolerance(calib), decode=None if mixed else decoder(calib),
+            sizes=tuple(calib.sizes) if mixed else (),
         )

@@ -25,7 +25,7 @@ from ..search.checkpoint import hold, read as read_checkpoint
 from .options import DEMO_STEPS, search_config
 from .run import UsageError, one_line
 
-PIPELINE_ONLY = ("prompts", "validation_prompts", "held_out_prompts", "height", "width", "guidance_scale",
+PIPELINE_ONLY = ("prompts", "validation_prompts", "held_out_prompts", "height", "width", "sizes", "guidance_scale",
                  "negative_prompt", "call", "dtype", "device", "cpu_offload")
 RESERVED_CALL = {"prompt": "prompts come from --prompts", "num_inference_steps": "use --steps",
                  "generator": "use --seed", "output_type": "budcache captures latents"}
@@ -231,6 +231,8 @@ def check_source(a: argparse.Namespace, held_out: bool = False, validation: bool
         if name in a.prompt_lists and len(a.prompt_lists[name]) < world:
             raise UsageError(f"{flag(name)} {getattr(a, name)}: {len(a.prompt_lists[name])} prompts for {world} "
                              "processes; give each process at least one")
+    if getattr(a, "sizes", None) and (a.height is not None or a.width is not None):
+        raise UsageError("--sizes sets the height and width of every calibration call; drop --height/--width")
     _check_device(a.device)
     check_call(pipeline_class(a.pipeline), call_keys(a, a.prompt_lists))
 

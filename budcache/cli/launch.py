@@ -75,6 +75,8 @@ def open_source(a: argparse.Namespace, *, held_out: bool = False, validation: bo
     pipe = load_pipeline(a.pipeline, a.dtype, device, a.cpu_offload)
     pipe.set_progress_bar_config(disable=True)
     kwargs, prompts = call_kwargs(a), a.prompt_lists
+    if getattr(a, "sizes", None):
+        kwargs["sizes"] = [tuple(s) for s in a.sizes]  # every prompt at every size
     calib = calibrate_shard(pipe, prompts["prompts"], steps, a.seed, rank, world, progress, **kwargs)
     checks = evaluation = None
     if validation and "validation_prompts" in prompts:

@@ -35,6 +35,14 @@ def integer(least: int) -> Callable[[str], int]:
     return parse
 
 
+def size(text: str) -> tuple[int, ...]:
+    """An argparse type: ``HEIGHTxWIDTH`` (or ``HEIGHTxWIDTHxFRAMES``) of positive integers."""
+    parts = text.lower().split("x")
+    if len(parts) not in (2, 3) or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expects HEIGHTxWIDTH such as 1024x768, got {text!r}")
+    return tuple(int(p) for p in parts)
+
+
 def number(least: float = -math.inf, strict: bool = False, most: float = math.inf) -> Callable[[str], float]:
     """An argparse type: a finite number of at least ``least`` (above it when ``strict``), at most ``most``."""
     def parse(text: str) -> float:
@@ -106,6 +114,9 @@ def add_source_options(p: argparse.ArgumentParser, calib: int = 16, held_out: bo
     p.set_defaults(demo_defaults=demo)
     g.add_argument("--height", type=integer(1), default=None)
     g.add_argument("--width", type=integer(1), default=None)
+    g.add_argument("--sizes", type=size, nargs="+", default=None, metavar="HxW",
+                   help="calibrate every prompt at each size (e.g. 1024x1024 768x1344): the plan serves these sizes "
+                        "and those between")
     g.add_argument("--guidance-scale", type=number(), default=None)
     g.add_argument("--negative-prompt", default=None)
     g.add_argument("--call", action="append", default=[], metavar="KEY=VALUE",

@@ -3,6 +3,7 @@ each reuse mode, and how its outputs are judged (images, digit accuracy)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
@@ -12,6 +13,7 @@ from ..hooks.stack import stack_hooks
 from ..sampling.denoisers import Batch, OutputDenoiser, ResidualDenoiser
 from ..sampling import plain
 from ..sampling.loop import linear_sigmas
+from ..sampling.shift import shift_sigmas
 from ..sampling.solver import Euler, SchedulerSolver, Solver
 from ..source import HELD_OUT_SEED_OFFSET, SETS, VALIDATION_SEED_OFFSET, Source
 from .model import CHANNELS, NUM_CLASSES, TOKENS, DigitsFlux, load_demo_model, unpack
@@ -57,7 +59,8 @@ SCHEDULERS = {"euler": None, "unipc": "UniPC (flow)", "dpm": "DPM-Solver++ 2M (f
 @contextmanager
 def demo_source(steps: int = 28, calibration: int = 16, validation: int | None = None, held_out: int = 100,
                 seed: int = 0, reuse: str = "residual", shard: tuple[int, int] = (0, 1),
-                model: DigitsFlux | None = None, scheduler: str = "euler", shift: float = 1.0) -> Iterator[Source]:
+                model: DigitsFlux | None = None, scheduler: str = "euler",
+                shift: float | tuple[float, ...] = 1.0) -> Iterator[Source]:
     """The demo model as a :class:`~budcache.source.Source` over ``steps`` linear sigmas:
     ``calibration`` samples from ``seed``, ``validation`` (default: as many) from
     ``seed + VALIDATION_SEED_OFFSET``, ``held_out`` from ``seed + HELD_OUT_SEED_OFFSET``; ``shard`` =
@@ -66,17 +69,20 @@ def demo_source(steps: int = 28, calibration: int = 16, validation: int | None =
     ``scheduler``: the solver, ``euler`` over linear sigmas or a diffusers flow scheduler of
     :data:`SCHEDULERS` (``unipc``, ``dpm``) on its own schedule, for K and for fewer steps. ``shift``: the
     schedule's time shift (sigma -> shift * sigma / (1 + (shift - 1) * sigma), as FLUX's and SD3's schedulers
-    shift theirs; 1: none), for Euler only."""
+    shift theirs; 1: none), for Euler only; several shifts stand for several sizes: every sample of every set runs
+    at each shift (as ``budcache.calibrate(..., sizes=...)`` runs every prompt at every size), the first shift's
+    schedule is the source's and the batches carry their ``shift`` from it."""
     from .data import accuracy, digit_classifier
 
     if scheduler not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {scheduler!r}; choose from {sorted(SCHEDULERS)}")
-    if shift != 1.0 and SCHEDULERS[scheduler] is not None:
+    shifts = tuple(float(s) for s in shift) if isinstance(shift, (tuple, list)) else (float(shift),)
+    if shifts != (1.0,) and SCHEDULERS[scheduler] is not None:
         raise ValueError(f"shift applies to the euler scheduler, not {scheduler!r}")
 
     def solver(num_steps: int) -> Solver:
         if SCHEDULERS[scheduler] is None:
-            return Euler([shift * x / (1 + (shift - 1) * x) for x in linear_sigmas(num_steps)])
+            return Euler(shift_sigmas(linear_sigmas(num_steps), shifts[0]))
         configured = plain.SCHEDULERS[SCHEDULERS[scheduler]]()
         configured.set_timesteps(num_steps)
         return SchedulerSolver(configured)
@@ -101,7 +107,10 @@ def demo_source(steps: int = 28, calibration: int = 16, validation: int | None =
             makers["residual"] = hooks.enter_context(demo_denoisers(model, "residual"))
 
         def batches(which: str, mode: str | None = None) -> list[Batch]:
-            return demo_batches(makers[mode or reuse], *inputs[which], batch_size=64 if which == "eval" else 8)
+            made = demo_batches(makers[mode or reuse], *inputs[which], batch_size=64 if which == "eval" else 8)
+            return [dataclasses.replace(b, shift=s / shifts[0]) for s in shifts for b in made] if len(shifts) > 1 \
+                else made
 
         yield Source(solver=solver(steps), batches=batches, fewer=solver,
-                     model=model.transformer, reuse=reuse, sets=tuple(inputs), images=unpack, score=score)
+                     model=model.transformer, reuse=reuse, sets=tuple(inputs), images=unpack, score=score,
+                     sizes=tuple(f"shift {s:g}" for s in shifts) if len(shifts) > 1 else ())

@@ -126,6 +126,7 @@ def compare(
     Euler with its B-step schedule aligned the same way (both on the calibration samples).
     ``magcache``: the MagCache preset whose max skip and retention are kept while its threshold
     is scanned (``policies.MAGCACHE_PRESETS``); ``max_state_mb``: memory for stored prefix states."""
+    source.check_one_size("compare")
     with teacache.indicator(source.model) as signal:
         return _compare(source, signal, budgets, rules, config, thresholds, progress, align_epochs, magcache,
                         max_state_mb)

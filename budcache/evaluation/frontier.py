@@ -28,6 +28,7 @@ def frontier(source: Source, budgets: Sequence[int], out: Path, config: SearchCo
     held-out set (latent PSNR; where the source decodes, also image PSNR and SSIM in ``row["image"]``), and write
     ``plan_B<b>.json``, the plan set of them all ``plans.json`` (for ``budcache.apply(pipe, plan_set)``),
     ``frontier.json`` and ``frontier.png`` to ``out``."""
+    source.check_one_size("frontier")
     out.mkdir(parents=True, exist_ok=True)
     plans, cost = search_frontier(source, budgets, config, progress, max_state_mb, rule)
     k = source.num_steps

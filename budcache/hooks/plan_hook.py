@@ -283,12 +283,13 @@ class CacheHandle:
         (the next pipeline call in the same thread does it too)."""
         self.run.reset()
 
-    def select(self, num_steps: int) -> CachePlan:
-        """The plan a generation of ``num_steps`` runs (refused, listing what it holds, if none fits)."""
+    def select(self, num_steps: int, sigmas: list[float] | None = None) -> CachePlan:
+        """The plan a generation of ``num_steps`` runs, for its schedule ``sigmas`` where given (a plan set may hold
+        plans for several sizes); refused, listing what the set holds, if none fits."""
         if self.plans is None:
             self.plan.check_steps(num_steps)
             return self.plan
-        plan = self.plans.select(num_steps, self.run.budget)
+        plan = self.plans.select(num_steps, self.run.budget, sigmas)
         for hook in self.hooks:
             hook.use(plan)
         self.plan = plan
@@ -387,24 +388,25 @@ def _wrap_set_timesteps(scheduler: Any, handle: CacheHandle, run: _Run, time: An
         if replaced is not None:
             raise StateError(f"pipe.{replaced} was replaced after budcache.apply, so the plan would not run on it; "
                              "remove the plan (handle.remove()), then budcache.apply(pipe, plan)")
-        plan = handle.select(int(asked))
+        handle.select(int(asked))  # refuses a step count or budget the plan (set) lacks before the scheduler runs
         handle.check_hooked()
         run.start()
         result = original(*args, **kwargs)
         sigmas = _host_sigmas(scheduler, call)
+        plan = handle.select(int(asked), sigmas)  # a plan set's plan for this call's schedule (its size)
         b = plan.begin_index  # an image-to-image plan covers the steps from b on
-        plan.check_schedule(sigmas[b:])
+        factor = plan.check_schedule(sigmas[b:])  # the call's shift from the plan's schedule (another size)
         run.generating, run.owner = True, threading.get_ident()
         if plan.sigmas is not None:
-            told = plan.model_sigmas  # decoupled model times: the timesteps the transformer sees
-            if told is not None or len(sigmas) - b != len(plan.sigmas) or any(
-                    abs(x - y) > 1e-6 for x, y in zip(sigmas[b:], plan.sigmas)):
+            mine, told = plan.sigmas_at(factor), plan.model_sigmas_at(factor)  # told: the timesteps the model sees
+            if told is not None or len(sigmas) - b != len(mine) or any(
+                    abs(x - y) > 1e-6 for x, y in zip(sigmas[b:], mine)):
                 device = scheduler.sigmas.device
-                want = torch.tensor(sigmas[:b] + plan.sigmas, dtype=torch.float32, device=device)
+                want = torch.tensor(sigmas[:b] + mine, dtype=torch.float32, device=device)
                 scheduler.sigmas = want
                 at = want[:-1] if told is None else torch.tensor(sigmas[:b] + told, dtype=torch.float32, device=device)
                 scheduler.timesteps = time(at, scheduler.config, bound).to(torch.float32)
-            sigmas = sigmas[:b] + list(plan.sigmas)
+            sigmas = sigmas[:b] + mine
         run.sigmas = sigmas
         return result
 

@@ -81,11 +81,20 @@ class StackState:
             self._residual = self._assemble()
         return self._residual
 
+    @property
+    def shapes(self) -> list:
+        """Every segment's residual shapes of the last computed call (what a reused residual is split by)."""
+        return [segment.shapes for segment in self.segments]
+
     @contextmanager
-    def step(self, residual: torch.Tensor | None = None) -> Iterator[StackState]:
+    def step(self, residual: torch.Tensor | None = None, shapes: list | None = None) -> Iterator[StackState]:
         """One transformer call: computing (``residual`` None; read ``.residual`` before leaving), or
-        reusing ``residual``; the state is reset afterwards, also when the call raises."""
+        reusing ``residual``, split by ``shapes`` (:attr:`shapes` of the call that computed it; default: of the
+        last computed call); the state is reset afterwards, also when the call raises."""
         try:
+            if shapes is not None:
+                for segment, shape in zip(self.segments, shapes):
+                    segment.shapes = shape
             if residual is not None:
                 self._split(residual)
                 self.mode, self._residual = "reuse", residual

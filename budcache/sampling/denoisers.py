@@ -94,8 +94,11 @@ class Checkpointed:
 class Batch:
     """One batch of samples: its denoiser (bound to its conditioning) and its initial noise;
     ``replicate(n)``, when given, is a denoiser for the conditioning repeated ``n`` times (several
-    candidate plans advanced in one batched forward)."""
+    candidate plans advanced in one batched forward). ``shift``: the factor this batch's schedule is shifted by
+    from the schedule it is run over (another resolution of a calibration of several sizes; see
+    :mod:`budcache.sampling.shift`)."""
 
     denoiser: Denoiser
     noise: torch.Tensor
     replicate: Callable[[int], Denoiser] | None = None
+    shift: float = 1.0

@@ -44,10 +44,12 @@ def identity(evaluate: Evaluator, budget: int, config: Any, model: Any = None) -
     noise = hashlib.sha256(b"".join(b.noise.detach().cpu().float().numpy().tobytes() for b in evaluate.batches))
     settings = {k: v for k, v in vars(config).items() if k != "checkpoint_every"}
     world = dist.get_world_size() if evaluate.distributed else 1
+    shifts = [b.shift for b in evaluate.batches]  # a calibration of several sizes
     return {"budget": budget, "sigmas": evaluate.sigmas, "solver": evaluate.solver.name, "rule": evaluate.rule,
             "metric": evaluate.metric,
             "calibration": noise.hexdigest()[:16], "world_size": world, "model": model,
-            "config": json.loads(json.dumps(settings, default=str))}
+            "config": json.loads(json.dumps(settings, default=str)),
+            **({"shifts": shifts} if any(f != 1.0 for f in shifts) else {})}
 
 
 def lock_path(path: str | Path) -> Path:

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from ..sampling.denoisers import Batch
 from ..sampling.loop import State, advance, sample
 from ..sampling.rules import Schedule, check_rules, code_rule, decode, encode, history_depth
+from ..sampling.shift import shifted
 from ..sampling.solver import Solver, as_solver, state_bytes
 from .ledger import Ledger
 
@@ -88,6 +89,7 @@ class Evaluator:
         self._replayed: set[Schedule] = set()  # schedules answered from a checkpoint and not yet asked for
         self.subsets: dict[int, Evaluator] = {}
         self._saved_subsets: dict[int, dict] = {}
+        self._shifted: dict[tuple[int, float], tuple[Solver, Solver]] = {}  # (id, shift) -> (solver, the batch's)
         started = time.perf_counter()
         if teacher_sigmas is None:
             self.teacher = [s.x for s in self._run((1,) * self.num_steps)]
@@ -99,6 +101,16 @@ class Evaluator:
         self.teacher_seconds = time.perf_counter() - started  # the teacher's wall time (projects a search's time)
 
     # -- trajectories -----------------------------------------------------------------------
+    def _solver(self, batch: Batch, solver: Solver) -> Solver:
+        """``solver`` as ``batch`` runs it: over its sigmas shifted by the batch's ``shift`` (a calibration of
+        several sizes), else itself."""
+        if batch.shift == 1.0:
+            return solver
+        key = (id(solver), batch.shift)  # the solver is kept with its shifted twin: its id is not reused
+        if key not in self._shifted:
+            self._shifted[key] = (solver, shifted(solver, batch.shift))
+        return self._shifted[key][1]
+
     def _store(self, key: Schedule, states: list[State]) -> None:
         if not self.prefix_reuse or key in self.states:
             return
@@ -130,8 +142,9 @@ class Evaluator:
         trail: list[list[State]] = [[] for _ in key]  # per step: every batch's state after it
         finals = []
         for b, start in zip(self.batches, starts):
-            x = sample(b.denoiser, b.noise, solver, mask, rules, restarts=self.restarts, depth=self.depth,
-                       start=start, callback=lambda info: trail[info.step].append(info.state), check_finite=False)
+            x = sample(b.denoiser, b.noise, self._solver(b, solver), mask, rules, restarts=self.restarts,
+                       depth=self.depth, start=start, callback=lambda info: trail[info.step].append(info.state),
+                       check_finite=False)
             finals.append(State(len(key), x))
         self.root.forwards += self.samples * sum(mask[starts[0].step:])
         self.root.from_scratch += self.samples * sum(mask)
@@ -222,7 +235,8 @@ class Evaluator:
                     continue
                 rules = [code_rule(keys[c][k]) for c in group]
                 for bi, b in enumerate(self.batches):
-                    moved, _ = advance(b.replicate(len(group)), [states[c][bi] for c in group], self.solver, compute,
+                    moved, _ = advance(b.replicate(len(group)), [states[c][bi] for c in group],
+                                       self._solver(b, self.solver), compute,
                                        rules, self.depth, k in self.restarts)
                     for c, state in zip(group, moved):
                         states[c][bi] = state

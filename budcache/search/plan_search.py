@@ -56,6 +56,7 @@ def search_plan(
     begin_index: int = 0,
     announce: Callable[[str], None] | None = None,
     fallback: bool = True,
+    sizes: Sequence[str] = (),
 ) -> tuple[CachePlan, SearchResult]:
     """Search a mask (under ``evaluate.rule``, or with per-step rules when ``config.rules``) and
     wrap it in a :class:`CachePlan` with its search record.
@@ -73,7 +74,8 @@ def search_plan(
     ``resume`` continues from it (same final plan).
     ``start``: the first start (e.g. a neighbouring budget's plan), else ``config.start``'s first.
     ``boundary_ratio``: the expert boundary the plan is for (two-expert pipelines). ``begin_index``:
-    the step image-to-image calls start at (see :class:`CachePlan`). ``announce``: where to write, before
+    the step image-to-image calls start at (see :class:`CachePlan`). ``sizes``: the sizes of a calibration of
+    several (recorded; the plan covers the shifts of its batches' schedules). ``announce``: where to write, before
     the first candidate, what the search will spend (:func:`cost_line`).
 
     The cap (``config.max_forwards``, or the strategy's default) covers the teacher, the search and the
@@ -128,6 +130,7 @@ def search_plan(
     if verdict is not None and verdict != "cached" and announce is not None:
         announce(plain_line(euler_sigmas, budget, euler_objective, objective, plain) if not better else
                  better_line(budget, better[0], plains[better[0]], objective, euler_sigmas, euler_objective))
+    shifts = _shift_range(evaluate)
     samples, forwards, from_scratch, reused_calls = _over_ranks(evaluate, evaluate.samples, evaluate.forwards,
                                                                 evaluate.from_scratch, evaluate.reused_calls)
     record = SearchRecord(
@@ -155,6 +158,7 @@ def search_plan(
         verdict=verdict,
         cached_objective=objective if plain else None,
         rules_tried=tried,
+        sizes=list(sizes) or None,
     )
     # the plain B-step schedule, every step computed, or the searched mask over the K-step schedule
     mask, sigmas = ([1] * budget, [float(s) for s in as_solver(euler_sigmas).sigmas]) if plain else (
@@ -168,12 +172,25 @@ def search_plan(
         rules=None if plain else rules,
         sigmas=sigmas if store_sigmas else None,
         schedule=sigmas if store_sigmas else None,
+        shifts=shifts if store_sigmas else None,
         model=model_identity(model) if model is not None else {},
         boundary_ratio=boundary_ratio,
         record=record,
         begin_index=begin_index,
     )
     return plan, result
+
+
+def _shift_range(evaluate: Evaluator) -> list[float] | None:
+    """[low, high] of the calibration batches' schedule shifts (over every rank's), or None where all run the
+    evaluator's own schedule."""
+    shifts = [b.shift for b in evaluate.batches]
+    low, high = min(shifts), max(shifts)
+    if evaluate.distributed:
+        ends = torch.tensor([low, -high], dtype=torch.float64)
+        torch.distributed.all_reduce(ends, op=torch.distributed.ReduceOp.MIN)
+        low, high = float(ends[0]), -float(ends[1])
+    return None if low == high == 1.0 else [min(low, 1.0), max(high, 1.0)]
 
 
 def reserve_of(config: SearchConfig, budget: int, rule: str, start: Sequence[int] | None = None,
@@ -282,7 +299,7 @@ def search_source(
         return search_plan(evaluate, budget, reuse=source.reuse, model=source.model, config=config,
                            euler_sigmas=source.fewer(budget), validation=validation, progress=progress,
                            checkpoint=checkpoint, resume=resume, start=start, boundary_ratio=source.boundary_ratio,
-                           begin_index=source.begin_index, announce=announce, fallback=fallback)
+                           begin_index=source.begin_index, announce=announce, fallback=fallback, sizes=source.sizes)
 
 
 def search(
