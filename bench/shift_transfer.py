@@ -70,7 +70,7 @@ def _mixed_row(model, steps, budget, searched, target, mixed, own, evaluate, psn
            "loss_own": loss["own"], "loss_mixed": loss["mixed"], "ratio": round(loss["mixed"] / loss["own"], 3),
            **({"psnr_own": round(psnr["own"], 2), "psnr_mixed": round(psnr["mixed"], 2),
                "psnr_delta": round(psnr["mixed"] - psnr["own"], 2)} if psnr else {}),
-           "date": time.strftime("%Y-%m-%d")}
+           "effort": EFFORT, "date": time.strftime("%Y-%m-%d")}
     print(json.dumps(row), flush=True)
     return row
 
@@ -86,11 +86,11 @@ def pipeline_mixed_rows(sizes: list[tuple[int, int]], steps: int, budget: int, p
     pipe = tiny_flux_pipeline()
     inputs, others = _flux_inputs(prompts, 0), _flux_inputs(held_out, 1)
     mixed = budcache.search(budcache.calibrate(pipe, inputs, steps, sizes=sizes, progress=False), budget,
-                            progress=False)
+                            config=_choose(), progress=False)
     rows = []
     for size in sizes:
         calib = budcache.calibrate(pipe, inputs, steps, progress=False, height=size[0], width=size[1])
-        own = budcache.search(calib, budget, progress=False)
+        own = budcache.search(calib, budget, config=_choose(), progress=False)
         held = budcache.calibrate(pipe, others, steps, seed=10_000, progress=False, height=size[0], width=size[1])
         with pipeline_source(calib, held_out=held) as source:
             evaluate = source_evaluator(source, "calib", config=_choose())
@@ -108,11 +108,16 @@ def _flux_inputs(n: int, seed: int) -> list[dict]:
             for _ in range(n)]
 
 
+EFFORT = "default"  # the named search effort of every search here (--effort)
+
+
 def _choose():
-    from budcache.search import SearchConfig
+    import dataclasses
+
+    from budcache.search import EFFORTS
     from budcache.search.config import CHOICE
 
-    return SearchConfig(choose=CHOICE)
+    return dataclasses.replace(EFFORTS[EFFORT], choose=CHOICE)
 
 
 def pipeline_rows(sizes: list[tuple[int, int]], steps: int, budget: int, prompts: int) -> list[dict]:
@@ -150,8 +155,11 @@ def main() -> None:
     p.add_argument("--pipeline", action="store_true", help="the tiny FLUX pipeline at 16x16, 16x32, 32x32 instead")
     p.add_argument("--mixed", action="store_true", help="one plan searched on every shift (size) together against "
                    "each one's own plan")
+    p.add_argument("--effort", default="default", help="the named search effort of every search (default: default)")
     p.add_argument("--out", type=Path, default=Path("bench-out/shift_transfer.jsonl"))
     a = p.parse_args()
+    global EFFORT
+    EFFORT = a.effort
     torch.set_num_threads(1)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     sizes = [(16, 16), (16, 32), (32, 32)]

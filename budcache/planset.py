@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ArgumentTypeError, PlanError
-from .sampling.shift import TOLERANCE, relative_shift
+from .sampling.shift import TOLERANCE, describe, relative_shift
 from .plan import PLAN_FILENAME, SCHEMA_VERSION, CachePlan, JsonFile, check_object, pretrained_file, read_json
 
 _SHARED = ("model", "reuse", "boundary_ratio", "begin_index")  # what every plan of a set has in common
@@ -100,14 +100,15 @@ class PlanSet(JsonFile):
     # -- display ----------------------------------------------------------------------------
     def describe(self) -> str:
         """A table: K, B, the search objective (vs the uniform mask), the ideal speedup K/B, the mask."""
-        rows = [("K", "B", "objective", "uniform", "speedup", "mask")]
+        rows = [("K", "B", "objective", "uniform", "speedup", "mask", "sizes")]
         for p in self.plans:
             r = p.record
             rows.append((str(p.num_steps), str(p.budget), "-" if r is None else f"{r.objective:.4g}",
                          "-" if r is None or r.uniform_objective is None else f"{r.uniform_objective:.4g}",
-                         f"{p.ideal_speedup:.2f}x", p.strip))
+                         f"{p.ideal_speedup:.2f}x", p.strip, _covers(p)))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.rjust(w) if i < 5 else c for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
+        lines = ["  ".join(c.rjust(w) if i < 5 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+                 for row in rows]
         head = f"plan set: {len(self.plans)} plans ({self.reuse} reuse)"
         if self.model:
             head += f", model {self.model.get('class')} ({self.model.get('fingerprint')})"
@@ -141,6 +142,15 @@ class PlanSet(JsonFile):
 
     def __iter__(self):
         return iter(self.plans)
+
+
+def _covers(plan: CachePlan) -> str:
+    """The schedules a plan serves, for tables: its sizes, its shift range, its one schedule, or any."""
+    if plan.record is not None and plan.record.sizes:
+        return ", ".join(plan.record.sizes)
+    if plan.shifts is not None:
+        return f"shifts {describe(*plan.shifts)}"
+    return "any" if plan.schedule is None else f"one (sigma[1] {plan.schedule[1]:.4f})"
 
 
 def _overlap(p: CachePlan, q: CachePlan) -> bool:

@@ -240,8 +240,8 @@ def test_show_prints_a_plan_set_as_a_table(pipe, tmp_path, capsys):
     main(["show", str(path)])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("plan set: 3 plans (residual reuse), model FluxTransformer2DModel")
-    assert lines[1].split() == ["K", "B", "objective", "uniform", "speedup", "mask"]
-    assert lines[2].split() == ["6", "2", "0.05", "0.1", "3.00x", "#..#.."]
+    assert lines[1].split() == ["K", "B", "objective", "uniform", "speedup", "mask", "sizes"]
+    assert lines[2].split() == ["6", "2", "0.05", "0.1", "3.00x", "#..#..", "any"]
     assert lines[4].split()[:2] == ["8", "3"] and lines[4].split()[4] == "2.67x"
     main(["show", "--json", str(path)])
     assert json.loads(capsys.readouterr().out) == plan_set(pipe).to_dict()

@@ -148,7 +148,7 @@ def test_plan_set_keyed_by_size(pipe):
         calib = budcache.calibrate(pipe, _inputs(1, seed=i), K, progress=False, height=size[0], width=size[1])
         plans.append(budcache.search(calib, B, rule="repeat", config=QUICK, progress=False))
     served = PlanSet(plans)
-    assert len(served) == 3
+    assert len(served) == 3 and served.describe().count("one (sigma[1]") == 3
     with budcache.apply(pipe, served) as handle:
         for size, plan in zip(SIZES, plans):
             _run(pipe, size)
