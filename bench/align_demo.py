@@ -73,24 +73,37 @@ def main() -> None:
                 t0 = time.perf_counter()
                 aligned, result = align(plan, train, validation, config, progress=False)
                 plot_alignment(aligned, result, a.out / f"{rule}_B{b}.png")
-                sigmas_only = min(result.validation_loss[:a.epochs + 1])
-                variants = {"searched": (plan, result.validation_loss[0]),
-                            "aligned": (aligned, result.validation_loss[result.best_epoch])}
+                sigmas_only = min(result.validation_loss[: a.epochs + 1])
+                variants = {
+                    "searched": (plan, result.validation_loss[0]),
+                    "aligned": (aligned, result.validation_loss[result.best_epoch]),
+                }
                 if b in a.joint_budgets:
                     evaluate = Evaluator(train, aligned.sigmas, rule=rule, teacher_sigmas=linear_sigmas(K))
                     searched, _ = search_plan(evaluate, b, reuse="residual", config=SearchConfig(), progress=False)
-                    joint, again = align(searched, train, validation, config, teacher_sigmas=linear_sigmas(K),
-                                         progress=False)
+                    joint, again = align(
+                        searched, train, validation, config, teacher_sigmas=linear_sigmas(K), progress=False
+                    )
                     variants["joint round"] = (joint, again.validation_loss[again.best_epoch])
                 seconds = time.perf_counter() - t0
                 chosen = {n: psnr_on(make, v, a.validation, VALIDATION_SEED_OFFSET) for n, (v, _) in variants.items()}
                 kept = max(chosen, key=chosen.get)
-                psnr = {n: round(psnr_on(make, v, a.held_out, HELD_OUT_SEED_OFFSET), 2) for n, (v, _) in variants.items()}
-            row = {"rule": rule, "budget": b, "mask": plan.strip, "validation_mse": {n: v for n, (_, v) in variants.items()},
-                   "validation_psnr": {n: round(v, 3) for n, v in chosen.items()},
-                   "validation_mse_sigmas_only": sigmas_only, "model_times_kept": aligned.model_sigmas is not None,
-                   "held_out_psnr": psnr, "kept": kept, "gain_db": round(psnr[kept] - psnr["searched"], 2),
-                   "seconds": round(seconds, 1)}
+                psnr = {
+                    n: round(psnr_on(make, v, a.held_out, HELD_OUT_SEED_OFFSET), 2) for n, (v, _) in variants.items()
+                }
+            row = {
+                "rule": rule,
+                "budget": b,
+                "mask": plan.strip,
+                "validation_mse": {n: v for n, (_, v) in variants.items()},
+                "validation_psnr": {n: round(v, 3) for n, v in chosen.items()},
+                "validation_mse_sigmas_only": sigmas_only,
+                "model_times_kept": aligned.model_sigmas is not None,
+                "held_out_psnr": psnr,
+                "kept": kept,
+                "gain_db": round(psnr[kept] - psnr["searched"], 2),
+                "seconds": round(seconds, 1),
+            }
             if "joint round" in variants:
                 row["joint mask"] = variants["joint round"][0].strip
             rows.append(row)
@@ -100,7 +113,9 @@ def main() -> None:
         "plus_1db_at_b6_b8": all(r["gain_db"] >= 1.0 for r in rows if r["budget"] in (6, 8)),
         "never_worse_on_held_out": all(r["gain_db"] >= 0 for r in rows),
         "worst_gain_db": min(r["gain_db"] for r in rows),
-        "validation_samples": a.validation, "lr": a.lr, "epochs": a.epochs,
+        "validation_samples": a.validation,
+        "lr": a.lr,
+        "epochs": a.epochs,
     }
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "align_demo.json").write_text(json.dumps({"rows": rows, "goals": goals}, indent=1))

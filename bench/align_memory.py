@@ -35,8 +35,13 @@ def measure(model, make, noise, labels, k: int, checkpointing: bool) -> dict:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         x = student(make(labels), noise, Euler(schedule().to(noise.dtype)), mask, ["repeat"] * k, checkpointing)
     x.pow(2).mean().backward()
-    return {"steps": k, "budget": sum(mask), "checkpointing": checkpointing,
-            "saved_mb": round(sum(sizes.values()) / 2**20, 2), "seconds": round(time.perf_counter() - start, 3)}
+    return {
+        "steps": k,
+        "budget": sum(mask),
+        "checkpointing": checkpointing,
+        "saved_mb": round(sum(sizes.values()) / 2**20, 2),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
 
 
 def main() -> None:

@@ -23,10 +23,10 @@ import resource
 import sys
 import time
 
-import torch
-
 import _root  # noqa: F401  (repository root on sys.path: tests.fixtures)
+import torch
 from real_scale import FLUX_DEV
+
 import budcache
 from budcache.align import AlignConfig
 from budcache.plan import model_identity, uniform_mask
@@ -37,9 +37,13 @@ def tiny_flux():
 
     def prompt(i: int) -> dict:
         g = torch.Generator().manual_seed(i)
-        return dict(prompt_embeds=torch.randn(1, 8, 32, generator=g), pooled_prompt_embeds=torch.randn(1, 32, generator=g),
-                    negative_prompt_embeds=torch.randn(1, 8, 32, generator=g),
-                    negative_pooled_prompt_embeds=torch.randn(1, 32, generator=g))
+        return dict(
+            prompt_embeds=torch.randn(1, 8, 32, generator=g),
+            pooled_prompt_embeds=torch.randn(1, 32, generator=g),
+            negative_prompt_embeds=torch.randn(1, 8, 32, generator=g),
+            negative_pooled_prompt_embeds=torch.randn(1, 32, generator=g),
+        )
+
     return tiny_flux_pipeline(), prompt, dict(height=16, width=16, true_cfg_scale=3.0)
 
 
@@ -59,20 +63,50 @@ def flux_dev(size: int, device: str = "cuda", **blocks):
     torch.manual_seed(0)
     with torch.device(device):
         tr = flux_transformer(**blocks)
-        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512),
-                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                            layers_per_block=2, norm_num_groups=32, use_quant_conv=False, use_post_quant_conv=False,
-                            shift_factor=0.1159, scaling_factor=0.3611).to(torch.bfloat16).eval()
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-                                                base_image_seq_len=256, max_image_seq_len=4096)
-    pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, text_encoder_2=None,
-                        tokenizer_2=None, transformer=tr)
+        vae = (
+            AutoencoderKL(
+                in_channels=3,
+                out_channels=3,
+                latent_channels=16,
+                block_out_channels=(128, 256, 512, 512),
+                down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4,
+                layers_per_block=2,
+                norm_num_groups=32,
+                use_quant_conv=False,
+                use_post_quant_conv=False,
+                shift_factor=0.1159,
+                scaling_factor=0.3611,
+            )
+            .to(torch.bfloat16)
+            .eval()
+        )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    pipe = FluxPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        transformer=tr,
+    )
     pipe.set_progress_bar_config(disable=True)
 
     def prompt(i: int) -> dict:
         g = torch.Generator().manual_seed(i)
-        return dict(prompt_embeds=torch.randn(1, 512, 4096, generator=g).to(device, torch.bfloat16),
-                    pooled_prompt_embeds=torch.randn(1, 768, generator=g).to(device, torch.bfloat16))
+        return dict(
+            prompt_embeds=torch.randn(1, 512, 4096, generator=g).to(device, torch.bfloat16),
+            pooled_prompt_embeds=torch.randn(1, 768, generator=g).to(device, torch.bfloat16),
+        )
+
     return pipe, prompt, dict(height=size, width=size, guidance_scale=3.5)
 
 
@@ -91,12 +125,18 @@ def saved_bytes(size: int, double: int, single: int) -> int:
         if t.untyped_storage().data_ptr() not in weights:
             kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
+
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        tr(hidden_states=torch.randn(1, n_img, 64, dtype=torch.bfloat16, requires_grad=True),
-           encoder_hidden_states=torch.randn(1, n_txt, 4096, dtype=torch.bfloat16),
-           pooled_projections=torch.randn(1, 768, dtype=torch.bfloat16),
-           timestep=torch.full((1,), 0.5, dtype=torch.bfloat16, requires_grad=True),
-           guidance=torch.full((1,), 3.5), img_ids=torch.zeros(n_img, 3), txt_ids=torch.zeros(n_txt, 3), return_dict=False)
+        tr(
+            hidden_states=torch.randn(1, n_img, 64, dtype=torch.bfloat16, requires_grad=True),
+            encoder_hidden_states=torch.randn(1, n_txt, 4096, dtype=torch.bfloat16),
+            pooled_projections=torch.randn(1, 768, dtype=torch.bfloat16),
+            timestep=torch.full((1,), 0.5, dtype=torch.bfloat16, requires_grad=True),
+            guidance=torch.full((1,), 3.5),
+            img_ids=torch.zeros(n_img, 3),
+            txt_ids=torch.zeros(n_txt, 3),
+            return_dict=False,
+        )
     return sum(kept.values())
 
 
@@ -113,10 +153,16 @@ def estimate(size: int) -> dict:
     double, single = two_double - base, two_single - base
     saved = base + (FLUX_DEV["num_layers"] - 1) * double + (FLUX_DEV["num_single_layers"] - 1) * single
     gib = 2**30
-    return {"estimate": "CPU, saved tensors extrapolated; not a GPU measurement", "size": size,
-            "weights_gib": round(weights / gib, 2), "saved_per_double_block_mib": round(double / 2**20, 1),
-            "saved_per_single_block_mib": round(single / 2**20, 1), "saved_one_call_gib": round(saved / gib, 2),
-            "weights_plus_saved_gib": round((weights + saved) / gib, 2), "seconds": round(time.perf_counter() - start, 1)}
+    return {
+        "estimate": "CPU, saved tensors extrapolated; not a GPU measurement",
+        "size": size,
+        "weights_gib": round(weights / gib, 2),
+        "saved_per_double_block_mib": round(double / 2**20, 1),
+        "saved_per_single_block_mib": round(single / 2**20, 1),
+        "saved_one_call_gib": round(saved / gib, 2),
+        "weights_plus_saved_gib": round((weights + saved) / gib, 2),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
 
 
 def peak_mb(gpu: bool) -> float:
@@ -128,10 +174,16 @@ def peak_mb(gpu: bool) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--gpu", action="store_true", help="FLUX.1-dev architecture (random bf16 weights) on CUDA")
-    p.add_argument("--smoke", action="store_true",
-                   help="with --gpu: the same run on the CPU with 1 + 1 blocks (checks the code path, no figures)")
-    p.add_argument("--estimate", action="store_true",
-                   help="no run: estimate alignment's memory at FLUX.1-dev scale from saved tensors on the CPU")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="with --gpu: the same run on the CPU with 1 + 1 blocks (checks the code path, no figures)",
+    )
+    p.add_argument(
+        "--estimate",
+        action="store_true",
+        help="no run: estimate alignment's memory at FLUX.1-dev scale from saved tensors on the CPU",
+    )
     p.add_argument("--size", type=int, default=1024, help="image side with --gpu or --estimate (default 1024)")
     p.add_argument("--prompts", type=int, default=None, help="calibration prompts (default 4 CPU, 8 GPU)")
     p.add_argument("--validation", type=int, default=2, help="validation prompts (default 2)")
@@ -157,22 +209,38 @@ def main() -> None:
         pipe, prompt, call = flux_dev(a.size, "cpu", num_layers=1, num_single_layers=1)
     else:
         pipe, prompt, call = flux_dev(a.size) if a.gpu else tiny_flux()
-    times, out = {}, {"device": torch.cuda.get_device_name() if cuda else "cpu", "pipeline": type(pipe).__name__,
-                      "size": a.size if a.gpu else 16, "steps": k, "budget": b, "prompts": n,
-                      "validation_prompts": a.validation, "epochs": epochs}
+    times, out = (
+        {},
+        {
+            "device": torch.cuda.get_device_name() if cuda else "cpu",
+            "pipeline": type(pipe).__name__,
+            "size": a.size if a.gpu else 16,
+            "steps": k,
+            "budget": b,
+            "prompts": n,
+            "validation_prompts": a.validation,
+            "epochs": epochs,
+        },
+    )
 
     start = time.perf_counter()
     calib = budcache.calibrate(pipe, [prompt(i) for i in range(n)], k, progress=False, **call)
-    validation = budcache.calibrate(pipe, [prompt(1000 + i) for i in range(a.validation)], k, seed=5000,
-                                    progress=False, **call)
+    validation = budcache.calibrate(
+        pipe, [prompt(1000 + i) for i in range(a.validation)], k, seed=5000, progress=False, **call
+    )
     times["calibrate"] = time.perf_counter() - start
     start = time.perf_counter()
     if a.gpu:  # random weights: the search's result means nothing; a uniform mask costs the same to align
-        plan = budcache.CachePlan(num_steps=k, budget=b, mask=uniform_mask(k, b), sigmas=calib.sigmas,
-                                  model=model_identity(pipe.transformer))
+        plan = budcache.CachePlan(
+            num_steps=k, budget=b, mask=uniform_mask(k, b), sigmas=calib.sigmas, model=model_identity(pipe.transformer)
+        )
     else:
-        plan = budcache.search(calib, b, config=dataclasses.replace(budcache.search.EFFORTS["annealed"], iterations=60, starts=1, kicks=0),
-                               progress=False)
+        plan = budcache.search(
+            calib,
+            b,
+            config=dataclasses.replace(budcache.search.EFFORTS["annealed"], iterations=60, starts=1, kicks=0),
+            progress=False,
+        )
     times["search"] = time.perf_counter() - start
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -189,11 +257,16 @@ def main() -> None:
         errors.append((cached.float() - validation.captures[i].final.float()).pow(2).mean().item())
     times["apply"] = time.perf_counter() - start
     before, after = result.validation_loss[0], result.validation_loss[result.best_epoch]
-    out.update(loss_before=before, loss_after=after, loss_applied=sum(errors) / len(errors),
-               best_epoch=result.best_epoch, train_loss=result.train_loss,
-               seconds={name: round(t, 2) for name, t in times.items()},
-               seconds_per_epoch=round(times["align"] / max(1, len(result.train_loss)), 2),
-               peak_mb=peak_mb(cuda))
+    out.update(
+        loss_before=before,
+        loss_after=after,
+        loss_applied=sum(errors) / len(errors),
+        best_epoch=result.best_epoch,
+        train_loss=result.train_loss,
+        seconds={name: round(t, 2) for name, t in times.items()},
+        seconds_per_epoch=round(times["align"] / max(1, len(result.train_loss)), 2),
+        peak_mb=peak_mb(cuda),
+    )
     print(json.dumps(out, indent=1))
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
+from budcache.cli.options import DEMO_EFFORT, parse_budgets
 from budcache.demo.problem import demo_source
 from budcache.evaluation import compare, report
-from budcache.cli.options import DEMO_EFFORT, parse_budgets
 
 
 def goals(rows: list[compare.Row]) -> dict:
@@ -26,11 +26,19 @@ def goals(rows: list[compare.Row]) -> dict:
         ours = max((r for r in at if r.method == "budcache"), key=lambda r: r.psnr)
         best_other = max((r for r in at if r.method != "budcache"), key=lambda r: r.psnr)
         euler = next(r for r in at if r.method == f"plain {b}-step Euler")
-        out[b] = {"budcache_psnr": round(ours.psnr, 2), "budcache_rule": ours.rule,
-                  "best_other": f"{best_other.method} [{best_other.rule}]", "best_other_psnr": round(best_other.psnr, 2),
-                  "best": ours.psnr >= best_other.psnr, "margin_over_euler_db": round(ours.psnr - euler.psnr, 2)}
-    return {"per_budget": out, "best_at_every_budget": all(v["best"] for v in out.values()),
-            "euler_margin_ge_1db_at_b_le_10": all(v["margin_over_euler_db"] >= 1 for b, v in out.items() if b <= 10)}
+        out[b] = {
+            "budcache_psnr": round(ours.psnr, 2),
+            "budcache_rule": ours.rule,
+            "best_other": f"{best_other.method} [{best_other.rule}]",
+            "best_other_psnr": round(best_other.psnr, 2),
+            "best": ours.psnr >= best_other.psnr,
+            "margin_over_euler_db": round(ours.psnr - euler.psnr, 2),
+        }
+    return {
+        "per_budget": out,
+        "best_at_every_budget": all(v["best"] for v in out.values()),
+        "euler_margin_ge_1db_at_b_le_10": all(v["margin_over_euler_db"] >= 1 for b, v in out.items() if b <= 10),
+    }
 
 
 def main() -> None:

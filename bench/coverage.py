@@ -40,8 +40,10 @@ def measure(name: str, repeats: int) -> dict:
             plain = min(plain, metrics.timed(run, 1)[1])
             with coverage.apply(pipe, ones):
                 hooked = min(hooked, metrics.timed(run, 1)[1])
-    error = sum(float((c.float() - f.float()).norm() / f.float().norm()) for c, f in
-                zip(coverage.as_list(cached), coverage.as_list(full))) / len(coverage.as_list(full))
+    error = sum(
+        float((c.float() - f.float()).norm() / f.float().norm())
+        for c, f in zip(coverage.as_list(cached), coverage.as_list(full))
+    ) / len(coverage.as_list(full))
     return {
         "pipeline": type(pipe).__name__,
         "mask": plan.strip,

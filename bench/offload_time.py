@@ -29,7 +29,7 @@ import json
 import random
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import _root  # noqa: F401  (tests.fixtures)
 import torch
@@ -47,10 +47,21 @@ def flux_transformer(seed: int = 0) -> FluxTransformer2DModel:
     """diffusers' tiny FLUX config, wider (4 heads x 32) and deeper (4 double, 8 single blocks); its text and
     pooled widths stay 32, so the tiny pipeline's call works unchanged."""
     torch.manual_seed(seed)
-    return FluxTransformer2DModel(
-        patch_size=1, in_channels=4, num_layers=4, num_single_layers=8, attention_head_dim=32, num_attention_heads=4,
-        joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[8, 12, 12],
-    ).eval().requires_grad_(False)
+    return (
+        FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=4,
+            num_layers=4,
+            num_single_layers=8,
+            attention_head_dim=32,
+            num_attention_heads=4,
+            joint_attention_dim=32,
+            pooled_projection_dim=32,
+            axes_dims_rope=[8, 12, 12],
+        )
+        .eval()
+        .requires_grad_(False)
+    )
 
 
 def main() -> None:
@@ -64,12 +75,19 @@ def main() -> None:
     budgets = sorted({1, K // 5, 2 * K // 5, 3 * K // 5, 4 * K // 5, K - 1} - {0})
     plans = {b: CachePlan(num_steps=K, budget=b, mask=uniform_mask(K, b)) for b in [*budgets, K]}
 
-    call = dict(prompt_embeds=torch.ones(1, 8, 32), pooled_prompt_embeds=torch.ones(1, 32), height=a.size,
-                width=a.size, num_inference_steps=K, output_type="latent")
+    call = dict(
+        prompt_embeds=torch.ones(1, 8, 32),
+        pooled_prompt_embeds=torch.ones(1, 32),
+        height=a.size,
+        width=a.size,
+        num_inference_steps=K,
+        output_type="latent",
+    )
     plain = tiny_flux_pipeline(flux_transformer())
     pipe = tiny_flux_pipeline(flux_transformer())
-    pipe.transformer.enable_group_offload(onload_device=CPU, offload_device=CPU, offload_type="block_level",
-                                          num_blocks_per_group=1)
+    pipe.transformer.enable_group_offload(
+        onload_device=CPU, offload_device=CPU, offload_type="block_level", num_blocks_per_group=1
+    )
 
     def run(target) -> float:
         start = time.perf_counter()
@@ -80,9 +98,12 @@ def main() -> None:
         with budcache.apply(pipe, plans[b]):
             return run(pipe)
 
-    configs: dict[str, Callable[[], float]] = {"plain": lambda: run(plain), "full": lambda: run(pipe),
-                                               "all-compute plan": lambda: run_plan(K),
-                                               **{str(b): functools.partial(run_plan, b) for b in budgets}}
+    configs: dict[str, Callable[[], float]] = {
+        "plain": lambda: run(plain),
+        "full": lambda: run(pipe),
+        "all-compute plan": lambda: run_plan(K),
+        **{str(b): functools.partial(run_plan, b) for b in budgets},
+    }
     order = random.Random(0)
     with torch.no_grad():
         for timed in configs.values():  # warm-up
@@ -111,26 +132,39 @@ def main() -> None:
         for full_r, one_r, plan_r in zip(times["full"], times["1"], times[str(b)]):
             fixed_r = one_r - (full_r - one_r) / (K - 1)
             paired.append(plan_r / (fixed_r + b / K * (full_r - fixed_r)))
-        rows.append({"budget": b, **({"role": "with the full run, defines fixed_s"} if b == 1 else {}),
-                     "measured_s": med[str(b)], "predicted_s": predicted,
-                     "measured_over_predicted": med[str(b)] / predicted,
-                     "per_repeat_measured_over_predicted_median": statistics.median(paired),
-                     "spread_s": [min(times[str(b)]), max(times[str(b)])]})
+        rows.append(
+            {
+                "budget": b,
+                **({"role": "with the full run, defines fixed_s"} if b == 1 else {}),
+                "measured_s": med[str(b)],
+                "predicted_s": predicted,
+                "measured_over_predicted": med[str(b)] / predicted,
+                "per_repeat_measured_over_predicted_median": statistics.median(paired),
+                "spread_s": [min(times[str(b)]), max(times[str(b)])],
+            }
+        )
     results = {
         "model": "random FLUX transformer, 4 double + 8 single blocks, width 128, "
-                 f"{(a.size // 2) ** 2} image tokens, FluxPipeline, float32, 1 thread",
+        f"{(a.size // 2) ** 2} image tokens, FluxPipeline, float32, 1 thread",
         "offloading": "enable_group_offload(cpu -> cpu, block_level, num_blocks_per_group=1), then budcache.apply",
-        "steps": K, "repeats": a.repeats, "torch_threads": torch.get_num_threads(),
-        "plain_full_s": med["plain"], "offloaded_full_s": t_full,
+        "steps": K,
+        "repeats": a.repeats,
+        "torch_threads": torch.get_num_threads(),
+        "plain_full_s": med["plain"],
+        "offloaded_full_s": t_full,
         "offloading_overhead": t_full / med["plain"] - 1,
         "all_compute_plan_s": med["all-compute plan"],
         "plan_hook_overhead_per_step_ms": (med["all-compute plan"] - t_full) / K * 1e3,
-        "fixed_s": fixed, "fixed_per_step_ms": fixed / K * 1e3,
+        "fixed_s": fixed,
+        "fixed_per_step_ms": fixed / K * 1e3,
         "block_stack_per_step_ms": (t_full - fixed) / K * 1e3,
         "least_squares": {"fixed_s": intercept, "block_stack_per_step_ms": slope * 1e3},
         "plans": rows,
-        "block_onloads_per_generation": {"full": full_onloads["blocks"], f"plan B={b_mid}": plan_onloads["blocks"],
-                                         "expected_under_plan": full_onloads["blocks"] * b_mid // K},
+        "block_onloads_per_generation": {
+            "full": full_onloads["blocks"],
+            f"plan B={b_mid}": plan_onloads["blocks"],
+            "expected_under_plan": full_onloads["blocks"] * b_mid // K,
+        },
         "goal_within_5pct": all(abs(r["measured_over_predicted"] - 1) <= 0.05 for r in rows),
     }
     print(json.dumps(results, indent=1))

@@ -31,8 +31,10 @@ class CallTimer:
     def __init__(self, module: torch.nn.Module):
         self.times: list[float] = []
         self._start = 0.0
-        self.handles = [module.register_forward_pre_hook(lambda *a: self._begin()),
-                        module.register_forward_hook(lambda *a: self.times.append(time.perf_counter() - self._start))]
+        self.handles = [
+            module.register_forward_pre_hook(lambda *a: self._begin()),
+            module.register_forward_hook(lambda *a: self.times.append(time.perf_counter() - self._start)),
+        ]
 
     def _begin(self) -> None:
         self._start = time.perf_counter()
@@ -77,10 +79,17 @@ def measure(name: str, target, transformer: torch.nn.Module, run, repeats: int) 
     ideal = t_full / (t_full - (K - B) * (full_call - reuse))
     measured = t_full / t_plan
     return {
-        "model": name, "steps": K, "budget": B,
-        "full_s": t_full, "plan_s": t_plan,
-        "measured_speedup": measured, "ideal_speedup": ideal, "measured_over_ideal": measured / ideal,
-        "full_call_ms": full_call * 1e3, "computed_call_ms": compute * 1e3, "reused_call_ms": reuse * 1e3,
+        "model": name,
+        "steps": K,
+        "budget": B,
+        "full_s": t_full,
+        "plan_s": t_plan,
+        "measured_speedup": measured,
+        "ideal_speedup": ideal,
+        "measured_over_ideal": measured / ideal,
+        "full_call_ms": full_call * 1e3,
+        "computed_call_ms": compute * 1e3,
+        "reused_call_ms": reuse * 1e3,
         "hook_overhead_us_per_step": (t_hooked - t_full) / K * 1e6,
     }
 
@@ -98,18 +107,32 @@ def main() -> None:
 
     model = load_demo_model()
     noise, labels = demo_inputs(16, 0)
-    demo = measure("demo DigitsFlux (16 samples)", model.transformer, model.transformer,
-                   lambda: euler(lambda x, s: model(x, torch.tensor(s), labels), noise, linear_sigmas(K)), a.repeats)
+    demo = measure(
+        "demo DigitsFlux (16 samples)",
+        model.transformer,
+        model.transformer,
+        lambda: euler(lambda x, s: model(x, torch.tensor(s), labels), noise, linear_sigmas(K)),
+        a.repeats,
+    )
 
     from tests.fixtures.tiny import tiny_flux_pipeline
 
     pipe = tiny_flux_pipeline()
     transformer = pipe.transformer
-    run = lambda: pipe(prompt_embeds=torch.ones(1, 8, 32), pooled_prompt_embeds=torch.ones(1, 32), height=8,  # noqa: E731
-                       width=8, num_inference_steps=K, generator=torch.Generator().manual_seed(0), output_type="latent")
+    run = lambda: pipe(
+        prompt_embeds=torch.ones(1, 8, 32),
+        pooled_prompt_embeds=torch.ones(1, 32),
+        height=8,  # noqa: E731
+        width=8,
+        num_inference_steps=K,
+        generator=torch.Generator().manual_seed(0),
+        output_type="latent",
+    )
     tiny = measure("tiny FluxPipeline (diffusers test config)", pipe, transformer, run, a.repeats)
-    results = {"results": [demo, tiny], "goal_measured_over_ideal_ge_0.95": all(
-        r["measured_over_ideal"] >= 0.95 for r in (demo, tiny))}
+    results = {
+        "results": [demo, tiny],
+        "goal_measured_over_ideal_ge_0.95": all(r["measured_over_ideal"] >= 0.95 for r in (demo, tiny)),
+    }
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))

@@ -7,13 +7,13 @@ One JSON line per setting; ``--pinned RULE`` runs the search with that rule inst
 ``--pipelines``: the tiny FLUX and Wan2.1 pipelines (random weights, K=12, B=4 and 6) instead of the demo.
 
 Goals: the default's calibration loss never above the best plain solver's; held-out PSNR at least +1 dB above the
-best plain solver at B in {8, 10, 14} (+3 dB aimed for); choosing the rule costs at most 1.3x a pinned search's forwards.
+best plain solver at B in {8, 10, 14} (+3 dB aimed for); choosing the rule costs at most 1.3x a pinned
+search's forwards.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import time
@@ -56,13 +56,28 @@ def pipeline_rows(budgets: tuple[int, ...] = (4, 6), steps: int = 12, prompts: i
 
     g = torch.Generator().manual_seed(0)
     cases = {
-        "tiny FLUX": (tiny_flux_pipeline(), [dict(prompt_embeds=torch.randn(1, 8, 32, generator=g),
-                                                 pooled_prompt_embeds=torch.randn(1, 32, generator=g))
-                                            for _ in range(prompts)], dict(height=16, width=16)),
-        "tiny Wan2.1": (tiny_wan_pipeline(), [dict(prompt_embeds=torch.randn(1, 8, 32, generator=g),
-                                                   negative_prompt_embeds=torch.randn(1, 8, 32, generator=g))
-                                              for _ in range(prompts)],
-                        dict(height=16, width=16, num_frames=5, guidance_scale=5.0)),
+        "tiny FLUX": (
+            tiny_flux_pipeline(),
+            [
+                dict(
+                    prompt_embeds=torch.randn(1, 8, 32, generator=g),
+                    pooled_prompt_embeds=torch.randn(1, 32, generator=g),
+                )
+                for _ in range(prompts)
+            ],
+            dict(height=16, width=16),
+        ),
+        "tiny Wan2.1": (
+            tiny_wan_pipeline(),
+            [
+                dict(
+                    prompt_embeds=torch.randn(1, 8, 32, generator=g),
+                    negative_prompt_embeds=torch.randn(1, 8, 32, generator=g),
+                )
+                for _ in range(prompts)
+            ],
+            dict(height=16, width=16, num_frames=5, guidance_scale=5.0),
+        ),
     }
     rows = []
     for name, (pipe, inputs, call) in cases.items():
@@ -71,10 +86,20 @@ def pipeline_rows(budgets: tuple[int, ...] = (4, 6), steps: int = 12, prompts: i
             plan = budcache.search(calib, b, progress=False)
             r = plan.record
             best = min(r.plain_objectives, key=r.plain_objectives.get)
-            rows.append({"pipeline": name, "K": steps, "B": b, "verdict": r.verdict, "objective": r.objective,
-                         "plain": r.plain_objectives, "best_plain": best,
-                         "ratio": round(r.plain_objectives[best] / r.objective, 2) if r.objective > 0 else math.inf,
-                         "rule": plan.rule, "date": time.strftime("%Y-%m-%d")})
+            rows.append(
+                {
+                    "pipeline": name,
+                    "K": steps,
+                    "B": b,
+                    "verdict": r.verdict,
+                    "objective": r.objective,
+                    "plain": r.plain_objectives,
+                    "best_plain": best,
+                    "ratio": round(r.plain_objectives[best] / r.objective, 2) if r.objective > 0 else math.inf,
+                    "rule": plan.rule,
+                    "date": time.strftime("%Y-%m-%d"),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -117,16 +142,30 @@ def main() -> None:
                     plains = {m: v for m, v in psnr.items() if m.startswith("plain ") or m.endswith(f" {b}")}
                     best_held = max(plains, key=plains.get)
                     r = plan.record
-                    row = {"scheduler": scheduler, "K": a.steps, "B": b, "rule": plan.rule, "verdict": r.verdict,
-                           "plan_steps": plan.num_steps, "objective": r.objective, "best_plain": best_plain,
-                           "best_plain_objective": losses[best_plain],
-                           "calib_ratio": round(losses[best_plain] / r.objective, 3) if r.objective > 0 else math.inf,
-                           "never_worse": r.objective <= losses[best_plain], "rules_tried": r.rules_tried,
-                           "held_out_psnr": round(ours, 2), "best_plain_held_out": best_held,
-                           "best_plain_psnr": round(plains[best_held], 2), "margin_db": round(ours - plains[best_held], 2),
-                           "forwards_per_sample": round(r.forwards / r.calibration_size, 1), "spent": r.spent,
-                           "cap": r.cap, "seconds": round(seconds, 1), "pinned": a.pinned,
-                           "date": time.strftime("%Y-%m-%d")}
+                    row = {
+                        "scheduler": scheduler,
+                        "K": a.steps,
+                        "B": b,
+                        "rule": plan.rule,
+                        "verdict": r.verdict,
+                        "plan_steps": plan.num_steps,
+                        "objective": r.objective,
+                        "best_plain": best_plain,
+                        "best_plain_objective": losses[best_plain],
+                        "calib_ratio": round(losses[best_plain] / r.objective, 3) if r.objective > 0 else math.inf,
+                        "never_worse": r.objective <= losses[best_plain],
+                        "rules_tried": r.rules_tried,
+                        "held_out_psnr": round(ours, 2),
+                        "best_plain_held_out": best_held,
+                        "best_plain_psnr": round(plains[best_held], 2),
+                        "margin_db": round(ours - plains[best_held], 2),
+                        "forwards_per_sample": round(r.forwards / r.calibration_size, 1),
+                        "spent": r.spent,
+                        "cap": r.cap,
+                        "seconds": round(seconds, 1),
+                        "pinned": a.pinned,
+                        "date": time.strftime("%Y-%m-%d"),
+                    }
                     print(json.dumps(row), flush=True)
                     sink.write(json.dumps(row) + "\n")
 

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import torch
 
-from budcache.evaluation import metrics
 from budcache.demo.model import load_demo_model, unpack
 from budcache.demo.problem import demo_denoisers, demo_inputs, demo_source
-from budcache.source import HELD_OUT_SEED_OFFSET
+from budcache.evaluation import metrics
 from budcache.plan import RULES, uniform_mask
 from budcache.sampling import euler, linear_sigmas, sample
-from budcache.search import EFFORTS, search_source
 from budcache.sampling.plain import plain_solvers
+from budcache.search import EFFORTS, search_source
+from budcache.source import HELD_OUT_SEED_OFFSET
 
 VARIANTS = {rule: (rule, ()) for rule in RULES} | {"per-step": ("repeat", RULES)}
 
@@ -61,30 +61,43 @@ def main() -> None:
             for name in a.variants:
                 rule, rules = VARIANTS[name]
                 t = time.perf_counter()
-                config = dataclasses.replace(EFFORTS["annealed"], iterations=a.iterations, starts=a.starts, kicks=a.kicks,
-                                             rules=rules)
+                config = dataclasses.replace(
+                    EFFORTS["annealed"], iterations=a.iterations, starts=a.starts, kicks=a.kicks, rules=rules
+                )
                 with demo_source(a.steps, a.calib, held_out=0, reuse=reuse, model=model) as source:
                     plan, _ = search_source(source, b, rule=rule, config=config, progress=False)
                 with demo_denoisers(model, reuse) as make, torch.no_grad():
                     searched = sample(make(labels), noise, sigmas, plan.mask, plan.step_rules)
                     uniform = sample(make(labels), noise, sigmas, uniform_mask(a.steps, b), rule)
                 row[f"{reuse}/{name}"] = {
-                    "searched": {**score(searched), "mask": plan.strip, "kept_rule": plan.rule,
-                                 "per_step_rules": plan.rules},
+                    "searched": {
+                        **score(searched),
+                        "mask": plan.strip,
+                        "kept_rule": plan.rule,
+                        "per_step_rules": plan.rules,
+                    },
                     "uniform": score(uniform),
                     "search_seconds": round(time.perf_counter() - t, 1),
                 }
-                print(f"B={b} {reuse}/{name}: searched {row[f'{reuse}/{name}']['searched']['psnr']:.2f} dB, "
-                      f"uniform {row[f'{reuse}/{name}']['uniform']['psnr']:.2f} dB", flush=True)
+                print(
+                    f"B={b} {reuse}/{name}: searched {row[f'{reuse}/{name}']['searched']['psnr']:.2f} dB, "
+                    f"uniform {row[f'{reuse}/{name}']['uniform']['psnr']:.2f} dB",
+                    flush=True,
+                )
         best_plain = max(row["plain"].items(), key=lambda kv: kv[1]["psnr"])
         best_plan = max(((k, v["searched"]) for k, v in row.items() if k != "plain"), key=lambda kv: kv[1]["psnr"])
         row["summary"] = {
-            "best_plain": best_plain[0], "best_plain_psnr": best_plain[1]["psnr"],
-            "best_plan": best_plan[0], "best_plan_psnr": best_plan[1]["psnr"],
+            "best_plain": best_plain[0],
+            "best_plain_psnr": best_plain[1]["psnr"],
+            "best_plan": best_plan[0],
+            "best_plan_psnr": best_plan[1]["psnr"],
             "margin_db": best_plan[1]["psnr"] - best_plain[1]["psnr"],
         }
-        print(f"B={b}: best plan {best_plan[0]} {best_plan[1]['psnr']:.2f} dB vs best plain "
-              f"{best_plain[0]} {best_plain[1]['psnr']:.2f} dB", flush=True)
+        print(
+            f"B={b}: best plan {best_plan[0]} {best_plan[1]['psnr']:.2f} dB vs best plain "
+            f"{best_plain[0]} {best_plain[1]['psnr']:.2f} dB",
+            flush=True,
+        )
         results["budgets"][str(b)] = row
         a.out.write_text(json.dumps(results, indent=1))
     margins = {b: r["summary"]["margin_db"] for b, r in results["budgets"].items()}

@@ -74,8 +74,14 @@ class CallTimer:
     def __init__(self, modules: list[torch.nn.Module]):
         self.times: list[float] = []
         self._start = 0.0
-        self.handles = [h for m in modules for h in (m.register_forward_pre_hook(lambda *a: self._begin()),
-                                                     m.register_forward_hook(lambda *a: self._end()))]
+        self.handles = [
+            h
+            for m in modules
+            for h in (
+                m.register_forward_pre_hook(lambda *a: self._begin()),
+                m.register_forward_hook(lambda *a: self._end()),
+            )
+        ]
 
     def _begin(self) -> None:
         sync()
@@ -96,7 +102,7 @@ def step_times(case: Case) -> list[float]:
     case.run()
     timer.remove()
     per_step = len(timer.times) // case.steps
-    return [sum(timer.times[i * per_step:(i + 1) * per_step]) for i in range(case.steps)]
+    return [sum(timer.times[i * per_step : (i + 1) * per_step]) for i in range(case.steps)]
 
 
 def experts(pipe: Any) -> list[torch.nn.Module]:
@@ -193,12 +199,19 @@ def measure(case: Case, plan: CachePlan, repeats: int) -> dict:
         out.update(syncs(case, "plan"))
         out["peak_gib_plan"] = peak(case.run)
         out["summary"] = handle.summary()
-    out.update(full_s=full_s, plan_s=plan_s, speedup=full_s / plan_s, full_step_ms=full_step * 1e3,
-               all_ones_s=ones_s, hook_overhead_ms_per_step=(ones_s - full_s) / K * 1e3)
+    out.update(
+        full_s=full_s,
+        plan_s=plan_s,
+        speedup=full_s / plan_s,
+        full_step_ms=full_step * 1e3,
+        all_ones_s=ones_s,
+        hook_overhead_ms_per_step=(ones_s - full_s) / K * 1e3,
+    )
     out["measured_over_ideal"] = out["speedup"] / out["ideal_speedup"]
     if "plan_per_step_in_transformer_calls" in out:
-        out["syncs_added_per_step"] = (out["plan_per_step_in_transformer_calls"]
-                                       - out["full_per_step_in_transformer_calls"])
+        out["syncs_added_per_step"] = (
+            out["plan_per_step_in_transformer_calls"] - out["full_per_step_in_transformer_calls"]
+        )
     return out
 
 
@@ -224,9 +237,18 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(previous)
 
 
-FLUX_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-                num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
-                axes_dims_rope=[16, 56, 56])  # FluxTransformer2DModel of FLUX.1-dev (published config)
+FLUX_DEV = dict(
+    patch_size=1,
+    in_channels=64,
+    num_layers=19,
+    num_single_layers=38,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    pooled_projection_dim=768,
+    guidance_embeds=True,
+    axes_dims_rope=[16, 56, 56],
+)  # FluxTransformer2DModel of FLUX.1-dev (published config)
 
 
 def flux(device: torch.device, dtype: torch.dtype, tiny: bool) -> Case:
@@ -242,14 +264,37 @@ def flux(device: torch.device, dtype: torch.dtype, tiny: bool) -> Case:
         with torch.device(device), default_dtype(dtype):
             transformer = FluxTransformer2DModel(**FLUX_DEV).eval().requires_grad_(False)
             vae = AutoencoderKL(  # tiny, with FLUX's 16 latent channels and 8x downsampling; never run
-                latent_channels=16, block_out_channels=(32,) * 4, down_block_types=("DownEncoderBlock2D",) * 4,
-                up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, norm_num_groups=32)
-        scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
-                                                    max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
-        pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, text_encoder_2=None,
-                            tokenizer_2=None, transformer=transformer)
-        shapes, size, K, B, name = ((1, 512, 4096), (1, 768)), 1024, 28, 10, \
-            "FLUX.1-dev architecture, random bf16, 1024x1024, guidance 3.5"
+                latent_channels=16,
+                block_out_channels=(32,) * 4,
+                down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4,
+                layers_per_block=1,
+                norm_num_groups=32,
+            )
+        scheduler = FlowMatchEulerDiscreteScheduler(
+            shift=3.0,
+            use_dynamic_shifting=True,
+            base_shift=0.5,
+            max_shift=1.15,
+            base_image_seq_len=256,
+            max_image_seq_len=4096,
+        )
+        pipe = FluxPipeline(
+            scheduler=scheduler,
+            vae=vae,
+            text_encoder=None,
+            tokenizer=None,
+            text_encoder_2=None,
+            tokenizer_2=None,
+            transformer=transformer,
+        )
+        shapes, size, K, B, name = (
+            ((1, 512, 4096), (1, 768)),
+            1024,
+            28,
+            10,
+            "FLUX.1-dev architecture, random bf16, 1024x1024, guidance 3.5",
+        )
     pipe.set_progress_bar_config(disable=True)
 
     def prompt(i: int) -> dict:
@@ -260,8 +305,13 @@ def flux(device: torch.device, dtype: torch.dtype, tiny: bool) -> Case:
     call, embeds = dict(height=size, width=size, guidance_scale=3.5), prompt(0)
 
     def run():
-        return pipe(**embeds, **call, num_inference_steps=K, generator=torch.Generator(device).manual_seed(0),
-                    output_type="latent").images
+        return pipe(
+            **embeds,
+            **call,
+            num_inference_steps=K,
+            generator=torch.Generator(device).manual_seed(0),
+            output_type="latent",
+        ).images
 
     return Case(name, pipe, run, K, B, prompt, call)
 
@@ -277,14 +327,35 @@ def wan(device: torch.device, dtype: torch.dtype, tiny: bool, frames: int = 33) 
     else:
         torch.manual_seed(0)
         with torch.device(device), default_dtype(dtype):
-            transformer = WanTransformer3DModel(  # Wan2.1-T2V-1.3B
-                patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
-                text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
-                qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024).eval().requires_grad_(False)
-            vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,  # tiny; never run
-                                   temperal_downsample=[False, True, True])
-        scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
-                                            num_train_timesteps=1000, flow_shift=3.0)
+            transformer = (
+                WanTransformer3DModel(  # Wan2.1-T2V-1.3B
+                    patch_size=(1, 2, 2),
+                    num_attention_heads=12,
+                    attention_head_dim=128,
+                    in_channels=16,
+                    out_channels=16,
+                    text_dim=4096,
+                    freq_dim=256,
+                    ffn_dim=8960,
+                    num_layers=30,
+                    cross_attn_norm=True,
+                    qk_norm="rms_norm_across_heads",
+                    eps=1e-6,
+                    rope_max_seq_len=1024,
+                )
+                .eval()
+                .requires_grad_(False)
+            )
+            vae = AutoencoderKLWan(
+                base_dim=3,
+                z_dim=16,
+                dim_mult=[1, 1, 1, 1],
+                num_res_blocks=1,  # tiny; never run
+                temperal_downsample=[False, True, True],
+            )
+        scheduler = UniPCMultistepScheduler(
+            prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0
+        )
         pipe = WanPipeline(tokenizer=None, text_encoder=None, vae=vae, transformer=transformer, scheduler=scheduler)
         shape, height, width, K, B = (1, 512, 4096), 480, 832, 50, 20
         name = f"Wan2.1-T2V-1.3B architecture, random bf16, 480x832x{frames}, CFG 5"
@@ -298,8 +369,13 @@ def wan(device: torch.device, dtype: torch.dtype, tiny: bool, frames: int = 33) 
     call, embeds = dict(height=height, width=width, num_frames=frames, guidance_scale=5.0), prompt(0)
 
     def run():
-        return pipe(**embeds, **call, num_inference_steps=K, generator=torch.Generator(device).manual_seed(0),
-                    output_type="latent").frames
+        return pipe(
+            **embeds,
+            **call,
+            num_inference_steps=K,
+            generator=torch.Generator(device).manual_seed(0),
+            output_type="latent",
+        ).frames
 
     return Case(name, pipe, run, K, B, prompt, call)
 
@@ -307,8 +383,13 @@ def wan(device: torch.device, dtype: torch.dtype, tiny: bool, frames: int = 33) 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="?", choices=("flux", "wan", "all"), default="all")
-    p.add_argument("--compile", dest="how", choices=("regional", "whole"), default="regional",
-                   help="compile_repeated_blocks(fullgraph=True), or torch.compile(transformer, fullgraph=True)")
+    p.add_argument(
+        "--compile",
+        dest="how",
+        choices=("regional", "whole"),
+        default="regional",
+        help="compile_repeated_blocks(fullgraph=True), or torch.compile(transformer, fullgraph=True)",
+    )
     p.add_argument("--mode", choices=("default", "max-autotune-no-cudagraphs", "reduce-overhead"), default="default")
     p.add_argument("--backend", default=None, help="torch.compile backend (default: inductor; aot_eager with --tiny)")
     p.add_argument("--reuse", choices=("residual", "output"), default="residual")
@@ -324,8 +405,13 @@ def main() -> None:
     for build in {"flux": (flux,), "wan": (wan,), "all": (flux, wan)}[a.model]:
         torch._dynamo.reset()
         case = build(device, dtype, a.tiny)
-        plan = CachePlan(num_steps=case.steps, budget=case.budget, mask=uniform_mask(case.steps, case.budget),
-                         reuse=a.reuse, rule=a.rule)
+        plan = CachePlan(
+            num_steps=case.steps,
+            budget=case.budget,
+            mask=uniform_mask(case.steps, case.budget),
+            reuse=a.reuse,
+            rule=a.rule,
+        )
         with torch.no_grad():
             eager = measure(case, plan, a.repeats)
             start = time.perf_counter()
@@ -335,14 +421,23 @@ def main() -> None:
         compiled["measure_s"] = time.perf_counter() - start
         compiled["speedup_over_eager_full"] = eager["full_s"] / compiled["plan_s"]
         compiled["full_speedup_over_eager_full"] = eager["full_s"] / compiled["full_s"]
-        print(json.dumps({
-            "model": case.name, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-            "torch": torch.__version__, "steps": case.steps, "budget": case.budget,
-            "plan": {"reuse": a.reuse, "rule": a.rule, "mask": "".join(map(str, plan.mask))},
-            "compile": {"how": a.how, "mode": a.mode, "backend": backend, "fullgraph": True},
-            "eager": eager, "compiled": compiled,
-            "goal_compiled_measured_over_ideal_ge_0.95": compiled["measured_over_ideal"] >= 0.95,
-        }), flush=True)
+        print(
+            json.dumps(
+                {
+                    "model": case.name,
+                    "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                    "torch": torch.__version__,
+                    "steps": case.steps,
+                    "budget": case.budget,
+                    "plan": {"reuse": a.reuse, "rule": a.rule, "mask": "".join(map(str, plan.mask))},
+                    "compile": {"how": a.how, "mode": a.mode, "backend": backend, "fullgraph": True},
+                    "eager": eager,
+                    "compiled": compiled,
+                    "goal_compiled_measured_over_ideal_ge_0.95": compiled["measured_over_ideal"] >= 0.95,
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

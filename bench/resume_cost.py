@@ -20,20 +20,36 @@ from pathlib import Path
 
 from budcache.plan import CachePlan
 
-ARGS = ["--threads", "1", "search", "--model", "demo", "--steps", "12", "--budget", "4", "--effort", "thorough",
-        "--no-progress"]
+ARGS = [
+    "--threads",
+    "1",
+    "search",
+    "--model",
+    "demo",
+    "--steps",
+    "12",
+    "--budget",
+    "4",
+    "--effort",
+    "thorough",
+    "--no-progress",
+]
 
 
 def search(out: Path, *extra: str) -> CachePlan:
-    subprocess.run([sys.executable, "-m", "budcache", *ARGS, "--out", str(out), *extra], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "budcache", *ARGS, "--out", str(out), *extra], check=True, capture_output=True
+    )
     return CachePlan.load(out)
 
 
 def killed_at(out: Path, evaluations: int) -> dict:
     """Start the search, SIGKILL it once its checkpoint holds ``evaluations``; the checkpoint then."""
-    proc = subprocess.Popen([sys.executable, "-m", "budcache", *ARGS, "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "budcache", *ARGS, "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     ckpt = out.with_suffix(".checkpoint.json")
     while not (ckpt.exists() and len(json.loads(ckpt.read_text() or "{}").get("memo", {})) >= evaluations):
         if proc.poll() is not None:
@@ -57,8 +73,11 @@ def main() -> None:
     result = {
         "uninterrupted": {"evaluations": whole.record.evaluations, "forwards": whole.record.forwards},
         "checkpoint_at_kill": {"evaluations": len(saved["memo"]), "forwards": saved["forwards"]},
-        "resumed": {"evaluations": resumed.record.evaluations, "forwards": resumed.record.forwards,
-                    "teacher_forwards": 12 * resumed.record.calibration_size},
+        "resumed": {
+            "evaluations": resumed.record.evaluations,
+            "forwards": resumed.record.forwards,
+            "teacher_forwards": 12 * resumed.record.calibration_size,
+        },
         "same_plan": resumed.mask == whole.mask and resumed.record.objective == whole.record.objective,
     }
     print(json.dumps(result, indent=1))

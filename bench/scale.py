@@ -31,12 +31,21 @@ def _port() -> int:
 def run(name: str, launcher: list[str], threads: int, out: Path) -> dict:
     plan_path = out / f"{name}.json"
     start = time.perf_counter()
-    subprocess.run([*launcher, "-m", "budcache.cli", "--threads", str(threads), *ARGS, "--out", str(plan_path)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*launcher, "-m", "budcache.cli", "--threads", str(threads), *ARGS, "--out", str(plan_path)],
+        check=True,
+        capture_output=True,
+    )
     plan = CachePlan.load(plan_path)
-    return {"config": name, "seconds": round(time.perf_counter() - start, 1), "mask": plan.strip,
-            "objective": plan.record.objective, "evaluations": plan.record.evaluations,
-            "forwards": plan.record.forwards, "calibration_size": plan.record.calibration_size}
+    return {
+        "config": name,
+        "seconds": round(time.perf_counter() - start, 1),
+        "mask": plan.strip,
+        "objective": plan.record.objective,
+        "evaluations": plan.record.evaluations,
+        "forwards": plan.record.forwards,
+        "calibration_size": plan.record.calibration_size,
+    }
 
 
 def batched() -> list[dict]:
@@ -55,11 +64,20 @@ def batched() -> list[dict]:
         for group in (1, 8, 32):
             evaluate = Evaluator(demo_batches(make, *demo_inputs(16, 0)), linear_sigmas(20))
             start = time.perf_counter()
-            result = run_search(evaluate, 6, dataclasses.replace(EFFORTS["thorough"], batch_candidates=group), progress=False)
+            result = run_search(
+                evaluate, 6, dataclasses.replace(EFFORTS["thorough"], batch_candidates=group), progress=False
+            )
             seconds = time.perf_counter() - start
-            rows.append({"batch_candidates": group, "mask": "".join("#" if m else "." for m in result.mask),
-                         "evaluations": evaluate.evaluations, "forwards": evaluate.forwards,
-                         "seconds": round(seconds, 1), "evaluations_per_second": round(evaluate.evaluations / seconds, 1)})
+            rows.append(
+                {
+                    "batch_candidates": group,
+                    "mask": "".join("#" if m else "." for m in result.mask),
+                    "evaluations": evaluate.evaluations,
+                    "forwards": evaluate.forwards,
+                    "seconds": round(seconds, 1),
+                    "evaluations_per_second": round(evaluate.evaluations / seconds, 1),
+                }
+            )
     return rows
 
 
@@ -69,13 +87,18 @@ def main() -> None:
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_port())]
-    rows = [run("1 process, 1 thread", [sys.executable], 1, a.out),
-            run("1 process, 2 threads", [sys.executable], 2, a.out),
-            run("2 processes (torchrun, gloo), 1 thread each", torchrun, 1, a.out)]
+    rows = [
+        run("1 process, 1 thread", [sys.executable], 1, a.out),
+        run("1 process, 2 threads", [sys.executable], 2, a.out),
+        run("2 processes (torchrun, gloo), 1 thread each", torchrun, 1, a.out),
+    ]
     same = len({r["mask"] for r in rows}) == 1
-    result = {"rows": rows, "identical_plans": same,
-              "speedup_2_processes_vs_1": round(rows[0]["seconds"] / rows[2]["seconds"], 2),
-              "batched_candidates": batched()}
+    result = {
+        "rows": rows,
+        "identical_plans": same,
+        "speedup_2_processes_vs_1": round(rows[0]["seconds"] / rows[2]["seconds"], 2),
+        "batched_candidates": batched(),
+    }
     (a.out / "scale.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
     assert same, "the distributed search must find the single-process plan"

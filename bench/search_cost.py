@@ -26,9 +26,9 @@ from pathlib import Path
 
 import _root  # noqa: F401  (tests.fixtures)
 import torch
-import budcache
 from matplotlib.figure import Figure
 
+import budcache
 from budcache.demo.problem import demo_source
 from budcache.evaluation.compare import static_outputs
 from budcache.evaluation.metrics import psnr
@@ -53,34 +53,53 @@ def best_within(curve: list, spent: float) -> float:
 
 def demo_row(source, k: int, b: int, rule: str, efforts: list[str], curve_cap: float) -> dict:
     """The default as ``budcache search`` runs it at its cap and at ``curve_cap``, then the other efforts."""
+
     def make():
         return Evaluator(source.batches("calib"), source.solver, rule=rule)
 
     out = {}
     for cap in (None, curve_cap):
         evaluate, start = make(), time.perf_counter()
-        plan, result = search_plan(evaluate, b, reuse=source.reuse, config=dataclasses.replace(EFFORTS["default"],
-                                   max_forwards=cap), euler_sigmas=source.fewer(b), progress=False)
+        plan, result = search_plan(
+            evaluate,
+            b,
+            reuse=source.reuse,
+            config=dataclasses.replace(EFFORTS["default"], max_forwards=cap),
+            euler_sigmas=source.fewer(b),
+            progress=False,
+        )
         out["default" if cap is None else "default_curve"] = {
-            "loss": result.loss, "mask": text(result.mask), "forwards_per_sample": round(plan.record.spent, 1),
-            "cap": plan.record.cap, "masks": evaluate.evaluations, "seconds": round(time.perf_counter() - start, 1),
-            "curve": thin(result.curve)}
+            "loss": result.loss,
+            "mask": text(result.mask),
+            "forwards_per_sample": round(plan.record.spent, 1),
+            "cap": plan.record.cap,
+            "masks": evaluate.evaluations,
+            "seconds": round(time.perf_counter() - start, 1),
+            "curve": thin(result.curve),
+        }
     searched = out["default"]["curve"][-1][0]
     out["nested"] = best_within(out["default_curve"]["curve"], searched) == out["default"]["loss"]
     for name in efforts:
         if name != "default":
             evaluate, start = make(), time.perf_counter()
             result = run_search(evaluate, b, EFFORTS[name], progress=False)
-            out[name] = {"loss": result.loss, "mask": text(result.mask), "forwards_per_sample": round(result.spent, 1),
-                         "masks": evaluate.evaluations, "seconds": round(time.perf_counter() - start, 1),
-                         "curve": thin(result.curve)}
+            out[name] = {
+                "loss": result.loss,
+                "mask": text(result.mask),
+                "forwards_per_sample": round(result.spent, 1),
+                "masks": evaluate.evaluations,
+                "seconds": round(time.perf_counter() - start, 1),
+                "curve": thin(result.curve),
+            }
     return out
 
 
 def held_out_psnr(source, full: torch.Tensor, rule: str, masks: dict[str, str]) -> dict[str, float]:
     """PSNR of each mask's held-out outputs against full compute (``full``, computed once per source)."""
-    return {name: round(psnr(static_outputs(source, "eval", source.solver, [int(c == "#") for c in m], rule), full), 3)
-            for name, m in masks.items()}
+    return {
+        name: round(psnr(static_outputs(source, "eval", source.solver, [int(c == "#") for c in m], rule), full), 3)
+        for name, m in masks.items()
+    }
 
 
 def gmm_rows(budgets: list[int], seeds: int, caps: list[float], efforts: list[str]) -> list[dict]:
@@ -98,22 +117,39 @@ def gmm_rows(budgets: list[int], seeds: int, caps: list[float], efforts: list[st
             optimum, mask = euler_optimum(gmm, noise, sigmas, b)
             evaluate = make()
             optimum = min(optimum, evaluate(mask))  # the evaluator's own arithmetic
-            result = run_search(make(), b, dataclasses.replace(EFFORTS["default"], max_forwards=max(caps)),
-                                progress=False)
-            row = {"model": "gmm", "K": 20, "B": b, "rule": "repeat", "seed": seed, "best_known": optimum,
-                   "optimum_mask": text(mask), "default_curve": {"curve": thin(result.curve)}}
+            result = run_search(
+                make(), b, dataclasses.replace(EFFORTS["default"], max_forwards=max(caps)), progress=False
+            )
+            row = {
+                "model": "gmm",
+                "K": 20,
+                "B": b,
+                "rule": "repeat",
+                "seed": seed,
+                "best_known": optimum,
+                "optimum_mask": text(mask),
+                "default_curve": {"curve": thin(result.curve)},
+            }
             for cap in caps:
                 loss = best_within(result.curve, cap)
                 row[f"default@{cap:g}"] = {"loss": loss, "ratio": round(loss / optimum, 4), "cap": cap}
             for name in efforts:
                 if name != "default":
                     r = run_search(make(), b, EFFORTS[name], progress=False)
-                    row[name] = {"loss": r.loss, "ratio": round(r.loss / optimum, 4),
-                                 "forwards_per_sample": round(r.spent, 1), "curve": thin(r.curve)}
+                    row[name] = {
+                        "loss": r.loss,
+                        "ratio": round(r.loss / optimum, 4),
+                        "forwards_per_sample": round(r.spent, 1),
+                        "curve": thin(r.curve),
+                    }
             rows.append(row)
-            print(json.dumps({k: v for k, v in row.items() if k != "default_curve"} | {
-                n: {f: x for f, x in v.items() if f != "curve"} for n, v in row.items() if isinstance(v, dict)}),
-                flush=True)
+            print(
+                json.dumps(
+                    {k: v for k, v in row.items() if k != "default_curve"}
+                    | {n: {f: x for f, x in v.items() if f != "curve"} for n, v in row.items() if isinstance(v, dict)}
+                ),
+                flush=True,
+            )
     return rows
 
 
@@ -122,7 +158,9 @@ def pipeline_rows(prompts: int, efforts: list[str]) -> list[dict]:
     step), through ``budcache.search``: forwards per prompt and the objective's ratio to the best of them."""
     torch.manual_seed(0)
     pipe = tiny_flux_pipeline()
-    inputs = [dict(prompt_embeds=torch.randn(1, 8, 32), pooled_prompt_embeds=torch.randn(1, 32)) for _ in range(prompts)]
+    inputs = [
+        dict(prompt_embeds=torch.randn(1, 8, 32), pooled_prompt_embeds=torch.randn(1, 32)) for _ in range(prompts)
+    ]
     calib = budcache.calibrate(pipe, inputs, 28, progress=False, height=16, width=16)
     rows = []
     for rule in ("repeat", "extrapolate"):
@@ -130,12 +168,25 @@ def pipeline_rows(prompts: int, efforts: list[str]) -> list[dict]:
         for name in dict.fromkeys(["default", *efforts]):
             start = time.perf_counter()
             plan = budcache.search(calib, 10, rule=rule, config=EFFORTS[name], progress=False)
-            found[name] = {"loss": plan.record.objective, "forwards_per_prompt": round(plan.record.forwards / prompts, 1),
-                           "cap": plan.record.cap, "masks": plan.record.evaluations,
-                           "seconds": round(time.perf_counter() - start, 1)}
+            found[name] = {
+                "loss": plan.record.objective,
+                "forwards_per_prompt": round(plan.record.forwards / prompts, 1),
+                "cap": plan.record.cap,
+                "masks": plan.record.evaluations,
+                "seconds": round(time.perf_counter() - start, 1),
+            }
         best = min(v["loss"] for v in found.values())
-        rows.append({"model": "tiny FLUX pipeline", "K": 28, "B": 10, "rule": rule, "prompts": prompts,
-                     "best_known": best, **{n: {**v, "ratio": round(v["loss"] / best, 4)} for n, v in found.items()}})
+        rows.append(
+            {
+                "model": "tiny FLUX pipeline",
+                "K": 28,
+                "B": 10,
+                "rule": rule,
+                "prompts": prompts,
+                "best_known": best,
+                **{n: {**v, "ratio": round(v["loss"] / best, 4)} for n, v in found.items()},
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -163,7 +214,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_xlabel("forwards per sample (dotted: default cap)")
         ax.set_ylabel("best / best known")
         ax.legend(fontsize=7)
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -200,12 +251,21 @@ def gpu_rows(a: argparse.Namespace) -> list[dict]:
             real_scale.sync()
             search_s = time.perf_counter() - start
             forwards = plan.record.forwards  # summed over the prompts
-            row = {"model": case.name, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                   "K": case.steps, "B": case.budget, "prompts": a.gpu_prompts, "effort": name,
-                   "step_s": round(step_s, 4), "calibrate_s": round(calibrate_s, 1), "search_s": round(search_s, 1),
-                   "total_min": round((calibrate_s + search_s) / 60, 2),
-                   "forwards_per_prompt": round(forwards / a.gpu_prompts, 1),
-                   "outside_forwards_share": round(1 - forwards * step_s / search_s, 4), "mask": "".join("#" if m else "." for m in plan.mask)}
+            row = {
+                "model": case.name,
+                "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                "K": case.steps,
+                "B": case.budget,
+                "prompts": a.gpu_prompts,
+                "effort": name,
+                "step_s": round(step_s, 4),
+                "calibrate_s": round(calibrate_s, 1),
+                "search_s": round(search_s, 1),
+                "total_min": round((calibrate_s + search_s) / 60, 2),
+                "forwards_per_prompt": round(forwards / a.gpu_prompts, 1),
+                "outside_forwards_share": round(1 - forwards * step_s / search_s, 4),
+                "mask": "".join("#" if m else "." for m in plan.mask),
+            }
             print(json.dumps(row), flush=True)
             rows.append(row)
     return rows
@@ -215,23 +275,42 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--budgets", type=int, nargs="+", default=[6, 8, 10])
     p.add_argument("--calib", type=int, default=32)
-    p.add_argument("--efforts", nargs="+", choices=list(EFFORTS), default=["default", "thorough"],
-                   help="the efforts to run (thorough: about 40 min at K=28 here; long: about an hour)")
+    p.add_argument(
+        "--efforts",
+        nargs="+",
+        choices=list(EFFORTS),
+        default=["default", "thorough"],
+        help="the efforts to run (thorough: about 40 min at K=28 here; long: about an hour)",
+    )
     p.add_argument("--curve-cap", type=float, default=1000, help="the default's anytime curve runs to this cap")
     p.add_argument("--k50", action="store_true", help="also K=50, B in {14, 20} (with --k50-calib samples)")
     p.add_argument("--k50-calib", type=int, default=16)
     p.add_argument("--skip-k28", action="store_true")
     p.add_argument("--held-out", action="store_true", help="held-out PSNR of the default's and the best plans")
     p.add_argument("--skip-demo", action="store_true")
-    p.add_argument("--pipeline-prompts", type=int, default=0,
-                   help="also the tiny FLUX pipeline with this many prompts (forwards per prompt)")
+    p.add_argument(
+        "--pipeline-prompts",
+        type=int,
+        default=0,
+        help="also the tiny FLUX pipeline with this many prompts (forwards per prompt)",
+    )
     p.add_argument("--gmm-seeds", type=int, default=10)
     p.add_argument("--gmm-caps", type=float, nargs="+", default=[default_cap(20, 6), 1000])
-    p.add_argument("--reference", type=Path, nargs="*", default=[],
-                   help="earlier outputs of this benchmark whose runs count too (best-known objectives, curves)")
-    p.add_argument("--gpu", action="store_true",
-                   help="only the real-scale timing on a CUDA GPU (FLUX.1-dev, Wan2.1-1.3B; random bf16 weights)")
-    p.add_argument("--tiny", action="store_true", help="with --gpu: a CPU smoke run on tiny configs (no figure of value)")
+    p.add_argument(
+        "--reference",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="earlier outputs of this benchmark whose runs count too (best-known objectives, curves)",
+    )
+    p.add_argument(
+        "--gpu",
+        action="store_true",
+        help="only the real-scale timing on a CUDA GPU (FLUX.1-dev, Wan2.1-1.3B; random bf16 weights)",
+    )
+    p.add_argument(
+        "--tiny", action="store_true", help="with --gpu: a CPU smoke run on tiny configs (no figure of value)"
+    )
     p.add_argument("--gpu-prompts", type=int, default=16)
     p.add_argument("--wan-frames", type=int, default=33, help="with --gpu: Wan2.1 frames (4n+1)")
     p.add_argument("--threads", type=int, default=1)
@@ -249,10 +328,18 @@ def main() -> None:
     for path in a.reference:
         for r in json.loads(path.read_text())["rows"]:
             if r["model"] == "demo":
-                runs = {n: v for n, v in r.items() if isinstance(v, dict) and "mask" in v and n not in ("default", "default_curve")}
+                runs = {
+                    n: v
+                    for n, v in r.items()
+                    if isinstance(v, dict) and "mask" in v and n not in ("default", "default_curve")
+                }
                 known.setdefault((r["K"], r["B"], r["rule"]), {}).update(runs)
-    settings = [] if a.skip_demo else ([] if a.skip_k28 else [(28, a.calib, b) for b in a.budgets]) + (
-        [(50, a.k50_calib, 14), (50, a.k50_calib, 20)] if a.k50 else [])
+    settings = (
+        []
+        if a.skip_demo
+        else ([] if a.skip_k28 else [(28, a.calib, b) for b in a.budgets])
+        + ([(50, a.k50_calib, 14), (50, a.k50_calib, 20)] if a.k50 else [])
+    )
     rows = []
     for k, n, b in settings:
         with demo_source(k, n, validation=0, held_out=100 if a.held_out else 0) as source:
@@ -260,16 +347,33 @@ def main() -> None:
             for rule in ("repeat", "extrapolate"):
                 runs = {**known.get((k, b, rule), {}), **demo_row(source, k, b, rule, a.efforts, a.curve_cap)}
                 best = min(v["loss"] for v in runs.values() if isinstance(v, dict))
-                row = {"model": "demo", "K": k, "B": b, "rule": rule, "calibration": n, "best_known": best,
-                       **{name: {**v, "ratio": round(v["loss"] / best, 4)} if isinstance(v, dict) else v
-                          for name, v in runs.items()}}
+                row = {
+                    "model": "demo",
+                    "K": k,
+                    "B": b,
+                    "rule": rule,
+                    "calibration": n,
+                    "best_known": best,
+                    **{
+                        name: {**v, "ratio": round(v["loss"] / best, 4)} if isinstance(v, dict) else v
+                        for name, v in runs.items()
+                    },
+                }
                 if a.held_out:
                     best_mask = min((v for v in runs.values() if isinstance(v, dict)), key=lambda v: v["loss"])["mask"]
-                    row["held_out_psnr"] = held_out_psnr(source, full, rule, {"default": row["default"]["mask"],
-                                                                              "best known": best_mask})
+                    row["held_out_psnr"] = held_out_psnr(
+                        source, full, rule, {"default": row["default"]["mask"], "best known": best_mask}
+                    )
                 rows.append(row)
-                print(json.dumps({f: {g: x for g, x in v.items() if g != "curve"} if isinstance(v, dict) else v
-                                  for f, v in row.items()}), flush=True)
+                print(
+                    json.dumps(
+                        {
+                            f: {g: x for g, x in v.items() if g != "curve"} if isinstance(v, dict) else v
+                            for f, v in row.items()
+                        }
+                    ),
+                    flush=True,
+                )
     if a.gmm_seeds:
         rows += gmm_rows(a.budgets, a.gmm_seeds, a.gmm_caps, a.efforts)
     if a.pipeline_prompts:
@@ -281,8 +385,9 @@ def main() -> None:
             if isinstance(v, dict) and "ratio" in v:
                 s = summary.setdefault(key, {}).setdefault(name, {"worst_ratio": 0.0, "most_forwards": 0.0})
                 s["worst_ratio"] = max(s["worst_ratio"], v["ratio"])
-                s["most_forwards"] = max(s["most_forwards"], v.get("forwards_per_sample", v.get("forwards_per_prompt",
-                                                                                                  v.get("cap", 0.0))))
+                s["most_forwards"] = max(
+                    s["most_forwards"], v.get("forwards_per_sample", v.get("forwards_per_prompt", v.get("cap", 0.0)))
+                )
     print(json.dumps({"summary": summary}, indent=1))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({"rows": rows, "summary": summary}, indent=1))

@@ -20,22 +20,28 @@ import torch
 
 from budcache.demo.model import load_demo_model
 from budcache.demo.problem import demo_batches, demo_denoisers, demo_inputs
-from tests.fixtures.gmm import GaussianMixtureFlow
 from budcache.plan import uniform_mask
 from budcache.sampling import OutputDenoiser, linear_sigmas
 from budcache.search import EFFORTS, Batch, Evaluator, SearchConfig, exhaustive, run_search
+from tests.fixtures.gmm import GaussianMixtureFlow
 
 
-def bench_model(name: str, make_evaluator, steps: int, budgets: list[int], seeds: int, config: SearchConfig,
-                save) -> dict:
+def bench_model(
+    name: str, make_evaluator, steps: int, budgets: list[int], seeds: int, config: SearchConfig, save
+) -> dict:
     out = {"model": name, "steps": steps, "budgets": {}}
     for b in budgets:
         ev = make_evaluator()
         t = time.perf_counter()
         opt = exhaustive(ev, b, progress=False)
         row = {
-            "exhaustive": {"loss": opt.loss, "mask": "".join("#" if m else "." for m in opt.mask),
-                           "masks": ev.evaluations, "forwards": ev.forwards, "seconds": round(time.perf_counter() - t, 1)},
+            "exhaustive": {
+                "loss": opt.loss,
+                "mask": "".join("#" if m else "." for m in opt.mask),
+                "masks": ev.evaluations,
+                "forwards": ev.forwards,
+                "seconds": round(time.perf_counter() - t, 1),
+            },
             "uniform_mask_loss": ev(uniform_mask(steps, b)),
             "plain_euler_loss": ev.schedule_loss(linear_sigmas(b)),
         }
@@ -61,8 +67,10 @@ def bench_model(name: str, make_evaluator, steps: int, budgets: list[int], seeds
         }
         out["budgets"][str(b)] = row
         save(out)
-        print(f"{name} B={b}: worst ratio {max(ratios):.4f}, prefix saving "
-              f"{row['search']['prefix_reuse_saving']:.2f}x", flush=True)
+        print(
+            f"{name} B={b}: worst ratio {max(ratios):.4f}, prefix saving {row['search']['prefix_reuse_saving']:.2f}x",
+            flush=True,
+        )
     return out
 
 
@@ -73,8 +81,12 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--calib", type=int, default=16, help="demo calibration samples")
     p.add_argument("--reuse", choices=("residual", "output"), default="residual")
-    p.add_argument("--effort", choices=list(EFFORTS), default="thorough",
-                   help="the search effort (default thorough: the README's figures were measured with it)")
+    p.add_argument(
+        "--effort",
+        choices=list(EFFORTS),
+        default="thorough",
+        help="the search effort (default thorough: the README's figures were measured with it)",
+    )
     p.add_argument("--iterations", type=int, default=None, help="override the effort's annealing proposals")
     p.add_argument("--starts", type=int, default=None, help="override the effort's starts")
     p.add_argument("--skip-demo", action="store_true")
@@ -82,8 +94,9 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("bench-out/search_optimality.json"))
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    config = dataclasses.replace(EFFORTS[a.effort], **{k: v for k, v in (("iterations", a.iterations),
-                                                                           ("starts", a.starts)) if v is not None})
+    config = dataclasses.replace(
+        EFFORTS[a.effort], **{k: v for k, v in (("iterations", a.iterations), ("starts", a.starts)) if v is not None}
+    )
     sigmas = linear_sigmas(a.steps)
     results = {"config": {**vars(a), "out": str(a.out)}, "models": []}
     a.out.parent.mkdir(parents=True, exist_ok=True)
@@ -94,17 +107,33 @@ def main() -> None:
 
     gmm = GaussianMixtureFlow(dim=16, components=6, seed=0)
     x = gmm.noise(64, 0)
-    results["models"].append(bench_model(
-        "gaussian-mixture (analytic, output reuse)",
-        lambda: Evaluator([Batch(OutputDenoiser(gmm), x)], sigmas), a.steps, a.budgets, a.seeds, config, save))
+    results["models"].append(
+        bench_model(
+            "gaussian-mixture (analytic, output reuse)",
+            lambda: Evaluator([Batch(OutputDenoiser(gmm), x)], sigmas),
+            a.steps,
+            a.budgets,
+            a.seeds,
+            config,
+            save,
+        )
+    )
 
     if not a.skip_demo:
         model = load_demo_model()
         noise, labels = demo_inputs(a.calib, 0)
         with demo_denoisers(model, a.reuse) as make:
-            results["models"].append(bench_model(
-                f"demo DigitsFlux ({a.reuse} reuse, {a.calib} calibration samples)",
-                lambda: Evaluator(demo_batches(make, noise, labels), sigmas), a.steps, a.budgets, a.seeds, config, save))
+            results["models"].append(
+                bench_model(
+                    f"demo DigitsFlux ({a.reuse} reuse, {a.calib} calibration samples)",
+                    lambda: Evaluator(demo_batches(make, noise, labels), sigmas),
+                    a.steps,
+                    a.budgets,
+                    a.seeds,
+                    config,
+                    save,
+                )
+            )
 
     rows = [r for m in results["models"] for r in m["budgets"].values()]
     results["goals"] = {

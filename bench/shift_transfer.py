@@ -38,9 +38,20 @@ def demo_rows(shifts: list[float], steps: int, budget: int, calib: int, held_out
             for searched, plan in plans.items():
                 loss = evaluate(encode(plan.mask, plan.rule))
                 x = static_outputs(source, "eval", source.solver, plan.mask, plan.rule)
-                rows.append({"model": "demo", "K": steps, "B": budget, "searched_at": searched, "applied_at": target,
-                             "rule": plan.rule, "loss": loss, "ratio": round(loss / own, 3),
-                             "psnr": round(metrics.psnr(x, teacher), 2), "date": time.strftime("%Y-%m-%d")})
+                rows.append(
+                    {
+                        "model": "demo",
+                        "K": steps,
+                        "B": budget,
+                        "searched_at": searched,
+                        "applied_at": target,
+                        "rule": plan.rule,
+                        "loss": loss,
+                        "ratio": round(loss / own, 3),
+                        "psnr": round(metrics.psnr(x, teacher), 2),
+                        "date": time.strftime("%Y-%m-%d"),
+                    }
+                )
                 print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -57,26 +68,48 @@ def demo_mixed_rows(shifts: list[float], steps: int, budget: int, calib: int, he
         with demo_source(steps, calib, held_out=held_out, shift=target) as source:
             evaluate = source_evaluator(source, "calib", config=_choose())
             teacher = static_outputs(source, "eval", source.solver, [1] * steps, "repeat")
-            psnr = {name: metrics.psnr(static_outputs(source, "eval", source.solver, p.mask, p.rule), teacher)
-                    for name, p in (("own", own), ("mixed", mixed))}
+            psnr = {
+                name: metrics.psnr(static_outputs(source, "eval", source.solver, p.mask, p.rule), teacher)
+                for name, p in (("own", own), ("mixed", mixed))
+            }
             rows.append(_mixed_row("demo", steps, budget, shifts, target, mixed, own, evaluate, psnr))
     return rows
 
 
 def _mixed_row(model, steps, budget, searched, target, mixed, own, evaluate, psnr) -> dict:
     loss = {name: evaluate(encode(p.mask, p.rule)) for name, p in (("own", own), ("mixed", mixed))}
-    row = {"model": model, "K": steps, "B": budget, "mixed_over": searched, "applied_at": target,
-           "mixed_rule": mixed.rule, "own_rule": own.rule, "mixed_mask": mixed.strip, "own_mask": own.strip,
-           "loss_own": loss["own"], "loss_mixed": loss["mixed"], "ratio": round(loss["mixed"] / loss["own"], 3),
-           **({"psnr_own": round(psnr["own"], 2), "psnr_mixed": round(psnr["mixed"], 2),
-               "psnr_delta": round(psnr["mixed"] - psnr["own"], 2)} if psnr else {}),
-           "effort": EFFORT, "date": time.strftime("%Y-%m-%d")}
+    row = {
+        "model": model,
+        "K": steps,
+        "B": budget,
+        "mixed_over": searched,
+        "applied_at": target,
+        "mixed_rule": mixed.rule,
+        "own_rule": own.rule,
+        "mixed_mask": mixed.strip,
+        "own_mask": own.strip,
+        "loss_own": loss["own"],
+        "loss_mixed": loss["mixed"],
+        "ratio": round(loss["mixed"] / loss["own"], 3),
+        **(
+            {
+                "psnr_own": round(psnr["own"], 2),
+                "psnr_mixed": round(psnr["mixed"], 2),
+                "psnr_delta": round(psnr["mixed"] - psnr["own"], 2),
+            }
+            if psnr
+            else {}
+        ),
+        "effort": EFFORT,
+        "date": time.strftime("%Y-%m-%d"),
+    }
     print(json.dumps(row), flush=True)
     return row
 
 
-def pipeline_mixed_rows(sizes: list[tuple[int, int]], steps: int, budget: int, prompts: int,
-                        held_out: int) -> list[dict]:
+def pipeline_mixed_rows(
+    sizes: list[tuple[int, int]], steps: int, budget: int, prompts: int, held_out: int
+) -> list[dict]:
     """The tiny FLUX pipeline: one plan searched on every size together (``calibrate(..., sizes=...)``) against
     each size's own plan, on that size's calibration captures and on held-out captures (other prompts and seeds)."""
     import budcache
@@ -85,8 +118,9 @@ def pipeline_mixed_rows(sizes: list[tuple[int, int]], steps: int, budget: int, p
 
     pipe = tiny_flux_pipeline()
     inputs, others = _flux_inputs(prompts, 0), _flux_inputs(held_out, 1)
-    mixed = budcache.search(budcache.calibrate(pipe, inputs, steps, sizes=sizes, progress=False), budget,
-                            config=_choose(), progress=False)
+    mixed = budcache.search(
+        budcache.calibrate(pipe, inputs, steps, sizes=sizes, progress=False), budget, config=_choose(), progress=False
+    )
     rows = []
     for size in sizes:
         calib = budcache.calibrate(pipe, inputs, steps, progress=False, height=size[0], width=size[1])
@@ -95,17 +129,32 @@ def pipeline_mixed_rows(sizes: list[tuple[int, int]], steps: int, budget: int, p
         with pipeline_source(calib, held_out=held) as source:
             evaluate = source_evaluator(source, "calib", config=_choose())
             teacher = static_outputs(source, "eval", source.solver, [1] * steps, "repeat")
-            psnr = {name: metrics.psnr(static_outputs(source, "eval", source.solver, p.mask, p.rule), teacher)
-                    for name, p in (("own", own), ("mixed", mixed))}
-            rows.append(_mixed_row("tiny FLUX", steps, budget, ["x".join(map(str, s)) for s in sizes],
-                                   "x".join(map(str, size)), mixed, own, evaluate, psnr))
+            psnr = {
+                name: metrics.psnr(static_outputs(source, "eval", source.solver, p.mask, p.rule), teacher)
+                for name, p in (("own", own), ("mixed", mixed))
+            }
+            rows.append(
+                _mixed_row(
+                    "tiny FLUX",
+                    steps,
+                    budget,
+                    ["x".join(map(str, s)) for s in sizes],
+                    "x".join(map(str, size)),
+                    mixed,
+                    own,
+                    evaluate,
+                    psnr,
+                )
+            )
     return rows
 
 
 def _flux_inputs(n: int, seed: int) -> list[dict]:
     g = torch.Generator().manual_seed(seed)
-    return [dict(prompt_embeds=torch.randn(1, 8, 32, generator=g), pooled_prompt_embeds=torch.randn(1, 32, generator=g))
-            for _ in range(n)]
+    return [
+        dict(prompt_embeds=torch.randn(1, 8, 32, generator=g), pooled_prompt_embeds=torch.randn(1, 32, generator=g))
+        for _ in range(n)
+    ]
 
 
 EFFORT = "default"  # the named search effort of every search here (--effort)
@@ -127,8 +176,9 @@ def pipeline_rows(sizes: list[tuple[int, int]], steps: int, budget: int, prompts
 
     pipe = tiny_flux_pipeline()
     inputs = _flux_inputs(prompts, 0)
-    calibs = {size: budcache.calibrate(pipe, inputs, steps, progress=False, height=size[0], width=size[1])
-              for size in sizes}
+    calibs = {
+        size: budcache.calibrate(pipe, inputs, steps, progress=False, height=size[0], width=size[1]) for size in sizes
+    }
     plans = {size: budcache.search(calib, budget, progress=False) for size, calib in calibs.items()}
     rows = []
     for target, calib in calibs.items():
@@ -137,10 +187,20 @@ def pipeline_rows(sizes: list[tuple[int, int]], steps: int, budget: int, prompts
             own = evaluate(encode(plans[target].mask, plans[target].rule))
             for searched, plan in plans.items():
                 loss = evaluate(encode(plan.mask, plan.rule))
-                rows.append({"model": "tiny FLUX", "K": steps, "B": budget, "searched_at": "x".join(map(str, searched)),
-                             "applied_at": "x".join(map(str, target)), "mu_sigma1": round(calib.sigmas[1], 4),
-                             "rule": plan.rule, "loss": loss, "ratio": round(loss / own, 3),
-                             "date": time.strftime("%Y-%m-%d")})
+                rows.append(
+                    {
+                        "model": "tiny FLUX",
+                        "K": steps,
+                        "B": budget,
+                        "searched_at": "x".join(map(str, searched)),
+                        "applied_at": "x".join(map(str, target)),
+                        "mu_sigma1": round(calib.sigmas[1], 4),
+                        "rule": plan.rule,
+                        "loss": loss,
+                        "ratio": round(loss / own, 3),
+                        "date": time.strftime("%Y-%m-%d"),
+                    }
+                )
                 print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -153,8 +213,11 @@ def main() -> None:
     p.add_argument("--calib", type=int, default=16)
     p.add_argument("--held-out", type=int, default=100)
     p.add_argument("--pipeline", action="store_true", help="the tiny FLUX pipeline at 16x16, 16x32, 32x32 instead")
-    p.add_argument("--mixed", action="store_true", help="one plan searched on every shift (size) together against "
-                   "each one's own plan")
+    p.add_argument(
+        "--mixed",
+        action="store_true",
+        help="one plan searched on every shift (size) together against each one's own plan",
+    )
     p.add_argument("--effort", default="default", help="the named search effort of every search (default: default)")
     p.add_argument("--out", type=Path, default=Path("bench-out/shift_transfer.jsonl"))
     a = p.parse_args()
@@ -164,11 +227,17 @@ def main() -> None:
     a.out.parent.mkdir(parents=True, exist_ok=True)
     sizes = [(16, 16), (16, 32), (32, 32)]
     if a.mixed:
-        rows = (pipeline_mixed_rows(sizes, 12, 4, 4, 8) if a.pipeline else
-                demo_mixed_rows(a.shifts, a.steps, a.budget, a.calib, a.held_out))
+        rows = (
+            pipeline_mixed_rows(sizes, 12, 4, 4, 8)
+            if a.pipeline
+            else demo_mixed_rows(a.shifts, a.steps, a.budget, a.calib, a.held_out)
+        )
     else:
-        rows = (pipeline_rows(sizes, 12, 4, 4) if a.pipeline else
-                demo_rows(a.shifts, a.steps, a.budget, a.calib, a.held_out))
+        rows = (
+            pipeline_rows(sizes, 12, 4, 4)
+            if a.pipeline
+            else demo_rows(a.shifts, a.steps, a.budget, a.calib, a.held_out)
+        )
     with a.out.open("a") as sink:
         sink.writelines(json.dumps(r) + "\n" for r in rows)
 

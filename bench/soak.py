@@ -74,24 +74,35 @@ def _configs() -> dict[str, CachePlan | PlanSet | None]:
         "r8-ext": CachePlan(num_steps=8, budget=4, mask=[1, 1, 0, 1, 0, 0, 1, 0], rule="extrapolate"),
         "r8-ext2": CachePlan(num_steps=8, budget=4, mask=[1, 1, 1, 0, 0, 1, 0, 0], rule="extrapolate2"),
         "r8-rules": CachePlan(num_steps=8, budget=4, mask=[1, 1, 0, 1, 0, 0, 1, 0], rules=rules),
-        "r6-sigmas": CachePlan(num_steps=6, budget=3, mask=[1, 0, 1, 0, 1, 0], rule="extrapolate",
-                               sigmas=[1.0, 0.9, 0.7, 0.45, 0.3, 0.15, 0.0]),
+        "r6-sigmas": CachePlan(
+            num_steps=6,
+            budget=3,
+            mask=[1, 0, 1, 0, 1, 0],
+            rule="extrapolate",
+            sigmas=[1.0, 0.9, 0.7, 0.45, 0.3, 0.15, 0.0],
+        ),
         "r6-full": CachePlan(num_steps=6, budget=6, mask=[1] * 6),
-        "o6-ext": CachePlan(num_steps=6, budget=3, mask=budcache.uniform_mask(6, 3), reuse="output",
-                            rule="extrapolate"),
+        "o6-ext": CachePlan(
+            num_steps=6, budget=3, mask=budcache.uniform_mask(6, 3), reuse="output", rule="extrapolate"
+        ),
         "o6-repeat": CachePlan(num_steps=6, budget=2, mask=[1, 0, 0, 1, 0, 0], reuse="output"),
-        "o10-ext2": CachePlan(num_steps=10, budget=5, mask=[1, 1, 0, 1, 0, 1, 0, 1, 0, 0], reuse="output",
-                              rule="extrapolate2"),
-        "set-res": PlanSet([
-            CachePlan(num_steps=6, budget=2, mask=budcache.uniform_mask(6, 2)),
-            CachePlan(num_steps=6, budget=3, mask=[1, 1, 0, 0, 1, 0], rule="extrapolate"),
-            CachePlan(num_steps=8, budget=3, mask=[1, 0, 1, 0, 0, 1, 0, 0], rule="extrapolate2"),
-            CachePlan(num_steps=8, budget=5, mask=[1, 1, 0, 1, 1, 0, 1, 0], rule="extrapolate"),
-        ]),
-        "set-out": PlanSet([
-            CachePlan(num_steps=6, budget=2, mask=[1, 0, 1, 0, 0, 0], reuse="output", rule="extrapolate"),
-            CachePlan(num_steps=10, budget=4, mask=budcache.uniform_mask(10, 4), reuse="output"),
-        ]),
+        "o10-ext2": CachePlan(
+            num_steps=10, budget=5, mask=[1, 1, 0, 1, 0, 1, 0, 1, 0, 0], reuse="output", rule="extrapolate2"
+        ),
+        "set-res": PlanSet(
+            [
+                CachePlan(num_steps=6, budget=2, mask=budcache.uniform_mask(6, 2)),
+                CachePlan(num_steps=6, budget=3, mask=[1, 1, 0, 0, 1, 0], rule="extrapolate"),
+                CachePlan(num_steps=8, budget=3, mask=[1, 0, 1, 0, 0, 1, 0, 0], rule="extrapolate2"),
+                CachePlan(num_steps=8, budget=5, mask=[1, 1, 0, 1, 1, 0, 1, 0], rule="extrapolate"),
+            ]
+        ),
+        "set-out": PlanSet(
+            [
+                CachePlan(num_steps=6, budget=2, mask=[1, 0, 1, 0, 0, 0], reuse="output", rule="extrapolate"),
+                CachePlan(num_steps=10, budget=4, mask=budcache.uniform_mask(10, 4), reuse="output"),
+            ]
+        ),
     }
 
 
@@ -117,18 +128,28 @@ class Setting:
 def _settings(configs: dict) -> list[Setting]:
     out = []
     for name, obj in configs.items():
-        kbs = ([(6, 6), (8, 8)] if obj is None else [(p.num_steps, p.budget) for p in obj]
-               if isinstance(obj, PlanSet) else [(obj.num_steps, obj.budget)])
+        kbs = (
+            [(6, 6), (8, 8)]
+            if obj is None
+            else [(p.num_steps, p.budget) for p in obj]
+            if isinstance(obj, PlanSet)
+            else [(obj.num_steps, obj.budget)]
+        )
         for k, b in kbs:
             for prompts, images in ((1, 1), (1, 2), (2, 1)):
                 for seed in (0, 1):
                     out.append(Setting(name, k, b, prompts, images, seed))
     out += [
-        Setting("r8-ext", 8, 4, size=16), Setting("o6-ext", 6, 3, size=16), Setting("none", 8, 8, size=16),
+        Setting("r8-ext", 8, 4, size=16),
+        Setting("o6-ext", 6, 3, size=16),
+        Setting("none", 8, 8, size=16),
         Setting("set-res", 8, 5, seed=1, size=16),
-        Setting("r8-rules", 8, 4, 4, 1), Setting("set-out", 10, 4, 1, 4, seed=1),  # batch 4
-        Setting("r8-ext2", 8, 4, stop=3), Setting("o10-ext2", 10, 5, 1, 2, stop=6),
-        Setting("set-res", 8, 3, 2, 1, seed=1, stop=2), Setting("none", 6, 6, stop=2),
+        Setting("r8-rules", 8, 4, 4, 1),
+        Setting("set-out", 10, 4, 1, 4, seed=1),  # batch 4
+        Setting("r8-ext2", 8, 4, stop=3),
+        Setting("o10-ext2", 10, 5, 1, 2, stop=6),
+        Setting("set-res", 8, 3, 2, 1, seed=1, stop=2),
+        Setting("none", 6, 6, stop=2),
         Setting("r6-full", 6, 6, seed=1, stop=4),
     ]
     return out
@@ -233,10 +254,17 @@ class Soak:
 
     def _call(self, pipe, s: Setting, callback=None):
         embeds, pooled = self.prompts[s.prompts]
-        return pipe(prompt_embeds=embeds, pooled_prompt_embeds=pooled, height=s.size, width=s.size,
-                    num_inference_steps=s.k, num_images_per_prompt=s.images,
-                    generator=torch.Generator().manual_seed(s.seed), output_type="latent",
-                    callback_on_step_end=callback).images
+        return pipe(
+            prompt_embeds=embeds,
+            pooled_prompt_embeds=pooled,
+            height=s.size,
+            width=s.size,
+            num_inference_steps=s.k,
+            num_images_per_prompt=s.images,
+            generator=torch.Generator().manual_seed(s.seed),
+            output_type="latent",
+            callback_on_step_end=callback,
+        ).images
 
     @staticmethod
     def _soft(stop: int):
@@ -244,6 +272,7 @@ class Soak:
             if i == stop:
                 pipe._interrupt = True
             return {}
+
         return callback
 
     def reference(self, s: Setting) -> torch.Tensor:
@@ -313,8 +342,16 @@ class Soak:
 
     def _fail(self, where: list, what: str, detail: str, s: Setting | None = None, **extra) -> None:
         if len(where) < 20:
-            where.append({"call": self.calls, "what": what, "detail": detail,
-                          "setting": None if s is None else str(s), **extra, "recent": list(self.recent)})
+            where.append(
+                {
+                    "call": self.calls,
+                    "what": what,
+                    "detail": detail,
+                    "setting": None if s is None else str(s),
+                    **extra,
+                    "recent": list(self.recent),
+                }
+            )
         else:
             where.append({"call": self.calls, "what": what})
 
@@ -356,8 +393,16 @@ class Soak:
         self.log(f"{label} {s}" + (f" [budget via {how}]" if how else "") + (" ok" if same else " DIFFERS"))
         if not same:
             diff = (out - ref).abs().max().item() if out.shape == ref.shape else None
-            self._fail(self.differences, f"{label}: output differs from the fresh reference", "", s, how=how,
-                       max_abs_diff=diff, shape=list(out.shape), ref_shape=list(ref.shape))
+            self._fail(
+                self.differences,
+                f"{label}: output differs from the fresh reference",
+                "",
+                s,
+                how=how,
+                max_abs_diff=diff,
+                shape=list(out.shape),
+                ref_shape=list(ref.shape),
+            )
         if self.handle is not None:
             ran = s.k if s.stop is None else s.stop + 1
             want, got = self._expected_summary(s, ran), self.handle.summary()
@@ -365,8 +410,9 @@ class Soak:
                 self._fail(self.summary_mismatches, f"{label}: summary", f"got {got}, want {want}", s)
             held = internal_cache_tensors(self.handle)
             if held:
-                self._fail(self.cache_after_generation, f"{label}: {held} cache tensors held after the generation",
-                           "", s)
+                self._fail(
+                    self.cache_after_generation, f"{label}: {held} cache tensors held after the generation", "", s
+                )
 
     def _pick(self, pool: list[Setting], cfg: str | None = None) -> Setting:
         if cfg is not None and self.rng.random() < 0.7:
@@ -477,9 +523,12 @@ class Soak:
         single = {n for n, o in self.configs.items() if isinstance(o, CachePlan)}
         sets = {n for n, o in self.configs.items() if isinstance(o, PlanSet)}
         plain = self.plain_settings
-        return {"plan": [s for s in plain if s.cfg in single], "planset": [s for s in plain if s.cfg in sets],
-                "plain": [s for s in plain if s.cfg == "none"],
-                "soft_interrupt": [s for s in self.settings if s.stop is not None]}.get(kind, plain)
+        return {
+            "plan": [s for s in plain if s.cfg in single],
+            "planset": [s for s in plain if s.cfg in sets],
+            "plain": [s for s in plain if s.cfg == "none"],
+            "soft_interrupt": [s for s in self.settings if s.stop is not None],
+        }.get(kind, plain)
 
     def step(self, kind: str, probe) -> None:
         self.kinds[kind] += 1
@@ -501,8 +550,15 @@ class Soak:
             yield from block
 
 
-def soak(generations: int = 1000, seed: int = 0, *, gc_every: int = 50, interrupt_probes: int = 8,
-         progress: bool = True, threads: int | None = 1) -> dict:
+def soak(
+    generations: int = 1000,
+    seed: int = 0,
+    *,
+    gc_every: int = 50,
+    interrupt_probes: int = 8,
+    progress: bool = True,
+    threads: int | None = 1,
+) -> dict:
     """Run the soak (see the module docstring) and return its results (``ok``: every goal met)."""
     if threads is not None:
         torch.set_num_threads(threads)
@@ -571,17 +627,28 @@ def soak(generations: int = 1000, seed: int = 0, *, gc_every: int = 50, interrup
     goals = {"memory_flat_within_5pct": growth <= RSS_GOAL_PCT, "zero_differing_outputs": not soak.differences}
     ok = all(goals.values()) and not (leaked or soak.errors or soak.summary_mismatches or soak.contract_violations)
     return {
-        "generations": calls, "seed": seed, "threads": torch.get_num_threads(), "budcache_source": source_digest(),
-        "distinct_settings": len(soak.settings), "references": len(soak.refs),
-        "kinds": dict(soak.kinds), "events": dict(soak.events),
-        "compared_outputs": soak.compared, "differing_outputs": len(soak.differences),
-        "rss_start_mb": round(rss_start / 2**20, 2), "rss_end_mb": round(rss_end / 2**20, 2),
+        "generations": calls,
+        "seed": seed,
+        "threads": torch.get_num_threads(),
+        "budcache_source": source_digest(),
+        "distinct_settings": len(soak.settings),
+        "references": len(soak.refs),
+        "kinds": dict(soak.kinds),
+        "events": dict(soak.events),
+        "compared_outputs": soak.compared,
+        "differing_outputs": len(soak.differences),
+        "rss_start_mb": round(rss_start / 2**20, 2),
+        "rss_end_mb": round(rss_end / 2**20, 2),
         "rss_growth_pct": round(growth, 3),
-        "seconds": round(seconds, 2), "generations_per_s": round(calls / seconds, 2),
+        "seconds": round(seconds, 2),
+        "generations_per_s": round(calls / seconds, 2),
         "generations_per_s_without_gc_counts": round(calls / max(seconds - gc_s, 1e-9), 2),
-        "gc_count_seconds": round(gc_s, 2), "warmup_calls": warm_calls, "warmup_seconds": round(warm_s, 2),
+        "gc_count_seconds": round(gc_s, 2),
+        "warmup_calls": warm_calls,
+        "warmup_seconds": round(warm_s, 2),
         "tensors": {
-            "gc_baseline": baseline if counting else None, "gc_extra_at_end": end_extra,
+            "gc_baseline": baseline if counting else None,
+            "gc_extra_at_end": end_extra,
             "gc_extra_samples_after_generations": gc_samples,
             "gc_extra_probes": dict(probes),
             "internal_cache_after_completed_generations": len(soak.cache_after_generation),
@@ -590,9 +657,13 @@ def soak(generations: int = 1000, seed: int = 0, *, gc_every: int = 50, interrup
             "internal_cache_after_crash": _stats(soak.cache_after_crash),
             "leak": leaked,
         },
-        "differences": soak.differences, "summary_mismatches": soak.summary_mismatches, "errors": soak.errors,
-        "contract_violations": soak.contract_violations, "cache_leaks": soak.cache_after_generation,
-        "goals": goals, "ok": ok,
+        "differences": soak.differences,
+        "summary_mismatches": soak.summary_mismatches,
+        "errors": soak.errors,
+        "contract_violations": soak.contract_violations,
+        "cache_leaks": soak.cache_after_generation,
+        "goals": goals,
+        "ok": ok,
     }
 
 

@@ -88,7 +88,7 @@ class SigmaSchedule(torch.nn.Module):
         self.register_buffer("low", s[-1].clone())
         logits = torch.empty(len(s) - 1, dtype=torch.float64)
         for a, b in self.segments:
-            logits[a:b] = ((s[a:b] - s[a + 1:b + 1]) / (s[a] - s[b])).log()
+            logits[a:b] = ((s[a:b] - s[a + 1 : b + 1]) / (s[a] - s[b])).log()
         self.logits = torch.nn.Parameter(logits)
 
     def forward(self) -> torch.Tensor:
@@ -119,18 +119,33 @@ def boundary_pins(restarts: Collection[int]) -> list[int]:
     return sorted({i for k in restarts for i in (k - 1, k)})
 
 
-def student(denoiser: Denoiser, noise: torch.Tensor, solver: Solver, mask: Sequence[int],
-            rules: Sequence[str], checkpointing: bool = True, restarts: Collection[int] = ()) -> torch.Tensor:
+def student(
+    denoiser: Denoiser,
+    noise: torch.Tensor,
+    solver: Solver,
+    mask: Sequence[int],
+    rules: Sequence[str],
+    checkpointing: bool = True,
+    restarts: Collection[int] = (),
+) -> torch.Tensor:
     """The one cached loop over ``solver`` (built on sigma tensors: differentiable in them); with
     ``checkpointing`` every call keeps only its inputs for backward."""
-    return sample(Checkpointed(denoiser) if checkpointing else denoiser, noise, solver, mask, rules,
-                  restarts=restarts, check_finite=False)
+    return sample(
+        Checkpointed(denoiser) if checkpointing else denoiser,
+        noise,
+        solver,
+        mask,
+        rules,
+        restarts=restarts,
+        check_finite=False,
+    )
 
 
 @torch.no_grad()
 def _teacher(batch: Batch, solver: Solver, restarts: Collection[int]) -> torch.Tensor:
-    return sample(batch.denoiser, batch.noise, solver, [1] * (len(solver.sigmas) - 1), restarts=restarts,
-                  check_finite=False)
+    return sample(
+        batch.denoiser, batch.noise, solver, [1] * (len(solver.sigmas) - 1), restarts=restarts, check_finite=False
+    )
 
 
 Build = Callable[..., Solver]  # the learned tensors (sigmas[, model sigmas]) -> the student's solver
@@ -140,14 +155,24 @@ def student_solver(solver: Solver) -> Build:
     """How the learned tensors become the student's solver: ``solver``'s step made differentiable in the
     sigmas (Euler, UniPC, DPM-Solver++; :func:`~budcache.sampling.multistep.differentiable`), its model
     told the learned model sigmas where there are any."""
+
     def build(sigmas: torch.Tensor, told: torch.Tensor | None = None) -> Solver:
         step = differentiable(solver, sigmas)
         return step if told is None else Retimed(step, told)
+
     return build
 
 
-def _loss(batches, teachers, tensors: Sequence[torch.Tensor], build: Build, plan: CachePlan, checkpointing: bool,
-          backward: bool, restarts: Collection[int]) -> float:
+def _loss(
+    batches,
+    teachers,
+    tensors: Sequence[torch.Tensor],
+    build: Build,
+    plan: CachePlan,
+    checkpointing: bool,
+    backward: bool,
+    restarts: Collection[int],
+) -> float:
     """Mean MSE to the teachers over all batches of the student over ``build(*tensors)``; with
     ``backward`` its gradient reaches ``tensors`` (each batch backpropagates to leaf copies of them and
     frees its own graph; the tensors' graph is used once, after the last batch)."""
@@ -163,8 +188,9 @@ def _loss(batches, teachers, tensors: Sequence[torch.Tensor], build: Build, plan
             loss.backward()
         total += float(loss.detach())
     if backward:
-        torch.autograd.backward(list(tensors), [torch.zeros_like(leaf) if leaf.grad is None else leaf.grad
-                                                for leaf in leaves])
+        torch.autograd.backward(
+            list(tensors), [torch.zeros_like(leaf) if leaf.grad is None else leaf.grad for leaf in leaves]
+        )
     return total
 
 
@@ -185,16 +211,32 @@ class _Fit:
     def train(self, tensors: Callable[[], list[torch.Tensor]]) -> float:
         """The calibration loss of ``tensors()``, its gradient accumulated on their parameters."""
         with torch.enable_grad():  # also when called under no_grad (e.g. from the comparison)
-            return _loss(self.batches, self.teachers, tensors(), self.build, self.plan, self.config.checkpointing,
-                         True, self.restarts)
+            return _loss(
+                self.batches,
+                self.teachers,
+                tensors(),
+                self.build,
+                self.plan,
+                self.config.checkpointing,
+                True,
+                self.restarts,
+            )
 
     @torch.no_grad()
     def validate(self, tensors: Sequence[torch.Tensor]) -> float:
         return _loss(self.validation, self.val_teachers, tensors, self.build, self.plan, False, False, self.restarts)
 
-    def epochs(self, modules: Sequence[torch.nn.Module], tensors: Callable[[], list[torch.Tensor]],
-               result: AlignResult, best: float, desc: str, progress: bool, phase: int = 0,
-               saved: dict | None = None) -> tuple[float, list[float] | None]:
+    def epochs(
+        self,
+        modules: Sequence[torch.nn.Module],
+        tensors: Callable[[], list[torch.Tensor]],
+        result: AlignResult,
+        best: float,
+        desc: str,
+        progress: bool,
+        phase: int = 0,
+        saved: dict | None = None,
+    ) -> tuple[float, list[float] | None]:
         """Train ``modules`` (``tensors()``: their outputs) for the configured epochs, appending the losses to
         ``result``; returns the best validation loss and the tensors (as lists) that reached it, if any
         beat ``best``. ``saved``: a checkpoint of this phase to go on from; with ``self.save`` the state
@@ -209,8 +251,14 @@ class _Fit:
             opt.load_state_dict(saved["optimizer"])
             lr.load_state_dict(saved["lr"])
             won, done = saved["won"], saved["epoch"]
-        bar = tqdm(range(done, self.config.epochs), desc=desc, disable=not progress, leave=False,
-                   initial=done, total=self.config.epochs)
+        bar = tqdm(
+            range(done, self.config.epochs),
+            desc=desc,
+            disable=not progress,
+            leave=False,
+            initial=done,
+            total=self.config.epochs,
+        )
         try:
             for epoch in bar:
                 opt.zero_grad()
@@ -230,10 +278,19 @@ class _Fit:
                     result.best_epoch = len(result.validation_loss) - 1
                 if self.save is not None:
                     last = phase == int(self.config.model_times) and epoch + 1 == self.config.epochs
-                    self.save({"phase": phase, "epoch": epoch + 1, "finished": last,
-                               "modules": [m.state_dict() for m in modules],
-                               "optimizer": opt.state_dict(), "lr": lr.state_dict(), "won": won, "best": best,
-                               "result": dataclasses.asdict(result)})
+                    self.save(
+                        {
+                            "phase": phase,
+                            "epoch": epoch + 1,
+                            "finished": last,
+                            "modules": [m.state_dict() for m in modules],
+                            "optimizer": opt.state_dict(),
+                            "lr": lr.state_dict(),
+                            "won": won,
+                            "best": best,
+                            "result": dataclasses.asdict(result),
+                        }
+                    )
                 bar.set_postfix(train=f"{train:.3g}", val=f"{val:.3g}", best=f"{best:.3g}", refresh=False)
         except KeyboardInterrupt:
             result.interrupted = True
@@ -260,7 +317,8 @@ def align(
     compute over ``teacher_sigmas`` (default: the plan's schedule); ``restarts``: steps where the
     cache restarts (another expert); ``solver``: the model's step (default Euler; UniPC and DPM-Solver++
     as a :class:`~budcache.sampling.solver.SchedulerSolver` too): the teacher takes it over
-    ``teacher_sigmas``, the student its differentiable equal over the learned sigmas. With ``config.model_times`` the model's noise levels are learned
+    ``teacher_sigmas``, the student its differentiable equal over the learned sigmas. With ``config.model_times``
+    the model's noise levels are learned
     too (``plan.model_sigmas``), and kept only where they beat the aligned sigmas on validation.
     Ctrl-C (KeyboardInterrupt) ends the epochs early with the best schedule so far (``result.interrupted``).
     ``checkpoint``: a file the state is written to after every epoch; ``resume``: go on from it (the
@@ -271,16 +329,22 @@ def align(
     check_type("config", config, AlignConfig, "an AlignConfig")
     if isinstance(batches, Calibration):
         if plan.num_steps != batches.num_steps:
-            raise PlanError(f"plan: num_steps is {plan.num_steps}, the calibration has {batches.num_steps} steps; "
-                            "search the plan on this calibration")
+            raise PlanError(
+                f"plan: num_steps is {plan.num_steps}, the calibration has {batches.num_steps} steps; "
+                "search the plan on this calibration"
+            )
         return _align_calibrated(plan, batches, validation, config, progress, checkpoint, resume)
     if config.model_times and plan.boundary_ratio is not None:  # other restarts (Qwen-Image 2.1's step 1) go by step
-        raise PlanError("decoupled model times would move the timesteps that pick each expert; align this "
-                        "two-expert pipeline without them")
+        raise PlanError(
+            "decoupled model times would move the timesteps that pick each expert; align this "
+            "two-expert pipeline without them"
+        )
     if plan.sigmas is None:
         if teacher_sigmas is None:
-            raise PlanError("this plan has no sigmas (the pipeline's default schedule) and no teacher_sigmas were "
-                            "given; pass the schedule it runs at as teacher_sigmas (or align on a Calibration)")
+            raise PlanError(
+                "this plan has no sigmas (the pipeline's default schedule) and no teacher_sigmas were "
+                "given; pass the schedule it runs at as teacher_sigmas (or align on a Calibration)"
+            )
         plan = dataclasses.replace(plan, sigmas=[float(s) for s in teacher_sigmas])  # stored explicitly
     plan = dataclasses.replace(plan, model_sigmas=None)  # what is learned starts from the steps' own sigmas
     solver = solver or Euler(plan.sigmas)
@@ -292,8 +356,16 @@ def align(
         path, expected = Path(checkpoint), align_checkpoint.identity(plan, config, teacher_sigmas, batches, validation)
         saved = align_checkpoint.load(path, expected) if resume else None
     teacher = with_sigmas(solver, teacher_sigmas)
-    fit = _Fit(batches, [_teacher(b, teacher, restarts) for b in batches], validation,
-               [_teacher(b, teacher, restarts) for b in validation], plan, student_solver(solver), config, restarts)
+    fit = _Fit(
+        batches,
+        [_teacher(b, teacher, restarts) for b in batches],
+        validation,
+        [_teacher(b, teacher, restarts) for b in validation],
+        plan,
+        student_solver(solver),
+        config,
+        restarts,
+    )
     if checkpoint is not None:
         fit.save = lambda state: align_checkpoint.save(path, {"identity": expected, **state})
     schedule = SigmaSchedule(plan.sigmas, pinned=boundary_pins(restarts))
@@ -304,8 +376,16 @@ def align(
     else:
         result, best = AlignResult(**saved["result"]), saved["best"]
     if saved is None or saved["phase"] == 0:
-        best, won = fit.epochs([schedule], lambda: [schedule()], result, best,
-                               f"align B={plan.budget}/{plan.num_steps}", progress, 0, saved)
+        best, won = fit.epochs(
+            [schedule],
+            lambda: [schedule()],
+            result,
+            best,
+            f"align B={plan.budget}/{plan.num_steps}",
+            progress,
+            0,
+            saved,
+        )
         if won is not None:
             result.sigmas = won[0]
         saved = None
@@ -316,8 +396,10 @@ def align(
         def both() -> list[torch.Tensor]:
             sigmas = schedule()
             return [sigmas, times(sigmas)]
-        best, won = fit.epochs([schedule, times], both, result, best, f"times B={plan.budget}/{plan.num_steps}",
-                               progress, 1, saved)
+
+        best, won = fit.epochs(
+            [schedule, times], both, result, best, f"times B={plan.budget}/{plan.num_steps}", progress, 1, saved
+        )
         if won is not None:
             result.sigmas, result.model_sigmas = won
     for i in (0, len(plan.sigmas) - 1, *boundary_pins(restarts)):  # endpoints and pins exactly as given
@@ -325,8 +407,9 @@ def align(
     return dataclasses.replace(plan, sigmas=result.sigmas, model_sigmas=result.model_sigmas), result
 
 
-def _align_calibrated(plan: CachePlan, calib, validation, config: AlignConfig, progress: bool,
-                      checkpoint: str | Path | None, resume: bool) -> tuple[CachePlan, AlignResult]:
+def _align_calibrated(
+    plan: CachePlan, calib, validation, config: AlignConfig, progress: bool, checkpoint: str | Path | None, resume: bool
+) -> tuple[CachePlan, AlignResult]:
     """:func:`align` on a calibrated pipeline: its captures (and ``validation`` captures) replayed, the
     cache restarting (and the schedule pinned) at expert switches; a plan without sigmas starts from
     the calibrated schedule."""
@@ -337,10 +420,18 @@ def _align_calibrated(plan: CachePlan, calib, validation, config: AlignConfig, p
         plan.check_model(source.model)
         if plan.sigmas is not None and len(plan.sigmas) != len(source.sigmas):
             raise PlanError(f"the plan has {plan.num_steps} steps, the calibration {source.num_steps}")
-        return align(plan, source.batches("calib"),
-                     source.batches("validation") if source.has("validation") else None, config,
-                     teacher_sigmas=source.sigmas, progress=progress, restarts=source.restarts, solver=source.solver,
-                     checkpoint=checkpoint, resume=resume)
+        return align(
+            plan,
+            source.batches("calib"),
+            source.batches("validation") if source.has("validation") else None,
+            config,
+            teacher_sigmas=source.sigmas,
+            progress=progress,
+            restarts=source.restarts,
+            solver=source.solver,
+            checkpoint=checkpoint,
+            resume=resume,
+        )
 
 
 callable_module(__name__, align)

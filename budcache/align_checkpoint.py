@@ -24,16 +24,25 @@ from .errors import CheckpointError
 FORMAT = "budcache-align-checkpoint/1"
 
 
-def identity(plan: Any, config: Any, teacher_sigmas: Sequence[float], batches: Sequence[Any],
-             validation: Sequence[Any]) -> dict:
+def identity(
+    plan: Any, config: Any, teacher_sigmas: Sequence[float], batches: Sequence[Any], validation: Sequence[Any]
+) -> dict:
     """What a checkpoint must match to be resumed: the plan (mask, rules, schedule), the training
     settings, the teacher's schedule and the calibration and validation noise."""
+
     def digest(bs: Sequence[Any]) -> str:
         return hashlib.sha256(b"".join(b.noise.detach().cpu().float().numpy().tobytes() for b in bs)).hexdigest()[:16]
+
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "checkpointing"}  # memory only
-    return {"mask": list(plan.mask), "rules": plan.step_rules, "sigmas": [float(s) for s in plan.sigmas],
-            "teacher_sigmas": [float(s) for s in teacher_sigmas], "config": settings,
-            "calibration": digest(batches), "validation": digest(validation)}
+    return {
+        "mask": list(plan.mask),
+        "rules": plan.step_rules,
+        "sigmas": [float(s) for s in plan.sigmas],
+        "teacher_sigmas": [float(s) for s in teacher_sigmas],
+        "config": settings,
+        "calibration": digest(batches),
+        "validation": digest(validation),
+    }
 
 
 def save(path: Path, state: dict) -> None:
@@ -64,6 +73,7 @@ def load(path: Path, expected: dict | None = None) -> dict:
         raise CheckpointError(f"{path}: not an alignment checkpoint ({FORMAT}); delete it to start afresh")
     for field, value in (expected or {}).items():
         if state["identity"].get(field) != value:
-            raise CheckpointError(f"{path} was written for another alignment ({field} differs); delete it or "
-                                  "align without --resume")
+            raise CheckpointError(
+                f"{path} was written for another alignment ({field} differs); delete it or align without --resume"
+            )
     return state

@@ -17,7 +17,9 @@ def _given(value: Any) -> str:
     return text if len(text) <= 40 else f"a {type(value).__name__}"
 
 
-def check_int(name: str, value: Any, low: int, high: int | None = None, error: type[BudcacheError] = BudcacheError) -> int:
+def check_int(
+    name: str, value: Any, low: int, high: int | None = None, error: type[BudcacheError] = BudcacheError
+) -> int:
     """``value`` is an int (not a bool) in ``low..high``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ArgumentTypeError(f"{name} must be an integer, got {_given(value)}")

@@ -172,38 +172,97 @@ class Family:
 
 
 FAMILIES: tuple[Family, ...] = (
-    Family("FLUX.1", ("FluxPipeline",), ("FluxTransformer2DModel",), combine=_two_calls(_setting("true_cfg_scale")),
-           indicator="norm1"),
+    Family(
+        "FLUX.1",
+        ("FluxPipeline",),
+        ("FluxTransformer2DModel",),
+        combine=_two_calls(_setting("true_cfg_scale")),
+        indicator="norm1",
+    ),
     Family("FLUX.2", ("Flux2Pipeline",), ("Flux2Transformer2DModel",), indicator="norm1"),
-    Family("FLUX.2 Klein", ("Flux2KleinPipeline",), ("Flux2Transformer2DModel",),
-           combine=_two_calls(_setting("guidance_scale"), tokens="first"), indicator="norm1"),
+    Family(
+        "FLUX.2 Klein",
+        ("Flux2KleinPipeline",),
+        ("Flux2Transformer2DModel",),
+        combine=_two_calls(_setting("guidance_scale"), tokens="first"),
+        indicator="norm1",
+    ),
     # Wan2.2 A14B runs `transformer` above its boundary and `transformer_2` below it
-    Family("Wan2.1 / Wan2.2", ("WanPipeline",), ("WanTransformer3DModel",), combine=_two_calls(_wan_scale),
-           experts=("transformer", "transformer_2"), indicator="time"),
+    Family(
+        "Wan2.1 / Wan2.2",
+        ("WanPipeline",),
+        ("WanTransformer3DModel",),
+        combine=_two_calls(_wan_scale),
+        experts=("transformer", "transformer_2"),
+        indicator="time",
+    ),
     Family("SD3", ("StableDiffusion3Pipeline",), ("SD3Transformer2DModel",), combine=_batched),
     # diffusers 0.42 registers ZImageTransformerBlock with hidden_states_argument_name="hidden_states"; it takes `x`
-    Family("Z-Image", ("ZImagePipeline",), ("ZImageTransformer2DModel",), combine=_z_image,
-           blocks={"ZImageTransformerBlock": _M(return_hidden_states_index=0, hidden_states_argument_name="x")}),
-    Family("Qwen-Image", ("QwenImagePipeline",), ("QwenImageTransformer2DModel",), combine=_qwen_image,
-           indicator="norm1"),
-    Family("Qwen-Image 2.1", ("QwenImage21Pipeline",), ("QwenImage21Transformer2DModel",),
-           combine=_two_calls(_setting("true_cfg_scale"), tokens="last"), indicator="norm1",
-           blocks={"QwenImage21TransformerBlock": _M(return_hidden_states_index=0)}),  # one joint [text, image] sequence
-    Family("Chroma", ("ChromaPipeline",), ("ChromaTransformer2DModel",), combine=_two_calls(_setting("guidance_scale")),
-           indicator="norm1",
-           blocks={"ChromaTransformerBlock": _M(return_hidden_states_index=1, return_encoder_hidden_states_index=0),
-                   "ChromaSingleTransformerBlock": _M(return_hidden_states_index=0)}),
+    Family(
+        "Z-Image",
+        ("ZImagePipeline",),
+        ("ZImageTransformer2DModel",),
+        combine=_z_image,
+        blocks={"ZImageTransformerBlock": _M(return_hidden_states_index=0, hidden_states_argument_name="x")},
+    ),
+    Family(
+        "Qwen-Image", ("QwenImagePipeline",), ("QwenImageTransformer2DModel",), combine=_qwen_image, indicator="norm1"
+    ),
+    Family(
+        "Qwen-Image 2.1",
+        ("QwenImage21Pipeline",),
+        ("QwenImage21Transformer2DModel",),
+        combine=_two_calls(_setting("true_cfg_scale"), tokens="last"),
+        indicator="norm1",
+        blocks={"QwenImage21TransformerBlock": _M(return_hidden_states_index=0)},
+    ),  # one joint [text, image] sequence
+    Family(
+        "Chroma",
+        ("ChromaPipeline",),
+        ("ChromaTransformer2DModel",),
+        combine=_two_calls(_setting("guidance_scale")),
+        indicator="norm1",
+        blocks={
+            "ChromaTransformerBlock": _M(return_hidden_states_index=1, return_encoder_hidden_states_index=0),
+            "ChromaSingleTransformerBlock": _M(return_hidden_states_index=0),
+        },
+    ),
     # LTX-2 blocks return (video, audio): the audio stream takes the second slot, cached beside the video
-    Family("LTX-2", ("LTX2Pipeline",), ("LTX2VideoTransformer3DModel",),
-           blocks={"LTX2VideoTransformerBlock": _M(return_hidden_states_index=0, return_encoder_hidden_states_index=1,
-                                                   encoder_hidden_states_argument_name="audio_hidden_states")}),
-    Family("HunyuanVideo 1.5", ("HunyuanVideo15Pipeline",), ("HunyuanVideo15Transformer3DModel",), combine=_guider,
-           blocks={"HunyuanVideo15TransformerBlock": _M(return_hidden_states_index=0,
-                                                        return_encoder_hidden_states_index=1)}),
-    Family("CogView4", ("CogView4Pipeline",), ("CogView4Transformer2DModel",),
-           combine=_two_calls(_setting("guidance_scale")), time=unshifted_time),
-    Family("Sana", ("SanaPipeline",), ("SanaTransformer2DModel",), combine=_batched,
-           blocks={"SanaTransformerBlock": _M(return_hidden_states_index=0)}),
+    Family(
+        "LTX-2",
+        ("LTX2Pipeline",),
+        ("LTX2VideoTransformer3DModel",),
+        blocks={
+            "LTX2VideoTransformerBlock": _M(
+                return_hidden_states_index=0,
+                return_encoder_hidden_states_index=1,
+                encoder_hidden_states_argument_name="audio_hidden_states",
+            )
+        },
+    ),
+    Family(
+        "HunyuanVideo 1.5",
+        ("HunyuanVideo15Pipeline",),
+        ("HunyuanVideo15Transformer3DModel",),
+        combine=_guider,
+        blocks={
+            "HunyuanVideo15TransformerBlock": _M(return_hidden_states_index=0, return_encoder_hidden_states_index=1)
+        },
+    ),
+    Family(
+        "CogView4",
+        ("CogView4Pipeline",),
+        ("CogView4Transformer2DModel",),
+        combine=_two_calls(_setting("guidance_scale")),
+        time=unshifted_time,
+    ),
+    Family(
+        "Sana",
+        ("SanaPipeline",),
+        ("SanaTransformer2DModel",),
+        combine=_batched,
+        blocks={"SanaTransformerBlock": _M(return_hidden_states_index=0)},
+    ),
 )
 
 # Inpainting pipelines blend the unmasked region back after every step, ``(1 - mask) * noised image + mask * latents``:

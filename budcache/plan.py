@@ -184,14 +184,16 @@ class CachePlan(JsonFile):
         if self.shifts is not None:
             s = self.shifts
             if not (len(s) == 2 and 0 < s[0] <= 1 + TOLERANCE and 1 - TOLERANCE <= s[1] < math.inf):
-                raise PlanError(f"field 'shifts' must be null or [low, high] with 0 < low <= 1 <= high, got "
-                                f"{self.shifts!r}")
+                raise PlanError(
+                    f"field 'shifts' must be null or [low, high] with 0 < low <= 1 <= high, got {self.shifts!r}"
+                )
             if self.schedule is None:
                 raise PlanError("field 'shifts' needs field 'schedule' (the schedule they shift)")
         if not isinstance(self.begin_index, int) or isinstance(self.begin_index, bool) or self.begin_index < 0:
             raise PlanError(f"field 'begin_index' must be a non-negative integer, got {self.begin_index!r}")
-        if self.boundary_ratio is not None and not (isinstance(self.boundary_ratio, (int, float))
-                                                    and 0 < self.boundary_ratio < 1):
+        if self.boundary_ratio is not None and not (
+            isinstance(self.boundary_ratio, (int, float)) and 0 < self.boundary_ratio < 1
+        ):
             raise PlanError(f"field 'boundary_ratio' must be null or in (0, 1), got {self.boundary_ratio!r}")
 
     def _check_model_sigmas(self) -> None:
@@ -201,8 +203,10 @@ class CachePlan(JsonFile):
         if len(m) != k or not all(math.isfinite(s) and s > 0 for s in m):
             raise PlanError(f"field 'model_sigmas' must hold num_steps={k} finite positive values")
         if self.boundary_ratio is not None:
-            raise PlanError("field 'model_sigmas' cannot be used with two experts (boundary_ratio): the timesteps "
-                            "pick the expert; align without decoupled times")
+            raise PlanError(
+                "field 'model_sigmas' cannot be used with two experts (boundary_ratio): the timesteps "
+                "pick the expert; align without decoupled times"
+            )
 
     # -- derived ----------------------------------------------------------------------------
     @property
@@ -227,8 +231,7 @@ class CachePlan(JsonFile):
         want, got = self.model, model_identity(model)
         if want.get("class") != got["class"]:
             raise PlanError(
-                f"this plan was searched for a {want.get('class')}, not a {got['class']}; "
-                "search a plan for this model"
+                f"this plan was searched for a {want.get('class')}, not a {got['class']}; search a plan for this model"
             )
         if want.get("fingerprint") != got["fingerprint"]:
             raise PlanError(
@@ -237,12 +240,17 @@ class CachePlan(JsonFile):
                 "search a plan for this model"
             )
         if want.get("adapters", "") != got.get("adapters", ""):
+
             def shown(a: str) -> str:
                 return f"LoRA adapters {a}" if a else "no LoRA adapter"
+
             warnings.warn(
                 f"budcache: this plan was searched with {shown(want.get('adapters', ''))}, the transformer has "
                 f"{shown(got.get('adapters', ''))}; the steps worth computing may differ: search a plan with the "
-                "adapters you serve", UserWarning, stacklevel=3)
+                "adapters you serve",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def shift_of(self, sigmas: list[float]) -> float | None:
         """The factor the call's schedule (``sigmas``, K+1 values) shifts the plan's ``schedule`` by, where the plan
@@ -266,18 +274,26 @@ class CachePlan(JsonFile):
     def _schedule_message(self, sigmas: list[float]) -> str:
         factor = relative_shift(sigmas, self.schedule)
         sizes = self.record.sizes if self.record is not None and self.record.sizes else None
-        covers = f"searched on sizes {', '.join(sizes)} (schedule shifts {describe(*self.shifts)})" if sizes else \
-            f"searched for schedule shifts {describe(*self.shifts)}" if self.shifts else \
-            "searched on one schedule (one resolution)"
+        covers = (
+            f"searched on sizes {', '.join(sizes)} (schedule shifts {describe(*self.shifts)})"
+            if sizes
+            else f"searched for schedule shifts {describe(*self.shifts)}"
+            if self.shifts
+            else "searched on one schedule (one resolution)"
+        )
         if factor is None:
             at = next((i for i, (a, b) in enumerate(zip(sigmas, self.schedule)) if abs(a - b) > 1e-5), 0)
-            got = (f"this call's schedule is not a shift of the plan's (sigma[{at}] {self.schedule[at]:.4f} != "
-                   f"{sigmas[at]:.4f}: another scheduler setting)")
+            got = (
+                f"this call's schedule is not a shift of the plan's (sigma[{at}] {self.schedule[at]:.4f} != "
+                f"{sigmas[at]:.4f}: another scheduler setting)"
+            )
         else:
             got = f"this call's schedule is the plan's shifted x{factor:.4g} (another resolution, shift or mu)"
-        return (f"this plan was {covers}; {got}: calibrate with this size among the sizes (budcache.calibrate(pipe, "
-                "prompts, steps, sizes=[(height, width), ...])) and search again, or serve it from a plan set holding "
-                "a plan searched at this size")
+        return (
+            f"this plan was {covers}; {got}: calibrate with this size among the sizes (budcache.calibrate(pipe, "
+            "prompts, steps, sizes=[(height, width), ...])) and search again, or serve it from a plan set holding "
+            "a plan searched at this size"
+        )
 
     def sigmas_at(self, factor: float) -> list[float] | None:
         """The plan's ``sigmas`` for a call whose schedule is the plan's ``schedule`` shifted by ``factor``."""
@@ -296,8 +312,10 @@ class CachePlan(JsonFile):
         """Refuse a call that starts at another step (image-to-image ``strength``) than the plan's."""
         if begin == self.begin_index:
             return
+
         def what(b: int) -> str:
             return "a text-to-image call (from step 0)" if b == 0 else f"an image-to-image call starting at step {b}"
+
         raise PlanError(
             f"this plan was searched for {what(self.begin_index)} of {self.total_steps} steps; this is {what(begin)}: "
             "the mask would fall on other steps. Calibrate with the image and strength you will use "
@@ -322,29 +340,47 @@ class CachePlan(JsonFile):
         """A few lines for people: the mask, the budget, the schedule, the model and the search record."""
         lines = [f"mask    {self.strip}"]
         if self.rules is not None:
-            lines.append("rules   " + "".join("#" if m else MARKS[r] for m, r in zip(self.mask, self.rules))
-                         + "   (" + ", ".join(f"{m} {r}" for r, m in MARKS.items()) + ")")
+            lines.append(
+                "rules   "
+                + "".join("#" if m else MARKS[r] for m, r in zip(self.mask, self.rules))
+                + "   ("
+                + ", ".join(f"{m} {r}" for r, m in MARKS.items())
+                + ")"
+            )
         lines += [
             f"budget  {self.budget}/{self.num_steps} steps compute ({self.reuse} reuse, "
             f"rule {self.rule if self.rules is None else 'per step'}), ideal speedup {self.ideal_speedup:.2f}x",
             f"sigmas  {'pipeline default' if self.sigmas is None else 'custom, ' + str(len(self.sigmas)) + ' values'}"
-            + ("" if self.schedule is None else f" (searched on the pipeline schedule {self.schedule[0]:.4f} .. "
-               f"{self.schedule[-2]:.4f}, " + ("refused on another)" if self.shifts is None else
-                                                f"and its shifts {describe(*self.shifts)}; refused beyond)")),
+            + (
+                ""
+                if self.schedule is None
+                else f" (searched on the pipeline schedule {self.schedule[0]:.4f} .. "
+                f"{self.schedule[-2]:.4f}, "
+                + (
+                    "refused on another)"
+                    if self.shifts is None
+                    else f"and its shifts {describe(*self.shifts)}; refused beyond)"
+                )
+            ),
         ]
         if self.record is not None and self.record.sizes:
             lines.append(f"sizes   {', '.join(self.record.sizes)} (calibrated together)")
         if self.model_sigmas is not None:
             lines.append("times   decoupled: the transformer is told its own noise level at each step (model_sigmas)")
         if self.begin_index:
-            lines.append(f"start   image-to-image: steps {self.begin_index}..{self.total_steps - 1} of "
-                         f"num_inference_steps={self.total_steps}")
+            lines.append(
+                f"start   image-to-image: steps {self.begin_index}..{self.total_steps - 1} of "
+                f"num_inference_steps={self.total_steps}"
+            )
         if self.model:
             lines.append(f"model   {self.model.get('class')} ({self.model.get('fingerprint')})")
         r = self.record
         if r is not None:
-            refs = [f"searched {r.objective:.4g}" if r.cached_objective is None else
-                    f"this plain plan {r.objective:.4g}, best cached plan {r.cached_objective:.4g}"]
+            refs = [
+                f"searched {r.objective:.4g}"
+                if r.cached_objective is None
+                else f"this plain plan {r.objective:.4g}, best cached plan {r.cached_objective:.4g}"
+            ]
             if r.uniform_objective is not None:
                 refs.append(f"uniform mask {r.uniform_objective:.4g}")
             if r.euler_objective is not None and r.cached_objective is None:
@@ -354,17 +390,27 @@ class CachePlan(JsonFile):
                 refs.append(f"same mask with repeat {r.repeat_objective:.4g}")
             lines += [
                 f"loss    {r.metric} vs the {r.teacher_steps}-step teacher"
-                + (f" ({r.solver})" if r.solver else "") + ": " + ", ".join(refs),
+                + (f" ({r.solver})" if r.solver else "")
+                + ": "
+                + ", ".join(refs),
                 f"search  {r.evaluations} masks, {r.forwards} transformer forwards "
                 f"({r.forwards_without_prefix_reuse} without prefix reuse), {r.calibration_size} calibration "
-                f"samples, seed {r.seed}, {r.seconds:.1f}s" + (f", effort {r.effort}" if r.effort else "")
-                + (f", {r.spent:g} of at most {r.cap:g} forwards per sample" if r.cap is not None and r.spent is not None
-                   else "") + (f" ({r.reused_calls} reused calls for the teacher surrogate among them)"
-                               if r.reused_calls else "") + (", interrupted" if r.interrupted else ""),
+                f"samples, seed {r.seed}, {r.seconds:.1f}s"
+                + (f", effort {r.effort}" if r.effort else "")
+                + (
+                    f", {r.spent:g} of at most {r.cap:g} forwards per sample"
+                    if r.cap is not None and r.spent is not None
+                    else ""
+                )
+                + (f" ({r.reused_calls} reused calls for the teacher surrogate among them)" if r.reused_calls else "")
+                + (", interrupted" if r.interrupted else ""),
             ]
             if r.rules_tried is not None:
-                lines.append("rules   chosen among: " + ", ".join(f"{rule} {loss:.4g}" for rule, loss in r.rules_tried.items())
-                             + " (best loss on every sample)")
+                lines.append(
+                    "rules   chosen among: "
+                    + ", ".join(f"{rule} {loss:.4g}" for rule, loss in r.rules_tried.items())
+                    + " (best loss on every sample)"
+                )
             if r.verdict is not None:
                 lines.append("verdict " + self._verdict(r))
         return "\n".join(lines)
@@ -372,18 +418,27 @@ class CachePlan(JsonFile):
     def _verdict(self, r: SearchRecord) -> str:
         plain = f"plain {self.budget}-step {r.solver or 'Euler'}"
         if r.verdict == "cached":
-            best, loss = min((r.plain_objectives or {r.solver or "Euler": r.euler_objective}).items(), key=lambda x: x[1])
+            best, loss = min(
+                (r.plain_objectives or {r.solver or "Euler": r.euler_objective}).items(), key=lambda x: x[1]
+            )
             ratio = loss / r.objective if r.objective > 0 else math.inf
-            return (f"caching beats every plain {self.budget}-step solver scored on the calibration set: {ratio:.3g}x "
-                    f"lower loss than the best, {best} ({r.objective:.4g} vs {loss:.4g})")
+            return (
+                f"caching beats every plain {self.budget}-step solver scored on the calibration set: {ratio:.3g}x "
+                f"lower loss than the best, {best} ({r.objective:.4g} vs {loss:.4g})"
+            )
         if r.verdict.startswith("cached, "):
             name = r.verdict.removeprefix("cached, ").removesuffix(" better")
-            return (f"plain {self.budget}-step {name} beats this plan ({r.plain_objectives[name]:.4g} vs "
-                    f"{r.objective:.4g}), which beats {plain} ({r.euler_objective:.4g}); the pipeline's scheduler does "
-                    f"not run {name}")
+            return (
+                f"plain {self.budget}-step {name} beats this plan ({r.plain_objectives[name]:.4g} vs "
+                f"{r.objective:.4g}), which beats {plain} ({r.euler_objective:.4g}); the pipeline's scheduler does "
+                f"not run {name}"
+            )
         cached = r.objective if r.cached_objective is None else r.cached_objective
-        kept = (f"this plan runs {self.budget} plain steps (num_inference_steps={self.budget})"
-                if r.verdict == "plain" else "the cached plan was kept; fewer steps are as good")
+        kept = (
+            f"this plan runs {self.budget} plain steps (num_inference_steps={self.budget})"
+            if r.verdict == "plain"
+            else "the cached plan was kept; fewer steps are as good"
+        )
         return f"{plain} is at least as good as caching ({r.euler_objective:.4g} vs {cached:.4g}): {kept}"
 
     # -- io ---------------------------------------------------------------------------------
@@ -450,8 +505,10 @@ def pretrained_file(folder_or_hub_id: str | Path, filename: str = PLAN_FILENAME,
     try:
         return Path(hf_hub_download(name, filename, **hub_kwargs))
     except Exception as e:  # offline, unknown repo or file, bad revision: one line that says which
-        raise PlanError(f"{name}: cannot get {filename} from the Hugging Face Hub ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else e!r})") from None
+        raise PlanError(
+            f"{name}: cannot get {filename} from the Hugging Face Hub ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else e!r})"
+        ) from None
 
 
 def same_schedule(a: list[float], b: list[float], tol: float = 1e-5) -> bool:
@@ -537,8 +594,11 @@ def adapters(model: Any) -> str:
                 return ""
             alpha, rank = getattr(module, "lora_alpha", {}), getattr(module, "r", {})
             names = [active] if isinstance(active, str) else list(active)
-            scales = {n: float(scaling[n]) * (rank[n] / alpha[n] if alpha.get(n) and n in rank else 1.0)
-                      for n in names if n in scaling}
+            scales = {
+                n: float(scaling[n]) * (rank[n] / alpha[n] if alpha.get(n) and n in rank else 1.0)
+                for n in names
+                if n in scaling
+            }
             return ",".join(f"{n}={scales[n]:.4g}" if n in scales else str(n) for n in sorted(names))
     return ",".join(sorted(map(str, model.peft_config)))
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ArgumentTypeError, PlanError
-from .sampling.shift import TOLERANCE, describe, relative_shift
 from .plan import PLAN_FILENAME, SCHEMA_VERSION, CachePlan, JsonFile, check_object, pretrained_file, read_json
+from .sampling.shift import TOLERANCE, describe, relative_shift
 
 _SHARED = ("model", "reuse", "boundary_ratio", "begin_index")  # what every plan of a set has in common
 
@@ -36,14 +36,18 @@ class PlanSet(JsonFile):
         for p in self.plans[1:]:
             for name in _SHARED:
                 if getattr(p, name) != getattr(first, name):
-                    raise PlanError(f"the plans of a set must share field '{name}': K={p.num_steps} B={p.budget} has "
-                                    f"{getattr(p, name)!r}, K={first.num_steps} B={first.budget} {getattr(first, name)!r}")
+                    raise PlanError(
+                        f"the plans of a set must share field '{name}': K={p.num_steps} B={p.budget} has "
+                        f"{getattr(p, name)!r}, K={first.num_steps} B={first.budget} {getattr(first, name)!r}"
+                    )
         for i, p in enumerate(self.plans):
-            for q in self.plans[i + 1:]:
+            for q in self.plans[i + 1 :]:
                 if (p.total_steps, p.budget) == (q.total_steps, q.budget) and _overlap(p, q):
-                    raise PlanError(f"a plan set holds two plans for K={p.total_steps} steps and budget B={p.budget} "
-                                    "that cover the same schedule (size); plans for one K and B must be searched at "
-                                    "sizes whose schedules differ")
+                    raise PlanError(
+                        f"a plan set holds two plans for K={p.total_steps} steps and budget B={p.budget} "
+                        "that cover the same schedule (size); plans for one K and B must be searched at "
+                        "sizes whose schedules differ"
+                    )
 
     # -- selection --------------------------------------------------------------------------
     @property
@@ -77,21 +81,25 @@ class PlanSet(JsonFile):
             raise PlanError(f"this plan set holds no plan for {num_steps} steps; it holds {self.holdings()}")
         if budget is None:
             if len({p.budget for p in at_k}) > 1:
-                raise PlanError(f"choose a budget for {num_steps} steps (handle.budget = B); this plan set holds "
-                                f"{self.holdings()}")
+                raise PlanError(
+                    f"choose a budget for {num_steps} steps (handle.budget = B); this plan set holds {self.holdings()}"
+                )
             budget = at_k[0].budget
         plans = [p for p in at_k if p.budget == budget]
         if not plans:
-            raise PlanError(f"this plan set holds no plan for {num_steps} steps at budget {budget}; it holds "
-                            f"{self.holdings()}")
+            raise PlanError(
+                f"this plan set holds no plan for {num_steps} steps at budget {budget}; it holds {self.holdings()}"
+            )
         if sigmas is None or len(plans) == 1:
             return plans[0]
-        tail = sigmas[plans[0].begin_index:]
+        tail = sigmas[plans[0].begin_index :]
         plan = next((p for p in plans if p.shift_of(tail) is not None), None)
         if plan is None:
             plans[0].check_schedule(tail)  # refused: says what the first covers and how to add this size
-            raise PlanError(f"none of the {len(plans)} plans for K={num_steps} B={budget} covers this call's schedule "
-                            "(size); search a plan at this size and add it to the set")
+            raise PlanError(
+                f"none of the {len(plans)} plans for K={num_steps} B={budget} covers this call's schedule "
+                "(size); search a plan at this size and add it to the set"
+            )
         return plan
 
     def check_model(self, model: Any) -> None:
@@ -103,12 +111,22 @@ class PlanSet(JsonFile):
         rows = [("K", "B", "objective", "uniform", "speedup", "mask", "sizes")]
         for p in self.plans:
             r = p.record
-            rows.append((str(p.num_steps), str(p.budget), "-" if r is None else f"{r.objective:.4g}",
-                         "-" if r is None or r.uniform_objective is None else f"{r.uniform_objective:.4g}",
-                         f"{p.ideal_speedup:.2f}x", p.strip, _covers(p)))
+            rows.append(
+                (
+                    str(p.num_steps),
+                    str(p.budget),
+                    "-" if r is None else f"{r.objective:.4g}",
+                    "-" if r is None or r.uniform_objective is None else f"{r.uniform_objective:.4g}",
+                    f"{p.ideal_speedup:.2f}x",
+                    p.strip,
+                    _covers(p),
+                )
+            )
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.rjust(w) if i < 5 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
-                 for row in rows]
+        lines = [
+            "  ".join(c.rjust(w) if i < 5 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+            for row in rows
+        ]
         head = f"plan set: {len(self.plans)} plans ({self.reuse} reuse)"
         if self.model:
             head += f", model {self.model.get('class')} ({self.model.get('fingerprint')})"
@@ -132,7 +150,6 @@ class PlanSet(JsonFile):
             return cls(loaded)
         except PlanError as e:
             raise PlanError(f"{source}: {e}") from None
-
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, PlanSet) and self.plans == other.plans
@@ -175,15 +192,17 @@ def load_plans(path: str | Path) -> CachePlan | PlanSet:
     return CachePlan.from_dict(data, source=str(path))
 
 
-def resolve(plan: CachePlan | PlanSet | str | Path, filename: str = PLAN_FILENAME, **hub_kwargs: Any
-            ) -> CachePlan | PlanSet:
+def resolve(
+    plan: CachePlan | PlanSet | str | Path, filename: str = PLAN_FILENAME, **hub_kwargs: Any
+) -> CachePlan | PlanSet:
     """What ``budcache.apply`` accepts: a plan, a plan set, a plan (set) file, a folder holding
     ``filename``, or a Hugging Face Hub repo id."""
     if isinstance(plan, (CachePlan, PlanSet)):
         return plan
     if not isinstance(plan, (str, Path)):
-        raise ArgumentTypeError(f"plan must be a CachePlan, a PlanSet, a file, a folder or a Hub id, got "
-                                f"{type(plan).__name__}")
+        raise ArgumentTypeError(
+            f"plan must be a CachePlan, a PlanSet, a file, a folder or a Hub id, got {type(plan).__name__}"
+        )
     path = Path(plan)
     if path.is_file():
         return load_plans(path)

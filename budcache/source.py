@@ -30,15 +30,17 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 class Source:
     """Batches of one model over one schedule, and how to judge its outputs.
 
-    ``batches(which, reuse=None)``: fresh batches of the set ``which`` (``calib``, ``validation``,
-    ``eval``; ``has(which)`` tells which exist) whose denoisers reuse by ``reuse`` (default: the
-    source's ``reuse``; a plan of the other mode can be scored on the same source). ``solver``:
-    the K-step solver (Euler over a schedule, or the pipeline's scheduler); ``fewer(b)``: the
-    same solver with ``b`` steps (plain fewer-step sampling). ``model``: the transformer plans are made for. ``restarts``: steps whose cache restarts
-    (another expert; they always compute). ``images``: latents -> images in [-1, 1] (None: score
-    latents). ``decode``: a pipeline's VAE decoding final latents to images in [-1, 1], where budcache
-knows the family's latent packing (scored beside the latents; None: latents only). ``score(images)``: extra scores of held-out images. ``reference``: the final latents
-    each calibration batch must reach under full compute (a replay check), with ``tolerance``.
+        ``batches(which, reuse=None)``: fresh batches of the set ``which`` (``calib``, ``validation``,
+        ``eval``; ``has(which)`` tells which exist) whose denoisers reuse by ``reuse`` (default: the
+        source's ``reuse``; a plan of the other mode can be scored on the same source). ``solver``:
+        the K-step solver (Euler over a schedule, or the pipeline's scheduler); ``fewer(b)``: the
+        same solver with ``b`` steps (plain fewer-step sampling). ``model``: the transformer plans are made for.
+    ``restarts``: steps whose cache restarts
+        (another expert; they always compute). ``images``: latents -> images in [-1, 1] (None: score
+        latents). ``decode``: a pipeline's VAE decoding final latents to images in [-1, 1], where budcache
+    knows the family's latent packing (scored beside the latents; None: latents only). ``score(images)``: extra
+    scores of held-out images. ``reference``: the final latents
+        each calibration batch must reach under full compute (a replay check), with ``tolerance``.
     """
 
     solver: Solver
@@ -76,8 +78,10 @@ knows the family's latent packing (scored beside the latents; None: latents only
     def check_one_size(self, what: str) -> None:
         """Refuse ``what`` on a source of several sizes (it needs one schedule and one latent shape)."""
         if self.sizes:
-            raise CalibrationError(f"{what} runs on one size; this calibration holds {', '.join(self.sizes)}: "
-                                   "calibrate the size to judge alone (budcache.calibrate(..., height=, width=))")
+            raise CalibrationError(
+                f"{what} runs on one size; this calibration holds {', '.join(self.sizes)}: "
+                "calibrate the size to judge alone (budcache.calibrate(..., height=, width=))"
+            )
 
     def check_teacher(self, finals: Sequence[torch.Tensor]) -> None:
         """Refuse a replay whose full-compute results differ from the model's own (``reference``)."""
@@ -85,5 +89,7 @@ knows the family's latent packing (scored beside the latents; None: latents only
             return
         error = max(relative_error(t, r) for t, r in zip(finals, self.reference))
         if not error <= self.tolerance:
-            raise ValueError(f"the replayed full-compute trajectory differs from the pipeline's result (relative "
-                             f"error {error:.3g}); this pipeline's denoising loop is not what budcache replays")
+            raise ValueError(
+                f"the replayed full-compute trajectory differs from the pipeline's result (relative "
+                f"error {error:.3g}); this pipeline's denoising loop is not what budcache replays"
+            )

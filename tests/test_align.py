@@ -41,8 +41,9 @@ def test_checkpointing_gives_the_same_gradient(demo_model):
 
 def test_checkpointing_keeps_fewer_activations(demo_model):
     noise, labels = demo_inputs(4, 0)
-    plan = CachePlan(num_steps=16, budget=6, mask=[1, 0, 1, 0, 0, 1, 0, 1, 0, 0, 1, 0, 0, 1, 0, 0],
-                     sigmas=linear_sigmas(16))
+    plan = CachePlan(
+        num_steps=16, budget=6, mask=[1, 0, 1, 0, 0, 1, 0, 1, 0, 0, 1, 0, 0, 1, 0, 0], sigmas=linear_sigmas(16)
+    )
     saved = []
     with demo_denoisers(demo_model, "residual") as make:
         for checkpointing in (True, False):
@@ -73,18 +74,66 @@ def test_align_never_returns_a_worse_schedule(demo_model):
 def test_cli_align(tmp_path, capsys, demo_model):
     from budcache.plan import model_identity
 
-    plan = CachePlan(num_steps=K, budget=3, mask=PLAN.mask, sigmas=linear_sigmas(K),
-                     model=model_identity(demo_model.transformer))
-    main(["--threads", "1", "align", str(plan.save(tmp_path / "p.json")), "--out", str(tmp_path / "a.json"),
-          "--calib", "4", "--validation", "4", "--epochs", "3", "--no-progress"])
+    plan = CachePlan(
+        num_steps=K, budget=3, mask=PLAN.mask, sigmas=linear_sigmas(K), model=model_identity(demo_model.transformer)
+    )
+    main(
+        [
+            "--threads",
+            "1",
+            "align",
+            str(plan.save(tmp_path / "p.json")),
+            "--out",
+            str(tmp_path / "a.json"),
+            "--calib",
+            "4",
+            "--validation",
+            "4",
+            "--epochs",
+            "3",
+            "--no-progress",
+        ]
+    )
     aligned = CachePlan.load(tmp_path / "a.json")
     assert aligned.mask == plan.mask and (tmp_path / "a.png").exists() and (tmp_path / "a.checkpoint.pt").exists()
     assert "validation MSE" in capsys.readouterr().out
-    main(["--threads", "1", "align", str(tmp_path / "p.json"), "--out", str(tmp_path / "a.json"), "--calib", "4",
-          "--validation", "4", "--epochs", "3", "--resume", "--no-progress"])  # a finished run: nothing left to do
+    main(
+        [
+            "--threads",
+            "1",
+            "align",
+            str(tmp_path / "p.json"),
+            "--out",
+            str(tmp_path / "a.json"),
+            "--calib",
+            "4",
+            "--validation",
+            "4",
+            "--epochs",
+            "3",
+            "--resume",
+            "--no-progress",
+        ]
+    )  # a finished run: nothing left to do
     assert CachePlan.load(tmp_path / "a.json") == aligned
-    main(["--threads", "1", "align", str(tmp_path / "p.json"), "--out", str(tmp_path / "t.json"), "--calib", "4",
-          "--validation", "4", "--epochs", "2", "--model-times", "--no-progress"])
+    main(
+        [
+            "--threads",
+            "1",
+            "align",
+            str(tmp_path / "p.json"),
+            "--out",
+            str(tmp_path / "t.json"),
+            "--calib",
+            "4",
+            "--validation",
+            "4",
+            "--epochs",
+            "2",
+            "--model-times",
+            "--no-progress",
+        ]
+    )
     timed = CachePlan.load(tmp_path / "t.json")
     assert "decoupled model times" in capsys.readouterr().out
     assert timed.model_sigmas is None or len(timed.model_sigmas) == K
@@ -97,8 +146,9 @@ def test_several_batches_give_the_gradient_of_one(demo_model):
     with demo_denoisers(demo_model, "residual") as make:
         for size in (6, 2):
             torch.manual_seed(0)
-            _, result = align(PLAN, demo_batches(make, noise, labels, batch_size=size), config=AlignConfig(epochs=3),
-                              progress=False)
+            _, result = align(
+                PLAN, demo_batches(make, noise, labels, batch_size=size), config=AlignConfig(epochs=3), progress=False
+            )
             losses.append(result.train_loss)
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
 
@@ -112,9 +162,17 @@ def test_align_steps_through_the_multistep_schedulers(tmp_path, capsys, schedule
 
     mask = [1, 0, 1, 0, 0, 1, 0, 1]
     with demo_source(K, 4, validation=4, held_out=0, model=demo_model, scheduler=scheduler) as source:
-        plan = CachePlan(num_steps=K, budget=4, mask=mask, sigmas=source.sigmas, model=model_identity(demo_model.transformer))
-        aligned, result = align(plan, source.batches("calib"), source.batches("validation"), AlignConfig(epochs=3, lr=0.05),
-                                progress=False, solver=source.solver)
+        plan = CachePlan(
+            num_steps=K, budget=4, mask=mask, sigmas=source.sigmas, model=model_identity(demo_model.transformer)
+        )
+        aligned, result = align(
+            plan,
+            source.batches("calib"),
+            source.batches("validation"),
+            AlignConfig(epochs=3, lr=0.05),
+            progress=False,
+            solver=source.solver,
+        )
         assert result.improved and aligned.sigmas != plan.sigmas
         with torch.no_grad():
             teacher = [sample(b.denoiser, b.noise, source.solver, [1] * K) for b in source.batches("validation")]
@@ -123,8 +181,23 @@ def test_align_steps_through_the_multistep_schedulers(tmp_path, capsys, schedule
             x = [sample(b.denoiser, b.noise, solver, mask, aligned.step_rules) for b in source.batches("validation")]
         loss = sum((a - t).pow(2).mean().item() * a.shape[0] for a, t in zip(x, teacher)) / 4
         assert loss == pytest.approx(result.validation_loss[result.best_epoch], rel=1e-4)
-    main(["align", str(plan.save(tmp_path / "p.json")), "--scheduler", scheduler, "--calib", "2", "--validation", "2",
-          "--epochs", "1", "--out", str(tmp_path / "a.json"), "--no-progress"])
+    main(
+        [
+            "align",
+            str(plan.save(tmp_path / "p.json")),
+            "--scheduler",
+            scheduler,
+            "--calib",
+            "2",
+            "--validation",
+            "2",
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "a.json"),
+            "--no-progress",
+        ]
+    )
     assert "validation MSE" in capsys.readouterr().out
 
 
@@ -157,8 +230,9 @@ def test_decoupled_model_times_are_kept_only_where_validation_improves(demo_mode
             assert timed.sigmas == plain.sigmas
         with torch.no_grad():
             teacher = sample(make(labels), noise, linear_sigmas(K), [1] * K)
-            solver = Euler(timed.sigmas) if timed.model_sigmas is None else Retimed(Euler(timed.sigmas),
-                                                                                    timed.model_sigmas)
+            solver = (
+                Euler(timed.sigmas) if timed.model_sigmas is None else Retimed(Euler(timed.sigmas), timed.model_sigmas)
+            )
             x = sample(make(labels), noise, solver, timed.mask, timed.step_rules)
         assert (x - teacher).pow(2).mean().item() == pytest.approx(best, rel=1e-4)
 
@@ -167,7 +241,8 @@ def test_decoupled_model_times_are_kept_only_where_validation_improves(demo_mode
 def test_an_interrupted_alignment_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, demo_model, stop_at):
     """The checkpoint written after every epoch lets ``resume`` continue where Ctrl-C stopped (in either
     phase); the result is exactly an uninterrupted run's. Another configuration's checkpoint is refused."""
-    from budcache import align as align_module, align_checkpoint
+    from budcache import align as align_module
+    from budcache import align_checkpoint
     from budcache.errors import CheckpointError
 
     config = AlignConfig(epochs=4, lr=0.05, model_times=True)
@@ -182,6 +257,7 @@ def test_an_interrupted_alignment_resumes_to_the_uninterrupted_result(tmp_path, 
             if len(calls) > stop_at:
                 raise KeyboardInterrupt
             return train_epoch(self, tensors)
+
         monkeypatch.setattr(align_module._Fit, "train", interrupted)
         _, cut = align(PLAN, train, held_out, config, progress=False, checkpoint=tmp_path / "cut.pt")
         assert cut.interrupted and len(cut.train_loss) == stop_at
@@ -189,16 +265,35 @@ def test_an_interrupted_alignment_resumes_to_the_uninterrupted_result(tmp_path, 
         assert align_checkpoint.unfinished(tmp_path / "cut.pt") == f"epoch {stop_at % 4} of the {phase}"
         assert align_checkpoint.unfinished(tmp_path / "whole.pt") is None
         with pytest.raises(SystemExit, match="holds an unfinished alignment"):  # a fresh start would overwrite it
-            main(["align", str(PLAN.save(tmp_path / "p.json")), "--out", str(tmp_path / "a.json"), "--checkpoint",
-                  str(tmp_path / "cut.pt")])
+            main(
+                [
+                    "align",
+                    str(PLAN.save(tmp_path / "p.json")),
+                    "--out",
+                    str(tmp_path / "a.json"),
+                    "--checkpoint",
+                    str(tmp_path / "cut.pt"),
+                ]
+            )
         monkeypatch.setattr(align_module._Fit, "train", train_epoch)
-        resumed, result = align(PLAN, train, held_out, config, progress=False, checkpoint=tmp_path / "cut.pt",
-                                resume=True)
+        resumed, result = align(
+            PLAN, train, held_out, config, progress=False, checkpoint=tmp_path / "cut.pt", resume=True
+        )
         assert (resumed.sigmas, resumed.model_sigmas) == (whole.sigmas, whole.model_sigmas)
         assert (result.validation_loss, result.train_loss, result.best_epoch) == (
-            expected.validation_loss, expected.train_loss, expected.best_epoch)
+            expected.validation_loss,
+            expected.train_loss,
+            expected.best_epoch,
+        )
         with pytest.raises(CheckpointError, match="config differs"):
-            align(PLAN, train, held_out, AlignConfig(epochs=4, lr=0.01), progress=False,
-                  checkpoint=tmp_path / "cut.pt", resume=True)
+            align(
+                PLAN,
+                train,
+                held_out,
+                AlignConfig(epochs=4, lr=0.01),
+                progress=False,
+                checkpoint=tmp_path / "cut.pt",
+                resume=True,
+            )
         with pytest.raises(CheckpointError, match="no such alignment checkpoint"):
             align(PLAN, train, held_out, config, progress=False, checkpoint=tmp_path / "none.pt", resume=True)

@@ -24,15 +24,25 @@ QUICK = AlignConfig(epochs=3, lr=0.005)
 
 def _flux():
     def prompt():
-        return dict(prompt_embeds=torch.randn(1, 8, 32), pooled_prompt_embeds=torch.randn(1, 32),
-                    negative_prompt_embeds=torch.randn(1, 8, 32), negative_pooled_prompt_embeds=torch.randn(1, 32))
+        return dict(
+            prompt_embeds=torch.randn(1, 8, 32),
+            pooled_prompt_embeds=torch.randn(1, 32),
+            negative_prompt_embeds=torch.randn(1, 8, 32),
+            negative_pooled_prompt_embeds=torch.randn(1, 32),
+        )
+
     return tiny_flux_pipeline(), prompt, dict(height=16, width=16, true_cfg_scale=3.0)
 
 
 def _sd3():
     def prompt():
-        return dict(prompt_embeds=torch.randn(1, 8, 32), pooled_prompt_embeds=torch.randn(1, 64),
-                    negative_prompt_embeds=torch.randn(1, 8, 32), negative_pooled_prompt_embeds=torch.randn(1, 64))
+        return dict(
+            prompt_embeds=torch.randn(1, 8, 32),
+            pooled_prompt_embeds=torch.randn(1, 64),
+            negative_prompt_embeds=torch.randn(1, 8, 32),
+            negative_pooled_prompt_embeds=torch.randn(1, 64),
+        )
+
     return tiny_sd3_pipeline(), prompt, dict(height=16, width=16, guidance_scale=5.0)
 
 
@@ -40,8 +50,10 @@ def _wan(scheduler=None):  # Wan's pipeline takes no sigmas=: the plan hook repl
     def build():
         def prompt():
             return dict(prompt_embeds=torch.randn(1, 8, 32), negative_prompt_embeds=torch.randn(1, 8, 32))
+
         pipe = tiny_wan_pipeline(scheduler=scheduler)  # default: UniPC, as Wan ships
         return pipe, prompt, dict(height=16, width=16, num_frames=5, guidance_scale=4.0)
+
     return build
 
 
@@ -53,20 +65,40 @@ def _family(name, scheduler=None):
         def prompt():
             kwargs = family.call_kwargs(seed=next(seeds))
             return {k: v for k, v in kwargs.items() if k not in ("generator", "output_type")}
+
         pipe = family.pipeline()
         if scheduler is not None:
             pipe.scheduler = scheduler
         return pipe, prompt, {}
+
     return build
 
 
 # every family that calibrate and search support (all tiny pipelines but LTX-2, whose audio latents evolve too);
 # Wan2.1 and Wan2.2 as shipped step with UniPC, Sana with DPM-Solver++: stage 2 steps their native equals
-FAMILIES = {"flux": _flux, "sd3": _sd3, "wan-euler": _wan(FlowMatchEulerDiscreteScheduler(shift=3.0)),
-            "wan-unipc": _wan(), "sana-dpm": _family("sana"),
-            "wan22-euler": _family("wan22", FlowMatchEulerDiscreteScheduler(shift=3.0)), "wan22-unipc": _family("wan22"),
-            **{name: _family(name) for name in ("cogview4", "z_image", "z_image_turbo", "qwen_image", "qwen_image21",
-                                                "flux2", "flux2_klein", "chroma", "hunyuan_video15")}}
+FAMILIES = {
+    "flux": _flux,
+    "sd3": _sd3,
+    "wan-euler": _wan(FlowMatchEulerDiscreteScheduler(shift=3.0)),
+    "wan-unipc": _wan(),
+    "sana-dpm": _family("sana"),
+    "wan22-euler": _family("wan22", FlowMatchEulerDiscreteScheduler(shift=3.0)),
+    "wan22-unipc": _family("wan22"),
+    **{
+        name: _family(name)
+        for name in (
+            "cogview4",
+            "z_image",
+            "z_image_turbo",
+            "qwen_image",
+            "qwen_image21",
+            "flux2",
+            "flux2_klein",
+            "chroma",
+            "hunyuan_video15",
+        )
+    },
+}
 
 
 def _setup(name):
@@ -77,8 +109,15 @@ def _setup(name):
     mask = list(MASK)
     for k in calib.forced_steps():  # Wan2.2: the first step of the second expert computes
         mask[k] = 1
-    plan = budcache.CachePlan(num_steps=K, budget=sum(mask), mask=mask, rule="extrapolate", sigmas=calib.sigmas,
-                              boundary_ratio=calib.boundary_ratio, model=model_identity(pipe.transformer))
+    plan = budcache.CachePlan(
+        num_steps=K,
+        budget=sum(mask),
+        mask=mask,
+        rule="extrapolate",
+        sigmas=calib.sigmas,
+        boundary_ratio=calib.boundary_ratio,
+        model=model_identity(pipe.transformer),
+    )
     return pipe, prompts, kwargs, calib, plan
 
 
@@ -142,8 +181,9 @@ def test_decoupled_model_times_reach_the_transformer_inside_the_pipeline(name):
     pipe, prompts, kwargs, calib, plan = _setup(name)
     config = dataclasses.replace(QUICK, model_times=True)
     aligned, result = budcache.align(plan, calib, config=config, progress=False)
-    assert _applied(pipe, prompts, kwargs, aligned) == pytest.approx(result.validation_loss[result.best_epoch],
-                                                                     rel=1e-4)
+    assert _applied(pipe, prompts, kwargs, aligned) == pytest.approx(
+        result.validation_loss[result.best_epoch], rel=1e-4
+    )
     times = ModelTimes(K)
     with torch.no_grad():
         times.offsets.copy_(0.5 * torch.randn(K, generator=torch.Generator().manual_seed(2), dtype=torch.float64))
@@ -181,8 +221,9 @@ def test_wan22_alignment_keeps_the_expert_boundary():
     aligned, _ = budcache.align(plan, calib, config=QUICK, progress=False)
     assert [s >= boundary for s in aligned.sigmas[:-1]] == expert
     seen = []
-    hook = pipe.transformer_2.register_forward_pre_hook(lambda m, a, kw: seen.append(float(kw["timestep"][0])),
-                                                        with_kwargs=True)
+    hook = pipe.transformer_2.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(float(kw["timestep"][0])), with_kwargs=True
+    )
     try:
         _applied(pipe, prompts[:1], kwargs, dataclasses.replace(plan, sigmas=schedule().tolist()))
     finally:
@@ -197,8 +238,9 @@ def test_time_rule_per_family():
     pipe, prompts, kwargs, calib, plan = _setup("cogview4")
     assert families.time_rule(pipe) is families.unshifted_time
     captured = torch.stack([s.timesteps[0].flatten()[0] for s in calib.captures[0].steps]).double()
-    rule = families.unshifted_time(torch.tensor(calib.sigmas[:-1], dtype=torch.float64), pipe.scheduler.config,
-                                   calib.schedule_kwargs)
+    rule = families.unshifted_time(
+        torch.tensor(calib.sigmas[:-1], dtype=torch.float64), pipe.scheduler.config, calib.schedule_kwargs
+    )
     assert torch.allclose(rule, captured, atol=1e-3)
     assert not torch.allclose(1000 * torch.tensor(calib.sigmas[:-1], dtype=torch.float64), captured, atol=1)
     schedule = SigmaSchedule(plan.sigmas)
@@ -207,14 +249,15 @@ def test_time_rule_per_family():
         schedule.logits[0] -= 1.0
     moved = dataclasses.replace(plan, sigmas=schedule().tolist())
     seen = []
-    hook = pipe.transformer.register_forward_pre_hook(lambda m, a, kw: seen.append(float(kw["timestep"][0])),
-                                                      with_kwargs=True)
+    hook = pipe.transformer.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(float(kw["timestep"][0])), with_kwargs=True
+    )
     try:
         _applied(pipe, prompts[:1], kwargs, moved)
     finally:
         hook.remove()
     want = families.unshifted_time(torch.tensor(moved.sigmas[:-1]), pipe.scheduler.config, calib.schedule_kwargs)
-    applied = seen[len(seen) // 2:]  # the full-compute run came first
+    applied = seen[len(seen) // 2 :]  # the full-compute run came first
     assert len(applied) == 2 * K and torch.allclose(torch.tensor(applied[::2]), want.float(), rtol=1e-5)
 
 
@@ -241,27 +284,57 @@ def test_align_command_on_a_plan_searched_at_the_pipeline_default(tmp_path, caps
     with quiet():
         pipe = DiffusionPipeline.from_pretrained(folder)
     steps = 6
-    plan = budcache.CachePlan(num_steps=steps, budget=3, mask=[1, 0, 1, 0, 1, 0], model=model_identity(pipe.transformer))
+    plan = budcache.CachePlan(
+        num_steps=steps, budget=3, mask=[1, 0, 1, 0, 1, 0], model=model_identity(pipe.transformer)
+    )
     plan.save(tmp_path / "plan.json")
     assert json.loads((tmp_path / "plan.json").read_text()).get("sigmas") is None
     (tmp_path / "calib.txt").write_text("a red square\na blue circle\n")
     (tmp_path / "val.txt").write_text("a green star\n")
-    main(["align", str(tmp_path / "plan.json"), "--pipeline", str(folder), "--prompts", str(tmp_path / "calib.txt"),
-          "--validation-prompts", str(tmp_path / "val.txt"), "--steps", str(steps), "--height", "16", "--width", "16",
-          "--call", "max_sequence_length=16", "--epochs", "2", "--lr", "0.005", "--no-progress",
-          "--out", str(tmp_path / "aligned.json")])
+    main(
+        [
+            "align",
+            str(tmp_path / "plan.json"),
+            "--pipeline",
+            str(folder),
+            "--prompts",
+            str(tmp_path / "calib.txt"),
+            "--validation-prompts",
+            str(tmp_path / "val.txt"),
+            "--steps",
+            str(steps),
+            "--height",
+            "16",
+            "--width",
+            "16",
+            "--call",
+            "max_sequence_length=16",
+            "--epochs",
+            "2",
+            "--lr",
+            "0.005",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "aligned.json"),
+        ]
+    )
     assert "validation MSE" in capsys.readouterr().out
     aligned = budcache.CachePlan.load(tmp_path / "aligned.json")
     pipe.set_progress_bar_config(disable=True)
-    default = calibrate(pipe, ["a red square"], steps, progress=False, height=16, width=16,
-                        max_sequence_length=16).sigmas
+    default = calibrate(
+        pipe, ["a red square"], steps, progress=False, height=16, width=16, max_sequence_length=16
+    ).sigmas
     assert aligned.mask == plan.mask and len(aligned.sigmas) == steps + 1
     assert aligned.sigmas[0] == pytest.approx(default[0]) and aligned.sigmas[-1] == pytest.approx(default[-1])
 
 
-@pytest.mark.parametrize("change, refused", [
-    ({"solver_type": "bh1"}, "UniPCMultistepScheduler (solver_type='bh1')"),
-    ({"_class_name": "DPMSolverSinglestepScheduler"}, "this pipeline steps with DPMSolverSinglestepScheduler")])
+@pytest.mark.parametrize(
+    "change, refused",
+    [
+        ({"solver_type": "bh1"}, "UniPCMultistepScheduler (solver_type='bh1')"),
+        ({"_class_name": "DPMSolverSinglestepScheduler"}, "this pipeline steps with DPMSolverSinglestepScheduler"),
+    ],
+)
 def test_align_command_refuses_a_scheduler_it_cannot_differentiate(tmp_path, change, refused):
     """A scheduler whose step stage 2 has no differentiable equal of is refused from the folder's
     model_index.json and scheduler config, before anything is loaded or calibrated."""
@@ -281,5 +354,15 @@ def test_align_command_refuses_a_scheduler_it_cannot_differentiate(tmp_path, cha
     plan = budcache.CachePlan(num_steps=6, budget=3, mask=[1, 0, 1, 0, 1, 0])
     plan.save(tmp_path / "plan.json")
     with pytest.raises(SystemExit, match=refused.replace("(", r"\(").replace(")", r"\)")):
-        main(["align", str(tmp_path / "plan.json"), "--pipeline", str(folder), "--prompts", str(tmp_path / "calib.txt"),
-              "--out", str(tmp_path / "aligned.json")])
+        main(
+            [
+                "align",
+                str(tmp_path / "plan.json"),
+                "--pipeline",
+                str(folder),
+                "--prompts",
+                str(tmp_path / "calib.txt"),
+                "--out",
+                str(tmp_path / "aligned.json"),
+            ]
+        )

@@ -14,9 +14,17 @@ def pipe(tiny_flux):
 
 
 def run(pipe, steps, n=1, **kw):
-    return pipe(prompt_embeds=torch.ones(1, 8, 32), pooled_prompt_embeds=torch.ones(1, 32), height=8, width=8,
-                num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="pt",
-                num_images_per_prompt=n, **kw).images
+    return pipe(
+        prompt_embeds=torch.ones(1, 8, 32),
+        pooled_prompt_embeds=torch.ones(1, 32),
+        height=8,
+        width=8,
+        num_inference_steps=steps,
+        generator=torch.Generator().manual_seed(0),
+        output_type="pt",
+        num_images_per_prompt=n,
+        **kw,
+    ).images
 
 
 def attention_calls(transformer):
@@ -29,8 +37,9 @@ def attention_calls(transformer):
 @pytest.mark.parametrize("reuse, rule", [("residual", "repeat"), ("residual", "extrapolate"), ("output", "repeat")])
 def test_apply_runs_exactly_budget_and_removes_cleanly(pipe, reuse, rule):
     reference = run(pipe, 8)
-    plan = CachePlan(num_steps=8, budget=3, mask=uniform_mask(8, 3), reuse=reuse, rule=rule,
-                     model=model_identity(pipe.transformer))
+    plan = CachePlan(
+        num_steps=8, budget=3, mask=uniform_mask(8, 3), reuse=reuse, rule=rule, model=model_identity(pipe.transformer)
+    )
     calls, hooks = attention_calls(pipe.transformer)
     with budcache.apply(pipe, plan) as handle:
         cached = run(pipe, 8)
@@ -76,8 +85,9 @@ def test_wrong_step_count_and_wrong_model_are_refused(pipe):
             run(pipe, 6)
         with pytest.raises(RuntimeError, match="already applied"):
             budcache.apply(pipe, plan)
-    other = CachePlan(num_steps=8, budget=3, mask=uniform_mask(8, 3), model={"class": "WanTransformer3DModel",
-                                                                            "fingerprint": "0"})
+    other = CachePlan(
+        num_steps=8, budget=3, mask=uniform_mask(8, 3), model={"class": "WanTransformer3DModel", "fingerprint": "0"}
+    )
     with pytest.raises(PlanError, match="WanTransformer3DModel"):
         budcache.apply(pipe, other)
 
@@ -86,8 +96,9 @@ def test_wrong_step_count_and_wrong_model_are_refused(pipe):
 def test_plan_sigmas_reach_the_transformer_unchanged(pipe):
     sigmas = [1.0, 0.9, 0.7, 0.45, 0.3, 0.15, 0.0]
     seen = []
-    hook = pipe.transformer.register_forward_pre_hook(lambda m, a, kw: seen.append(float(kw["timestep"][0])),
-                                                      with_kwargs=True)
+    hook = pipe.transformer.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(float(kw["timestep"][0])), with_kwargs=True
+    )
     try:
         with budcache.apply(pipe, CachePlan(num_steps=6, budget=6, mask=[1] * 6, sigmas=sigmas)):
             run(pipe, 6)
@@ -106,13 +117,22 @@ def test_wan_cfg_branches_each_follow_the_mask_with_their_own_cache():
     pipe = tiny_wan_pipeline()
     transformer = pipe.transformer
     seen = []
-    hook = transformer.register_forward_pre_hook(lambda m, a, kw: seen.append(float(kw["timestep"][0])),
-                                                 with_kwargs=True)
+    hook = transformer.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(float(kw["timestep"][0])), with_kwargs=True
+    )
 
     def run():
-        return pipe(prompt_embeds=torch.ones(1, 8, 32), negative_prompt_embeds=torch.zeros(1, 8, 32), height=16,
-                    width=16, num_frames=5, num_inference_steps=6, guidance_scale=5.0,
-                    generator=torch.Generator().manual_seed(0), output_type="pt").frames
+        return pipe(
+            prompt_embeds=torch.ones(1, 8, 32),
+            negative_prompt_embeds=torch.zeros(1, 8, 32),
+            height=16,
+            width=16,
+            num_frames=5,
+            num_inference_steps=6,
+            guidance_scale=5.0,
+            generator=torch.Generator().manual_seed(0),
+            output_type="pt",
+        ).frames
 
     reference = run()
     calls = []
@@ -124,7 +144,9 @@ def test_wan_cfg_branches_each_follow_the_mask_with_their_own_cache():
         cached = run()
         assert len(calls) == 6  # 3 computed steps x 2 CFG branches
         assert handle.summary() == {"cond": {"computed": 3, "reused": 3}, "uncond": {"computed": 3, "reused": 3}}
-    assert seen == pytest.approx([1000 * s for s in sigmas[:-1] for _ in (0, 1)], abs=1e-3)  # WanPipeline takes no sigmas=
+    assert seen == pytest.approx(
+        [1000 * s for s in sigmas[:-1] for _ in (0, 1)], abs=1e-3
+    )  # WanPipeline takes no sigmas=
     counter.remove()
     hook.remove()
     assert cached.shape == reference.shape
@@ -139,10 +161,18 @@ def test_sd3_without_cache_context_batched_cfg():
     pipe = tiny_sd3_pipeline()
 
     def run():
-        return pipe(prompt_embeds=torch.ones(1, 8, 32), pooled_prompt_embeds=torch.ones(1, 64),
-                    negative_prompt_embeds=torch.zeros(1, 8, 32), negative_pooled_prompt_embeds=torch.zeros(1, 64),
-                    height=8, width=8, num_inference_steps=6, guidance_scale=3.0,
-                    generator=torch.Generator().manual_seed(0), output_type="pt").images
+        return pipe(
+            prompt_embeds=torch.ones(1, 8, 32),
+            pooled_prompt_embeds=torch.ones(1, 64),
+            negative_prompt_embeds=torch.zeros(1, 8, 32),
+            negative_pooled_prompt_embeds=torch.zeros(1, 64),
+            height=8,
+            width=8,
+            num_inference_steps=6,
+            guidance_scale=3.0,
+            generator=torch.Generator().manual_seed(0),
+            output_type="pt",
+        ).images
 
     reference = run()
     calls = []
@@ -163,9 +193,21 @@ def test_bare_z_image_transformer_with_increasing_timesteps():
 
     torch.manual_seed(0)
     model = ZImageTransformer2DModel(
-        all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=16, n_layers=2, n_refiner_layers=1,
-        n_heads=1, n_kv_heads=2, qk_norm=True, cap_feat_dim=16, rope_theta=256.0, t_scale=1000.0,
-        axes_dims=[8, 4, 4], axes_lens=[256, 32, 32]).eval()
+        all_patch_size=(2,),
+        all_f_patch_size=(1,),
+        in_channels=16,
+        dim=16,
+        n_layers=2,
+        n_refiner_layers=1,
+        n_heads=1,
+        n_kv_heads=2,
+        qk_norm=True,
+        cap_feat_dim=16,
+        rope_theta=256.0,
+        t_scale=1000.0,
+        axes_dims=[8, 4, 4],
+        axes_lens=[256, 32, 32],
+    ).eval()
     cap = [torch.randn(16, 16)]
     sigmas = torch.linspace(1, 0, 7).tolist()
 
@@ -197,9 +239,16 @@ def test_bare_qwen_image_transformer():
     from diffusers import QwenImageTransformer2DModel
 
     torch.manual_seed(0)
-    model = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=2,
-                                        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=16,
-                                        axes_dims_rope=(8, 4, 4)).eval()
+    model = QwenImageTransformer2DModel(
+        patch_size=2,
+        in_channels=16,
+        out_channels=4,
+        num_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=16,
+        axes_dims_rope=(8, 4, 4),
+    ).eval()
     gen = torch.Generator().manual_seed(1)
     text, noise = torch.randn(1, 7, 16, generator=gen), torch.randn(1, 16, 16, generator=gen)
     sigmas = torch.linspace(1, 0, 7).tolist()
@@ -207,8 +256,14 @@ def test_bare_qwen_image_transformer():
     def run():
         x = noise
         for i in range(6):
-            v = model(hidden_states=x, encoder_hidden_states=text, encoder_hidden_states_mask=torch.ones(1, 7),
-                      timestep=torch.tensor([sigmas[i]]), img_shapes=[(1, 4, 4)], return_dict=False)[0]
+            v = model(
+                hidden_states=x,
+                encoder_hidden_states=text,
+                encoder_hidden_states_mask=torch.ones(1, 7),
+                timestep=torch.tensor([sigmas[i]]),
+                img_shapes=[(1, 4, 4)],
+                return_dict=False,
+            )[0]
             x = x + (sigmas[i + 1] - sigmas[i]) * v
         return x
 

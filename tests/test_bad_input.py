@@ -30,43 +30,78 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("bad")
     plan8 = CachePlan(num_steps=8, budget=3, mask=[1, 0, 0, 1, 0, 0, 1, 0], sigmas=linear_sigmas(8))
     texts = {
-        "prompts.txt": "a red square\na blue circle\n", "empty.txt": "", "comments.txt": "# only\n\n# comments\n",
-        "yaml_prompts.yaml": "- a cat\n", "bad.jsonl": '{"text": "a cat"}\n', "badcsv.csv": "text\na cat\n",
-        "extra.jsonl": '{"prompt": "a cat", "bogus_arg": 1}\n', "corrupt.json": '{"num_steps": 8, "budget"',
-        "ckpt_bad.json": "{}", "a_file": "x",
+        "prompts.txt": "a red square\na blue circle\n",
+        "empty.txt": "",
+        "comments.txt": "# only\n\n# comments\n",
+        "yaml_prompts.yaml": "- a cat\n",
+        "bad.jsonl": '{"text": "a cat"}\n',
+        "badcsv.csv": "text\na cat\n",
+        "extra.jsonl": '{"prompt": "a cat", "bogus_arg": 1}\n',
+        "corrupt.json": '{"num_steps": 8, "budget"',
+        "ckpt_bad.json": "{}",
+        "a_file": "x",
         "typed.json": json.dumps({**plan8.to_dict(), "budget": "3"}),
     }
     for name, text in texts.items():
         (d / name).write_text(text)
     plan8.save(d / "plan8.json")
     CachePlan(num_steps=10, budget=3, mask=[1, 0, 0, 1, 0, 0, 1, 0, 0, 0]).save(d / "plan10.json")
-    CachePlan(num_steps=8, budget=3, mask=plan8.mask, model={"class": "SD3Transformer2DModel", "fingerprint": "x"}
-              ).save(d / "plan8_sd3.json")
-    CachePlan(num_steps=8, budget=3, mask=plan8.mask, sigmas=plan8.sigmas, boundary_ratio=0.9).save(d / "plan8_wan22.json")
-    CachePlan(num_steps=8, budget=3, mask=plan8.mask, model={"class": "FluxTransformer2DModel", "fingerprint": "y"}
-              ).save(d / "plan8_flux.json")
+    CachePlan(
+        num_steps=8, budget=3, mask=plan8.mask, model={"class": "SD3Transformer2DModel", "fingerprint": "x"}
+    ).save(d / "plan8_sd3.json")
+    CachePlan(num_steps=8, budget=3, mask=plan8.mask, sigmas=plan8.sigmas, boundary_ratio=0.9).save(
+        d / "plan8_wan22.json"
+    )
+    CachePlan(
+        num_steps=8, budget=3, mask=plan8.mask, model={"class": "FluxTransformer2DModel", "fingerprint": "y"}
+    ).save(d / "plan8_flux.json")
     ckpt = {"format": "budcache-search-checkpoint/1", "identity": {"budget": 4}, "forwards": 0, "memo": {}}
     (d / "ckpt_b4.json").write_text(json.dumps(ckpt))
-    unfinished = {"format": FORMAT, "identity": {"budget": 3}, "forwards": 80, "finished": False,
-                  "memo": {"1,0,0,1,0,0,1,0": 0.5}}
+    unfinished = {
+        "format": FORMAT,
+        "identity": {"budget": 3},
+        "forwards": 80,
+        "finished": False,
+        "memo": {"1,0,0,1,0,0,1,0": 0.5},
+    }
     (d / "ckpt_unfinished.json").write_text(json.dumps({**unfinished, "checksum": _checksum(unfinished)}))
     (d / "empty_dir").mkdir()
-    return {"tmp": str(d), "flux": str(save_tiny_flux_pipeline(d / "flux")), "out": str(d / "out" / "plan.json"),
-            "empty_dir": str(d / "empty_dir"),
-            **{Path(n).stem: str(d / n) for n in [*texts, "plan8.json", "plan10.json",
-                                                                   "plan8_sd3.json", "plan8_flux.json", "plan8_wan22.json",
-                                                                   "ckpt_b4.json", "ckpt_unfinished.json"]}}
+    return {
+        "tmp": str(d),
+        "flux": str(save_tiny_flux_pipeline(d / "flux")),
+        "out": str(d / "out" / "plan.json"),
+        "empty_dir": str(d / "empty_dir"),
+        **{
+            Path(n).stem: str(d / n)
+            for n in [
+                *texts,
+                "plan8.json",
+                "plan10.json",
+                "plan8_sd3.json",
+                "plan8_flux.json",
+                "plan8_wan22.json",
+                "ckpt_b4.json",
+                "ckpt_unfinished.json",
+            ]
+        },
+    }
 
 
 @pytest.fixture
 def no_work(monkeypatch, tmp_path):
     """Loading the demo or a pipeline, calibrating, searching or running the demo raises WorkStarted."""
+
     def refuse(*args, **kwargs):
         raise WorkStarted
 
-    for target in ("budcache.cli.commands.open_source", "budcache.cli.launch.load_pipeline",
-                   "budcache.demo.problem.demo_source", "budcache.cli.commands.search_source",
-                   "budcache.demo.run.run_demo", "budcache.cli.launch.calibrate_shard"):
+    for target in (
+        "budcache.cli.commands.open_source",
+        "budcache.cli.launch.load_pipeline",
+        "budcache.demo.problem.demo_source",
+        "budcache.cli.commands.search_source",
+        "budcache.demo.run.run_demo",
+        "budcache.cli.launch.calibrate_shard",
+    ):
         monkeypatch.setattr(target, refuse)
     monkeypatch.chdir(tmp_path)  # default output folders (compare-out, ...) land here
 
@@ -145,8 +180,10 @@ BAD = [
     ("frontier --budgets 4..40", "--budgets 29 exceeds --steps 28"),
     ("frontier --out {a_file}", "--out {a_file} is a file; name a folder"),
     ("frontier " + PIPE, "frontier --pipeline needs --held-out-prompts"),
-    ("frontier " + PIPE + " --held-out-prompts {prompts} --validation-prompts {prompts}",
-     "--validation-prompts: frontier uses no validation set"),
+    (
+        "frontier " + PIPE + " --held-out-prompts {prompts} --validation-prompts {prompts}",
+        "--validation-prompts: frontier uses no validation set",
+    ),
     # align
     ("align {tmp}/missing.json --out {out}", "no such plan file"),
     ("align {tmp} --out {out}", "is a folder; name a plan file"),
@@ -206,11 +243,19 @@ def test_bad_invocation_is_refused_in_one_line_before_any_work(args, message, fi
     assert "Traceback" not in err and message.format(**files) in lines[0]
 
 
-@pytest.mark.parametrize("args", [
-    "demo --budgets 6,8", "demo --budgets 6 8", "demo --budgets 4..6", "compare --budgets 4..6",
-    "frontier --budgets 3 5", "search --budget 3 --out {out} " + PIPE + " --call max_sequence_length=16",
-    "compare {plan8} {plan8_sd3}", "align {plan8} --out {out} --steps 8",
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        "demo --budgets 6,8",
+        "demo --budgets 6 8",
+        "demo --budgets 4..6",
+        "compare --budgets 4..6",
+        "frontier --budgets 3 5",
+        "search --budget 3 --out {out} " + PIPE + " --call max_sequence_length=16",
+        "compare {plan8} {plan8_sd3}",
+        "align {plan8} --out {out} --steps 8",
+    ],
+)
 def test_good_invocations_pass_the_checks(args, files, no_work):
     with pytest.raises(WorkStarted):
         main([w.format(**files) for w in args.split()])
@@ -239,20 +284,36 @@ def test_an_unexpected_error_is_one_line_unless_debugging(debug, monkeypatch, ca
         main([*(["--debug"] if debug == "--debug" else []), "frontier", "--out", str(tmp_path / "f")])
     err = capsys.readouterr().err
     assert exit.value.code == 1
-    assert err.strip().splitlines()[-1] == ("budcache: error: unexpected RuntimeError: something broke (the "
-                                            "traceback: --debug or BUDCACHE_DEBUG=1)")
+    assert err.strip().splitlines()[-1] == (
+        "budcache: error: unexpected RuntimeError: something broke (the traceback: --debug or BUDCACHE_DEBUG=1)"
+    )
     assert ("Traceback" in err) == (debug is not None)
 
 
 def test_the_real_exit_code_and_stderr_of_a_refused_command(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "budcache", "show", str(tmp_path)], cwd=ROOT, capture_output=True,
-                       text=True)
-    assert r.returncode == 2 and r.stderr == f"budcache show: error: {tmp_path} is a folder; name a plan file (.json) in it\n"
+    r = subprocess.run(
+        [sys.executable, "-m", "budcache", "show", str(tmp_path)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert (
+        r.returncode == 2
+        and r.stderr == f"budcache show: error: {tmp_path} is a folder; name a plan file (.json) in it\n"
+    )
 
 
 def test_a_hub_id_offline_and_not_cached_is_refused(files, no_work, monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SystemExit) as exit:
-        main(["search", "--budget", "3", "--out", files["out"], "--pipeline", "nobody/no-such-model", "--prompts",
-              files["prompts"]])
+        main(
+            [
+                "search",
+                "--budget",
+                "3",
+                "--out",
+                files["out"],
+                "--pipeline",
+                "nobody/no-such-model",
+                "--prompts",
+                files["prompts"],
+            ]
+        )
     assert exit.value.code == 2 and "the hub gave no model_index.json" in capsys.readouterr().err

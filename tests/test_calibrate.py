@@ -5,10 +5,9 @@ import torch
 
 import budcache
 from budcache import families
-from budcache.calibration import replay
-from tests.fixtures import tiny_families
-from budcache.calibration import calibrate
+from budcache.calibration import calibrate, replay
 from budcache.search import SearchConfig
+from tests.fixtures import tiny_families
 from tests.fixtures.tiny import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_wan_pipeline
 
 QUICK = SearchConfig(strategy="classic", iterations=30, starts=1, kicks=0)
@@ -17,21 +16,32 @@ K, B = 10, 4
 
 def _flux():
     def prompt():
-        return dict(prompt_embeds=torch.randn(1, 8, 32), pooled_prompt_embeds=torch.randn(1, 32),
-                    negative_prompt_embeds=torch.randn(1, 8, 32), negative_pooled_prompt_embeds=torch.randn(1, 32))
+        return dict(
+            prompt_embeds=torch.randn(1, 8, 32),
+            pooled_prompt_embeds=torch.randn(1, 32),
+            negative_prompt_embeds=torch.randn(1, 8, 32),
+            negative_pooled_prompt_embeds=torch.randn(1, 32),
+        )
+
     return tiny_flux_pipeline(), prompt, dict(height=16, width=16, true_cfg_scale=3.0), ("cond", "uncond")
 
 
 def _wan():
     def prompt():
         return dict(prompt_embeds=torch.randn(1, 8, 32), negative_prompt_embeds=torch.randn(1, 8, 32))
+
     return tiny_wan_pipeline(), prompt, dict(height=16, width=16, num_frames=5, guidance_scale=4.0), ("cond", "uncond")
 
 
 def _sd3():
     def prompt():
-        return dict(prompt_embeds=torch.randn(1, 8, 32), pooled_prompt_embeds=torch.randn(1, 64),
-                    negative_prompt_embeds=torch.randn(1, 8, 32), negative_pooled_prompt_embeds=torch.randn(1, 64))
+        return dict(
+            prompt_embeds=torch.randn(1, 8, 32),
+            pooled_prompt_embeds=torch.randn(1, 64),
+            negative_prompt_embeds=torch.randn(1, 8, 32),
+            negative_pooled_prompt_embeds=torch.randn(1, 64),
+        )
+
     return tiny_sd3_pipeline(), prompt, dict(height=16, width=16, guidance_scale=5.0), ("default",)
 
 
@@ -39,15 +49,20 @@ def _family(name, branches, **options):
     def build():
         family = tiny_families.FAMILIES[name]
         seeds = iter(range(100))
+
         def prompt():
             kwargs = family.call_kwargs(seed=next(seeds), **options)
             return {k: v for k, v in kwargs.items() if k not in ("generator", "output_type")}
+
         return family.pipeline(), prompt, {}, branches
+
     return build
 
 
 FAMILIES = {
-    "flux-true-cfg": _flux, "wan-cfg": _wan, "sd3-batched-cfg": _sd3,
+    "flux-true-cfg": _flux,
+    "wan-cfg": _wan,
+    "sd3-batched-cfg": _sd3,
     "z-image-list-cfg": _family("z_image", ("default",)),
     "qwen-image-true-cfg": _family("qwen_image", ("cond", "uncond")),
     "sana-batched-cfg": _family("sana", ("default",)),
@@ -58,8 +73,13 @@ SOLVERS = {"wan-cfg": "UniPCMultistep", "sana-batched-cfg": "DPMSolverMultistep"
 
 
 def _run(pipe, prompt, kwargs, seed, steps=K):
-    return pipe(**prompt, **kwargs, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed),
-                output_type="latent")[0]
+    return pipe(
+        **prompt,
+        **kwargs,
+        num_inference_steps=steps,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="latent",
+    )[0]
 
 
 def _setup(family):
@@ -128,7 +148,9 @@ def test_plain_fewer_step_reference_is_the_pipelines_own_schedule():
     short = calibrate(pipe, prompts, B, progress=False, **kwargs)
     assert calib.solver(B).sigmas == pytest.approx(short.sigmas, abs=1e-6)
     plan = budcache.search(calib, B, config=QUICK, progress=False)
-    errors = [(_run(pipe, p, kwargs, i, B) - _run(pipe, p, kwargs, i)).pow(2).mean().item() for i, p in enumerate(prompts)]
+    errors = [
+        (_run(pipe, p, kwargs, i, B) - _run(pipe, p, kwargs, i)).pow(2).mean().item() for i, p in enumerate(prompts)
+    ]
     assert plan.record.euler_objective == pytest.approx(sum(errors) / 2, rel=1e-3)
 
 
@@ -143,7 +165,7 @@ def test_wrong_guidance_rule_is_refused(monkeypatch):
 def test_calibration_leaves_nothing_behind_even_when_the_pipeline_fails():
     pipe, prompts, kwargs, _ = _setup("flux-true-cfg")
     before = _run(pipe, prompts[0], kwargs, 0)
-    with pytest.raises(Exception):
+    with pytest.raises((RuntimeError, ValueError)):  # the pipeline fails on the malformed embeddings
         calibrate(pipe, [prompts[0], dict(prompt_embeds=torch.randn(1, 8, 7))], K, progress=False, **kwargs)
     assert "step" not in vars(pipe.scheduler) and "set_timesteps" not in vars(pipe.scheduler)
     assert pipe.transformer._diffusers_hook.get_hook("budcache_capture") is None
@@ -213,14 +235,22 @@ def test_wan22_one_plan_one_loss_in_search_compare_and_pipeline():
     calib = calibrate(pipe, prompts, K, progress=False)
     switch = calib.forced_steps()[0]
     mask = [1 if k in (0, switch) or k % 3 == 0 else 0 for k in range(K)]
-    plan = budcache.CachePlan(num_steps=K, budget=sum(mask), mask=mask, rule="extrapolate", sigmas=calib.sigmas,
-                              boundary_ratio=calib.boundary_ratio, model=model_identity(pipe.transformer))
+    plan = budcache.CachePlan(
+        num_steps=K,
+        budget=sum(mask),
+        mask=mask,
+        rule="extrapolate",
+        sigmas=calib.sigmas,
+        boundary_ratio=calib.boundary_ratio,
+        model=model_identity(pipe.transformer),
+    )
     with torch.no_grad(), pipeline_source(calib, held_out=calib) as source:
         searched = source_evaluator(source, "calib", rule="extrapolate")(mask)
         full = static_outputs(source, "eval", source.solver, [1] * K, "repeat")
         compared = (static_outputs(source, "eval", source.solver, mask, "extrapolate") - full).pow(2).flatten(1).mean(1)
-        no_restart = torch.cat([sample(b.denoiser, b.noise, source.solver, mask, "extrapolate")
-                                for b in source.batches("eval")])
+        no_restart = torch.cat(
+            [sample(b.denoiser, b.noise, source.solver, mask, "extrapolate") for b in source.batches("eval")]
+        )
     applied = []
     for i, prompt in enumerate(prompts):
         reference = _run(pipe, prompt, kwargs, i)

@@ -4,9 +4,9 @@ import pytest
 from diffusers import DiffusionPipeline, FluxTransformer2DModel
 
 import budcache
+from budcache.calibration.prompts import read_prompts
 from budcache.cli import main
 from budcache.plan import PlanError
-from budcache.calibration.prompts import read_prompts
 from tests.fixtures.tiny import tiny_flux_pipeline
 from tests.fixtures.tiny_text import quiet, save_tiny_flux_pipeline
 
@@ -18,9 +18,34 @@ def test_search_a_saved_pipeline_from_the_command_line(tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# calibration\na red square\n\na blue circle\n")
     out = tmp_path / "plan.json"
-    main(["search", "--pipeline", str(folder), "--prompts", str(prompts), "--budget", str(BUDGET),
-          "--steps", str(STEPS), "--height", "16", "--width", "16", "--call", "max_sequence_length=16",
-          "--iterations", "20", "--starts", "1", "--kicks", "0", "--no-progress", "--out", str(out)])
+    main(
+        [
+            "search",
+            "--pipeline",
+            str(folder),
+            "--prompts",
+            str(prompts),
+            "--budget",
+            str(BUDGET),
+            "--steps",
+            str(STEPS),
+            "--height",
+            "16",
+            "--width",
+            "16",
+            "--call",
+            "max_sequence_length=16",
+            "--iterations",
+            "20",
+            "--starts",
+            "1",
+            "--kicks",
+            "0",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
     assert "saved" in capsys.readouterr().out and out.with_suffix(".history.png").exists()
     plan = budcache.CachePlan.load(out)
     assert plan.record.calibration_size == 2 and sum(plan.mask) == BUDGET
@@ -42,8 +67,21 @@ def test_search_needs_prompts_for_a_pipeline(tmp_path):
     with pytest.raises(SystemExit, match="--prompts"):
         main(["search", "--pipeline", str(tmp_path), "--budget", "3", "--out", str(tmp_path / "p.json")])
     with pytest.raises(SystemExit, match="own scheduler"):
-        main(["search", "--pipeline", str(tmp_path), "--scheduler", "unipc", "--prompts", str(tmp_path / "p.txt"),
-              "--budget", "3", "--out", str(tmp_path / "p.json")])
+        main(
+            [
+                "search",
+                "--pipeline",
+                str(tmp_path),
+                "--scheduler",
+                "unipc",
+                "--prompts",
+                str(tmp_path / "p.txt"),
+                "--budget",
+                "3",
+                "--out",
+                str(tmp_path / "p.json"),
+            ]
+        )
 
 
 def test_prompt_files(tmp_path):
@@ -70,21 +108,62 @@ def test_frontier_and_align_a_saved_pipeline_from_the_command_line(tmp_path, cap
     import json
 
     folder = save_tiny_flux_pipeline(tmp_path / "flux")
-    for name, text in (("calib.txt", "a red square\na blue circle\n"), ("val.txt", "a green star\n"),
-                       ("held.txt", "a grey cat\na black dog\n")):
+    for name, text in (
+        ("calib.txt", "a red square\na blue circle\n"),
+        ("val.txt", "a green star\n"),
+        ("held.txt", "a grey cat\na black dog\n"),
+    ):
         (tmp_path / name).write_text(text)
-    source = ["--pipeline", str(folder), "--prompts", str(tmp_path / "calib.txt"), "--steps", "6", "--height", "16",
-              "--width", "16", "--call", "max_sequence_length=16", "--no-progress"]
-    main(["frontier", *source, "--held-out-prompts", str(tmp_path / "held.txt"), "--budgets", "2..3",
-          "--iterations", "10", "--out", str(tmp_path / "fr")])
+    source = [
+        "--pipeline",
+        str(folder),
+        "--prompts",
+        str(tmp_path / "calib.txt"),
+        "--steps",
+        "6",
+        "--height",
+        "16",
+        "--width",
+        "16",
+        "--call",
+        "max_sequence_length=16",
+        "--no-progress",
+    ]
+    main(
+        [
+            "frontier",
+            *source,
+            "--held-out-prompts",
+            str(tmp_path / "held.txt"),
+            "--budgets",
+            "2..3",
+            "--iterations",
+            "10",
+            "--out",
+            str(tmp_path / "fr"),
+        ]
+    )
     rows = json.loads((tmp_path / "fr" / "frontier.json").read_text())["rows"]
     assert [r["budget"] for r in rows] == [2, 3] and all(r["budcache"] > 0 for r in rows)
-    assert all(set(r["image"]) == {"budcache", "uniform mask", "plain Euler", "plain AB2"} for r in rows)  # FLUX decodes
+    assert all(
+        set(r["image"]) == {"budcache", "uniform mask", "plain Euler", "plain AB2"} for r in rows
+    )  # FLUX decodes
     assert all(s["psnr"] > 0 and -1 <= s["ssim"] <= 1 for r in rows for s in r["image"].values())
     plan = budcache.CachePlan.load(tmp_path / "fr" / "plan_B3.json")
     assert plan.model["class"] == "FluxTransformer2DModel" and plan.sigmas is not None
-    main(["align", str(tmp_path / "fr" / "plan_B3.json"), *source, "--validation-prompts", str(tmp_path / "val.txt"),
-          "--epochs", "3", "--out", str(tmp_path / "aligned.json")])
+    main(
+        [
+            "align",
+            str(tmp_path / "fr" / "plan_B3.json"),
+            *source,
+            "--validation-prompts",
+            str(tmp_path / "val.txt"),
+            "--epochs",
+            "3",
+            "--out",
+            str(tmp_path / "aligned.json"),
+        ]
+    )
     assert "validation MSE" in capsys.readouterr().out
     aligned = budcache.CachePlan.load(tmp_path / "aligned.json")
     assert aligned.mask == plan.mask and len(aligned.sigmas) == 7 and aligned.sigmas[0] == plan.sigmas[0]

@@ -16,15 +16,23 @@ K = 6
 
 def flux():
     pipe = tiny_flux_pipeline(tiny_flux_transformer(layers=3))  # heads and other blocks, in two segments
-    kwargs = dict(prompt_embeds=torch.ones(1, 8, 32), pooled_prompt_embeds=torch.ones(1, 32), height=8, width=8,
-                  output_type="pt")
+    kwargs = dict(
+        prompt_embeds=torch.ones(1, 8, 32), pooled_prompt_embeds=torch.ones(1, 32), height=8, width=8, output_type="pt"
+    )
     return pipe, kwargs, "images"
 
 
 def wan():
     pipe = tiny_wan_pipeline()
-    kwargs = dict(prompt_embeds=torch.ones(1, 8, 32), negative_prompt_embeds=torch.zeros(1, 8, 32), height=16,
-                  width=16, num_frames=5, guidance_scale=5.0, output_type="pt")
+    kwargs = dict(
+        prompt_embeds=torch.ones(1, 8, 32),
+        negative_prompt_embeds=torch.zeros(1, 8, 32),
+        height=16,
+        width=16,
+        num_frames=5,
+        guidance_scale=5.0,
+        output_type="pt",
+    )
     return pipe, kwargs, "frames"
 
 
@@ -146,8 +154,11 @@ def test_no_host_read_of_a_tensor_in_a_transformer_call(name):
     the transformer calls read as many tensor values with a plan as without."""
     pipe, kwargs, field = PIPES[name]()
     counts = {}
-    for label, plan in (("none", None), ("plan", plan_for(pipe, kwargs, field, "residual", "extrapolate")),
-                        ("output", plan_for(pipe, kwargs, field, "output", "extrapolate"))):
+    for label, plan in (
+        ("none", None),
+        ("plan", plan_for(pipe, kwargs, field, "residual", "extrapolate")),
+        ("output", plan_for(pipe, kwargs, field, "output", "extrapolate")),
+    ):
         handle = budcache.apply(pipe, plan) if plan else None
         recorders = [record_syncs_in_calls(m) for m in (pipe.transformer, getattr(pipe, "transformer_2", None)) if m]
         generate(pipe, kwargs, field)

@@ -34,18 +34,28 @@ first call, then removes its per-group trackers) is built here with diffusers' o
 from __future__ import annotations
 
 import functools
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import torch
+from diffusers.hooks import group_offloading as go
 from peft import LoraConfig
 
 import budcache
 from budcache.errors import CacheConflictError, StateError
-from diffusers.hooks import group_offloading as go
-from tests.fixtures.composability import (FAMILIES, K, MASK, SETUPS, Row, counting, executions, generate, onloads,
-                                          plan_for)
+from tests.fixtures.composability import (
+    FAMILIES,
+    MASK,
+    SETUPS,
+    K,
+    Row,
+    counting,
+    executions,
+    generate,
+    onloads,
+    plan_for,
+)
 
 GROUP_BLOCK = "group offloading (block level)"
 GROUP_LEAF = "group offloading (leaf level)"
@@ -82,32 +92,66 @@ LORA_FUSED = 1e-6
 COMPILED = dict(atol=1e-5, rtol=1e-4)
 BACKEND = "eager"
 
-_FP8_WHY = ("fp8 storage rounds the weights: the plan with it vs the plan without, relative error at most 1.5x "
-            "fp8 storage's own error at full compute (measured 0.96-1.03x); all-compute plan bit-identical")
-_LORA_WHY = ("the plan with unfused adapters vs the same plan on the merged weights: relative error <= 1e-5 "
-             "(float32 rounding, measured <= 4e-7); fused <= 1e-6; all-compute plan bit-identical")
-_COMPILE_WHY = ("compiled graphs vs eager within atol 1e-5, rtol 1e-4 (a backend may fuse float operations "
-                "differently); the plan removed, the compiled output comes back bit-identically")
-_STREAMS_WHY = ("use_stream=True raises ValueError on CPU (\"requires an onload device whose backend implements "
-                "streams\"); apply the plan first: enabled before and not yet run, apply is refused")
-_MODEL_WHY = ("enable_model_cpu_offload() raises \"requires accelerator, but not found\"; with device=\"cpu\" its hooks "
-              "run but move nothing; apply the plan first: the hooks the pipeline re-installs after each call drop a "
-              "plan applied after them, and the next call is refused")
-_SEQUENTIAL_WHY = ("enable_sequential_cpu_offload() raises \"requires accelerator, but not found\"; with device=\"cpu\" "
-                   "accelerate itself fails (TypeError offloading a weight to meta), plan or not")
+_FP8_WHY = (
+    "fp8 storage rounds the weights: the plan with it vs the plan without, relative error at most 1.5x "
+    "fp8 storage's own error at full compute (measured 0.96-1.03x); all-compute plan bit-identical"
+)
+_LORA_WHY = (
+    "the plan with unfused adapters vs the same plan on the merged weights: relative error <= 1e-5 "
+    "(float32 rounding, measured <= 4e-7); fused <= 1e-6; all-compute plan bit-identical"
+)
+_COMPILE_WHY = (
+    "compiled graphs vs eager within atol 1e-5, rtol 1e-4 (a backend may fuse float operations "
+    "differently); the plan removed, the compiled output comes back bit-identically"
+)
+_STREAMS_WHY = (
+    'use_stream=True raises ValueError on CPU ("requires an onload device whose backend implements '
+    'streams"); apply the plan first: enabled before and not yet run, apply is refused'
+)
+_MODEL_WHY = (
+    'enable_model_cpu_offload() raises "requires accelerator, but not found"; with device="cpu" its hooks '
+    "run but move nothing; apply the plan first: the hooks the pipeline re-installs after each call drop a "
+    "plan applied after them, and the next call is refused"
+)
+_SEQUENTIAL_WHY = (
+    'enable_sequential_cpu_offload() raises "requires accelerator, but not found"; with device="cpu" '
+    "accelerate itself fails (TypeError offloading a weight to meta), plan or not"
+)
 
-_GROUP_WHY = ("bit-identical; enabled before the plan, skipped blocks are not onloaded (after it: the output is the "
-              "same, the transfers the full run's)")
-_YES = {GROUP_BLOCK: _GROUP_WHY, GROUP_LEAF: _GROUP_WHY, FP8_E4M3: _FP8_WHY, FP8_E5M2: _FP8_WHY, LORA: _LORA_WHY,
-        REGIONAL: _COMPILE_WHY, WHOLE: "compile, then apply (apply, then torch.compile is refused with the order "
-                                       "to use); " + _COMPILE_WHY}
+_GROUP_WHY = (
+    "bit-identical; enabled before the plan, skipped blocks are not onloaded (after it: the output is the "
+    "same, the transfers the full run's)"
+)
+_YES = {
+    GROUP_BLOCK: _GROUP_WHY,
+    GROUP_LEAF: _GROUP_WHY,
+    FP8_E4M3: _FP8_WHY,
+    FP8_E5M2: _FP8_WHY,
+    LORA: _LORA_WHY,
+    REGIONAL: _COMPILE_WHY,
+    WHOLE: "compile, then apply (apply, then torch.compile is refused with the order to use); " + _COMPILE_WHY,
+}
 _ACCELERATOR = {STREAMS: _STREAMS_WHY, MODEL_OFFLOAD: _MODEL_WHY, SEQUENTIAL_OFFLOAD: _SEQUENTIAL_WHY}
-_ORDER = (GROUP_BLOCK, GROUP_LEAF, STREAMS, FP8_E4M3, FP8_E5M2, LORA, REGIONAL, WHOLE, MODEL_OFFLOAD,
-          SEQUENTIAL_OFFLOAD)
+_ORDER = (
+    GROUP_BLOCK,
+    GROUP_LEAF,
+    STREAMS,
+    FP8_E4M3,
+    FP8_E5M2,
+    LORA,
+    REGIONAL,
+    WHOLE,
+    MODEL_OFFLOAD,
+    SEQUENTIAL_OFFLOAD,
+)
 
-ROWS: list[Row] = [Row(feature, family, "yes", _YES[feature]) if feature in _YES else
-                   Row(feature, family, "accelerator", _ACCELERATOR[feature])
-                   for feature in _ORDER for family in FAMILIES]
+ROWS: list[Row] = [
+    Row(feature, family, "yes", _YES[feature])
+    if feature in _YES
+    else Row(feature, family, "accelerator", _ACCELERATOR[feature])
+    for feature in _ORDER
+    for family in FAMILIES
+]
 YES = [row for row in ROWS if row.status == "yes"]
 ACCELERATOR = [row for row in ROWS if row.status == "accelerator"]
 
@@ -167,15 +211,17 @@ def _add_loras(transformer: torch.nn.Module) -> None:
     """Two adapters with random non-zero A and B (``init_lora_weights=False``), both active, weighted."""
     for i, name in enumerate(ADAPTERS):
         torch.manual_seed(100 + i)
-        transformer.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS, init_lora_weights=False),
-                                adapter_name=name)
+        transformer.add_adapter(
+            LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS, init_lora_weights=False), adapter_name=name
+        )
     transformer.set_adapters(list(ADAPTERS), weights=list(WEIGHTS))
 
 
 def _group_offload(offload_type: str) -> Callable[[Any], None]:
     def enable(pipe: Any) -> None:
-        pipe.transformer.enable_group_offload(onload_device=CPU, offload_device=CPU, offload_type=offload_type,
-                                              num_blocks_per_group=1)
+        pipe.transformer.enable_group_offload(
+            onload_device=CPU, offload_device=CPU, offload_type=offload_type, num_blocks_per_group=1
+        )
 
     return enable
 
@@ -196,9 +242,13 @@ def _whole(pipe: Any) -> None:
 
 
 ENABLE: dict[str, Callable[[Any], None]] = {
-    GROUP_BLOCK: _group_offload("block_level"), GROUP_LEAF: _group_offload("leaf_level"),
-    FP8_E4M3: _layerwise(torch.float8_e4m3fn), FP8_E5M2: _layerwise(torch.float8_e5m2),
-    LORA: lambda pipe: _add_loras(pipe.transformer), REGIONAL: _regional, WHOLE: _whole,
+    GROUP_BLOCK: _group_offload("block_level"),
+    GROUP_LEAF: _group_offload("leaf_level"),
+    FP8_E4M3: _layerwise(torch.float8_e4m3fn),
+    FP8_E5M2: _layerwise(torch.float8_e5m2),
+    LORA: lambda pipe: _add_loras(pipe.transformer),
+    REGIONAL: _regional,
+    WHOLE: _whole,
 }
 
 
@@ -207,8 +257,11 @@ def _model(pipe: Any) -> torch.nn.Module:
 
 
 def _blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:
-    return [b for name in ("transformer_blocks", "single_transformer_blocks", "blocks")
-            for b in getattr(transformer, name, [])]
+    return [
+        b
+        for name in ("transformer_blocks", "single_transformer_blocks", "blocks")
+        for b in getattr(transformer, name, [])
+    ]
 
 
 def _in_place(pipe: Any, feature: str) -> bool:
@@ -293,8 +346,10 @@ def _close(row: Row, pipe: Any, out: torch.Tensor, alone: torch.Tensor, ref: dic
     elif f in (FP8_E4M3, FP8_E5M2):
         feature_error, plan_error = rel(alone, ref["full"]), rel(out, ref["plan"])
         check(feature_error > 0, "(3) fp8 storage changed nothing")
-        check(plan_error <= FP8_RATIO * feature_error,
-              f"(3) plan with fp8 vs plan without: {plan_error:.4g} > {FP8_RATIO} x {feature_error:.4g}")
+        check(
+            plan_error <= FP8_RATIO * feature_error,
+            f"(3) plan with fp8 vs plan without: {plan_error:.4g} > {FP8_RATIO} x {feature_error:.4g}",
+        )
         ratio = rel(out, alone) / rel(ref["plan"], ref["full"])
         check(CACHE_RATIO[0] <= ratio <= CACHE_RATIO[1], f"(3) the plan's deviation changed with fp8: x{ratio:.3f}")
     elif f == LORA:
@@ -335,15 +390,19 @@ def test_plan_with_feature(row: Row, plain) -> None:
     with onloads(_model(pipe)) as plan_loads:
         out, calls, summary = _run(pipe, family, MASK, counter)
     check(calls == B * branches and summary == summary_of(family, B), f"(1) B={B}: {calls} calls, {summary}")
-    check(plan_loads == {"blocks": alone_loads["blocks"] * B // K, "other": alone_loads["other"]},
-          f"(4) feature, then apply: onloads under the plan {plan_loads}, without it {alone_loads} (reused steps "
-          "should onload nothing inside the block stack)")
+    check(
+        plan_loads == {"blocks": alone_loads["blocks"] * B // K, "other": alone_loads["other"]},
+        f"(4) feature, then apply: onloads under the plan {plan_loads}, without it {alone_loads} (reused steps "
+        "should onload nothing inside the block stack)",
+    )
     _close(row, pipe, out, alone, ref, check)
     with onloads(_model(pipe)) as after_loads:
         after = generate(pipe, SETUPS[family])
     check(torch.equal(after, alone), "(4) feature, then apply: the output after remove() differs from before")
-    check(after_loads == alone_loads and _in_place(pipe, row.feature),
-          f"(4) feature, then apply: after remove() the feature is gone (onloads {after_loads}, were {alone_loads})")
+    check(
+        after_loads == alone_loads and _in_place(pipe, row.feature),
+        f"(4) feature, then apply: after remove() the feature is gone (onloads {after_loads}, were {alone_loads})",
+    )
 
     # apply first, then the feature
     pipe, counter = _build(family, row.feature)
@@ -355,20 +414,26 @@ def test_plan_with_feature(row: Row, plain) -> None:
     else:
         with onloads(_model(pipe)) as loads:
             again, calls = _counted(pipe, family, counter)
-        check(calls == B * branches and handle.summary() == summary_of(family, B),
-              f"(1) apply, then feature: {calls} calls, {handle.summary()}")
+        check(
+            calls == B * branches and handle.summary() == summary_of(family, B),
+            f"(1) apply, then feature: {calls} calls, {handle.summary()}",
+        )
         check(_same(row, again, out), "(4) apply, then feature: the plan's output differs from the other order's")
         # the feature's hooks wrap the plan's here, so a reused step still onloads the blocks it skips: the
         # output is the plan's, the transfers are the full run's (the README says to enable the feature first)
-        check(loads["other"] == plan_loads["other"] and loads["blocks"] >= plan_loads["blocks"],
-              f"(4) apply, then feature: onloads under the plan {loads}, in the other order {plan_loads}")
+        check(
+            loads["other"] == plan_loads["other"] and loads["blocks"] >= plan_loads["blocks"],
+            f"(4) apply, then feature: onloads under the plan {loads}, in the other order {plan_loads}",
+        )
     handle.remove()
     with onloads(_model(pipe)) as after_loads:
         after = generate(pipe, SETUPS[family])
     check(_same(row, after, alone), "(4) apply, then feature: the output after remove() is not the feature's own")
-    check(after_loads == alone_loads and _in_place(pipe, row.feature),
-          f"(4) apply, then feature: after remove() the feature is gone (onloads {after_loads}, "
-          f"the feature alone: {alone_loads})")
+    check(
+        after_loads == alone_loads and _in_place(pipe, row.feature),
+        f"(4) apply, then feature: after remove() the feature is gone (onloads {after_loads}, "
+        f"the feature alone: {alone_loads})",
+    )
     check.report()
 
 
@@ -389,8 +454,10 @@ def test_lora_under_plan(row: Row, plain) -> None:
     def planned(pipe: Any, handle: budcache.CacheHandle, what: str) -> torch.Tensor:
         with counting(setup.leaf(pipe.transformer)) as calls:
             out = generate(pipe, setup)
-        check(len(calls) == B * len(setup.branches) and handle.summary() == summary_of(family, B),
-              f"{what}: {len(calls)} calls, {handle.summary()}")
+        check(
+            len(calls) == B * len(setup.branches) and handle.summary() == summary_of(family, B),
+            f"{what}: {len(calls)} calls, {handle.summary()}",
+        )
         return out
 
     pipe = setup.make()
@@ -495,8 +562,10 @@ def test_stream_prefetch_layout_keeps_the_plan(family: str, order: str, plain) -
         _stream_layout(pipe)
     for generation in (1, 2):
         out, calls = _counted(pipe, family, None)
-        check(calls == B * len(setup.branches) and handle.summary() == summary_of(family, B),
-              f"generation {generation}: {calls} block-stack executions, summary {handle.summary()}")
+        check(
+            calls == B * len(setup.branches) and handle.summary() == summary_of(family, B),
+            f"generation {generation}: {calls} block-stack executions, summary {handle.summary()}",
+        )
         check(torch.equal(out, ref["plan"]), f"generation {generation}: not the plain plan's output")
     handle.remove()
     with onloads(pipe.transformer) as after_loads:
@@ -531,8 +600,10 @@ def test_model_cpu_offload_hooks_keep_the_plan(family: str, order: str, plain) -
             handle.remove()
             return
         out, calls = _counted(pipe, family, None)
-        check(calls == B * len(setup.branches) and handle.summary() == summary_of(family, B),
-              f"generation {generation}: {calls} block-stack executions, summary {handle.summary()}")
+        check(
+            calls == B * len(setup.branches) and handle.summary() == summary_of(family, B),
+            f"generation {generation}: {calls} block-stack executions, summary {handle.summary()}",
+        )
         check(torch.equal(out, ref["plan"]), f"generation {generation}: not the plain plan's output")
     handle.remove()
     onloaded: list[torch.nn.Module] = []
@@ -548,8 +619,10 @@ def test_model_cpu_offload_hooks_keep_the_plan(family: str, order: str, plain) -
     finally:
         CpuOffload.pre_forward = original
     check(torch.equal(after, ref["full"]), "after remove(): not the plain output")
-    check(any(m is pipe.transformer for m in onloaded),
-          "after remove(): the transformer's offload hook did not run (accelerate's forward was taken away)")
+    check(
+        any(m is pipe.transformer for m in onloaded),
+        "after remove(): the transformer's offload hook did not run (accelerate's forward was taken away)",
+    )
     check.report()
 
 
@@ -564,8 +637,13 @@ def test_without_an_accelerator(row: Row) -> None:
     pipe = setup.make()
     if row.feature == STREAMS:
         with pytest.raises(ValueError, match="requires an onload device whose backend implements streams"):
-            pipe.transformer.enable_group_offload(onload_device=CPU, offload_device=CPU, offload_type="block_level",
-                                                  num_blocks_per_group=1, use_stream=True)
+            pipe.transformer.enable_group_offload(
+                onload_device=CPU,
+                offload_device=CPU,
+                offload_type="block_level",
+                num_blocks_per_group=1,
+                use_stream=True,
+            )
         return
     enable = pipe.enable_model_cpu_offload if row.feature == MODEL_OFFLOAD else pipe.enable_sequential_cpu_offload
     with pytest.raises(RuntimeError, match="requires accelerator, but not found"):
@@ -581,14 +659,24 @@ def test_without_an_accelerator(row: Row) -> None:
 def _on(pipe: Any, family: str, device: torch.device) -> torch.Tensor:
     """One generation with the call's tensors on ``device`` (CPU noise, as on CPU)."""
     call = {k: v.to(device) if torch.is_tensor(v) else v for k, v in SETUPS[family].call().items()}
-    return pipe(**call, num_inference_steps=K, output_type="latent", generator=torch.Generator().manual_seed(0),
-                return_dict=False)[0]
+    return pipe(
+        **call,
+        num_inference_steps=K,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(0),
+        return_dict=False,
+    )[0]
 
 
 def _enable_on(pipe: Any, feature: str, device: torch.device) -> None:
     if feature == STREAMS:
-        pipe.transformer.enable_group_offload(onload_device=device, offload_device=CPU, offload_type="block_level",
-                                              num_blocks_per_group=1, use_stream=True)
+        pipe.transformer.enable_group_offload(
+            onload_device=device,
+            offload_device=CPU,
+            offload_type="block_level",
+            num_blocks_per_group=1,
+            use_stream=True,
+        )
     elif feature == MODEL_OFFLOAD:
         pipe.enable_model_cpu_offload(device=device)
     else:
@@ -618,8 +706,10 @@ def test_accelerator_feature(row: Row) -> None:
     with budcache.apply(alone_pipe, plan_for(alone_pipe, [1] * K)) as handle:
         with counting(setup.leaf(alone_pipe.transformer)) as calls:
             ones = _on(alone_pipe, family, device)
-        check(len(calls) == K * branches and handle.summary() == summary_of(family, K),
-              f"(1) all-compute: {len(calls)} executions, {handle.summary()}")
+        check(
+            len(calls) == K * branches and handle.summary() == summary_of(family, K),
+            f"(1) all-compute: {len(calls)} executions, {handle.summary()}",
+        )
     check(torch.equal(ones, alone), "(2) the all-compute plan is not the feature's own output")
 
     for order in ("feature, then apply", "apply, then feature"):
@@ -633,8 +723,10 @@ def test_accelerator_feature(row: Row) -> None:
         for generation in (1, 2):
             with counting(setup.leaf(pipe.transformer)) as calls:
                 out = _on(pipe, family, device)
-            check(len(calls) == B * branches and handle.summary() == summary_of(family, B),
-                  f"(1) {order}, generation {generation}: {len(calls)} executions, {handle.summary()}")
+            check(
+                len(calls) == B * branches and handle.summary() == summary_of(family, B),
+                f"(1) {order}, generation {generation}: {len(calls)} executions, {handle.summary()}",
+            )
             check(torch.allclose(out, plain_plan, atol=1e-6, rtol=1e-5), f"(3) {order}, generation {generation}")
         handle.remove()
         for generation in (1, 2):

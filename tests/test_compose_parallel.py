@@ -20,10 +20,14 @@ import torch
 from tests.fixtures.composability import FAMILIES, MASK, Row
 
 SCRIPT = Path(__file__).resolve().parent / "fixtures" / "context_parallel.py"
-REASON = ("diffusers' enable_parallelism puts each rank on an accelerator: rank % torch.accelerator.device_count() "
-          "is a ZeroDivisionError without one")
-MODES = {"context parallelism (ring attention, torchrun)": "ring",
-         "context parallelism (Ulysses attention, torchrun)": "ulysses"}
+REASON = (
+    "diffusers' enable_parallelism puts each rank on an accelerator: rank % torch.accelerator.device_count() "
+    "is a ZeroDivisionError without one"
+)
+MODES = {
+    "context parallelism (ring attention, torchrun)": "ring",
+    "context parallelism (Ulysses attention, torchrun)": "ulysses",
+}
 ROWS = [Row(feature, family, "accelerator", REASON) for feature in MODES for family in FAMILIES]
 TWO_GPUS = torch.cuda.is_available() and torch.cuda.device_count() >= 2
 
@@ -32,9 +36,22 @@ def _torchrun(*args: str) -> dict:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-                           str(port), str(SCRIPT), *args], capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port",
+            str(port),
+            str(SCRIPT),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -56,7 +73,8 @@ def test_a_plan_under_context_parallelism(row: Row):
     assert "error" not in result, result
     branches = len(result["summary"])
     assert result["executions"] == sum(MASK) * branches
-    assert all(counts == {"computed": sum(MASK), "reused": len(MASK) - sum(MASK)}
-               for counts in result["summary"].values())
+    assert all(
+        counts == {"computed": sum(MASK), "reused": len(MASK) - sum(MASK)} for counts in result["summary"].values()
+    )
     assert result["all_compute_equal"]
     assert result["plan_max_diff"] <= 1e-2 * result["scale"]

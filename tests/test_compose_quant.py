@@ -24,26 +24,32 @@ the output of the quantized model without a plan comes back bit-identically.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
 
 import budcache
 from budcache.hooks.stack import transformer_blocks
-from tests.fixtures.composability import FAMILIES, K, MASK, SETUPS, Row, counting, executions, generate, plan_for
+from tests.fixtures.composability import FAMILIES, MASK, SETUPS, K, Row, counting, executions, generate, plan_for
 
 TORCHAO_INT8 = "torchao int8 weight-only"
 TORCHAO_FP8 = "torchao float8 weight-only"
 QUANTO_INT8 = "optimum-quanto int8 weights"
 GGUF_Q8 = "GGUF checkpoint (from_single_file, Q8_0)"
 
-_WHY = ("quantized weights: the plan on the quantized model vs on the unquantized one differs by at most 1.5x what "
-        "quantization changes at full compute (measured 0.96-1.05x); all-compute plan bit-identical; quantizing "
-        "before or after apply alike")
-ROWS: list[Row] = [Row(feature, family, "yes", _WHY) for feature in (TORCHAO_INT8, TORCHAO_FP8, QUANTO_INT8, GGUF_Q8)
-                   for family in FAMILIES]
+_WHY = (
+    "quantized weights: the plan on the quantized model vs on the unquantized one differs by at most 1.5x what "
+    "quantization changes at full compute (measured 0.96-1.05x); all-compute plan bit-identical; quantizing "
+    "before or after apply alike"
+)
+ROWS: list[Row] = [
+    Row(feature, family, "yes", _WHY)
+    for feature in (TORCHAO_INT8, TORCHAO_FP8, QUANTO_INT8, GGUF_Q8)
+    for family in FAMILIES
+]
 YES = [row for row in ROWS if row.status == "yes"]
 IN_PLACE = [row for row in YES if row.feature != GGUF_Q8]  # quantized on a live model: also after apply
 
@@ -89,8 +95,12 @@ def _gguf(pipe: Any, folder: Path) -> None:
     assert "Q8_0" in types.values()
 
 
-QUANTIZE = {TORCHAO_INT8: _torchao("Int8WeightOnlyConfig"), TORCHAO_FP8: _torchao("Float8WeightOnlyConfig"),
-            QUANTO_INT8: _quanto, GGUF_Q8: _gguf}
+QUANTIZE = {
+    TORCHAO_INT8: _torchao("Int8WeightOnlyConfig"),
+    TORCHAO_FP8: _torchao("Float8WeightOnlyConfig"),
+    QUANTO_INT8: _quanto,
+    GGUF_Q8: _gguf,
+}
 
 
 def _is_quantized(module: torch.nn.Module, feature: str) -> bool:
@@ -219,8 +229,9 @@ def test_diffusers_quantization_config_is_the_same_model(feature: str, built, tm
     deprecated = pytest.warns(FutureWarning, match="deprecated") if feature == QUANTO_INT8 else contextlib.nullcontext()
     with deprecated:  # torch_dtype: without it diffusers loads a torchao model in bfloat16; the pipeline runs float32
         config = _diffusers_config(feature)
-        pipe.transformer = type(pipe.transformer).from_pretrained(tmp_path, quantization_config=config,
-                                                                  torch_dtype=torch.float32, local_files_only=True)
+        pipe.transformer = type(pipe.transformer).from_pretrained(
+            tmp_path, quantization_config=config, torch_dtype=torch.float32, local_files_only=True
+        )
     assert_quantized_blocks(pipe.transformer, feature)
     assert torch.equal(generate(pipe, setup), built("FLUX", feature)["full"])
     assert torch.equal(executions(pipe, setup, plan_for(pipe))[0], built("FLUX", feature)["plan"][0])

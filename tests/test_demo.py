@@ -48,8 +48,26 @@ def test_demo_plan_runs_exactly_budget_block_stacks(demo_model):
 
 def test_cli_search_and_show(tmp_path, capsys):
     out = tmp_path / "plan.json"
-    main(["search", "--model", "demo", "--steps", "10", "--budget", "4", "--calib", "8",
-          "--iterations", "20", "--starts", "1", "--out", str(out), "--no-progress"])
+    main(
+        [
+            "search",
+            "--model",
+            "demo",
+            "--steps",
+            "10",
+            "--budget",
+            "4",
+            "--calib",
+            "8",
+            "--iterations",
+            "20",
+            "--starts",
+            "1",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     plan = CachePlan.load(out)
     assert plan.num_steps == 10 and plan.budget == 4 and plan.reuse == "residual"
     assert plan.model["class"] == "FluxTransformer2DModel"
@@ -82,8 +100,29 @@ def test_cli_show_refuses_a_corrupt_plan(tmp_path):
 
 
 def test_demo_main_job_end_to_end(tmp_path, capsys):
-    main(["demo", "--out", str(tmp_path), "--budgets", "3", "5", "--steps", "10", "--calib", "8",
-          "--held-out", "20", "--iterations", "20", "--starts", "1", "--kicks", "1", "--no-progress"])
+    main(
+        [
+            "demo",
+            "--out",
+            str(tmp_path),
+            "--budgets",
+            "3",
+            "5",
+            "--steps",
+            "10",
+            "--calib",
+            "8",
+            "--held-out",
+            "20",
+            "--iterations",
+            "20",
+            "--starts",
+            "1",
+            "--kicks",
+            "1",
+            "--no-progress",
+        ]
+    )
     table = capsys.readouterr().out
     assert "plain 3-step Euler" in table and "uniform mask" in table
     results = json.loads((tmp_path / "results.json").read_text())
@@ -91,8 +130,13 @@ def test_demo_main_job_end_to_end(tmp_path, capsys):
     for b in (3, 5):
         at = {(r["method"], r["rule"]): r for r in results if r["budget"] == b}
         methods = {m for m, _ in at}
-        assert {"plan (repeat)", f"plain {b}-step Euler", f"plain {b}-step AB2", f"UniPC (flow) {b}",
-                f"DPM-Solver++ 2M (flow) {b}"} <= methods
+        assert {
+            "plan (repeat)",
+            f"plain {b}-step Euler",
+            f"plain {b}-step AB2",
+            f"UniPC (flow) {b}",
+            f"DPM-Solver++ 2M (flow) {b}",
+        } <= methods
         assert ("uniform mask", "repeat") in at and ("uniform mask", "extrapolate") in at
         plans = [r for (m, _), r in at.items() if m.startswith("plan (")]
         assert any(r["method"].startswith("plan (extrapolate") for r in plans)
@@ -104,8 +148,29 @@ def test_demo_main_job_end_to_end(tmp_path, capsys):
 
 def test_cli_search_with_predictive_rules(tmp_path, capsys):
     out = tmp_path / "plan.json"
-    main(["search", "--steps", "10", "--budget", "4", "--calib", "8", "--iterations", "15", "--starts", "1",
-          "--kicks", "0", "--rule", "extrapolate", "--search-rules", "--out", str(out), "--no-progress"])
+    main(
+        [
+            "search",
+            "--steps",
+            "10",
+            "--budget",
+            "4",
+            "--calib",
+            "8",
+            "--iterations",
+            "15",
+            "--starts",
+            "1",
+            "--kicks",
+            "0",
+            "--rule",
+            "extrapolate",
+            "--search-rules",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     plan = CachePlan.load(out)
     r = plan.record
     assert r.validation_objective is not None and r.validation_repeat_objective is not None
@@ -117,20 +182,39 @@ def test_cli_search_with_predictive_rules(tmp_path, capsys):
 
 
 def test_show_prints_per_step_rules(tmp_path, capsys):
-    plan = CachePlan(num_steps=6, budget=3, mask=[1, 0, 1, 0, 0, 1], rule="repeat",
-                     rules=["repeat", "extrapolate", "repeat", "extrapolate2", "repeat", "repeat"])
+    plan = CachePlan(
+        num_steps=6,
+        budget=3,
+        mask=[1, 0, 1, 0, 0, 1],
+        rule="repeat",
+        rules=["repeat", "extrapolate", "repeat", "extrapolate2", "repeat", "repeat"],
+    )
     main(["show", str(plan.save(tmp_path / "p.json"))])
     out = capsys.readouterr().out
     assert "rules   #/#^.#" in out and "rule per step" in out
 
 
 def test_cli_compare_saved_plans(tmp_path, capsys):
-    a = CachePlan(num_steps=10, budget=4, mask=[1, 0, 1, 0, 0, 1, 0, 0, 1, 0], reuse="output",
-                  sigmas=linear_sigmas(10))
-    b = CachePlan(num_steps=10, budget=4, mask=[1, 1, 0, 0, 1, 0, 0, 1, 0, 0], reuse="residual", rule="extrapolate",
-                  sigmas=linear_sigmas(10))
-    main(["compare", str(a.save(tmp_path / "a.json")), str(b.save(tmp_path / "b.json")),
-          "--held-out", "10", "--out", str(tmp_path / "cmp")])
+    a = CachePlan(num_steps=10, budget=4, mask=[1, 0, 1, 0, 0, 1, 0, 0, 1, 0], reuse="output", sigmas=linear_sigmas(10))
+    b = CachePlan(
+        num_steps=10,
+        budget=4,
+        mask=[1, 1, 0, 0, 1, 0, 0, 1, 0, 0],
+        reuse="residual",
+        rule="extrapolate",
+        sigmas=linear_sigmas(10),
+    )
+    main(
+        [
+            "compare",
+            str(a.save(tmp_path / "a.json")),
+            str(b.save(tmp_path / "b.json")),
+            "--held-out",
+            "10",
+            "--out",
+            str(tmp_path / "cmp"),
+        ]
+    )
     results = json.loads((tmp_path / "cmp" / "results.json").read_text())
     assert {r["budget"] for r in results} == {4}
     assert {"plan (a)", "plan (b)", "plain 4-step AB2"} <= {r["method"] for r in results}

@@ -47,20 +47,31 @@ DTYPES = pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=[
 def _flux_call(cfg: bool) -> dict[str, Any]:
     """16x16 images (64 tokens); with ``cfg`` FLUX's true CFG (negative embeddings, scale 4: two calls per step)."""
     gen = torch.Generator().manual_seed(1)
-    kwargs = dict(prompt_embeds=torch.randn(1, 8, 32, generator=gen),
-                  pooled_prompt_embeds=torch.randn(1, 32, generator=gen))
+    kwargs = dict(
+        prompt_embeds=torch.randn(1, 8, 32, generator=gen), pooled_prompt_embeds=torch.randn(1, 32, generator=gen)
+    )
     if cfg:
-        kwargs.update(negative_prompt_embeds=torch.randn(1, 8, 32, generator=gen),
-                      negative_pooled_prompt_embeds=torch.randn(1, 32, generator=gen), true_cfg_scale=4.0)
+        kwargs.update(
+            negative_prompt_embeds=torch.randn(1, 8, 32, generator=gen),
+            negative_pooled_prompt_embeds=torch.randn(1, 32, generator=gen),
+            true_cfg_scale=4.0,
+        )
     return kwargs | dict(height=16, width=16, generator=gen, output_type="latent")
 
 
 def _wan_call(cfg: bool) -> dict[str, Any]:
     """16x16, 5 frames; ``cfg``: guidance 5 (two calls per step), else 1 (one)."""
     gen = torch.Generator().manual_seed(1)
-    return dict(prompt_embeds=torch.randn(1, 8, 32, generator=gen),
-                negative_prompt_embeds=torch.randn(1, 8, 32, generator=gen), height=16, width=16, num_frames=5,
-                guidance_scale=5.0 if cfg else 1.0, generator=gen, output_type="latent")
+    return dict(
+        prompt_embeds=torch.randn(1, 8, 32, generator=gen),
+        negative_prompt_embeds=torch.randn(1, 8, 32, generator=gen),
+        height=16,
+        width=16,
+        num_frames=5,
+        guidance_scale=5.0 if cfg else 1.0,
+        generator=gen,
+        output_type="latent",
+    )
 
 
 @dataclass(frozen=True)
@@ -94,8 +105,11 @@ class Run:
 
 def _block_lists(transformer: nn.Module) -> list[tuple[str, nn.ModuleList]]:
     """The non-empty block lists, in the order diffusers' cache hooks and budcache walk them."""
-    return [(name, child) for name, child in transformer.named_children()
-            if name in _ALL_TRANSFORMER_BLOCK_IDENTIFIERS and isinstance(child, nn.ModuleList) and len(child)]
+    return [
+        (name, child)
+        for name, child in transformer.named_children()
+        if name in _ALL_TRANSFORMER_BLOCK_IDENTIFIERS and isinstance(child, nn.ModuleList) and len(child)
+    ]
 
 
 def _cached_lists(transformer: nn.Module, first_block_outside: bool = False) -> int:
@@ -119,8 +133,7 @@ def _run(pipe: Any, kwargs: dict[str, Any], dtype: torch.dtype) -> Run:
         outputs.append(output[0].clone())
         fired.clear()
 
-    hooks = [probe.register_forward_hook(lambda *_: fired.append(True)),
-             pipe.transformer.register_forward_hook(record)]
+    hooks = [probe.register_forward_hook(lambda *_: fired.append(True)), pipe.transformer.register_forward_hook(record)]
     try:
         latents = pipe(**kwargs, num_inference_steps=STEPS, return_dict=False)[0]
     finally:

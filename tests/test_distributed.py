@@ -10,9 +10,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tests.fixtures.gmm import GaussianMixtureFlow
 from budcache.sampling import OutputDenoiser, linear_sigmas
 from budcache.search import Batch, Evaluator, SearchConfig, search_plan
+from tests.fixtures.gmm import GaussianMixtureFlow
 
 K, B, N = 14, 5, 24
 CONFIG = SearchConfig(strategy="classic", iterations=60, seed=5, kicks=2)
@@ -22,8 +22,13 @@ def _search(noise: torch.Tensor) -> dict:
     gmm = GaussianMixtureFlow(dim=8, components=4, seed=3)
     evaluate = Evaluator([Batch(OutputDenoiser(gmm), noise)], linear_sigmas(K))
     plan, result = search_plan(evaluate, B, reuse="output", config=CONFIG, progress=False)
-    return {"mask": plan.mask, "objective": plan.record.objective, "history": result.history,
-            "calibration_size": plan.record.calibration_size, "forwards": plan.record.forwards}
+    return {
+        "mask": plan.mask,
+        "objective": plan.record.objective,
+        "history": result.history,
+        "calibration_size": plan.record.calibration_size,
+        "forwards": plan.record.forwards,
+    }
 
 
 def _noise() -> torch.Tensor:
@@ -67,12 +72,45 @@ def test_torchrun_command_line_equals_one_process(tmp_path, scheduler):
 
     from budcache.plan import CachePlan
 
-    args = ["search", "--model", "demo", "--steps", "10", "--budget", "4", "--calib", "6", "--iterations", "30",
-            "--starts", "1", "--kicks", "1", "--no-progress", "--scheduler", scheduler]
+    args = [
+        "search",
+        "--model",
+        "demo",
+        "--steps",
+        "10",
+        "--budget",
+        "4",
+        "--calib",
+        "6",
+        "--iterations",
+        "30",
+        "--starts",
+        "1",
+        "--kicks",
+        "1",
+        "--no-progress",
+        "--scheduler",
+        scheduler,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for command in ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-                     str(_free_port()), "-m", "budcache.cli", "--threads", "1", *args, "--out", str(tmp_path / "two.json")],
-                    [sys.executable, "-m", "budcache.cli", "--threads", "1", *args, "--out", str(tmp_path / "one.json")]):
+    for command in (
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "budcache.cli",
+            "--threads",
+            "1",
+            *args,
+            "--out",
+            str(tmp_path / "two.json"),
+        ],
+        [sys.executable, "-m", "budcache.cli", "--threads", "1", *args, "--out", str(tmp_path / "one.json")],
+    ):
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
     two, one = CachePlan.load(tmp_path / "two.json"), CachePlan.load(tmp_path / "one.json")

@@ -5,11 +5,10 @@ import json
 import pytest
 
 from budcache.cli import main
-from budcache.search import grow
 from budcache.errors import SearchError
 from budcache.plan import CachePlan
 from budcache.planset import PlanSet
-from budcache.search import SearchConfig, run_search
+from budcache.search import SearchConfig, grow, run_search
 
 
 def test_grow_fills_the_middle_of_the_longest_gap():
@@ -23,19 +22,43 @@ def test_a_bad_start_mask_is_refused(gmm):
     from tests.test_search import evaluator
 
     with pytest.raises(SearchError, match="start mask"):
-        run_search(evaluator(gmm), 3, SearchConfig(strategy="classic", iterations=5), progress=False, start=[1, 1, 0, 0])
+        run_search(
+            evaluator(gmm), 3, SearchConfig(strategy="classic", iterations=5), progress=False, start=[1, 1, 0, 0]
+        )
 
 
 def test_cli_frontier(tmp_path):
     out = tmp_path / "fr"
-    main(["--threads", "1", "frontier", "--steps", "8", "--budgets", "2..5", "--calib", "4", "--held-out", "6",
-          "--iterations", "10", "--starts", "1", "--no-progress", "--out", str(out)])
+    main(
+        [
+            "--threads",
+            "1",
+            "frontier",
+            "--steps",
+            "8",
+            "--budgets",
+            "2..5",
+            "--calib",
+            "4",
+            "--held-out",
+            "6",
+            "--iterations",
+            "10",
+            "--starts",
+            "1",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
     rows = json.loads((out / "frontier.json").read_text())["rows"]
     assert [r["budget"] for r in rows] == [2, 3, 4, 5] and (out / "frontier.png").exists()
     for r in rows:
         plan = CachePlan.load(out / f"plan_B{r['budget']}.json")
         assert sum(plan.mask) == r["budget"] and plan.strip == r["mask"]
-        assert r["budcache"] > 10 and r["plain Euler"] > 10 and r["plain AB2"] > 10 and r["plain AB2"] != r["plain Euler"]
+        assert (
+            r["budcache"] > 10 and r["plain Euler"] > 10 and r["plain AB2"] > 10 and r["plain AB2"] != r["plain Euler"]
+        )
     plans = PlanSet.load(out / "plans.json")
     assert [p.budget for p in plans] == [2, 3, 4, 5] and plans.plans[0] == CachePlan.load(out / "plan_B2.json")
 
@@ -46,11 +69,34 @@ def test_cli_frontier_under_a_predictive_rule(tmp_path):
     rows = {}
     for rule in ("repeat", "extrapolate"):
         out = tmp_path / rule
-        main(["--threads", "1", "frontier", "--steps", "8", "--budgets", "3..4", "--calib", "4", "--held-out", "6",
-              "--iterations", "10", "--starts", "1", "--rule", rule, "--no-progress", "--out", str(out)])
+        main(
+            [
+                "--threads",
+                "1",
+                "frontier",
+                "--steps",
+                "8",
+                "--budgets",
+                "3..4",
+                "--calib",
+                "4",
+                "--held-out",
+                "6",
+                "--iterations",
+                "10",
+                "--starts",
+                "1",
+                "--rule",
+                rule,
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
         rows[rule] = json.loads((out / "frontier.json").read_text())["rows"]
-        assert all(r["rule"] == rule and CachePlan.load(out / f"plan_B{r['budget']}.json").rule == rule
-                   for r in rows[rule])
+        assert all(
+            r["rule"] == rule and CachePlan.load(out / f"plan_B{r['budget']}.json").rule == rule for r in rows[rule]
+        )
     for repeat, extrapolate in zip(rows["repeat"], rows["extrapolate"]):
         assert extrapolate["uniform mask"] != pytest.approx(repeat["uniform mask"], abs=0.01)
         assert extrapolate["plain Euler"] == pytest.approx(repeat["plain Euler"])

@@ -4,7 +4,8 @@ fields give PlanError / CheckpointError, never another exception; what loads is 
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from budcache.errors import CheckpointError, PlanError
 from budcache.plan import CachePlan, SearchRecord
@@ -14,16 +15,31 @@ from budcache.search import Batch, Evaluator, SearchConfig, search_plan
 from budcache.search.checkpoint import FORMAT, Checkpoint
 
 FUZZ = settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-PLAN = CachePlan(num_steps=8, budget=3, mask=[1, 0, 0, 1, 0, 0, 1, 0], rule="extrapolate", sigmas=linear_sigmas(8),
-                 schedule=linear_sigmas(8),
-                 rules=["repeat", "repeat", "extrapolate", "repeat", "repeat", "repeat", "repeat", "repeat"],
-                 model={"class": "FluxTransformer2DModel", "fingerprint": "0123456789abcdef"},
-                 record=SearchRecord(objective=0.01, uniform_objective=0.02, teacher_steps=8, evaluations=40,
-                                     forwards=300, solver="Euler", effort="default"))
+PLAN = CachePlan(
+    num_steps=8,
+    budget=3,
+    mask=[1, 0, 0, 1, 0, 0, 1, 0],
+    rule="extrapolate",
+    sigmas=linear_sigmas(8),
+    schedule=linear_sigmas(8),
+    rules=["repeat", "repeat", "extrapolate", "repeat", "repeat", "repeat", "repeat", "repeat"],
+    model={"class": "FluxTransformer2DModel", "fingerprint": "0123456789abcdef"},
+    record=SearchRecord(
+        objective=0.01,
+        uniform_objective=0.02,
+        teacher_steps=8,
+        evaluations=40,
+        forwards=300,
+        solver="Euler",
+        effort="default",
+    ),
+)
 TEXT = json.dumps(PLAN.to_dict(), indent=1).encode()
-JSON = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=8),
-                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-                    max_leaves=8)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=8,
+)
 
 
 def mutations(fields: list[str]):
@@ -90,9 +106,20 @@ def test_plans_with_a_wrong_record(folder, edit):
     load(folder, json.dumps({**d, "record": apply(d["record"], edit)}).encode())
 
 
-SET = PlanSet([PLAN, CachePlan(num_steps=8, budget=4, mask=[1, 0, 1, 0, 1, 0, 1, 0], model=PLAN.model,
-                                 rule="extrapolate", schedule=linear_sigmas(8)), CachePlan(num_steps=4, budget=2,
-                                 mask=[1, 0, 1, 0], model=PLAN.model)])
+SET = PlanSet(
+    [
+        PLAN,
+        CachePlan(
+            num_steps=8,
+            budget=4,
+            mask=[1, 0, 1, 0, 1, 0, 1, 0],
+            model=PLAN.model,
+            rule="extrapolate",
+            schedule=linear_sigmas(8),
+        ),
+        CachePlan(num_steps=4, budget=2, mask=[1, 0, 1, 0], model=PLAN.model),
+    ]
+)
 SET_TEXT = json.dumps(SET.to_dict(), indent=1).encode()
 FEW = settings(FUZZ, max_examples=60)
 
@@ -110,8 +137,10 @@ def load_set(folder, data: bytes) -> None:
 
 
 @FEW
-@given(st.integers(0, len(SET_TEXT)), st.lists(st.tuples(st.integers(0, len(SET_TEXT) - 1), st.integers(0, 255)),
-                                               max_size=3))
+@given(
+    st.integers(0, len(SET_TEXT)),
+    st.lists(st.tuples(st.integers(0, len(SET_TEXT) - 1), st.integers(0, 255)), max_size=3),
+)
 def test_truncated_or_flipped_plan_sets(folder, n, flips):
     data = bytearray(SET_TEXT)
     for i, b in flips:
@@ -133,8 +162,14 @@ def checkpoint(gmm, tmp_path_factory):
     """A real checkpoint, the evaluator that wrote it and its identity."""
     path = tmp_path_factory.mktemp("ckpt") / "search.json"
     evaluate = Evaluator([Batch(OutputDenoiser(gmm), gmm.noise(4, seed=0))], linear_sigmas(8))
-    search_plan(evaluate, 3, reuse="output", config=SearchConfig(strategy="classic", iterations=10, starts=1, kicks=0), progress=False,
-                checkpoint=path)
+    search_plan(
+        evaluate,
+        3,
+        reuse="output",
+        config=SearchConfig(strategy="classic", iterations=10, starts=1, kicks=0),
+        progress=False,
+        checkpoint=path,
+    )
     return path.read_bytes(), evaluate
 
 
@@ -152,11 +187,12 @@ def test_corrupt_checkpoints(folder, checkpoint, data):
     identity = json.loads(text)["identity"]
     how = data.draw(st.sampled_from(["truncate", "flip", "field"]))
     if how == "truncate":
-        broken = text[:data.draw(st.integers(0, len(text) - 1))]
+        broken = text[: data.draw(st.integers(0, len(text) - 1))]
     elif how == "flip":
         broken = bytearray(text)
-        for i, b in data.draw(st.lists(st.tuples(st.integers(0, len(text) - 1), st.integers(0, 255)), min_size=1,
-                                       max_size=4)):
+        for i, b in data.draw(
+            st.lists(st.tuples(st.integers(0, len(text) - 1), st.integers(0, 255)), min_size=1, max_size=4)
+        ):
             broken[i] = b
         broken = bytes(broken)
     else:

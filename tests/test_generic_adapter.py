@@ -23,8 +23,8 @@ def test_same_outputs_as_before_the_generic_adapter(rule):
 def test_unknown_blocks_apply_as_output_reuse_with_a_warning(monkeypatch):
     """A residual plan on a transformer whose blocks budcache does not know skips whole calls."""
     from budcache import apply, families
-    from tests.fixtures import tiny_families
     from budcache.plan import CachePlan
+    from tests.fixtures import tiny_families
 
     monkeypatch.delitem(families.OWN_BLOCKS, "SanaTransformerBlock")
     family = tiny_families.FAMILIES["sana"]

@@ -18,17 +18,40 @@ from budcache.sampling import OutputDenoiser, linear_sigmas
 from budcache.search import Batch, Evaluator, SearchConfig, search_plan
 
 ROOT = Path(__file__).resolve().parents[1]
-LONG = ["search", "--steps", "16", "--budget", "5", "--calib", "4", "--iterations", "400", "--starts", "2",
-        "--kicks", "4", "--checkpoint-every", "5", "--no-progress"]
+LONG = [
+    "search",
+    "--steps",
+    "16",
+    "--budget",
+    "5",
+    "--calib",
+    "4",
+    "--iterations",
+    "400",
+    "--starts",
+    "2",
+    "--kicks",
+    "4",
+    "--checkpoint-every",
+    "5",
+    "--no-progress",
+]
 
 
 def test_ctrl_c_and_sigterm_save_the_best_plan_and_exit_130_and_143(tmp_path):
     runs = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         out = tmp_path / f"{sig.name}.json"
-        runs[sig] = (out, subprocess.Popen([sys.executable, "-m", "budcache", "--threads", "1", *LONG, "--out",
-                                            str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                           text=True))
+        runs[sig] = (
+            out,
+            subprocess.Popen(
+                [sys.executable, "-m", "budcache", "--threads", "1", *LONG, "--out", str(out)],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
+        )
     deadline = time.time() + 120
     for sig, (out, proc) in runs.items():
         ckpt = out.with_suffix(".checkpoint.json")
@@ -41,7 +64,8 @@ def test_ctrl_c_and_sigterm_save_the_best_plan_and_exit_130_and_143(tmp_path):
         assert proc.returncode == 128 + sig, err
         assert err.strip().splitlines()[-1] == (
             f"interrupted: saved the best plan found so far to {out} (evaluations in "
-            f"{out.with_suffix('.checkpoint.json')}); continue with the same command and --resume")
+            f"{out.with_suffix('.checkpoint.json')}); continue with the same command and --resume"
+        )
         record = CachePlan.load(out).record
         assert record.interrupted and record.uniform_objective is None  # written at once, no references
 
@@ -60,8 +84,29 @@ def test_a_plan_that_cannot_be_written_at_the_end_is_written_beside_the_checkpoi
 
     monkeypatch.setattr(commands, "search_source", search_then_lose_the_folder)
     with pytest.raises(SystemExit) as exit:
-        main(["search", "--steps", "6", "--budget", "2", "--calib", "2", "--iterations", "4", "--starts", "1",
-              "--kicks", "0", "--no-hill-climb", "--no-progress", "--out", str(out), "--checkpoint", str(ckpt)])
+        main(
+            [
+                "search",
+                "--steps",
+                "6",
+                "--budget",
+                "2",
+                "--calib",
+                "2",
+                "--iterations",
+                "4",
+                "--starts",
+                "1",
+                "--kicks",
+                "0",
+                "--no-hill-climb",
+                "--no-progress",
+                "--out",
+                str(out),
+                "--checkpoint",
+                str(ckpt),
+            ]
+        )
     rescued = ckpt.with_suffix(".plan.json")
     assert exit.value.code == 1
     assert capsys.readouterr().err.strip().endswith(f"the plan was saved to {rescued} instead")
@@ -72,8 +117,14 @@ def test_plans_and_checkpoints_follow_the_umask(gmm, tmp_path):
     previous = os.umask(0o027)
     try:
         evaluate = Evaluator([Batch(OutputDenoiser(gmm), gmm.noise(4, seed=0))], linear_sigmas(8))
-        plan, _ = search_plan(evaluate, 3, reuse="output", config=SearchConfig(strategy="classic", iterations=5, starts=1, kicks=0),
-                              progress=False, checkpoint=tmp_path / "c.json")
+        plan, _ = search_plan(
+            evaluate,
+            3,
+            reuse="output",
+            config=SearchConfig(strategy="classic", iterations=5, starts=1, kicks=0),
+            progress=False,
+            checkpoint=tmp_path / "c.json",
+        )
         plan.save(tmp_path / "p.json")
     finally:
         os.umask(previous)
@@ -91,8 +142,14 @@ def test_search_plan_refuses_a_checkpoint_another_search_holds(gmm, tmp_path):
     with open(lock_path(ckpt), "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(CheckpointError, match="in use by another search"):
-            search_plan(evaluate, 3, reuse="output", config=SearchConfig(strategy="classic", iterations=5, starts=1, kicks=0),
-                        progress=False, checkpoint=ckpt)
+            search_plan(
+                evaluate,
+                3,
+                reuse="output",
+                config=SearchConfig(strategy="classic", iterations=5, starts=1, kicks=0),
+                progress=False,
+                checkpoint=ckpt,
+            )
     assert not ckpt.exists()
 
 
@@ -103,8 +160,14 @@ def test_search_plan_refuses_an_unwritable_checkpoint_before_searching(gmm, tmp_
     (tmp_path / "file").write_text("x")
     for where, message in ((tmp_path, "is a folder"), (tmp_path / "file" / "c.json", "cannot write beside")):
         with pytest.raises(CheckpointError, match=message):
-            search_plan(evaluate, 3, reuse="output", config=SearchConfig(strategy="classic", iterations=5, starts=1, kicks=0),
-                        progress=False, checkpoint=where)
+            search_plan(
+                evaluate,
+                3,
+                reuse="output",
+                config=SearchConfig(strategy="classic", iterations=5, starts=1, kicks=0),
+                progress=False,
+                checkpoint=where,
+            )
     assert evaluate.evaluations == 0
 
 

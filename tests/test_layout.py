@@ -63,4 +63,6 @@ def test_stage_names_mean_one_thing():
     from budcache.search import Evaluator
 
     assert budcache.search is sys.modules["budcache.search"] and budcache.align is sys.modules["budcache.align"]
-    assert callable(budcache.search) and callable(budcache.align) and Evaluator.__module__ == "budcache.search.evaluator"
+    assert (
+        callable(budcache.search) and callable(budcache.align) and Evaluator.__module__ == "budcache.search.evaluator"
+    )

@@ -22,21 +22,24 @@ CONFIGS = {
     "unipc-1": lambda: UniPCMultistepScheduler(solver_order=1, **FLOW),
     "unipc-3": lambda: UniPCMultistepScheduler(solver_order=3, **FLOW),
     "unipc-no-corrector": lambda: UniPCMultistepScheduler(disable_corrector=list(range(20)), **FLOW),
-    "unipc-3-corrector-off-at-0-2-5": lambda: UniPCMultistepScheduler(solver_order=3, disable_corrector=[0, 2, 5],
-                                                                      **FLOW),
+    "unipc-3-corrector-off-at-0-2-5": lambda: UniPCMultistepScheduler(
+        solver_order=3, disable_corrector=[0, 2, 5], **FLOW
+    ),
     # a last sigma > 0 makes the last corrector count (at 0 the last step returns x0 of the uncorrected latent)
     "unipc-3-sigma-min": lambda: UniPCMultistepScheduler(solver_order=3, final_sigmas_type="sigma_min", **FLOW),
     # with a last sigma of 0, diffusers' order-2 last step is inf: its sigma_min schedule repeats the last sigma
-    "unipc-lower-order-final-off": lambda: UniPCMultistepScheduler(lower_order_final=False,
-                                                                   final_sigmas_type="sigma_min", **FLOW),
+    "unipc-lower-order-final-off": lambda: UniPCMultistepScheduler(
+        lower_order_final=False, final_sigmas_type="sigma_min", **FLOW
+    ),
     "sana": lambda: DPMSolverMultistepScheduler(**FLOW),  # as tests/fixtures/tiny_families.py ships it
     "dpm-1": lambda: DPMSolverMultistepScheduler(solver_order=1, **FLOW),
     "dpm-3": lambda: DPMSolverMultistepScheduler(solver_order=3, **FLOW),
     "dpm-heun": lambda: DPMSolverMultistepScheduler(solver_type="heun", **FLOW),
     "dpm-3-lower-order-final-off": lambda: DPMSolverMultistepScheduler(solver_order=3, lower_order_final=False, **FLOW),
     "dpm-sigma-min": lambda: DPMSolverMultistepScheduler(final_sigmas_type="sigma_min", **FLOW),
-    "dpm-3-euler-at-final": lambda: DPMSolverMultistepScheduler(solver_order=3, euler_at_final=True,
-                                                                final_sigmas_type="sigma_min", **FLOW),
+    "dpm-3-euler-at-final": lambda: DPMSolverMultistepScheduler(
+        solver_order=3, euler_at_final=True, final_sigmas_type="sigma_min", **FLOW
+    ),
 }
 W = torch.randn(4, 4, generator=torch.Generator().manual_seed(0)) / 2
 
@@ -75,8 +78,11 @@ def test_equals_the_scheduler_step(config, steps):
         reference = SchedulerSolver(scheduler(config, steps, pinned))
         native = differentiable(reference, torch.tensor(reference.sigmas))
         assert type(native) is (UniPC if config.startswith(("wan", "unipc")) else DPMSolver)
-        for mask, rule in [([1] * steps, "repeat"), (cached_mask(steps), "repeat"),
-                           (cached_mask(steps), "extrapolate")]:
+        for mask, rule in [
+            ([1] * steps, "repeat"),
+            (cached_mask(steps), "repeat"),
+            (cached_mask(steps), "extrapolate"),
+        ]:
             want = sample(OutputDenoiser(velocity), x, reference, mask, rule)
             got = sample(OutputDenoiser(velocity), x, native, mask, rule)
             assert relative(got, want) <= 1e-5, (pinned, mask, rule)
@@ -90,8 +96,19 @@ def test_unipc_lower_order_final_off_to_zero_is_as_infinite_as_diffusers():
         assert not torch.isfinite(sample(OutputDenoiser(velocity), x, solver, [1] * 6, check_finite=False)).all()
 
 
-GRADIENT_CASES = [(c, m) for c in ("wan", "unipc-3", "unipc-3-corrector-off-at-0-2-5", "sana", "dpm-3", "dpm-heun",
-                                   "dpm-3-lower-order-final-off") for m in ("full", "extrapolate")]
+GRADIENT_CASES = [
+    (c, m)
+    for c in (
+        "wan",
+        "unipc-3",
+        "unipc-3-corrector-off-at-0-2-5",
+        "sana",
+        "dpm-3",
+        "dpm-heun",
+        "dpm-3-lower-order-final-off",
+    )
+    for m in ("full", "extrapolate")
+]
 
 
 def _loss_of(config: str, mask: str, steps: int = 6):
@@ -112,8 +129,9 @@ def _loss_of(config: str, mask: str, steps: int = 6):
 def test_gradient_matches_finite_differences(config, mask):
     loss, sigmas = _loss_of(config, mask)
     interior = sigmas[1:-1].clone().requires_grad_()
-    assert torch.autograd.gradcheck(lambda s: loss(torch.cat([sigmas[:1], s, sigmas[-1:]])), (interior,),
-                                    eps=1e-6, atol=1e-6, rtol=1e-4)
+    assert torch.autograd.gradcheck(
+        lambda s: loss(torch.cat([sigmas[:1], s, sigmas[-1:]])), (interior,), eps=1e-6, atol=1e-6, rtol=1e-4
+    )
 
 
 @pytest.mark.parametrize(("config", "mask"), GRADIENT_CASES)
@@ -137,8 +155,14 @@ def test_resumes_from_a_stored_state(config):
     solver = differentiable(SchedulerSolver(scheduler(config, steps)), scheduler(config, steps).sigmas.clone())
     x = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(3))
     mask, stored = cached_mask(steps), {}
-    full = sample(OutputDenoiser(velocity), x, solver, mask, "extrapolate",
-                  callback=lambda info: stored.setdefault(info.step + 1, info.state))
+    full = sample(
+        OutputDenoiser(velocity),
+        x,
+        solver,
+        mask,
+        "extrapolate",
+        callback=lambda info: stored.setdefault(info.step + 1, info.state),
+    )
     for k in (1, 3, 5):
         first = sample(OutputDenoiser(velocity), x, solver, mask, "extrapolate", start=stored[k])
         again = sample(OutputDenoiser(velocity), x, solver, mask, "extrapolate", start=stored[k])
@@ -159,7 +183,7 @@ def test_steps_several_trajectories_together(config):
     together = list(alone)
     rules = ["repeat", "extrapolate", "repeat"]
     denoiser = OutputDenoiser(velocity)
-    for k, compute in enumerate(cached_mask(steps)):
+    for compute in cached_mask(steps):
         together, _ = advance(denoiser, together, solver, bool(compute), rules, depth)
         alone = [advance(denoiser, [s], solver, bool(compute), [r], depth)[0][0] for s, r in zip(alone, rules)]
     for a, b in zip(together, alone):
@@ -176,18 +200,29 @@ def test_differentiable_keeps_euler_and_native_solvers():
     assert isinstance(moved, UniPC) and moved.sigmas == [1.0, 0.3, 0.0] and moved.order == 3
 
 
-@pytest.mark.parametrize(("make", "named"), [
-    (lambda: DPMSolverSinglestepScheduler(**FLOW), r"DPMSolverSinglestepScheduler$"),
-    (lambda: UniPCMultistepScheduler(solver_type="bh1", **FLOW), r"UniPCMultistepScheduler \(solver_type='bh1'\)"),
-    (lambda: UniPCMultistepScheduler(), r"UniPCMultistepScheduler \(prediction_type='epsilon', use_flow_sigmas=False"),
-    (lambda: DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++", **FLOW),
-     r"DPMSolverMultistepScheduler \(algorithm_type='sde-dpmsolver\+\+'\)"),
-    (lambda: FlowMatchEulerDiscreteScheduler(stochastic_sampling=True), r"FlowMatchEulerDiscreteScheduler$"),
-])
+@pytest.mark.parametrize(
+    ("make", "named"),
+    [
+        (lambda: DPMSolverSinglestepScheduler(**FLOW), r"DPMSolverSinglestepScheduler$"),
+        (lambda: UniPCMultistepScheduler(solver_type="bh1", **FLOW), r"UniPCMultistepScheduler \(solver_type='bh1'\)"),
+        (
+            lambda: UniPCMultistepScheduler(),
+            r"UniPCMultistepScheduler \(prediction_type='epsilon', use_flow_sigmas=False",
+        ),
+        (
+            lambda: DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++", **FLOW),
+            r"DPMSolverMultistepScheduler \(algorithm_type='sde-dpmsolver\+\+'\)",
+        ),
+        (lambda: FlowMatchEulerDiscreteScheduler(stochastic_sampling=True), r"FlowMatchEulerDiscreteScheduler$"),
+    ],
+)
 def test_refuses_other_steps_in_one_line(make, named):
     s = make()
     s.set_timesteps(4)
-    with pytest.raises(PlanError, match=r"^stage 2 differentiates through Euler, UniPC \(bh2, flow\) and "
-                                        r"DPM-Solver\+\+ multistep \(flow\); this source steps with " + named) as error:
+    with pytest.raises(
+        PlanError,
+        match=r"^stage 2 differentiates through Euler, UniPC \(bh2, flow\) and "
+        r"DPM-Solver\+\+ multistep \(flow\); this source steps with " + named,
+    ) as error:
         differentiable(SchedulerSolver(s), s.sigmas.clone())
     assert "\n" not in str(error.value)

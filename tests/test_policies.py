@@ -4,19 +4,54 @@ import random
 import pytest
 import torch
 
-from budcache.baselines import magcache
-from budcache.plan import uniform_mask
 from budcache.baselines import (
-    fora_for_budget, fora_mask, lemica_edge_weights, lemica_path, magcache_for_budget, magcache_mask, magcache_ratios,
-    static_policies, taylorseer_for_budget, taylorseer_mask,
+    fora_for_budget,
+    fora_mask,
+    lemica_edge_weights,
+    lemica_path,
+    magcache,
+    magcache_for_budget,
+    magcache_mask,
+    magcache_ratios,
+    static_policies,
+    taylorseer_for_budget,
+    taylorseer_mask,
 )
+from budcache.plan import uniform_mask
 from budcache.sampling import OutputDenoiser, linear_sigmas, sample
 from budcache.search import Batch, Evaluator
 
 # MagCache's published FLUX-dev ratios (28 steps), notes/baselines.md section 2
-FLUX = [1.0, 1.21094, 1.11719, 1.07812, 1.0625, 1.03906, 1.03125, 1.03906, 1.02344, 1.03125, 1.02344, 0.98047,
-        1.01562, 1.00781, 1.0, 1.00781, 1.0, 1.00781, 1.0, 1.0, 0.99609, 0.99609, 0.98047, 0.98828, 0.96484, 0.95703,
-        0.93359, 0.89062]
+FLUX = [
+    1.0,
+    1.21094,
+    1.11719,
+    1.07812,
+    1.0625,
+    1.03906,
+    1.03125,
+    1.03906,
+    1.02344,
+    1.03125,
+    1.02344,
+    0.98047,
+    1.01562,
+    1.00781,
+    1.0,
+    1.00781,
+    1.0,
+    1.00781,
+    1.0,
+    1.0,
+    0.99609,
+    0.99609,
+    0.98047,
+    0.98828,
+    0.96484,
+    0.95703,
+    0.93359,
+    0.89062,
+]
 
 
 def steps(mask):
@@ -148,8 +183,10 @@ def test_lemica_dp_equals_brute_force():
     rng, k = random.Random(0), 8
     weights = {(i, j): rng.random() for i in range(k) for j in range(i + 1, k)}
     for b in range(2, k + 1):
-        masks = ([1 if s in (0, k - 1, *inner) else 0 for s in range(k)]
-                 for inner in itertools.combinations(range(1, k - 1), b - 2))
+        masks = (
+            [1 if s in (0, k - 1, *inner) else 0 for s in range(k)]
+            for inner in itertools.combinations(range(1, k - 1), b - 2)
+        )
         brute = min(masks, key=lambda m: leximax_key(weights, m))
         mask = lemica_path(weights, k, b)
         assert sum(mask) == b and mask[0] == mask[-1] == 1
@@ -205,8 +242,11 @@ def test_lemica_edge_weights_on_the_gmm_flow(gmm):
 # -- convenience -----------------------------------------------------------------------------
 def test_static_policies():
     out = static_policies(28, 10)
-    assert out == {"uniform": uniform_mask(28, 10), "FORA": fora_mask(28, 3),
-                   "TaylorSeer": taylorseer_for_budget(28, 10)}
+    assert out == {
+        "uniform": uniform_mask(28, 10),
+        "FORA": fora_mask(28, 3),
+        "TaylorSeer": taylorseer_for_budget(28, 10),
+    }
     assert set(static_policies(28, 11)) == {"uniform", "TaylorSeer"}  # no FORA interval gives 11
     assert set(static_policies(28, 2)) == {"uniform", "FORA"}  # below TaylorSeer's warm-up
     assert all(sum(m) == b for b in range(1, 29) for m in static_policies(28, b).values())

@@ -3,7 +3,8 @@
 Hypothesis draws the step count K (2..10), the batch size (1..2), a small valid resolution of the family, a
 budget B and a mask with exactly B computed steps (the first step and every step whose transformer calls change
 expert, argument shapes or settings, e.g. Wan2.2's first low-noise expert step or Qwen-Image 2.1's step after its
-KV prefix pass, must compute: ``Reference.forced``, the rule budcache's calibration applies), a reuse rule (plan-wide, or one per step), and a reuse mode (``residual`` / ``output``).
+KV prefix pass, must compute: ``Reference.forced``, the rule budcache's calibration applies), a reuse rule
+(plan-wide, or one per step), and a reuse mode (``residual`` / ``output``).
 Properties, each checked for every family:
 
 1. exactly B block-stack executions per CFG branch (a forward hook on the feed-forward of the first block of
@@ -55,7 +56,8 @@ from typing import Any
 import pytest
 import torch
 from diffusers.hooks._common import _ALL_TRANSFORMER_BLOCK_IDENTIFIERS
-from hypothesis import HealthCheck, Phase, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, Phase, assume, given, settings
+from hypothesis import strategies as st
 
 import budcache
 from budcache.plan import CachePlan, model_identity
@@ -64,11 +66,14 @@ from tests.fixtures.tiny_families import FAMILIES
 
 # -- hypothesis profiles -------------------------------------------------------------------------------------------
 
-_COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-               print_blob=True, phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink])
+_COMMON = dict(
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=True,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
+)
 settings.register_profile("budcache-properties-default", max_examples=8, derandomize=True, database=None, **_COMMON)
-settings.register_profile("budcache-properties-nightly", max_examples=200, derandomize=False, database=None,
-                          **_COMMON)
+settings.register_profile("budcache-properties-nightly", max_examples=200, derandomize=False, database=None, **_COMMON)
 PROFILE_NAME = "nightly" if os.environ.get("HYPOTHESIS_PROFILE") == "nightly" else "default"
 PROFILE = settings.get_profile(f"budcache-properties-{PROFILE_NAME}")
 
@@ -88,22 +93,33 @@ def _flux_kwargs(batch: int, cfg: bool = False) -> dict:
     gen = torch.Generator().manual_seed(1)
     kwargs = dict(prompt_embeds=_randn(gen, batch, 8, 32), pooled_prompt_embeds=_randn(gen, batch, 32))
     if cfg:
-        kwargs.update(negative_prompt_embeds=_randn(gen, batch, 8, 32),
-                      negative_pooled_prompt_embeds=_randn(gen, batch, 32), true_cfg_scale=3.0)
+        kwargs.update(
+            negative_prompt_embeds=_randn(gen, batch, 8, 32),
+            negative_pooled_prompt_embeds=_randn(gen, batch, 32),
+            true_cfg_scale=3.0,
+        )
     return kwargs
 
 
 def _wan_kwargs(batch: int) -> dict:
     gen = torch.Generator().manual_seed(1)
-    return dict(prompt_embeds=_randn(gen, batch, 8, 32), negative_prompt_embeds=_randn(gen, batch, 8, 32),
-                num_frames=5, guidance_scale=5.0)
+    return dict(
+        prompt_embeds=_randn(gen, batch, 8, 32),
+        negative_prompt_embeds=_randn(gen, batch, 8, 32),
+        num_frames=5,
+        guidance_scale=5.0,
+    )
 
 
 def _sd3_kwargs(batch: int) -> dict:
     gen = torch.Generator().manual_seed(1)
-    return dict(prompt_embeds=_randn(gen, batch, 8, 32), pooled_prompt_embeds=_randn(gen, batch, 64),
-                negative_prompt_embeds=_randn(gen, batch, 8, 32),
-                negative_pooled_prompt_embeds=_randn(gen, batch, 64), guidance_scale=3.0)
+    return dict(
+        prompt_embeds=_randn(gen, batch, 8, 32),
+        pooled_prompt_embeds=_randn(gen, batch, 64),
+        negative_prompt_embeds=_randn(gen, batch, 8, 32),
+        negative_pooled_prompt_embeds=_randn(gen, batch, 64),
+        guidance_scale=3.0,
+    )
 
 
 def _from_table(name: str) -> Callable[[int], dict]:
@@ -130,19 +146,23 @@ SPECS: dict[str, Spec] = {
     "z_image": Spec(FAMILIES["z_image"].pipeline, _from_table("z_image"), ((16, 16), (32, 16), (8, 8))),
     "z_image_turbo": Spec(FAMILIES["z_image_turbo"].pipeline, _from_table("z_image_turbo"), ((16, 16), (16, 32))),
     "qwen_image": Spec(FAMILIES["qwen_image"].pipeline, _from_table("qwen_image"), ((32, 32), (16, 16), (48, 32))),
-    "qwen_image21": Spec(FAMILIES["qwen_image21"].pipeline, _from_table("qwen_image21"),
-                         ((64, 64), (32, 32), (64, 32))),
-    "qwen_image21_cfg": Spec(FAMILIES["qwen_image21"].pipeline,
-                             lambda batch: FAMILIES["qwen_image21"].call_kwargs(batch_size=batch, cfg=True),
-                             ((64, 64), (32, 32))),
+    "qwen_image21": Spec(
+        FAMILIES["qwen_image21"].pipeline, _from_table("qwen_image21"), ((64, 64), (32, 32), (64, 32))
+    ),
+    "qwen_image21_cfg": Spec(
+        FAMILIES["qwen_image21"].pipeline,
+        lambda batch: FAMILIES["qwen_image21"].call_kwargs(batch_size=batch, cfg=True),
+        ((64, 64), (32, 32)),
+    ),
     "wan22": Spec(FAMILIES["wan22"].pipeline, _from_table("wan22"), ((32, 32), (16, 16), (48, 32))),
     "flux2": Spec(FAMILIES["flux2"].pipeline, _from_table("flux2"), ((8, 8), (16, 8), (4, 4))),
     "flux2_klein": Spec(FAMILIES["flux2_klein"].pipeline, _from_table("flux2_klein"), ((8, 8), (16, 8))),
     "chroma": Spec(FAMILIES["chroma"].pipeline, _from_table("chroma"), ((8, 8), (16, 8))),
     "cogview4": Spec(FAMILIES["cogview4"].pipeline, _from_table("cogview4"), ((16, 16), (32, 16))),
     "sana": Spec(FAMILIES["sana"].pipeline, _from_table("sana"), ((32, 32),)),
-    "hunyuan_video15": Spec(FAMILIES["hunyuan_video15"].pipeline, _from_table("hunyuan_video15"),
-                            ((8, 8), (16, 16)), slow=True),
+    "hunyuan_video15": Spec(
+        FAMILIES["hunyuan_video15"].pipeline, _from_table("hunyuan_video15"), ((8, 8), (16, 16)), slow=True
+    ),
     "ltx2": Spec(FAMILIES["ltx2"].pipeline, _from_table("ltx2"), ((32, 32),), slow=True),
 }
 NAMES = list(SPECS)
@@ -158,8 +178,11 @@ def head_leaf(transformer: torch.nn.Module) -> torch.nn.Module:
     """The feed-forward of the first block of the transformer's first block list: it runs a fixed number of times
     per block-stack execution (once; CogView4 runs it on the image, then on the text), and never on a reused step
     (the head block returns ``in + residual`` at once; with output reuse the transformer is not run at all)."""
-    lists = [child for name, child in transformer.named_children()
-             if name in _ALL_TRANSFORMER_BLOCK_IDENTIFIERS and isinstance(child, torch.nn.ModuleList) and len(child)]
+    lists = [
+        child
+        for name, child in transformer.named_children()
+        if name in _ALL_TRANSFORMER_BLOCK_IDENTIFIERS and isinstance(child, torch.nn.ModuleList) and len(child)
+    ]
     head = lists[0][0]
     leaf = next((getattr(head, n) for n in LEAVES if isinstance(getattr(head, n, None), torch.nn.Module)), None)
     assert leaf is not None, f"no feed-forward ({LEAVES}) in {type(head).__name__}"
@@ -197,6 +220,7 @@ class Probe:
     def __enter__(self) -> Probe:
         scheduler = self.pipe.scheduler
         for name, model in experts(self.pipe).items():
+
             def pre(module, args, kwargs, name=name):
                 step = scheduler.step_index if scheduler.step_index is not None else 0
                 position = sum(1 for c in self.calls if c[0] == step)
@@ -209,8 +233,10 @@ class Probe:
                 self.executions[self._current] += 1
                 self.per_call[-1] += 1
 
-            self._handles += [model.register_forward_pre_hook(pre, with_kwargs=True),
-                              head_leaf(model).register_forward_hook(ran)]
+            self._handles += [
+                model.register_forward_pre_hook(pre, with_kwargs=True),
+                head_leaf(model).register_forward_hook(ran),
+            ]
         return self
 
     def __exit__(self, *exc) -> None:
@@ -221,8 +247,13 @@ class Probe:
 def generate(name: str, steps: int, batch: int, size: tuple[int, int]) -> list[torch.Tensor]:
     """The family's output tensors (latents) for K steps, a fresh generator each time."""
     kwargs = SPECS[name].kwargs(batch)
-    kwargs.update(height=size[0], width=size[1], num_inference_steps=steps, output_type="latent",
-                  generator=torch.Generator().manual_seed(0))
+    kwargs.update(
+        height=size[0],
+        width=size[1],
+        num_inference_steps=steps,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(0),
+    )
     with torch.no_grad():
         out = pipeline(name)(**kwargs, return_dict=False)
     return [o for o in out if torch.is_tensor(o)]
@@ -296,8 +327,9 @@ def boundary(pipe: Any) -> float | None:
     return pipe.config.get("boundary_ratio") if getattr(pipe, "transformer_2", None) is not None else None
 
 
-def draw_case(data: st.DataObject, name: str, all_compute: bool = False, with_model: bool = False,
-              reuse_forced: bool = False) -> Case:
+def draw_case(
+    data: st.DataObject, name: str, all_compute: bool = False, with_model: bool = False, reuse_forced: bool = False
+) -> Case:
     """K, batch, resolution, and a plan for them: B computed steps (the forced ones among them; all of them with
     ``all_compute``; every forced step but one, which the plan reuses, with ``reuse_forced``), a reuse mode
     (``residual`` with ``reuse_forced``), a rule and maybe per-step rules."""
@@ -316,17 +348,31 @@ def draw_case(data: st.DataObject, name: str, all_compute: bool = False, with_mo
     else:
         free = [k for k in range(steps) if k not in ref.forced]
         budget = data.draw(st.integers(len(required), len(required) + len(free)), label="B")
-        extra = data.draw(st.lists(st.sampled_from(free), min_size=budget - len(required),
-                                   max_size=budget - len(required), unique=True) if free else st.just([]),
-                          label="computed steps beyond the forced ones")
+        extra = data.draw(
+            st.lists(
+                st.sampled_from(free), min_size=budget - len(required), max_size=budget - len(required), unique=True
+            )
+            if free
+            else st.just([]),
+            label="computed steps beyond the forced ones",
+        )
         mask = [int(k in required or k in extra) for k in range(steps)]
     reuse = "residual" if reuse_forced else data.draw(st.sampled_from(REUSES), label="reuse")
     rule = data.draw(st.sampled_from(RULES), label="rule")
-    rules = data.draw(st.none() | st.lists(st.sampled_from(RULES), min_size=steps, max_size=steps),
-                      label="rules per step")
+    rules = data.draw(
+        st.none() | st.lists(st.sampled_from(RULES), min_size=steps, max_size=steps), label="rules per step"
+    )
     pipe = pipeline(name)
-    plan = CachePlan(num_steps=steps, budget=sum(mask), mask=mask, reuse=reuse, rule=rule, rules=rules,
-                     boundary_ratio=boundary(pipe), model=model_identity(pipe.transformer) if with_model else {})
+    plan = CachePlan(
+        num_steps=steps,
+        budget=sum(mask),
+        mask=mask,
+        reuse=reuse,
+        rule=rule,
+        rules=rules,
+        boundary_ratio=boundary(pipe),
+        model=model_identity(pipe.transformer) if with_model else {},
+    )
     data.draw(st.just(plan.strip), label="mask")  # shown with the falsifying example
     return Case(name, steps, batch, size, ref, plan)
 
@@ -377,8 +423,9 @@ def _budget(data: st.DataObject, name: str) -> None:
     assert executions == {k: v for k, v in expected.items() if v}
     # the summary: one entry per branch and expert, no interruption, computed / reused as the mask says
     assert all(set(c) == {"computed", "reused"} for c in summary.values()), summary
-    reported = sorted((key.split("/")[0] if "/" in key else "transformer", c["computed"], c["reused"])
-                      for key, c in summary.items())
+    reported = sorted(
+        (key.split("/")[0] if "/" in key else "transformer", c["computed"], c["reused"]) for key, c in summary.items()
+    )
     wanted = sorted((e, expected[(e, p)], steps_of[(e, p)] - expected[(e, p)]) for e, p in steps_of)
     assert reported == wanted, f"summary {summary}, expected (expert, computed, reused) {wanted}"
 
@@ -438,8 +485,10 @@ def _forced_reuse(data: st.DataObject, name: str) -> None:
     with budcache.apply(pipeline(name), case.plan), pytest.raises(Exception) as error:
         generate(name, case.steps, case.batch, case.size)
     if not (isinstance(error.value, budcache.BudcacheError) or str(error.value).startswith("budcache")):
-        pytest.fail(f"a residual plan that reuses a step whose transformer calls differ from the step before fails "
-                    f"with a bare {type(error.value).__name__}, not budcache's own error: {error.value}")
+        pytest.fail(
+            f"a residual plan that reuses a step whose transformer calls differ from the step before fails "
+            f"with a bare {type(error.value).__name__}, not budcache's own error: {error.value}"
+        )
     assert same(generate(name, case.steps, case.batch, case.size), case.ref.outputs), "not restored after the error"
 
 

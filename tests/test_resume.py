@@ -13,8 +13,8 @@ import torch
 from budcache.cli import main
 from budcache.errors import CheckpointError
 from budcache.plan import CachePlan
-from budcache.search import Batch, Evaluator, SearchConfig, run_search, search_plan
 from budcache.sampling import OutputDenoiser, linear_sigmas
+from budcache.search import Batch, Evaluator, SearchConfig, run_search, search_plan
 from tests.fixtures.interrupt import interrupted_after
 
 K, B = 12, 4
@@ -50,11 +50,34 @@ def test_bad_checkpoints_are_refused(gmm, tmp_path):
 
 
 def test_search_killed_with_sigkill_resumes_from_the_command_line(tmp_path):
-    args = ["search", "--model", "demo", "--steps", "16", "--budget", "5", "--calib", "4", "--rule", "repeat", "--iterations", "400",
-            "--starts", "2", "--kicks", "4", "--checkpoint-every", "5", "--no-progress"]
+    args = [
+        "search",
+        "--model",
+        "demo",
+        "--steps",
+        "16",
+        "--budget",
+        "5",
+        "--calib",
+        "4",
+        "--rule",
+        "repeat",
+        "--iterations",
+        "400",
+        "--starts",
+        "2",
+        "--kicks",
+        "4",
+        "--checkpoint-every",
+        "5",
+        "--no-progress",
+    ]
     out, ckpt = tmp_path / "killed.json", tmp_path / "killed.checkpoint.json"
-    proc = subprocess.Popen([sys.executable, "-m", "budcache.cli", "--threads", "1", *args, "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "budcache.cli", "--threads", "1", *args, "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while not (ckpt.exists() and len(json.loads(ckpt.read_text() or "{}").get("memo", {})) >= 30):
         assert proc.poll() is None and time.time() < deadline, "search ended before it could be killed"
@@ -77,22 +100,42 @@ def test_batched_candidates_score_what_one_at_a_time_scores(demo_model):
     from budcache.search import neighbours
 
     with demo_denoisers(demo_model, "residual") as make:
+
         def fresh():
             return Evaluator(demo_batches(make, *demo_inputs(4, 0)), linear_sigmas(K), rule="extrapolate")
 
         batched, single = fresh(), fresh()
         candidates = neighbours(tuple(uniform_mask(K, B)), tuple(range(1, K)))
         assert batched.many(candidates, group=6) == pytest.approx([single(c) for c in candidates], rel=1e-6)
-        runs = [run_search(fresh(), B, SearchConfig(strategy="classic", iterations=20, kicks=1, batch_candidates=g), progress=False)
-                for g in (1, 8)]
+        runs = [
+            run_search(
+                fresh(), B, SearchConfig(strategy="classic", iterations=20, kicks=1, batch_candidates=g), progress=False
+            )
+            for g in (1, 8)
+        ]
         assert runs[0].mask == runs[1].mask and [h[0] for h in runs[0].history] == [h[0] for h in runs[1].history]
 
 
 def test_resume_under_unipc_replays_and_a_euler_checkpoint_is_refused(tmp_path, capsys):
     """A finished UniPC search resumed from its checkpoint replays to the same plan without search
-    forwards (only the resumed run's teacher, K per sample, is added); the checkpoint of the same search under Euler is refused (its schedule and solver differ)."""
-    args = ["search", "--steps", "8", "--budget", "3", "--calib", "3", "--iterations", "12", "--starts", "1",
-            "--kicks", "0", "--no-progress"]
+    forwards (only the resumed run's teacher, K per sample, is added); the checkpoint of the same search under
+    Euler is refused (its schedule and solver differ)."""
+    args = [
+        "search",
+        "--steps",
+        "8",
+        "--budget",
+        "3",
+        "--calib",
+        "3",
+        "--iterations",
+        "12",
+        "--starts",
+        "1",
+        "--kicks",
+        "0",
+        "--no-progress",
+    ]
     out = tmp_path / "u.json"
     main([*args, "--scheduler", "unipc", "--out", str(out)])
     first = CachePlan.load(out)
@@ -101,5 +144,5 @@ def test_resume_under_unipc_replays_and_a_euler_checkpoint_is_refused(tmp_path, 
     assert again.mask == first.mask and again.record.forwards == first.record.forwards + 8 * 3
     assert again.record.solver == "UniPCMultistep"
     main([*args, "--out", str(tmp_path / "e.json")])
-    with pytest.raises(SystemExit, match="another search \((sigmas|solver) differs\)"):
+    with pytest.raises(SystemExit, match=r"another search \((sigmas|solver) differs\)"):
         main([*args, "--scheduler", "unipc", "--out", str(tmp_path / "e.json"), "--resume"])

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from budcache.plan import CachePlan, PlanError
 from budcache.hooks.stack import stack_hooks
+from budcache.plan import CachePlan, PlanError
 from budcache.sampling import OutputDenoiser, ResidualDenoiser, euler, linear_sigmas, predict, sample
-from budcache.search import Batch, Evaluator, SearchConfig, run_search, decode, encode, search_plan
 from budcache.sampling.plain import SCHEDULERS, adams_bashforth2, plain_solvers, scheduler_sample
+from budcache.search import Batch, Evaluator, SearchConfig, decode, encode, run_search, search_plan
 
 
 def test_predict_is_exact_for_polynomials_and_falls_back():
@@ -19,7 +19,9 @@ def test_predict_is_exact_for_polynomials_and_falls_back():
     assert torch.allclose(predict(hist, 0.3, "extrapolate2"), quad(0.3))
     assert torch.equal(predict(hist, 0.3, "repeat"), quad(0.6))
     assert torch.equal(predict(hist[:1], 0.3, "extrapolate"), quad(0.9))  # too few: repeat
-    assert torch.allclose(predict(hist[:2], 0.3, "extrapolate2"), hist[1][1] + (0.3 - 0.7) / (0.7 - 0.9) * (hist[1][1] - hist[0][1]))
+    assert torch.allclose(
+        predict(hist[:2], 0.3, "extrapolate2"), hist[1][1] + (0.3 - 0.7) / (0.7 - 0.9) * (hist[1][1] - hist[0][1])
+    )
 
 
 def test_output_extrapolation_matches_a_hand_written_loop(gmm):
@@ -56,8 +58,18 @@ def test_residual_extrapolation_keeps_exactly_budget_executions(tiny_flux, rule)
 def test_per_step_rules_score_what_the_sampler_runs(gmm):
     x = gmm.noise(24, 2)
     mask = [1, 1, 0, 0, 1, 0, 0, 1, 0, 0]
-    rules = ["repeat", "repeat", "extrapolate", "repeat", "repeat", "extrapolate2", "extrapolate",
-             "repeat", "extrapolate", "repeat"]
+    rules = [
+        "repeat",
+        "repeat",
+        "extrapolate",
+        "repeat",
+        "repeat",
+        "extrapolate2",
+        "extrapolate",
+        "repeat",
+        "extrapolate",
+        "repeat",
+    ]
     ev = Evaluator([Batch(OutputDenoiser(gmm), x)], linear_sigmas(10), rules_in_play=("extrapolate2",))
     schedule = encode(mask, rules)
     assert decode(schedule)[0] == mask
@@ -78,11 +90,21 @@ def test_extrapolation_beats_repetition_on_a_smooth_flow(gmm):
 def test_joint_rule_search_returns_per_step_rules(gmm):
     x = gmm.noise(32, 4)
     ev = Evaluator([Batch(OutputDenoiser(gmm), x)], linear_sigmas(12), rules_in_play=("extrapolate", "extrapolate2"))
-    r = run_search(ev, 5, SearchConfig(strategy="classic", iterations=80, rules=("repeat", "extrapolate", "extrapolate2")), progress=False)
+    r = run_search(
+        ev,
+        5,
+        SearchConfig(strategy="classic", iterations=80, rules=("repeat", "extrapolate", "extrapolate2")),
+        progress=False,
+    )
     assert len(r.rules) == 12 and sum(r.mask) == 5
     assert r.loss == ev(encode(r.mask, r.rules))
-    plan, _ = search_plan(ev, 5, reuse="output", config=SearchConfig(strategy="classic", iterations=40, rules=("repeat", "extrapolate")),
-                          progress=False)
+    plan, _ = search_plan(
+        ev,
+        5,
+        reuse="output",
+        config=SearchConfig(strategy="classic", iterations=40, rules=("repeat", "extrapolate")),
+        progress=False,
+    )
     assert plan.step_rules == (plan.rules or [plan.rule] * 12)
 
 
@@ -93,8 +115,14 @@ def test_a_predictive_plan_never_validates_worse_than_repeat(gmm):
     def exploding(schedule):  # validation where extrapolation diverges
         return float("inf") if any(c > 2 for c in schedule) else 1.0
 
-    plan, _ = search_plan(ev, 4, reuse="output", config=SearchConfig(strategy="classic", iterations=30), validation=exploding,
-                          progress=False)
+    plan, _ = search_plan(
+        ev,
+        4,
+        reuse="output",
+        config=SearchConfig(strategy="classic", iterations=30),
+        validation=exploding,
+        progress=False,
+    )
     assert plan.rule == "repeat" and plan.rules is None
     assert plan.record.objective == plan.record.repeat_objective
     assert plan.record.validation_objective == float("inf")
@@ -103,8 +131,13 @@ def test_a_predictive_plan_never_validates_worse_than_repeat(gmm):
 
 
 def test_plan_rule_fields_are_validated(tmp_path):
-    plan = CachePlan(num_steps=4, budget=2, mask=[1, 0, 1, 0], rule="extrapolate",
-                     rules=["repeat", "extrapolate2", "repeat", "extrapolate"])
+    plan = CachePlan(
+        num_steps=4,
+        budget=2,
+        mask=[1, 0, 1, 0],
+        rule="extrapolate",
+        rules=["repeat", "extrapolate2", "repeat", "extrapolate"],
+    )
     assert CachePlan.load(plan.save(tmp_path / "p.json")) == plan
     with pytest.raises(PlanError, match="field 'rule'"):
         CachePlan(num_steps=4, budget=2, mask=[1, 0, 1, 0], rule="taylor")

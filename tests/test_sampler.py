@@ -32,8 +32,10 @@ def test_residual_all_ones_is_bit_identical_and_removal_restores(tiny_flux):
         out = sample(ResidualDenoiser(tiny_flux.velocity, stack), tiny_flux.noise, sigmas, [1] * 6)
     assert torch.equal(out, reference)
     assert torch.equal(euler(tiny_flux.velocity, tiny_flux.noise, sigmas), reference)
-    assert all(getattr(b, "_diffusers_hook", None) is None or not b._diffusers_hook.hooks
-               for b in [*tiny_flux.transformer.transformer_blocks, *tiny_flux.transformer.single_transformer_blocks])
+    assert all(
+        getattr(b, "_diffusers_hook", None) is None or not b._diffusers_hook.hooks
+        for b in [*tiny_flux.transformer.transformer_blocks, *tiny_flux.transformer.single_transformer_blocks]
+    )
 
 
 @torch.no_grad()

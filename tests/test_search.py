@@ -8,7 +8,17 @@ import torch
 from budcache.errors import SearchError
 from budcache.plan import uniform_mask
 from budcache.sampling import OutputDenoiser, linear_sigmas, sample
-from budcache.search import EFFORTS, Batch, Evaluator, SearchConfig, cap_of, exhaustive, neighbours, run_search, search_plan
+from budcache.search import (
+    EFFORTS,
+    Batch,
+    Evaluator,
+    SearchConfig,
+    cap_of,
+    exhaustive,
+    neighbours,
+    run_search,
+    search_plan,
+)
 from budcache.search.config import auto_reach
 from budcache.search.moves import endpoints_mask, swap, with_fixed
 
@@ -17,8 +27,11 @@ K = 10
 
 def evaluator(gmm, prefix_reuse=True, n=48, k=K):
     x = gmm.noise(n, 1)
-    return Evaluator([Batch(OutputDenoiser(gmm), x[:20]), Batch(OutputDenoiser(gmm), x[20:])],
-                     linear_sigmas(k), prefix_reuse=prefix_reuse)
+    return Evaluator(
+        [Batch(OutputDenoiser(gmm), x[:20]), Batch(OutputDenoiser(gmm), x[20:])],
+        linear_sigmas(k),
+        prefix_reuse=prefix_reuse,
+    )
 
 
 def direct_loss(gmm, mask, n=48, k=K):
@@ -37,7 +50,9 @@ def test_objective_matches_a_direct_computation(gmm):
 
 def test_prefix_reuse_gives_identical_losses_with_fewer_forwards(gmm):
     with_reuse, without = evaluator(gmm), evaluator(gmm, prefix_reuse=False)
-    masks = [tuple(1 if i == 0 or i in rest else 0 for i in range(K)) for rest in itertools.combinations(range(1, K), 3)]
+    masks = [
+        tuple(1 if i == 0 or i in rest else 0 for i in range(K)) for rest in itertools.combinations(range(1, K), 3)
+    ]
     for m in masks:
         assert with_reuse(m) == without(m)
     assert without.forwards == without.samples * (K + len(masks) * 4)
@@ -108,7 +123,9 @@ def test_forced_steps_always_compute(gmm):
     seen = []
     inner = ev.__class__.__call__
     ev.__class__ = type("Spy", (ev.__class__,), {"__call__": lambda self, m: seen.append(tuple(m)) or inner(self, m)})
-    r = run_search(ev, 4, SearchConfig(strategy="classic", iterations=40, seed=3, forced=(5, 8), kicks=1), progress=False)
+    r = run_search(
+        ev, 4, SearchConfig(strategy="classic", iterations=40, seed=3, forced=(5, 8), kicks=1), progress=False
+    )
     assert r.mask[0] == r.mask[5] == r.mask[8] == 1 and sum(r.mask) == 4
     assert seen and all(m[5] == 1 and m[8] == 1 and sum(x == 1 for x in m) == 4 for m in seen)
 
@@ -144,14 +161,28 @@ def test_non_finite_trajectories_are_infeasible_not_a_crash(gmm):
 
 def test_search_plan_records_references(gmm):
     ev = evaluator(gmm)
-    plan, result = search_plan(ev, 4, reuse="output", config=SearchConfig(strategy="classic", iterations=80),
-                               euler_sigmas=linear_sigmas(4), progress=False)
+    plan, result = search_plan(
+        ev,
+        4,
+        reuse="output",
+        config=SearchConfig(strategy="classic", iterations=80),
+        euler_sigmas=linear_sigmas(4),
+        progress=False,
+    )
     r = plan.record
     assert plan.mask == result.mask and plan.budget == 4 and plan.sigmas == linear_sigmas(K)
     assert r.objective <= r.uniform_objective
     assert r.euler_objective == pytest.approx(
-        float((sample(OutputDenoiser(gmm), gmm.noise(48, 1), linear_sigmas(4), [1] * 4)
-               - sample(OutputDenoiser(gmm), gmm.noise(48, 1), linear_sigmas(K), [1] * K)).pow(2).mean()), rel=1e-5)
+        float(
+            (
+                sample(OutputDenoiser(gmm), gmm.noise(48, 1), linear_sigmas(4), [1] * 4)
+                - sample(OutputDenoiser(gmm), gmm.noise(48, 1), linear_sigmas(K), [1] * K)
+            )
+            .pow(2)
+            .mean()
+        ),
+        rel=1e-5,
+    )
     assert r.forwards < r.forwards_without_prefix_reuse
     assert r.calibration_size == 48
     assert torch.isfinite(torch.tensor(r.objective))
@@ -167,10 +198,17 @@ def test_the_forwards_without_prefix_reuse_count_every_trajectory(screen):
     noise = flow.noise(32, 1)
     records = []
     for reuse in (False, True):
-        evaluate = Evaluator([Batch(OutputDenoiser(flow), part) for part in noise.split(4)], linear_sigmas(16),
-                             prefix_reuse=reuse)
-        plan, _ = search_plan(evaluate, 5, reuse="output", config=dataclasses.replace(EFFORTS["local"], screen=screen),
-                              euler_sigmas=linear_sigmas(5), progress=False)
+        evaluate = Evaluator(
+            [Batch(OutputDenoiser(flow), part) for part in noise.split(4)], linear_sigmas(16), prefix_reuse=reuse
+        )
+        plan, _ = search_plan(
+            evaluate,
+            5,
+            reuse="output",
+            config=dataclasses.replace(EFFORTS["local"], screen=screen),
+            euler_sigmas=linear_sigmas(5),
+            progress=False,
+        )
         records.append(plan.record)
         assert bool(evaluate.subsets) == (screen < 1)  # screened on a share of the batches
     assert records[0].forwards == records[0].forwards_without_prefix_reuse
@@ -187,11 +225,12 @@ def test_prefix_reuse_and_batched_candidates_under_unipc(demo_model):
 
     rng = random.Random(0)
     masks = [[1] + rng.sample([1, 1, 1, 0, 0, 0, 0, 0, 0], 9) for _ in range(40)]
-    with demo_source(steps=10, calibration=4, validation=0, held_out=0, model=demo_model,
-                     scheduler="unipc") as source:
+    with demo_source(steps=10, calibration=4, validation=0, held_out=0, model=demo_model, scheduler="unipc") as source:
         assert isinstance(source.solver, SchedulerSolver) and source.solver.scheduler.config.solver_order == 2
-        evaluators = [Evaluator(source.batches("calib"), source.solver, rule="extrapolate", prefix_reuse=p)
-                      for p in (True, False, True)]
+        evaluators = [
+            Evaluator(source.batches("calib"), source.solver, rule="extrapolate", prefix_reuse=p)
+            for p in (True, False, True)
+        ]
         losses = [[e(m) for m in masks] for e in evaluators[:2]]
         losses.append(evaluators[2].many(masks, group=8))
     assert losses[0] == losses[1]
@@ -239,8 +278,11 @@ def test_a_surrogate_start_is_charged_to_the_ledger(gmm):
 
     k, b = 16, 5
     for start in (("uniform", "endpoints", "warped"), ("uniform", "endpoints", "warped", "surrogate")):
-        evaluate = Evaluator([Batch(OutputDenoiser(gmm), part) for part in gmm.noise(16, 3).split(4)],
-                             linear_sigmas(k), rule="extrapolate")
+        evaluate = Evaluator(
+            [Batch(OutputDenoiser(gmm), part) for part in gmm.noise(16, 3).split(4)],
+            linear_sigmas(k),
+            rule="extrapolate",
+        )
         run_search(evaluate, b, SearchConfig(max_forwards=400, start=start), progress=False)
         if "surrogate" not in start:
             assert evaluate.reused_calls == 0
@@ -258,8 +300,9 @@ def test_the_local_effort_is_deterministic_and_ends_in_a_local_optimum(gmm):
     evaluate = Evaluator([Batch(OutputDenoiser(gmm), gmm.noise(6, 2))], linear_sigmas(16))
     config = dataclasses.replace(EFFORTS["local"], kicks=0)
     first = run_search(evaluate, 5, config, progress=False)
-    again = run_search(Evaluator([Batch(OutputDenoiser(gmm), gmm.noise(6, 2))], linear_sigmas(16)), 5, config,
-                       progress=False)
+    again = run_search(
+        Evaluator([Batch(OutputDenoiser(gmm), gmm.noise(6, 2))], linear_sigmas(16)), 5, config, progress=False
+    )
     assert first.mask == again.mask and first.loss == again.loss
     assert first.loss <= first.history[0][1]  # climbed from the uniform mask (one batch: nothing to screen on)
     free, reach = tuple(range(1, 16)), auto_reach(16)
@@ -275,7 +318,9 @@ def test_the_record_names_the_effort(gmm):
         evaluate = Evaluator([Batch(OutputDenoiser(gmm), gmm.noise(4, 3))], linear_sigmas(10))
         plan, _ = search_plan(evaluate, 4, reuse="output", config=EFFORTS[name], progress=False)
         assert plan.record.effort == name and f"effort {name}" in plan.describe()
-    plan, _ = search_plan(evaluate, 4, reuse="output", config=SearchConfig(strategy="classic", iterations=7), progress=False)
+    plan, _ = search_plan(
+        evaluate, 4, reuse="output", config=SearchConfig(strategy="classic", iterations=7), progress=False
+    )
     assert plan.record.effort == "custom"
 
 
@@ -366,9 +411,13 @@ def test_a_sweep_takes_only_confirmed_moves_and_ends_where_no_step_moves(gmm):
         mask, loss = sweep(run, start, track(start), track, screen)
         assert loss < evaluate(start) and loss == evaluate(mask) and mask.count(1) == budget and mask[0] == 1
         fully = [m for m in track.seen if m in evaluate.memo]
-        assert all(evaluate(m) >= loss for m in fully)  # every move scored in full was taken only if it lowered the loss
+        assert all(
+            evaluate(m) >= loss for m in fully
+        )  # every move scored in full was taken only if it lowered the loss
         for i in [i for i in free if mask[i] == 1]:  # a fixed point: no computed step has a confirmed better move
-            moves = [swap(mask, i, j) for j in range(i - config.reach, i + config.reach + 1) if j in free and mask[j] != 1]
+            moves = [
+                swap(mask, i, j) for j in range(i - config.reach, i + config.reach + 1) if j in free and mask[j] != 1
+            ]
             best = min(moves, key=screen)
             assert screen(best) >= screen(mask) or evaluate(best) >= loss
         spent = evaluate.forwards
@@ -380,9 +429,21 @@ def test_the_efforts_keep_the_earlier_searches_reachable():
 
     assert EFFORTS["default"] == SearchConfig() and SearchConfig().strategy == "budgeted"
     local = EFFORTS["local"]  # the uncapped local search that was the default before the cap
-    assert (local.strategy, local.iterations, local.kicks, local.escalate, local.max_forwards) == ("classic", 0, 2, 300, None)
+    assert (local.strategy, local.iterations, local.kicks, local.escalate, local.max_forwards) == (
+        "classic",
+        0,
+        2,
+        300,
+        None,
+    )
     annealed, thorough = EFFORTS["annealed"], EFFORTS["thorough"]
-    assert (annealed.iterations, annealed.starts, annealed.kicks, annealed.reach, annealed.sweep) == (300, 2, 4, 0, False)
+    assert (annealed.iterations, annealed.starts, annealed.kicks, annealed.reach, annealed.sweep) == (
+        300,
+        2,
+        4,
+        0,
+        False,
+    )
     assert thorough == dataclasses.replace(annealed, screen=1.0)  # budcache's default before screening
 
 
@@ -399,7 +460,9 @@ def test_a_rugged_objective_is_annealed_by_the_local_search_or_flagged(gmm):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         local = batches_of(gmm, seed=0, k=k)
-        default = run_search(local, budget, EFFORTS["local"], progress=False)  # the starts disagree: it anneals, no warning
+        default = run_search(
+            local, budget, EFFORTS["local"], progress=False
+        )  # the starts disagree: it anneals, no warning
         smooth = batches_of(gmm, seed=1, k=k)
         run_search(smooth, budget, EFFORTS["local"], progress=False)  # the starts agree: no annealing
     assert default.loss <= min(fast.loss, optimum * 1.02)
@@ -419,7 +482,7 @@ def test_a_cap_is_never_exceeded_and_a_larger_cap_continues_the_same_search(gmm)
     other = run_search(batches_of(gmm, k=k), budget, SearchConfig(max_forwards=240, seed=1), progress=False)
     assert other.history != results[2].history  # the seed drives the random moves
     for small, large in zip(results, results[1:]):
-        assert large.history[:len(small.history)] == small.history  # the same search, continued
+        assert large.history[: len(small.history)] == small.history  # the same search, continued
         assert large.loss <= small.loss
     assert spent[0] < spent[1] < spent[2]
     for r in results:  # anytime: the best never rises as forwards are spent
@@ -428,7 +491,10 @@ def test_a_cap_is_never_exceeded_and_a_larger_cap_continues_the_same_search(gmm)
         assert r.loss == r.curve[-1][1] == min(h[2] for h in r.history) and not r.interrupted
     with pytest.raises(SearchError, match="max_forwards must be positive"):
         run_search(batches_of(gmm, k=k), budget, SearchConfig(max_forwards=0), progress=False)
-    with pytest.raises(SearchError, match=r"cannot pay for the teacher \(20\) and one candidate \(6\); give max_forwards \(--max-forwards\) 26"):
+    with pytest.raises(
+        SearchError,
+        match=r"cannot pay for the teacher \(20\) and one candidate \(6\); give max_forwards \(--max-forwards\) 26",
+    ):
         run_search(batches_of(gmm, k=k), budget, SearchConfig(max_forwards=25), progress=False)
 
 
@@ -446,11 +512,14 @@ def test_the_command_line_search_options_reach_the_config():
     from budcache.cli.options import search_config
     from budcache.search import EFFORTS
 
-    a = build_parser().parse_args(["search", "--model", "demo", "--budget", "6", "--out", "p.json", "--max-forwards",
-                                   "150", "--reach", "3"])
+    a = build_parser().parse_args(
+        ["search", "--model", "demo", "--budget", "6", "--out", "p.json", "--max-forwards", "150", "--reach", "3"]
+    )
     rules = ("extrapolate", "extrapolate2", "repeat")  # without --rule the search chooses among them
     assert search_config(a) == dataclasses.replace(EFFORTS["default"], max_forwards=150.0, reach=3, choose=rules)
-    a = build_parser().parse_args(["search", "--model", "demo", "--budget", "6", "--out", "p.json", "--effort", "annealed"])
+    a = build_parser().parse_args(
+        ["search", "--model", "demo", "--budget", "6", "--out", "p.json", "--effort", "annealed"]
+    )
     assert search_config(a) == dataclasses.replace(EFFORTS["annealed"], choose=rules)
     for pinned in (["--rule", "extrapolate"], ["--search-rules"]):
         a = build_parser().parse_args(["search", "--model", "demo", "--budget", "6", "--out", "p.json", *pinned])
@@ -476,7 +545,6 @@ def test_the_default_search_reaches_a_front_loaded_optimum_within_its_default_ca
     is where the default search adds the front starts."""
     import budcache.search.budgeted as budgeted
     from budcache.search.moves import warped_mask
-
     from tests.fixtures.gmm import GaussianMixtureFlow, euler_optimum
 
     gmm = GaussianMixtureFlow()  # the benchmark's mixture (bench/search_cost.py)
@@ -501,9 +569,12 @@ def test_the_search_chooses_the_rule_among_those_it_may(gmm, strategy):
     from budcache.sampling.rules import RULES, decode, encode
 
     rules = ("repeat", "extrapolate")
-    evaluate = Evaluator([Batch(OutputDenoiser(gmm), part) for part in gmm.noise(16, 2).split(4)], linear_sigmas(16),
-                         rules_in_play=rules)
-    config = SearchConfig(strategy=strategy, choose=rules, max_forwards=250, iterations=20 if strategy == "classic" else 200)
+    evaluate = Evaluator(
+        [Batch(OutputDenoiser(gmm), part) for part in gmm.noise(16, 2).split(4)], linear_sigmas(16), rules_in_play=rules
+    )
+    config = SearchConfig(
+        strategy=strategy, choose=rules, max_forwards=250, iterations=20 if strategy == "classic" else 200
+    )
     plan, result = search_plan(evaluate, 5, reuse="output", config=config, progress=False)
     assert result.rule in rules and plan.rule == result.rule and plan.rules is None
     assert all(encode(uniform_mask(16, 5), r) in evaluate.memo for r in rules)
@@ -513,7 +584,8 @@ def test_the_search_chooses_the_rule_among_those_it_may(gmm, strategy):
     best = min(evaluate.memo, key=evaluate.memo.get)
     assert decode(best)[0] == plan.mask and {c for c in best if c != 1} == {2 + RULES.index(result.rule)}
     with pytest.raises(SearchError, match="too few cache entries"):
-        run_search(Evaluator([Batch(OutputDenoiser(gmm), gmm.noise(4, 2))], linear_sigmas(16)), 5, config,
-                   progress=False)
+        run_search(
+            Evaluator([Batch(OutputDenoiser(gmm), gmm.noise(4, 2))], linear_sigmas(16)), 5, config, progress=False
+        )
     with pytest.raises(SearchError, match="exclude each other"):
         run_search(evaluate, 5, dataclasses.replace(config, rules=rules), progress=False)

@@ -21,7 +21,9 @@ K = 12
 def _calibration(prompts: int = 4):
     torch.manual_seed(0)
     pipe = tiny_flux_pipeline()
-    inputs = [dict(prompt_embeds=torch.randn(1, 8, 32), pooled_prompt_embeds=torch.randn(1, 32)) for _ in range(prompts)]
+    inputs = [
+        dict(prompt_embeds=torch.randn(1, 8, 32), pooled_prompt_embeds=torch.randn(1, 32)) for _ in range(prompts)
+    ]
     return pipe, budcache.calibrate(pipe, inputs, K, progress=False, height=16, width=16)
 
 
@@ -45,16 +47,46 @@ def test_the_search_never_spends_more_block_stack_forwards_than_its_cap(cap, rul
 
 def test_the_cost_is_announced_before_the_first_candidate(tmp_path, capsys):
     out = tmp_path / "plan.json"
-    main(["search", "--model", "demo", "--steps", "10", "--budget", "4", "--calib", "8", "--no-progress",
-          "--out", str(out)])
+    main(
+        [
+            "search",
+            "--model",
+            "demo",
+            "--steps",
+            "10",
+            "--budget",
+            "4",
+            "--calib",
+            "8",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err.splitlines()
     line = next(x for x in err if x.startswith("search: at most"))
     assert "at most 70 forwards per calibration sample x 8 samples = 560 forwards (teacher included)" in line
     assert "ms per forward per sample" in line and "more" in line
     record = CachePlan.load(out).record
     assert record.cap == 70 and 0 < record.spent <= 70 and record.forwards <= 560
-    main(["search", "--model", "demo", "--steps", "10", "--budget", "4", "--calib", "8", "--no-progress",
-          "--effort", "thorough", "--out", str(tmp_path / "t.json")])
+    main(
+        [
+            "search",
+            "--model",
+            "demo",
+            "--steps",
+            "10",
+            "--budget",
+            "4",
+            "--calib",
+            "8",
+            "--no-progress",
+            "--effort",
+            "thorough",
+            "--out",
+            str(tmp_path / "t.json"),
+        ]
+    )
     assert "search: no cap on forwards" in capsys.readouterr().err
     assert CachePlan.load(tmp_path / "t.json").record.cap is None
 
@@ -62,6 +94,7 @@ def test_the_cost_is_announced_before_the_first_candidate(tmp_path, capsys):
 def test_an_interrupted_default_search_resumes_to_the_uninterrupted_plan(gmm, tmp_path):
     """The default (budgeted) search ends by its cap: a resumed run charges the replayed evaluations as
     the interrupted one did and stops where an uninterrupted run stops."""
+
     def evaluator():
         x = gmm.noise(48, 4)
         return Evaluator([Batch(OutputDenoiser(gmm), part) for part in x.chunk(8)], linear_sigmas(16))
@@ -81,8 +114,27 @@ def test_an_interrupted_default_search_resumes_to_the_uninterrupted_plan(gmm, tm
 
 def test_a_named_surrogate_start_is_charged_and_shown(tmp_path, capsys):
     out = tmp_path / "plan.json"
-    main(["search", "--model", "demo", "--steps", "10", "--budget", "4", "--calib", "8", "--no-progress",
-          "--rule", "extrapolate", "--start", "uniform", "surrogate", "--out", str(out)])
+    main(
+        [
+            "search",
+            "--model",
+            "demo",
+            "--steps",
+            "10",
+            "--budget",
+            "4",
+            "--calib",
+            "8",
+            "--no-progress",
+            "--rule",
+            "extrapolate",
+            "--start",
+            "uniform",
+            "surrogate",
+            "--out",
+            str(out),
+        ]
+    )
     record = CachePlan.load(out).record
     assert record.effort == "custom" and record.reused_calls > 0 and 0 < record.spent <= record.cap == 70
     capsys.readouterr()
@@ -94,8 +146,10 @@ def test_masks_scored_before_the_cap_count_when_it_is_reached_part_way(gmm):
     """A cap reached inside a batch of evaluations keeps the best of the masks scored before it: the plan's
     loss is the lowest loss the evaluator scored on every sample."""
     for cap in range(30, 121, 3):
-        evaluate = Evaluator([Batch(OutputDenoiser(gmm), part) for part in gmm.noise(16, 4).split(4)],
-                             linear_sigmas(16))
-        plan, result = search_plan(evaluate, 5, reuse="output", config=SearchConfig(max_forwards=cap, sweep=False),
-                                   progress=False)  # steepest descent: every neighbour scored in one call
+        evaluate = Evaluator(
+            [Batch(OutputDenoiser(gmm), part) for part in gmm.noise(16, 4).split(4)], linear_sigmas(16)
+        )
+        plan, result = search_plan(
+            evaluate, 5, reuse="output", config=SearchConfig(max_forwards=cap, sweep=False), progress=False
+        )  # steepest descent: every neighbour scored in one call
         assert result.loss == min(evaluate.memo.values())

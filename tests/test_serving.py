@@ -22,14 +22,27 @@ def pipe(tiny_flux):
 
 
 def run(pipe, steps, size=8, seed=0, **kw):
-    return pipe(prompt_embeds=torch.ones(1, 8, 32), pooled_prompt_embeds=torch.ones(1, 32), height=size, width=size,
-                num_inference_steps=steps, generator=torch.Generator().manual_seed(seed), output_type="latent",
-                **kw).images
+    return pipe(
+        prompt_embeds=torch.ones(1, 8, 32),
+        pooled_prompt_embeds=torch.ones(1, 32),
+        height=size,
+        width=size,
+        num_inference_steps=steps,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="latent",
+        **kw,
+    ).images
 
 
 def plan(pipe, k, b, **kw):
-    return CachePlan(num_steps=k, budget=b, mask=uniform_mask(k, b), model=model_identity(pipe.transformer),
-                     record=SearchRecord(objective=0.1 / b, uniform_objective=0.2 / b), **kw)
+    return CachePlan(
+        num_steps=k,
+        budget=b,
+        mask=uniform_mask(k, b),
+        model=model_identity(pipe.transformer),
+        record=SearchRecord(objective=0.1 / b, uniform_objective=0.2 / b),
+        **kw,
+    )
 
 
 def plan_set(pipe):
@@ -53,8 +66,13 @@ def test_plan_set_file_round_trip_and_refusals(pipe, tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     with pytest.raises(PlanError, match=r"plans\[1\]: .*'mask' has 3 computed steps"):
         load_plans(tmp_path / "bad.json")
-    for text in ('{"schema_version": 1, "plans": []}', '{"schema_version": 1, "plans": [1]}',
-                 '{"schema_version": 1, "plans": [], "x": 1}', "[", '{"plans": 3}'):
+    for text in (
+        '{"schema_version": 1, "plans": []}',
+        '{"schema_version": 1, "plans": [1]}',
+        '{"schema_version": 1, "plans": [], "x": 1}',
+        "[",
+        '{"plans": 3}',
+    ):
         (tmp_path / "bad.json").write_text(text)
         with pytest.raises(PlanError):
             load_plans(tmp_path / "bad.json")
@@ -128,7 +146,9 @@ def test_a_plan_refuses_a_call_on_another_schedule(pipe):
     searched on and refuses another (here 16x16 for a plan searched at 8x8)."""
     prompts = [dict(prompt_embeds=torch.randn(1, 8, 32), pooled_prompt_embeds=torch.randn(1, 32)) for _ in range(2)]
     calib = budcache.calibrate(pipe, prompts, 6, progress=False, height=8, width=8)
-    searched = budcache.search(calib, 3, config=SearchConfig(strategy="classic", iterations=10, starts=1, kicks=0), progress=False)
+    searched = budcache.search(
+        calib, 3, config=SearchConfig(strategy="classic", iterations=10, starts=1, kicks=0), progress=False
+    )
     assert searched.schedule == pytest.approx(calib.sigmas)
     with budcache.apply(pipe, searched) as handle:
         run(pipe, 6, size=8)
@@ -299,35 +319,48 @@ def test_img2img_plan_searched_with_the_strength_applies_and_others_are_refused(
     kw = dict(image=image, strength=0.6, height=8, width=8)
     calib = budcache.calibrate(pipe, prompts, 10, progress=False, **kw)
     assert (calib.num_steps, calib.begin_index) == (6, 4)
-    searched = budcache.search(calib, 3, config=SearchConfig(strategy="classic", iterations=10, starts=1, kicks=0), progress=False)
+    searched = budcache.search(
+        calib, 3, config=SearchConfig(strategy="classic", iterations=10, starts=1, kicks=0), progress=False
+    )
     assert (searched.num_steps, searched.begin_index, searched.total_steps) == (6, 4, 10)
     assert "image-to-image: steps 4..9" in searched.describe()
 
     def call(p, steps=10, seed=0, **extra):
-        return p(**prompts[0], num_inference_steps=steps, generator=torch.Generator().manual_seed(seed),
-                 output_type="latent", **{**kw, **extra})[0]
+        return p(
+            **prompts[0],
+            num_inference_steps=steps,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="latent",
+            **{**kw, **extra},
+        )[0]
 
     full = call(pipe)
     with budcache.apply(pipe, searched) as handle:
         cached = call(pipe)
         assert list(handle.summary().values()) == [{"computed": 3, "reused": 3}]
         error = (cached - full).pow(2).mean().item()
-        with pytest.raises(PlanError, match="image-to-image call starting at step 4 of 10 steps; this is an "
-                                            "image-to-image call starting at step 2"):
+        with pytest.raises(
+            PlanError,
+            match="image-to-image call starting at step 4 of 10 steps; this is an "
+            "image-to-image call starting at step 2",
+        ):
             call(pipe, strength=0.8)
         with pytest.raises(PlanError, match="num_inference_steps=10"):
             call(pipe, steps=12)
     with budcache.apply(pipe, searched):  # the second calibration prompt (seed 1)
-        second_cached = pipe(**prompts[1], num_inference_steps=10, generator=torch.Generator().manual_seed(1),
-                             output_type="latent", **kw)[0]
-    second_full = pipe(**prompts[1], num_inference_steps=10, generator=torch.Generator().manual_seed(1),
-                       output_type="latent", **kw)[0]
+        second_cached = pipe(
+            **prompts[1], num_inference_steps=10, generator=torch.Generator().manual_seed(1), output_type="latent", **kw
+        )[0]
+    second_full = pipe(
+        **prompts[1], num_inference_steps=10, generator=torch.Generator().manual_seed(1), output_type="latent", **kw
+    )[0]
     mean = (error + (second_cached - second_full).pow(2).mean().item()) / 2
     assert mean == pytest.approx(searched.record.objective, rel=1e-4)
     text_to_image = CachePlan(num_steps=10, budget=4, mask=uniform_mask(10, 4))
     with budcache.apply(pipe, text_to_image):
-        with pytest.raises(PlanError, match="searched for a text-to-image call .* this is an image-to-image call "
-                                            "starting at step 4"):
+        with pytest.raises(
+            PlanError, match="searched for a text-to-image call .* this is an image-to-image call starting at step 4"
+        ):
             call(pipe)
     with budcache.apply(t2i, searched):
         with pytest.raises(PlanError, match="this is a text-to-image call"):
@@ -342,7 +375,9 @@ def test_lora_adapters_are_part_of_the_fingerprint(tiny_flux):
     peft = pytest.importorskip("peft")
     pipe = tiny_flux_pipeline(copy.deepcopy(tiny_flux.transformer))
     base = plan(pipe, 6, 3)
-    pipe.transformer.add_adapter(peft.LoraConfig(r=2, lora_alpha=4, target_modules=["to_q", "to_k"]), adapter_name="style")
+    pipe.transformer.add_adapter(
+        peft.LoraConfig(r=2, lora_alpha=4, target_modules=["to_q", "to_k"]), adapter_name="style"
+    )
     pipe.transformer.set_adapters(["style"], [0.8])
     assert model_identity(pipe.transformer)["adapters"] == "style=0.8"  # the scale set, not alpha / r times it
     assert model_identity(pipe.transformer)["fingerprint"] == base.model["fingerprint"]  # same base weights
@@ -394,9 +429,12 @@ def test_an_inpainting_plan_reproduces_its_searched_loss_inside_the_pipeline(fam
     searched = budcache.search(calib, 3, config=SearchConfig(kicks=0), progress=False)
     errors = []
     for i, p in enumerate(prompts):
+
         def call():
-            return pipe(**p, num_inference_steps=10, generator=torch.Generator().manual_seed(i), output_type="latent",
-                        **kw)[0]
+            return pipe(
+                **p, num_inference_steps=10, generator=torch.Generator().manual_seed(i), output_type="latent", **kw
+            )[0]
+
         full = call()
         with budcache.apply(pipe, searched) as handle:
             cached = call()
@@ -413,7 +451,11 @@ def test_an_unknown_inpainting_loop_is_refused_with_the_supported_ones(monkeypat
     monkeypatch.setattr(capture, "INPAINT_LATENTS", {"OtherInpaintPipeline": (1, 2)})
     mask = torch.ones(1, 1, 16, 16)
     mask[..., :8] = 0
-    with pytest.raises(ValueError, match="FluxInpaintPipeline changes the latents between scheduler steps .* "
-                                         "replays the inpainting loops of OtherInpaintPipeline"):
-        budcache.calibrate(pipe, [prompt()], 6, progress=False, image=torch.rand(1, 3, 16, 16), mask_image=mask,
-                           height=16, width=16)
+    with pytest.raises(
+        ValueError,
+        match="FluxInpaintPipeline changes the latents between scheduler steps .* "
+        "replays the inpainting loops of OtherInpaintPipeline",
+    ):
+        budcache.calibrate(
+            pipe, [prompt()], 6, progress=False, image=torch.rand(1, 3, 16, 16), mask_image=mask, height=16, width=16
+        )

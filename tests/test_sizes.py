@@ -24,14 +24,22 @@ QUICK = SearchConfig(strategy="classic", iterations=8, starts=1, kicks=0)
 
 def _inputs(n=2, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [dict(prompt_embeds=torch.randn(1, 8, 32, generator=g), pooled_prompt_embeds=torch.randn(1, 32, generator=g))
-            for _ in range(n)]
+    return [
+        dict(prompt_embeds=torch.randn(1, 8, 32, generator=g), pooled_prompt_embeds=torch.randn(1, 32, generator=g))
+        for _ in range(n)
+    ]
 
 
 def _run(pipe, size, steps=K, seed=0):
     h, w = size
-    return pipe(**_inputs(1, seed)[0], height=h, width=w, num_inference_steps=steps,
-                generator=torch.Generator().manual_seed(seed), output_type="latent").images
+    return pipe(
+        **_inputs(1, seed)[0],
+        height=h,
+        width=w,
+        num_inference_steps=steps,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="latent",
+    ).images
 
 
 def _schedule(pipe, size, steps=K):
@@ -76,7 +84,8 @@ def test_calibrate_at_several_sizes(pipe, mixed):
     shifts = calib.shifts()
     assert shifts[:2] == [1.0, 1.0] and shifts[2] == shifts[3] > 1
     assert calib.sigmas == calib.captures[0].sigmas and calib.captures[2].sigmas == pytest.approx(
-        _schedule(pipe, SIZES[2]), abs=1e-6)
+        _schedule(pipe, SIZES[2]), abs=1e-6
+    )
     per_prompt = [dict(p, height=h, width=w) for p, (h, w) in zip(_inputs(3), SIZES)]
     own = budcache.calibrate(pipe, per_prompt, K, progress=False)
     assert own.sizes == ["16x16", "16x32", "32x32"]
@@ -87,8 +96,9 @@ def test_sizes_whose_schedules_are_no_shift_are_refused(pipe):
     """A second call on a schedule that is not a shift of the first's (its own sigmas) is refused."""
     first, second = _inputs(2)
     with pytest.raises(CalibrationError, match="not a time shift"):
-        budcache.calibrate(pipe, [first, dict(second, sigmas=[1.0, 0.9, 0.5, 0.4, 0.2, 0.1])], K, progress=False,
-                           height=16, width=16)
+        budcache.calibrate(
+            pipe, [first, dict(second, sigmas=[1.0, 0.9, 0.5, 0.4, 0.2, 0.1])], K, progress=False, height=16, width=16
+        )
 
 
 def test_mixed_plan_records_its_range_and_serves_every_size_with_exactly_b(pipe, mixed, tmp_path):
@@ -136,8 +146,9 @@ def test_stage2_sigmas_are_shifted_with_the_call(pipe, mixed):
         _run(pipe, SIZES[2])
         assert handle.summary()["cond"]["computed"] == B
         assert pipe.scheduler.sigmas.tolist() == pytest.approx(shift_sigmas(own, factor), abs=1e-6)
-        assert pipe.scheduler.timesteps.tolist() == pytest.approx([1000 * s for s in shift_sigmas(own, factor)[:-1]],
-                                                                  rel=1e-5)
+        assert pipe.scheduler.timesteps.tolist() == pytest.approx(
+            [1000 * s for s in shift_sigmas(own, factor)[:-1]], rel=1e-5
+        )
 
 
 def test_plan_set_keyed_by_size(pipe):
@@ -205,9 +216,28 @@ def test_search_at_several_sizes_from_the_command_line(tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red square\na blue circle\n")
     out = tmp_path / "plan.json"
-    common = ["search", "--pipeline", str(folder), "--prompts", str(prompts), "--budget", str(B), "--steps", str(K),
-              "--call", "max_sequence_length=16", "--iterations", "8", "--starts", "1", "--kicks", "0",
-              "--no-progress", "--out", str(out)]
+    common = [
+        "search",
+        "--pipeline",
+        str(folder),
+        "--prompts",
+        str(prompts),
+        "--budget",
+        str(B),
+        "--steps",
+        str(K),
+        "--call",
+        "max_sequence_length=16",
+        "--iterations",
+        "8",
+        "--starts",
+        "1",
+        "--kicks",
+        "0",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     with pytest.raises(SystemExit, match="drop --height"):
         main([*common, "--sizes", "16x16", "32x32", "--height", "16"])
     with pytest.raises(SystemExit):
@@ -221,6 +251,12 @@ def test_search_at_several_sizes_from_the_command_line(tmp_path, capsys):
     pipe.set_progress_bar_config(disable=True)
     with budcache.apply(pipe, plan) as handle:
         for h, w in SIZES:
-            pipe("a green triangle", num_inference_steps=K, height=h, width=w, max_sequence_length=16,
-                 output_type="latent")
+            pipe(
+                "a green triangle",
+                num_inference_steps=K,
+                height=h,
+                width=w,
+                max_sequence_length=16,
+                output_type="latent",
+            )
             assert handle.summary() == {"cond": {"computed": B, "reused": K - B}}

@@ -12,9 +12,16 @@ MASK = [1, 0, 1, 0, 1, 0]
 
 
 def generate(pipe, callback=None):
-    return pipe(prompt_embeds=torch.ones(1, 8, 32), pooled_prompt_embeds=torch.ones(1, 32), height=8, width=8,
-                num_inference_steps=K, generator=torch.Generator().manual_seed(0), output_type="latent",
-                callback_on_step_end=callback)
+    return pipe(
+        prompt_embeds=torch.ones(1, 8, 32),
+        pooled_prompt_embeds=torch.ones(1, 32),
+        height=8,
+        width=8,
+        num_inference_steps=K,
+        generator=torch.Generator().manual_seed(0),
+        output_type="latent",
+        callback_on_step_end=callback,
+    )
 
 
 def stop_at(step, how):
@@ -24,6 +31,7 @@ def stop_at(step, how):
                 raise RuntimeError("stopped by the callback")
             pipe._interrupt = True
         return kwargs
+
     return callback
 
 

@@ -4,7 +4,11 @@ from diffusers import DiffusionPipeline
 from safetensors.torch import load_file
 
 from tests.fixtures.tiny_text import (
-    FluxPipeline, WanPipeline, quiet, save_tiny_flux_pipeline, save_tiny_wan_pipeline,
+    FluxPipeline,
+    WanPipeline,
+    quiet,
+    save_tiny_flux_pipeline,
+    save_tiny_wan_pipeline,
 )
 
 STEPS = 3
@@ -38,8 +42,10 @@ def _flux(pipe, prompt, seed=0, **kw):
 
 
 def _wan(pipe, prompt, seed=0, **kw):
-    kw = dict(num_inference_steps=STEPS, height=16, width=16, num_frames=5, output_type="latent",
-              max_sequence_length=16) | kw
+    kw = (
+        dict(num_inference_steps=STEPS, height=16, width=16, num_frames=5, output_type="latent", max_sequence_length=16)
+        | kw
+    )
     return pipe(prompt, generator=torch.Generator().manual_seed(seed), **kw).frames
 
 

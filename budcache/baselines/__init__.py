@@ -21,8 +21,17 @@ from .masks import Mask, _check
 from .taylorseer import taylorseer_for_budget, taylorseer_mask
 
 __all__ = [
-    "MAGCACHE_PRESETS", "Mask", "fora_for_budget", "fora_mask", "lemica_edge_weights", "lemica_path",
-    "magcache_for_budget", "magcache_mask", "magcache_ratios", "static_policies", "taylorseer_for_budget",
+    "MAGCACHE_PRESETS",
+    "Mask",
+    "fora_for_budget",
+    "fora_mask",
+    "lemica_edge_weights",
+    "lemica_path",
+    "magcache_for_budget",
+    "magcache_mask",
+    "magcache_ratios",
+    "static_policies",
+    "taylorseer_for_budget",
     "taylorseer_mask",
 ]
 

@@ -45,8 +45,9 @@ def lemica_path(weights: dict[tuple[int, int], float], num_steps: int, budget: i
     last = num_steps - 1
     if last not in best[budget]:
         reach = [c for c in range(1, num_steps + 1) if _reaches(incoming, num_steps, c)]
-        raise ValueError(f"no LeMiCa path 0 -> {last} through {budget} nodes over these edges; "
-                         f"reachable budgets: {reach or 'none'}")
+        raise ValueError(
+            f"no LeMiCa path 0 -> {last} through {budget} nodes over these edges; reachable budgets: {reach or 'none'}"
+        )
     nodes, j = [], last
     for c in range(budget, 0, -1):
         nodes.append(j)

@@ -8,7 +8,6 @@ import torch
 
 from .masks import Mask, _check
 
-
 # MagCache's published settings (threshold E, max skip K, retention R): FLUX E024K5R01, Wan2.1-1.3B
 # E012K2R02, diffusers' MagCacheConfig defaults. The comparison scans the threshold to hit B.
 MAGCACHE_PRESETS: dict[str, dict[str, float]] = {
@@ -119,6 +118,8 @@ def magcache_for_budget(
             if sum(mask) < budget and (best is None or sum(mask) > best[0]):
                 best = (sum(mask), mask, info)
     if best is None:
-        raise ValueError(f"MagCache with retention={retention} computes at least {start} of {num_steps} steps; "
-                         f"budget {budget} is out of reach")
+        raise ValueError(
+            f"MagCache with retention={retention} computes at least {start} of {num_steps} steps; "
+            f"budget {budget} is out of reach"
+        )
     return best[1], best[2]

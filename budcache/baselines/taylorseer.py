@@ -37,8 +37,9 @@ def taylorseer_for_budget(num_steps: int, budget: int, warmup: int = 3) -> Mask:
     _check(num_steps, budget)
     low = min(warmup, num_steps)
     if budget < low:
-        raise ValueError(f"TaylorSeer with warmup={warmup} reaches budgets {low}..{num_steps} of {num_steps} "
-                         f"steps, not {budget}")
+        raise ValueError(
+            f"TaylorSeer with warmup={warmup} reaches budgets {low}..{num_steps} of {num_steps} steps, not {budget}"
+        )
     interval = 1
     while sum(mask := taylorseer_mask(num_steps, interval, warmup)) > budget:
         interval += 1

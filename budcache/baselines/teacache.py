@@ -25,8 +25,8 @@ import torch
 
 from ..families import for_transformer
 from ..hooks.stack import block_lists
-from ..sampling.denoisers import Denoiser
 from ..sampling import loop
+from ..sampling.denoisers import Denoiser
 from ..sampling.loop import StepInfo
 from ..sampling.rules import check_rules, history_depth, predict, remember
 from ..sampling.solver import Solver, as_solver
@@ -74,8 +74,13 @@ def _per_sample(u: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def fit_rescaler(batches: Sequence[tuple[Denoiser, torch.Tensor]], signal: list, sigmas: Sequence[float] | Solver,
-                 degree: int = 4, restarts: Sequence[int] = ()) -> np.poly1d:
+def fit_rescaler(
+    batches: Sequence[tuple[Denoiser, torch.Tensor]],
+    signal: list,
+    sigmas: Sequence[float] | Solver,
+    degree: int = 4,
+    restarts: Sequence[int] = (),
+) -> np.poly1d:
     """Fit the polynomial from full-compute runs of ``(denoiser, noise)`` batches: pairs (relL1 of
     consecutive indicators, relL1 of consecutive model outputs) pooled over all steps and samples."""
     solver = as_solver(sigmas)
@@ -101,8 +106,16 @@ class TeaCacheDenoiser:
     """TeaCache's per-sample decisions, for a loop that computes every step (see the module docstring).
     ``nfe`` counts each sample's computed steps."""
 
-    def __init__(self, denoiser: Denoiser, signal: list, rescale: np.poly1d, thresholds: Sequence[float],
-                 num_steps: int, batch: int, rule: str = "repeat"):
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        signal: list,
+        rescale: np.poly1d,
+        thresholds: Sequence[float],
+        num_steps: int,
+        batch: int,
+        rule: str = "repeat",
+    ):
         self.denoiser, self.signal, self.rescale, self.num_steps = denoiser, signal, rescale, num_steps
         self.rule = check_rules(rule, 1)[0]
         self.depth = history_depth([self.rule])
@@ -135,8 +148,10 @@ class TeaCacheDenoiser:
             cached = [predict(self.histories[i], sigma, self.rule) if not compute[i] else own(i) for i in range(n)]
             v_r = self.denoiser.reuse(x, sigma, cached[0] if n == 1 else torch.stack(cached))
             v = torch.where(compute.view(-1, *[1] * (v.dim() - 1)), v_c, v_r)
-        self.histories = [remember(self.histories[i], sigma, own(i), self.depth) if compute[i] else self.histories[i]
-                          for i in range(n)]
+        self.histories = [
+            remember(self.histories[i], sigma, own(i), self.depth) if compute[i] else self.histories[i]
+            for i in range(n)
+        ]
         return v, cache
 
     def reuse(self, x: torch.Tensor, sigma: float, cache: torch.Tensor) -> torch.Tensor:
@@ -144,8 +159,15 @@ class TeaCacheDenoiser:
 
 
 @torch.no_grad()
-def sample(denoiser: Denoiser, signal: list, x: torch.Tensor, sigmas: Sequence[float] | Solver, rescale: np.poly1d,
-                    thresholds: Sequence[float], rule: str = "repeat") -> tuple[torch.Tensor, torch.Tensor]:
+def sample(
+    denoiser: Denoiser,
+    signal: list,
+    x: torch.Tensor,
+    sigmas: Sequence[float] | Solver,
+    rescale: np.poly1d,
+    thresholds: Sequence[float],
+    rule: str = "repeat",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """TeaCache sampling on the one loop with one threshold per sample; returns (final latents, NFE per sample)."""
     solver = as_solver(sigmas)
     steps = len(solver.sigmas) - 1

@@ -51,8 +51,13 @@ def _layout(hidden: Any, x: torch.Tensor) -> tuple[tuple[str, int], torch.Tensor
         if hidden.shape[1:] == x.shape[1:] and torch.equal(hidden, to_hidden(("tensor", n), x, hidden.dtype)):
             return ("tensor", n), None
         c = x.shape[1]
-        if n == 1 and x.dim() > 2 and hidden.shape[1] > c and hidden.shape[2:] == x.shape[2:] \
-                and torch.equal(hidden[:, :c], x.to(hidden.dtype)):
+        if (
+            n == 1
+            and x.dim() > 2
+            and hidden.shape[1] > c
+            and hidden.shape[2:] == x.shape[2:]
+            and torch.equal(hidden[:, :c], x.to(hidden.dtype))
+        ):
             return ("concat", 1), hidden[:, c:].clone()
     if isinstance(hidden, (list, tuple)) and hidden and len(hidden) % x.shape[0] == 0:
         n = len(hidden) // x.shape[0]
@@ -160,9 +165,11 @@ class Calibration:
         for capture in self.captures if captures is None else captures:
             factor = relative_shift(capture.sigmas or self.sigmas, self.sigmas)
             if factor is None:
-                raise CalibrationError(f"the schedule at size {capture.size} is not a time shift of the one at "
-                                       f"{self.captures[0].size} (another step count or scheduler setting); "
-                                       "calibrate sizes of one scheduler and step count together")
+                raise CalibrationError(
+                    f"the schedule at size {capture.size} is not a time shift of the one at "
+                    f"{self.captures[0].size} (another step count or scheduler setting); "
+                    "calibrate sizes of one scheduler and step count together"
+                )
             factors.append(factor)
         return factors
 
@@ -219,8 +226,10 @@ class Calibration:
             return self._tail_solver(num_steps)
         solver = solver_for(self.scheduler(num_steps))
         if num_steps in (None, self.num_steps) and not np.allclose(solver.sigmas, self.sigmas, atol=1e-6):
-            raise ValueError(f"{type(self.pipe.scheduler).__name__} does not rebuild the calibrated schedule from "
-                             "the captured set_timesteps call; budcache cannot replay this pipeline")
+            raise ValueError(
+                f"{type(self.pipe.scheduler).__name__} does not rebuild the calibrated schedule from "
+                "the captured set_timesteps call; budcache cannot replay this pipeline"
+            )
         return solver
 
     def _tail_solver(self, num_steps: int | None) -> Solver:
@@ -229,9 +238,11 @@ class Calibration:
         the same starting noise level)."""
         scheduler = self.scheduler()
         if type(scheduler).__name__ != "FlowMatchEulerDiscreteScheduler" or scheduler.config.get("stochastic_sampling"):
-            raise ValueError(f"image-to-image calibration (strength < 1) needs FlowMatchEulerDiscreteScheduler, not "
-                             f"{type(scheduler).__name__}")
-        tail = scheduler.sigmas.tolist()[self.begin_index:]
+            raise ValueError(
+                f"image-to-image calibration (strength < 1) needs FlowMatchEulerDiscreteScheduler, not "
+                f"{type(scheduler).__name__}"
+            )
+        tail = scheduler.sigmas.tolist()[self.begin_index :]
         if num_steps in (None, self.num_steps):
             if not np.allclose(tail, self.sigmas, atol=1e-6):
                 raise ValueError(f"{type(scheduler).__name__} does not rebuild the calibrated schedule")
@@ -275,9 +286,11 @@ class _Recorder:
 
     def close_step(self, sigma: float, model_output: torch.Tensor, sample: torch.Tensor, out: torch.Tensor) -> None:
         if not self.pending:
-            raise RuntimeError("budcache: the pipeline took a scheduler step without a transformer call (a second "
-                               "latent stream, like LTX-2's audio?); calibrate supports pipelines with one latent "
-                               "stream; budcache.apply works with any plan")
+            raise RuntimeError(
+                "budcache: the pipeline took a scheduler step without a transformer call (a second "
+                "latent stream, like LTX-2's audio?); calibrate supports pipelines with one latent "
+                "stream; budcache.apply works with any plan"
+            )
         if self.latents is None:
             self.latents = sample.detach().clone()
         elif not torch.equal(sample, self.final):
@@ -307,6 +320,7 @@ class _Recorder:
 
 def _structure(call: Call) -> tuple:
     """What a cache depends on: expert, branch, input layout, and the arguments' shapes and settings."""
+
     def sig(v: Any) -> Any:
         if torch.is_tensor(v):
             return ("tensor", tuple(v.shape))
@@ -315,12 +329,16 @@ def _structure(call: Call) -> tuple:
         if isinstance(v, dict):
             return tuple(sorted((k, sig(x)) for k, x in v.items()))
         return v if isinstance(v, (int, float, str, bool, type(None))) else type(v).__name__
+
     return call.module, call.context, call.layout, str(call.dtype), sig(call.extra), sig(call.kwargs)
 
 
 def _same_call(a: Call, b: Call) -> bool:
-    return (a.module, a.context, a.layout, a.dtype) == (b.module, b.context, b.layout, b.dtype) \
-        and _same(a.extra, b.extra) and _same(a.kwargs, b.kwargs)
+    return (
+        (a.module, a.context, a.layout, a.dtype) == (b.module, b.context, b.layout, b.dtype)
+        and _same(a.extra, b.extra)
+        and _same(a.kwargs, b.kwargs)
+    )
 
 
 @contextmanager
@@ -348,19 +366,25 @@ def _capturing(pipe: Any, recorder: _Recorder, schedule_kwargs: dict) -> Iterato
             out = method(*args, **kwargs)
             recorder.inpaint.update({k: v.detach().clone() for k, v in keep(out).items() if v is not None})
             return out
+
         return functools.wraps(method)(wrapper)
 
     positions = INPAINT_LATENTS.get(type(pipe).__name__)
     try:
         for name, module in modules:
-            HookRegistry.check_if_exists_or_initialize(module).register_hook(_CaptureHook(name, recorder.pending), _HOOK)
+            HookRegistry.check_if_exists_or_initialize(module).register_hook(
+                _CaptureHook(name, recorder.pending), _HOOK
+            )
         override(scheduler, "step", functools.wraps(step)(step_wrapper))
         override(scheduler, "set_timesteps", functools.wraps(set_timesteps)(set_timesteps_wrapper))
         if positions is not None:
             noise, image = positions
             part = lambda out, i: out[i] if isinstance(out, tuple) and i < len(out) else None  # noqa: E731
-            override(pipe, "prepare_latents", recording(pipe.prepare_latents,
-                                                        lambda out: {"noise": part(out, noise), "image": part(out, image)}))
+            override(
+                pipe,
+                "prepare_latents",
+                recording(pipe.prepare_latents, lambda out: {"noise": part(out, noise), "image": part(out, image)}),
+            )
             override(pipe, "prepare_mask_latents", recording(pipe.prepare_mask_latents, lambda out: {"mask": out[0]}))
         yield
     finally:
@@ -379,8 +403,10 @@ def _blend(recorder: _Recorder, pipe: Any) -> Blend | None:
     if not recorder.changed:
         return None
     if set(recorder.inpaint) != {"mask", "image", "noise"}:
-        raise ValueError(f"{type(pipe).__name__} changes the latents between scheduler steps (an inpainting blend?); "
-                         f"budcache replays the inpainting loops of {', '.join(INPAINT_LATENTS)}")
+        raise ValueError(
+            f"{type(pipe).__name__} changes the latents between scheduler steps (an inpainting blend?); "
+            f"budcache replays the inpainting loops of {', '.join(INPAINT_LATENTS)}"
+        )
     image = recorder.inpaint["image"]
     return Blend(recorder.inpaint["mask"][: image.shape[0]], image, recorder.inpaint["noise"])
 
@@ -393,8 +419,11 @@ def _call_settings(pipe: Any, kwargs: dict) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if isinstance(v, (int, float, str, bool, type(None)))}
 
 
-_SET_BY_CALIBRATION = {"num_inference_steps": "the step count is calibrate's third argument",
-                       "output_type": "the search replays latents", "generator": "seeded by seed or seeds"}
+_SET_BY_CALIBRATION = {
+    "num_inference_steps": "the step count is calibrate's third argument",
+    "output_type": "the search replays latents",
+    "generator": "seeded by seed or seeds",
+}
 _SIZES = ("height", "width", "num_frames")
 
 
@@ -407,12 +436,17 @@ def _check_sizes(sizes: Any, prompts: Sequence[Any], call_kwargs: dict) -> None:
     if not sizes:
         raise CalibrationError("sizes: give at least one (height, width), or leave sizes out")
     for size in sizes:
-        if not (isinstance(size, (list, tuple)) and len(size) in (2, 3)
-                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
-            raise CalibrationError(f"sizes: each size is (height, width) or (height, width, num_frames) of positive "
-                                   f"integers, got {size!r}")
-    given = sorted({k for k in _SIZES if k in call_kwargs} | {k for p in prompts if isinstance(p, dict) for k in p
-                                                              if k in _SIZES})
+        if not (
+            isinstance(size, (list, tuple))
+            and len(size) in (2, 3)
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+        ):
+            raise CalibrationError(
+                f"sizes: each size is (height, width) or (height, width, num_frames) of positive integers, got {size!r}"
+            )
+    given = sorted(
+        {k for k in _SIZES if k in call_kwargs} | {k for p in prompts if isinstance(p, dict) for k in p if k in _SIZES}
+    )
     if given:
         raise CalibrationError(f"{given[0]}: sizes sets the size of every call; give sizes or {given[0]}, not both")
 
@@ -421,8 +455,10 @@ def _check_calibration(pipe: Any, prompts: Any, num_inference_steps: Any, seeds:
     """Every argument of :func:`calibrate` before the first call (see :mod:`budcache.checks`)."""
     check_pipeline(pipe)
     if not hasattr(pipe.scheduler, "sigmas"):
-        raise CalibrationError(f"pipe.scheduler: {type(pipe.scheduler).__name__} has no sigma schedule; budcache needs "
-                               "a flow-matching scheduler")
+        raise CalibrationError(
+            f"pipe.scheduler: {type(pipe.scheduler).__name__} has no sigma schedule; budcache needs "
+            "a flow-matching scheduler"
+        )
     check_type("prompts", prompts, (list, tuple), "a list of prompt strings or dicts of call arguments")
     if not prompts:
         raise CalibrationError("prompts: calibrate needs at least one prompt, got an empty list")
@@ -468,21 +504,34 @@ def calibrate(
     captures, begins, calib = [], set(), None
     for i, prompt, size in tqdm(runs, desc="calibrating", disable=not progress):
         kwargs = {**call_kwargs, **size, **(prompt if isinstance(prompt, dict) else {"prompt": prompt})}
-        kwargs.update(num_inference_steps=num_inference_steps, output_type="latent",
-                      generator=torch.Generator(device).manual_seed(seed + i if seeds is None else seeds[i]))
+        kwargs.update(
+            num_inference_steps=num_inference_steps,
+            output_type="latent",
+            generator=torch.Generator(device).manual_seed(seed + i if seeds is None else seeds[i]),
+        )
         recorder, schedule_kwargs = _Recorder(), {}
         with torch.no_grad(), _capturing(pipe, recorder, schedule_kwargs):
             pipe(**kwargs)
         begin = getattr(pipe.scheduler, "begin_index", None) or 0  # image-to-image: strength < 1
         begins.add(begin)
         if len(recorder.steps) != num_inference_steps - begin:
-            raise RuntimeError(f"the pipeline ran {len(recorder.steps)} scheduler steps, expected "
-                               f"{num_inference_steps - begin}")
+            raise RuntimeError(
+                f"the pipeline ran {len(recorder.steps)} scheduler steps, expected {num_inference_steps - begin}"
+            )
         sigmas = [s.sigma for s in recorder.steps] + [float(pipe.scheduler.sigmas[-1])]
         blend = _blend(recorder, pipe)
         final = recorder.final if blend is None else blend(recorder.final, sigmas[-1])  # blended with the image too
-        captures.append(Capture(recorder.latents, final, recorder.steps, _call_settings(pipe, kwargs), blend, sigmas,
-                                dict(schedule_kwargs)))
+        captures.append(
+            Capture(
+                recorder.latents,
+                final,
+                recorder.steps,
+                _call_settings(pipe, kwargs),
+                blend,
+                sigmas,
+                dict(schedule_kwargs),
+            )
+        )
         if len(begins) > 1:
             raise CalibrationError("prompts: the calls started at different steps (strength); use one strength")
         calib = calib or Calibration(pipe, captures, sigmas, dict(schedule_kwargs), begin)

@@ -20,7 +20,9 @@ def read_prompts(path: str | Path) -> list[str | dict[str, Any]]:
         raise FileNotFoundError(f"prompt file {path} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        prompts = [_jsonl_entry(line, path, i) for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+        prompts = [
+            _jsonl_entry(line, path, i) for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip()
+        ]
     elif suffix == ".csv":
         with path.open(newline="") as f:
             reader = csv.DictReader(f)

@@ -13,13 +13,14 @@ from contextlib import ExitStack, contextmanager
 
 import torch
 
+from ..errors import CalibrationError
 from ..families import combine_for, for_pipeline, time_rule
 from ..hooks.experts import input_names
 from ..hooks.stack import StackState, reuse_for, stack_hooks
 from ..sampling.denoisers import Batch
 from ..source import SETS, Source, relative_error
-from ..errors import CalibrationError
 from .capture import Calibration, Capture, Step, to_hidden
+
 
 class PipelineDenoiser:
     """The velocity of one captured generation at (x, sigma), computing or reusing per call.
@@ -42,8 +43,10 @@ class PipelineDenoiser:
         first, last = capture.steps[0], capture.steps[-1]
         self.t0 = self.time(torch.tensor(first.sigma, dtype=torch.float64))
         span = self.time(torch.tensor(last.sigma, dtype=torch.float64)) - self.t0
-        self.slopes = [(b.double() - a.double()) / span if span else torch.zeros_like(a, dtype=torch.float64)
-                       for a, b in zip(first.timesteps, last.timesteps)]
+        self.slopes = [
+            (b.double() - a.double()) / span if span else torch.zeros_like(a, dtype=torch.float64)
+            for a, b in zip(first.timesteps, last.timesteps)
+        ]
 
     def _step(self, sigma: float) -> tuple[Step, list[torch.Tensor]]:
         """The captured step whose conditioning serves ``sigma`` (the nearest), and the time each call
@@ -156,14 +159,22 @@ def decoder(calib: Calibration) -> Callable[[torch.Tensor], torch.Tensor] | None
 
 
 @contextmanager
-def pipeline_source(calib: Calibration, reuse: str = "residual", *, validation: Calibration | None = None,
-                    held_out: Calibration | None = None) -> Iterator[Source]:
+def pipeline_source(
+    calib: Calibration,
+    reuse: str = "residual",
+    *,
+    validation: Calibration | None = None,
+    held_out: Calibration | None = None,
+) -> Iterator[Source]:
     """A :class:`~budcache.source.Source` on calibrated captures: one batch per prompt; ``validation``
     and ``held_out`` captures (same schedule) become the ``validation`` and ``eval`` sets. The
     replay is checked first (:func:`check_replay`); residual hooks live inside the ``with`` block."""
     check_replay(calib)
-    sets = {"calib": calib.captures, "validation": validation and validation.captures,
-            "eval": held_out and held_out.captures}
+    sets = {
+        "calib": calib.captures,
+        "validation": validation and validation.captures,
+        "eval": held_out and held_out.captures,
+    }
     try:
         shifts = {which: calib.shifts(captures) for which, captures in sets.items() if captures}
     except CalibrationError as e:
@@ -176,9 +187,17 @@ def pipeline_source(calib: Calibration, reuse: str = "residual", *, validation: 
 
     with denoisers(calib, reuse) as make:
         yield Source(
-            solver=calib.solver(), batches=batches, fewer=calib.solver, model=calib.pipe.transformer, reuse=reuse,
-            sets=tuple(w for w in SETS if sets[w]), restarts=tuple(calib.forced_steps()),
-            boundary_ratio=calib.boundary_ratio, begin_index=calib.begin_index, reference=[c.final for c in calib.captures],
-            tolerance=10 * _tolerance(calib), decode=None if mixed else decoder(calib),
+            solver=calib.solver(),
+            batches=batches,
+            fewer=calib.solver,
+            model=calib.pipe.transformer,
+            reuse=reuse,
+            sets=tuple(w for w in SETS if sets[w]),
+            restarts=tuple(calib.forced_steps()),
+            boundary_ratio=calib.boundary_ratio,
+            begin_index=calib.begin_index,
+            reference=[c.final for c in calib.captures],
+            tolerance=10 * _tolerance(calib),
+            decode=None if mixed else decoder(calib),
             sizes=tuple(calib.sizes) if mixed else (),
         )

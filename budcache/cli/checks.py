@@ -15,23 +15,53 @@ import re
 import tempfile
 from pathlib import Path
 
+from .. import align_checkpoint
 from ..calibration.prompts import read_prompts
+from ..errors import CheckpointError
 from ..plan import CachePlan
 from ..planset import PlanSet, load_plans
 from ..search import check_budget
-from ..errors import CheckpointError
-from .. import align_checkpoint
-from ..search.checkpoint import hold, read as read_checkpoint
+from ..search.checkpoint import hold
+from ..search.checkpoint import read as read_checkpoint
 from .options import DEMO_STEPS, search_config
 from .run import UsageError, one_line
 
-PIPELINE_ONLY = ("prompts", "validation_prompts", "held_out_prompts", "height", "width", "sizes", "guidance_scale",
-                 "negative_prompt", "call", "dtype", "device", "cpu_offload")
-RESERVED_CALL = {"prompt": "prompts come from --prompts", "num_inference_steps": "use --steps",
-                 "generator": "use --seed", "output_type": "budcache captures latents"}
+PIPELINE_ONLY = (
+    "prompts",
+    "validation_prompts",
+    "held_out_prompts",
+    "height",
+    "width",
+    "sizes",
+    "guidance_scale",
+    "negative_prompt",
+    "call",
+    "dtype",
+    "device",
+    "cpu_offload",
+)
+RESERVED_CALL = {
+    "prompt": "prompts come from --prompts",
+    "num_inference_steps": "use --steps",
+    "generator": "use --seed",
+    "output_type": "budcache captures latents",
+}
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-COMPARE_SEARCH_ONLY = ("budgets", "rules", "magcache", "align_epochs", "effort", "iterations", "starts", "kicks",
-                       "batch_candidates", "no_hill_climb", "forced_prefix", "search_rules", "state_mb")
+COMPARE_SEARCH_ONLY = (
+    "budgets",
+    "rules",
+    "magcache",
+    "align_epochs",
+    "effort",
+    "iterations",
+    "starts",
+    "kicks",
+    "batch_candidates",
+    "no_hill_climb",
+    "forced_prefix",
+    "search_rules",
+    "state_mb",
+)
 
 
 def flag(name: str) -> str:
@@ -50,7 +80,9 @@ def _writable_folder(folder: Path, option: str) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise UsageError(f"{option}: cannot write in {folder} ({e.strerror or e}); choose a writable location") from None
+        raise UsageError(
+            f"{option}: cannot write in {folder} ({e.strerror or e}); choose a writable location"
+        ) from None
 
 
 def output_file(path: Path, option: str, example: str = "plan.json") -> None:
@@ -67,8 +99,10 @@ def output_figure(path: Path, option: str, example: str) -> None:
     output_file(path, option, example)
     formats = FigureCanvasBase.get_supported_filetypes()
     if path.suffix.lower().lstrip(".") not in formats:
-        raise UsageError(f"{option} {path}: a figure is written as .png, .pdf, .svg or another of "
-                         f"{', '.join(sorted(formats))}; name the file with one of those extensions")
+        raise UsageError(
+            f"{option} {path}: a figure is written as .png, .pdf, .svg or another of "
+            f"{', '.join(sorted(formats))}; name the file with one of those extensions"
+        )
 
 
 def output_folder(path: Path, option: str) -> None:
@@ -104,8 +138,10 @@ def _hub_index(spec: str) -> Path:
         return Path(hf_hub_download(spec, "model_index.json"))
     except Exception as e:  # offline, unknown or gated repository, no network: all end the same way
         reason = re.split(r"(?<=[.!?])\s", one_line(str(e)) or type(e).__name__)[0][:200]
-        raise UsageError(f"--pipeline {spec}: no local folder of that name, and the hub gave no model_index.json "
-                         f"({reason}); check the name, the network and HF_TOKEN, or name a local folder") from None
+        raise UsageError(
+            f"--pipeline {spec}: no local folder of that name, and the hub gave no model_index.json "
+            f"({reason}); check the name, the network and HF_TOKEN, or name a local folder"
+        ) from None
     finally:
         hub_logging.set_verbosity(verbosity)
 
@@ -131,8 +167,9 @@ def model_index(spec: str) -> dict:
         content = json.loads(index.read_text())
         name = content["_class_name"]
     except FileNotFoundError:
-        raise UsageError(f"--pipeline {spec}: no model_index.json in it; name a folder written by "
-                         "save_pretrained, or a hub id") from None
+        raise UsageError(
+            f"--pipeline {spec}: no model_index.json in it; name a folder written by save_pretrained, or a hub id"
+        ) from None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UsageError(f"--pipeline {spec}: {index.name} is not a diffusers model index ({e})") from None
     if not isinstance(name, str):
@@ -163,8 +200,11 @@ def check_call(class_name: str, keys: dict[str, str]) -> None:
 
 def call_keys(a: argparse.Namespace, prompts: dict[str, list]) -> dict[str, str]:
     """The call arguments a command passes, each with where it was given."""
-    keys = {name: flag(name) for name in ("height", "width", "guidance_scale", "negative_prompt")
-            if getattr(a, name) is not None}
+    keys = {
+        name: flag(name)
+        for name in ("height", "width", "guidance_scale", "negative_prompt")
+        if getattr(a, name) is not None
+    }
     for item in a.call:
         key, sep, _ = item.partition("=")
         if not sep or not key:
@@ -193,8 +233,9 @@ def _check_device(device: str | None) -> None:
         raise UsageError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
 
 
-def check_source(a: argparse.Namespace, held_out: bool = False, validation: bool = True,
-                 steps: int | None = None) -> None:
+def check_source(
+    a: argparse.Namespace, held_out: bool = False, validation: bool = True, steps: int | None = None
+) -> None:
     """The model source: demo or pipeline options, not both; prompt files parsed (``a.prompt_lists``);
     call arguments against the pipeline class; the step count (``steps``: a plan's K)."""
     if steps is not None and a.steps is not None and a.steps != steps:
@@ -212,11 +253,14 @@ def check_source(a: argparse.Namespace, held_out: bool = False, validation: bool
         return
     given = [flag(n) for n in a.demo_defaults if getattr(a, n) is not None]
     if given:
-        raise UsageError(f"{given[0]} counts demo samples; with --pipeline the prompt files set the samples, "
-                         f"drop {given[0]}")
+        raise UsageError(
+            f"{given[0]} counts demo samples; with --pipeline the prompt files set the samples, drop {given[0]}"
+        )
     if getattr(a, "scheduler", "euler") != "euler":
-        raise UsageError(f"--scheduler {a.scheduler} chooses the demo model's solver; a --pipeline always runs its "
-                         "own scheduler (replace it in the pipeline's folder to search under another)")
+        raise UsageError(
+            f"--scheduler {a.scheduler} chooses the demo model's solver; a --pipeline always runs its "
+            "own scheduler (replace it in the pipeline's folder to search under another)"
+        )
     if a.prompts is None:
         raise UsageError("--pipeline needs --prompts FILE (.txt, .jsonl or .csv) with calibration prompts")
     if held_out and getattr(a, "held_out_prompts", None) is None:
@@ -229,8 +273,10 @@ def check_source(a: argparse.Namespace, held_out: bool = False, validation: bool
     world = int(os.environ.get("WORLD_SIZE", "1"))
     for name in ("prompts", "validation_prompts"):
         if name in a.prompt_lists and len(a.prompt_lists[name]) < world:
-            raise UsageError(f"{flag(name)} {getattr(a, name)}: {len(a.prompt_lists[name])} prompts for {world} "
-                             "processes; give each process at least one")
+            raise UsageError(
+                f"{flag(name)} {getattr(a, name)}: {len(a.prompt_lists[name])} prompts for {world} "
+                "processes; give each process at least one"
+            )
     if getattr(a, "sizes", None) and (a.height is not None or a.width is not None):
         raise UsageError("--sizes sets the height and width of every calibration call; drop --height/--width")
     _check_device(a.device)
@@ -275,12 +321,15 @@ def check_search(a: argparse.Namespace) -> None:
         _keep_unfinished(a.checkpoint)
     if a.resume:
         if not a.checkpoint.exists():
-            raise UsageError(f"--resume: no checkpoint at {a.checkpoint}; search without --resume, or name it "
-                             "with --checkpoint")
+            raise UsageError(
+                f"--resume: no checkpoint at {a.checkpoint}; search without --resume, or name it with --checkpoint"
+            )
         saved = read_checkpoint(a.checkpoint, a.steps)
         if saved["identity"].get("budget") != a.budget:
-            raise UsageError(f"--resume: {a.checkpoint} is a search for budget {saved['identity'].get('budget')}, "
-                             f"not {a.budget}; use that --budget, or search without --resume")
+            raise UsageError(
+                f"--resume: {a.checkpoint} is a search for budget {saved['identity'].get('budget')}, "
+                f"not {a.budget}; use that --budget, or search without --resume"
+            )
 
 
 def _keep_unfinished(path: Path) -> None:
@@ -290,8 +339,10 @@ def _keep_unfinished(path: Path) -> None:
     except CheckpointError:
         return  # unreadable: nothing to keep
     if saved.get("finished") is False and saved["memo"]:
-        raise UsageError(f"--checkpoint {path} holds an unfinished search (evaluations saved: "
-                         f"{len(saved['memo'])}); add --resume to continue it, or delete it to start afresh")
+        raise UsageError(
+            f"--checkpoint {path} holds an unfinished search (evaluations saved: "
+            f"{len(saved['memo'])}); add --resume to continue it, or delete it to start afresh"
+        )
 
 
 def check_frontier(a: argparse.Namespace) -> None:
@@ -332,8 +383,10 @@ def check_align(a: argparse.Namespace) -> None:
     a.loaded = CachePlan.load(a.plan)
     check_source(a, steps=a.loaded.num_steps)
     if a.model_times and a.loaded.boundary_ratio is not None:
-        raise UsageError("--model-times: this plan is for two experts, whose timesteps pick the expert; align it "
-                         "without decoupled model times")
+        raise UsageError(
+            "--model-times: this plan is for two experts, whose timesteps pick the expert; align it "
+            "without decoupled model times"
+        )
     if a.pipeline is not None:
         entry = model_index(a.pipeline).get("scheduler")
         why = _stage2_refusal(a.pipeline, entry[1]) if isinstance(entry, list) and len(entry) == 2 else None
@@ -344,13 +397,16 @@ def check_align(a: argparse.Namespace) -> None:
     a.checkpoint = a.checkpoint or a.out.with_suffix(".checkpoint.pt")
     output_file(a.checkpoint, "--checkpoint", "aligned.checkpoint.pt")
     if a.resume and not a.checkpoint.exists():
-        raise UsageError(f"--resume: no checkpoint at {a.checkpoint}; align without --resume, or name it with "
-                         "--checkpoint")
+        raise UsageError(
+            f"--resume: no checkpoint at {a.checkpoint}; align without --resume, or name it with --checkpoint"
+        )
     if not a.resume and a.checkpoint.exists():  # starting afresh would overwrite an interrupted run's epochs
         stopped = align_checkpoint.unfinished(a.checkpoint)
         if stopped is not None:
-            raise UsageError(f"--checkpoint {a.checkpoint} holds an unfinished alignment (stopped after {stopped}); "
-                             "add --resume to go on, or delete it to start afresh")
+            raise UsageError(
+                f"--checkpoint {a.checkpoint} holds an unfinished alignment (stopped after {stopped}); "
+                "add --resume to go on, or delete it to start afresh"
+            )
 
 
 def check_compare(a: argparse.Namespace) -> None:
@@ -361,17 +417,22 @@ def check_compare(a: argparse.Namespace) -> None:
     else:
         given = [flag(n) for n, default in a.search_defaults.items() if getattr(a, n) != default]
         if given:
-            raise UsageError(f"{given[0]} sets up the policies compare searches; saved plans are scored as they are, "
-                             f"drop {given[0]}")
+            raise UsageError(
+                f"{given[0]} sets up the policies compare searches; saved plans are scored as they are, drop {given[0]}"
+            )
         a.loaded = [(Path(path), CachePlan.load(path)) for path in a.plans]
         (first, plan), *others = a.loaded
         for path, other in others:
             if other.num_steps != plan.num_steps:
-                raise UsageError(f"{path} is a plan for {other.num_steps} steps, {first} for {plan.num_steps}; "
-                                 "compare plans of one step count together")
+                raise UsageError(
+                    f"{path} is a plan for {other.num_steps} steps, {first} for {plan.num_steps}; "
+                    "compare plans of one step count together"
+                )
             if other.model and plan.model and other.model != plan.model:
-                raise UsageError(f"{path} was searched for another model than {first} ({other.model.get('class')} "
-                                 f"{other.model.get('fingerprint')} vs {plan.model.get('class')} "
-                                 f"{plan.model.get('fingerprint')}); compare plans of one model together")
+                raise UsageError(
+                    f"{path} was searched for another model than {first} ({other.model.get('class')} "
+                    f"{other.model.get('fingerprint')} vs {plan.model.get('class')} "
+                    f"{plan.model.get('fingerprint')}); compare plans of one model together"
+                )
         check_source(a, held_out=True, validation=False, steps=plan.num_steps)
     output_folder(a.out, "--out")

@@ -45,17 +45,27 @@ def load_pipeline(path: str, dtype: str | None, device: str | None, offload: boo
     return pipe
 
 
-def calibrate_shard(pipe: Any, prompts: list, steps: int, seed: int, rank: int = 0, world: int = 1,
-                    progress: bool = True, **kwargs: Any):
+def calibrate_shard(
+    pipe: Any, prompts: list, steps: int, seed: int, rank: int = 0, world: int = 1, progress: bool = True, **kwargs: Any
+):
     """This rank's share of ``prompts`` (prompt i keeps seed ``seed + i``)."""
     mine = range(rank, len(prompts), world)
-    return calibrate(pipe, [prompts[i] for i in mine], steps, seeds=[seed + i for i in mine], progress=progress,
-                     **kwargs)
+    return calibrate(
+        pipe, [prompts[i] for i in mine], steps, seeds=[seed + i for i in mine], progress=progress, **kwargs
+    )
 
 
 @contextmanager
-def open_source(a: argparse.Namespace, *, held_out: bool = False, validation: bool = True, rank: int = 0,
-                world: int = 1, reuse: str | None = None, steps: int | None = None) -> Iterator[Source]:
+def open_source(
+    a: argparse.Namespace,
+    *,
+    held_out: bool = False,
+    validation: bool = True,
+    rank: int = 0,
+    world: int = 1,
+    reuse: str | None = None,
+    steps: int | None = None,
+) -> Iterator[Source]:
     """The model source of a command: the demo model, or the pipeline calibrated on ``--prompts``
     (validation: ``--validation-prompts`` at seed + 5000; held out: ``--held-out-prompts`` at seed
     + 10000; ``validation`` False: no validation set). Under ``torchrun`` each rank holds its share of
@@ -67,8 +77,16 @@ def open_source(a: argparse.Namespace, *, held_out: bool = False, validation: bo
         from ..demo.problem import demo_source
 
         count = getattr(a, "validation", None) if validation else 0
-        with demo_source(steps, a.calib, count, a.held_out if held_out else 0,
-                         a.seed, reuse, shard=(rank, world), scheduler=a.scheduler) as source:
+        with demo_source(
+            steps,
+            a.calib,
+            count,
+            a.held_out if held_out else 0,
+            a.seed,
+            reuse,
+            shard=(rank, world),
+            scheduler=a.scheduler,
+        ) as source:
             yield source
         return
     device = a.device or (f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if world > 1 else None)
@@ -80,10 +98,12 @@ def open_source(a: argparse.Namespace, *, held_out: bool = False, validation: bo
     calib = calibrate_shard(pipe, prompts["prompts"], steps, a.seed, rank, world, progress, **kwargs)
     checks = evaluation = None
     if validation and "validation_prompts" in prompts:
-        checks = calibrate_shard(pipe, prompts["validation_prompts"], steps, a.seed + VALIDATION_SEED_OFFSET, rank,
-                                 world, progress, **kwargs)
+        checks = calibrate_shard(
+            pipe, prompts["validation_prompts"], steps, a.seed + VALIDATION_SEED_OFFSET, rank, world, progress, **kwargs
+        )
     if held_out:
-        evaluation = calibrate_shard(pipe, prompts["held_out_prompts"], steps, a.seed + HELD_OUT_SEED_OFFSET,
-                                     progress=progress, **kwargs)
+        evaluation = calibrate_shard(
+            pipe, prompts["held_out_prompts"], steps, a.seed + HELD_OUT_SEED_OFFSET, progress=progress, **kwargs
+        )
     with pipeline_source(calib, reuse, validation=checks, held_out=evaluation) as source:
         yield source

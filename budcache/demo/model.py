@@ -77,18 +77,14 @@ class DigitsFlux(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         sigma = torch.as_tensor(sigma, dtype=x.dtype).expand(x.shape[0])
-        return self.transformer(
-            hidden_states=x, timestep=sigma, return_dict=False, **self.conditioning(labels)
-        )[0]
+        return self.transformer(hidden_states=x, timestep=sigma, return_dict=False, **self.conditioning(labels))[0]
 
 
 def load_demo_model(path: str | Path = WEIGHTS) -> DigitsFlux:
     """The trained demo model, in float32 and eval mode."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"demo weights not found at {path}; train them with `python -m budcache.demo.train`"
-        )
+        raise FileNotFoundError(f"demo weights not found at {path}; train them with `python -m budcache.demo.train`")
     model = DigitsFlux()
     state = {k: v.float() for k, v in load_file(str(path)).items()}
     model.load_state_dict(state)

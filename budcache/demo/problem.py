@@ -10,8 +10,8 @@ from contextlib import ExitStack, contextmanager
 import torch
 
 from ..hooks.stack import stack_hooks
-from ..sampling.denoisers import Batch, OutputDenoiser, ResidualDenoiser
 from ..sampling import plain
+from ..sampling.denoisers import Batch, OutputDenoiser, ResidualDenoiser
 from ..sampling.loop import linear_sigmas
 from ..sampling.shift import shift_sigmas
 from ..sampling.solver import Euler, SchedulerSolver, Solver
@@ -46,21 +46,31 @@ def demo_denoisers(model: DigitsFlux, reuse: str) -> Iterator:
 def demo_batches(make, noise: torch.Tensor, labels: torch.Tensor, batch_size: int = 64) -> list[Batch]:
     """Split inputs into calibration batches bound to their labels."""
     return [
-        Batch(make(labels[i : i + batch_size]), noise[i : i + batch_size],
-              replicate=lambda n, part=labels[i : i + batch_size]: make(part.repeat(n)))
+        Batch(
+            make(labels[i : i + batch_size]),
+            noise[i : i + batch_size],
+            replicate=lambda n, part=labels[i : i + batch_size]: make(part.repeat(n)),
+        )
         for i in range(0, noise.shape[0], batch_size)
     ]
-
 
 
 SCHEDULERS = {"euler": None, "unipc": "UniPC (flow)", "dpm": "DPM-Solver++ 2M (flow)"}  # name -> plain.SCHEDULERS
 
 
 @contextmanager
-def demo_source(steps: int = 28, calibration: int = 16, validation: int | None = None, held_out: int = 100,
-                seed: int = 0, reuse: str = "residual", shard: tuple[int, int] = (0, 1),
-                model: DigitsFlux | None = None, scheduler: str = "euler",
-                shift: float | tuple[float, ...] = 1.0) -> Iterator[Source]:
+def demo_source(
+    steps: int = 28,
+    calibration: int = 16,
+    validation: int | None = None,
+    held_out: int = 100,
+    seed: int = 0,
+    reuse: str = "residual",
+    shard: tuple[int, int] = (0, 1),
+    model: DigitsFlux | None = None,
+    scheduler: str = "euler",
+    shift: float | tuple[float, ...] = 1.0,
+) -> Iterator[Source]:
     """The demo model as a :class:`~budcache.source.Source` over ``steps`` linear sigmas:
     ``calibration`` samples from ``seed``, ``validation`` (default: as many) from
     ``seed + VALIDATION_SEED_OFFSET``, ``held_out`` from ``seed + HELD_OUT_SEED_OFFSET``; ``shard`` =
@@ -108,9 +118,18 @@ def demo_source(steps: int = 28, calibration: int = 16, validation: int | None =
 
         def batches(which: str, mode: str | None = None) -> list[Batch]:
             made = demo_batches(makers[mode or reuse], *inputs[which], batch_size=64 if which == "eval" else 8)
-            return [dataclasses.replace(b, shift=s / shifts[0]) for s in shifts for b in made] if len(shifts) > 1 \
-                else made
+            return (
+                [dataclasses.replace(b, shift=s / shifts[0]) for s in shifts for b in made] if len(shifts) > 1 else made
+            )
 
-        yield Source(solver=solver(steps), batches=batches, fewer=solver,
-                     model=model.transformer, reuse=reuse, sets=tuple(inputs), images=unpack, score=score,
-                     sizes=tuple(f"shift {s:g}" for s in shifts) if len(shifts) > 1 else ())
+        yield Source(
+            solver=solver(steps),
+            batches=batches,
+            fewer=solver,
+            model=model.transformer,
+            reuse=reuse,
+            sets=tuple(inputs),
+            images=unpack,
+            score=score,
+            sizes=tuple(f"shift {s:g}" for s in shifts) if len(shifts) > 1 else (),
+        )

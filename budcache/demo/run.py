@@ -31,12 +31,14 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     plans: list[tuple[str, CachePlan]] = []
     histories = {}
-    with demo_source(steps, calibration, held_out=held_out, seed=config.seed, reuse=reuse,
-                     scheduler=scheduler) as source:
+    with demo_source(
+        steps, calibration, held_out=held_out, seed=config.seed, reuse=reuse, scheduler=scheduler
+    ) as source:
         for b in budgets:
             for rule in rules:
-                plan, result = search_source(source, b, rule=rule, config=config, progress=progress,
-                                             fallback=False)  # the comparison that follows scores plain sampling
+                plan, result = search_source(
+                    source, b, rule=rule, config=config, progress=progress, fallback=False
+                )  # the comparison that follows scores plain sampling
                 plan.save(out / f"plan_B{b}_{rule}.json")
                 if plan.record.interrupted:  # saved; Ctrl-C / SIGTERM stops the demo
                     raise KeyboardInterrupt
@@ -44,15 +46,21 @@ def run_demo(
                 histories[f"B={b} {rule}"] = result
                 kept = "per-step rules" if plan.rules is not None else plan.rule
                 plans.append((rule if kept == rule else f"{rule} -> {kept}", plan))
-                print(f"B={b} {rule}: {plan.strip} (kept rule: {plan.rule})  search {plan.record.seconds:.1f}s, "
-                      f"{plan.record.evaluations} masks, {plan.record.forwards} forwards "
-                      f"({plan.record.forwards_without_prefix_reuse} without prefix reuse)", flush=True)
+                print(
+                    f"B={b} {rule}: {plan.strip} (kept rule: {plan.rule})  search {plan.record.seconds:.1f}s, "
+                    f"{plan.record.evaluations} masks, {plan.record.forwards} forwards "
+                    f"({plan.record.forwards_without_prefix_reuse} without prefix reuse)",
+                    flush=True,
+                )
         rows, images = compare_plans(source, plans)
     plots.plot_history(histories, out / "search_history.png")
     grid = [("full", images["full"])]
     for b in budgets:
-        grid += [(name, img) for name, img in images.items()
-                 if name.startswith(f"B={b} plan") or name == f"B={b} plain {b}-step AB2"]
+        grid += [
+            (name, img)
+            for name, img in images.items()
+            if name.startswith(f"B={b} plan") or name == f"B={b} plain {b}-step AB2"
+        ]
     plots.image_grid(grid, out / "samples.png")
     write(rows, images, out)
     return rows

@@ -57,7 +57,10 @@ def train(steps: int, batch: int, lr: float, seed: int, out: Path) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in ema.state_dict().items()}
     info = {
-        "steps": steps, "batch": batch, "lr": lr, "seed": seed,
+        "steps": steps,
+        "batch": batch,
+        "lr": lr,
+        "seed": seed,
         "seconds": round(time.perf_counter() - start, 1),
         "final_loss": sum(losses[-500:]) / len(losses[-500:]),
         "params": sum(p.numel() for p in model.parameters()),

@@ -23,8 +23,8 @@ from ..baselines import teacache
 from ..plan import CachePlan, uniform_mask
 from ..sampling.loop import StepInfo, sample
 from ..sampling.multistep import require_differentiable
-from ..sampling.solver import Solver, with_sigmas
 from ..sampling.plain import SCHEDULERS, adams_bashforth2, scheduler_sample
+from ..sampling.solver import Solver, with_sigmas
 from ..search import SearchConfig, search_source
 from ..search.plan_search import source_evaluator
 from ..source import Source
@@ -32,8 +32,15 @@ from . import metrics
 from .report import Report, Row
 
 
-def static_outputs(source: Source, which: str, sigmas: Sequence[float] | Solver, mask: Sequence[int], rule,
-                   reuse: str | None = None, executions: list[int] | None = None) -> torch.Tensor:
+def static_outputs(
+    source: Source,
+    which: str,
+    sigmas: Sequence[float] | Solver,
+    mask: Sequence[int],
+    rule,
+    reuse: str | None = None,
+    executions: list[int] | None = None,
+) -> torch.Tensor:
     """The outputs of a static plan (mask, rules, sigmas) on a set of the source, through the one
     loop; ``executions`` receives, per sample, the block-stack executions measured."""
     restarts = source.restarts if len(mask) == source.num_steps else ()
@@ -53,8 +60,12 @@ def _same_scheduler(scheduler, solver: Solver) -> bool:
 
 
 def _ab2(source: Source, which: str, sigmas: Sequence[float]) -> torch.Tensor:
-    return torch.cat([adams_bashforth2(lambda x, s, d=b.denoiser: d.compute(x, s)[0], b.noise, sigmas)
-                      for b in source.batches(which)])
+    return torch.cat(
+        [
+            adams_bashforth2(lambda x, s, d=b.denoiser: d.compute(x, s)[0], b.noise, sigmas)
+            for b in source.batches(which)
+        ]
+    )
 
 
 def _teacache(source: Source, signal: list, which: str, rescale, thresholds: Sequence[float], rule: str):
@@ -62,8 +73,9 @@ def _teacache(source: Source, signal: list, which: str, rescale, thresholds: Seq
     out, start = [], 0
     for b in source.batches(which):
         n = b.noise.shape[0]
-        out.append(teacache.sample(b.denoiser, signal, b.noise, source.solver, rescale, thresholds[start:start + n],
-                                   rule))
+        out.append(
+            teacache.sample(b.denoiser, signal, b.noise, source.solver, rescale, thresholds[start : start + n], rule)
+        )
         start += n
     return torch.cat([x for x, _ in out]), torch.cat([nfe for _, nfe in out])
 
@@ -72,14 +84,24 @@ def _magcache_ratios(source: Source) -> list[float]:
     """Cached quantity of every step of one full-compute run on the calibration samples."""
     caches: list[list[torch.Tensor]] = [[] for _ in range(source.num_steps)]
     for b in source.batches("calib"):
+
         def keep(info: StepInfo) -> None:
             caches[info.step].append(info.state.history[-1][1])
+
         sample(b.denoiser, b.noise, source.solver, [1] * source.num_steps, restarts=source.restarts, callback=keep)
     return policies.magcache_ratios([torch.cat(c) for c in caches])
 
 
-def _per_sample_thresholds(source: Source, signal: list, rescale, thresholds: Sequence[float], runs: list, budget: int,
-                           rule: str, rounds: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+def _per_sample_thresholds(
+    source: Source,
+    signal: list,
+    rescale,
+    thresholds: Sequence[float],
+    runs: list,
+    budget: int,
+    rule: str,
+    rounds: int = 12,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per sample, a threshold with NFE == budget: bracketed on the grid, then bisected (all samples
     in one batched run per round). Samples that never hit it keep their closest NFE <= budget
     (else the closest above)."""
@@ -90,10 +112,8 @@ def _per_sample_thresholds(source: Source, signal: list, rescale, thresholds: Se
     score = lambda nfe: (nfe > budget).double() * 1e3 + (nfe - budget).abs()  # noqa: E731
     best = score(nfes).argmin(0)
     x, nfe = finals[best, torch.arange(n)], nfes[best, torch.arange(n)]
-    lo = torch.stack([grid[(nfes[:, j] > budget)].max() if (nfes[:, j] > budget).any() else grid[0]
-                      for j in range(n)])
-    hi = torch.stack([grid[(nfes[:, j] < budget)].min() if (nfes[:, j] < budget).any() else grid[-1]
-                      for j in range(n)])
+    lo = torch.stack([grid[(nfes[:, j] > budget)].max() if (nfes[:, j] > budget).any() else grid[0] for j in range(n)])
+    hi = torch.stack([grid[(nfes[:, j] < budget)].min() if (nfes[:, j] < budget).any() else grid[-1] for j in range(n)])
     for _ in range(rounds):
         todo = nfe != budget
         if not todo.any():
@@ -128,13 +148,23 @@ def compare(
     is scanned (``policies.MAGCACHE_PRESETS``); ``max_state_mb``: memory for stored prefix states."""
     source.check_one_size("compare")
     with teacache.indicator(source.model) as signal:
-        return _compare(source, signal, budgets, rules, config, thresholds, progress, align_epochs, magcache,
-                        max_state_mb)
+        return _compare(
+            source, signal, budgets, rules, config, thresholds, progress, align_epochs, magcache, max_state_mb
+        )
 
 
-def _compare(source: Source, signal: list, budgets: Sequence[int], rules: Sequence[str], config: SearchConfig,
-             thresholds: Sequence[float] | None, progress: bool, align_epochs: int,
-             magcache: str, max_state_mb: float) -> tuple[list[Row], dict[str, torch.Tensor]]:
+def _compare(
+    source: Source,
+    signal: list,
+    budgets: Sequence[int],
+    rules: Sequence[str],
+    config: SearchConfig,
+    thresholds: Sequence[float] | None,
+    progress: bool,
+    align_epochs: int,
+    magcache: str,
+    max_state_mb: float,
+) -> tuple[list[Row], dict[str, torch.Tensor]]:
     k, sigmas = source.num_steps, source.solver
     if align_epochs:
         require_differentiable(source.solver)
@@ -143,8 +173,9 @@ def _compare(source: Source, signal: list, budgets: Sequence[int], rules: Sequen
     report = Report(source, full, t_full)
     add = report.add
     n_eval = full.shape[0]
-    rescale = teacache.fit_rescaler([(b.denoiser, b.noise) for b in source.batches("calib")], signal, sigmas,
-                                    restarts=source.restarts)
+    rescale = teacache.fit_rescaler(
+        [(b.denoiser, b.noise) for b in source.batches("calib")], signal, sigmas, restarts=source.restarts
+    )
     ratios = _magcache_ratios(source)
     bar = tqdm(total=len(rules) * len(budgets), desc="compare", disable=not progress)
     for rule in rules:
@@ -163,32 +194,59 @@ def _compare(source: Source, signal: list, budgets: Sequence[int], rules: Sequen
             masks["uniform / FORA"] = (mask, rule, note)
             masks["TaylorSeer"] = (policies.taylorseer_for_budget(k, b), rule, "")
             preset = policies.MAGCACHE_PRESETS[magcache]
-            mask, info = policies.magcache_for_budget(ratios, k, b, max_skip=int(preset["max_skip"]),
-                                                      retention=preset["retention"])
+            mask, info = policies.magcache_for_budget(
+                ratios, k, b, max_skip=int(preset["max_skip"]), retention=preset["retention"]
+            )
             masks["MagCache"] = (mask, rule, "" if info["exact"] else f"closest reachable NFE {sum(mask)}")
             masks["LeMiCa"] = (policies.lemica_path(weights, k, b), rule, "")
             schedules = dict.fromkeys(masks, sigmas)
             if align_epochs:
-                aligned, result = align(plan, source.batches("calib"), config=AlignConfig(epochs=align_epochs),
-                                        progress=False, restarts=source.restarts, solver=source.solver)
+                aligned, result = align(
+                    plan,
+                    source.batches("calib"),
+                    config=AlignConfig(epochs=align_epochs),
+                    progress=False,
+                    restarts=source.restarts,
+                    solver=source.solver,
+                )
                 if result.interrupted:
                     raise KeyboardInterrupt
                 masks["budcache + aligned sigmas"] = masks["budcache"]
                 schedules["budcache + aligned sigmas"] = source.solver_for(aligned.sigmas)
             for method, (mask, mask_rule, note) in masks.items():
                 x, seconds = metrics.timed(lambda: static_outputs(source, "eval", schedules[method], mask, mask_rule))
-                add(b, method, rule, x, [sum(mask)] * n_eval, seconds, mask="".join("#" if m else "." for m in mask),
-                    note=note)
+                add(
+                    b,
+                    method,
+                    rule,
+                    x,
+                    [sum(mask)] * n_eval,
+                    seconds,
+                    mask="".join("#" if m else "." for m in mask),
+                    note=note,
+                )
             # TeaCache P1: one global threshold, mean NFE on the calibration samples closest to B
             means = [float(nfe.float().mean()) for _, nfe in tea_calib]
             best = min(range(len(thresholds)), key=lambda i: (abs(means[i] - b), means[i]))
             x, nfe = tea_eval[best]
-            add(b, "TeaCache (global threshold)", rule, x, nfe.tolist(),
-                note=f"threshold {thresholds[best]:.3g}, calibration mean NFE {means[best]:.2f}")
+            add(
+                b,
+                "TeaCache (global threshold)",
+                rule,
+                x,
+                nfe.tolist(),
+                note=f"threshold {thresholds[best]:.3g}, calibration mean NFE {means[best]:.2f}",
+            )
             # TeaCache P2: per-sample threshold hitting B (else the closest NFE <= B)
             x, nfe = _per_sample_thresholds(source, signal, rescale, thresholds, tea_eval, b, rule)
-            add(b, "TeaCache (per-sample threshold)", rule, x, nfe.tolist(),
-                note=f"{int((nfe == b).sum())}/{n_eval} samples exactly at B")
+            add(
+                b,
+                "TeaCache (per-sample threshold)",
+                rule,
+                x,
+                nfe.tolist(),
+                note=f"{int((nfe == b).sum())}/{n_eval} samples exactly at B",
+            )
             bar.update()
     bar.close()
     for b in budgets:
@@ -199,16 +257,20 @@ def _compare(source: Source, signal: list, budgets: Sequence[int], rules: Sequen
         add(b, f"plain {b}-step AB2", "-", x, [b] * n_eval, seconds)
         if align_epochs:
             plain = CachePlan(num_steps=b, budget=b, mask=[1] * b, sigmas=fewer.sigmas)
-            aligned, result = align(plain, source.batches("calib"), config=AlignConfig(epochs=align_epochs),
-                                    teacher_sigmas=source.sigmas, progress=False, solver=source.solver)
+            aligned, result = align(
+                plain,
+                source.batches("calib"),
+                config=AlignConfig(epochs=align_epochs),
+                teacher_sigmas=source.sigmas,
+                progress=False,
+                solver=source.solver,
+            )
             if result.interrupted:
                 raise KeyboardInterrupt
             solver = source.solver_for(aligned.sigmas)
             x, seconds = metrics.timed(lambda: static_outputs(source, "eval", solver, [1] * b, "repeat"))
             add(b, f"plain {b}-step {fewer.name}, aligned sigmas", "-", x, [b] * n_eval, seconds)
     return report.rows, report.images
-
-
 
 
 @torch.no_grad()
@@ -229,15 +291,23 @@ def compare_plans(source: Source, plans: Sequence[tuple[str, CachePlan]]) -> tup
             sigmas, nfe = source.solver_for(plan.sigmas), []
             solver = with_sigmas(sigmas, None, plan.model_sigmas)  # the plan's model times where it has them
             x = static_outputs(source, "eval", solver, plan.mask, plan.step_rules, plan.reuse, nfe)
-            _, seconds = metrics.timed(lambda: static_outputs(source, "eval", solver, plan.mask, plan.step_rules,
-                                                              plan.reuse))
+            _, seconds = metrics.timed(
+                lambda: static_outputs(source, "eval", solver, plan.mask, plan.step_rules, plan.reuse)
+            )
             rule = plan.rule if plan.rules is None else "per step"
             report.add(b, f"plan ({label})", rule, x, nfe, seconds, mask=plan.strip, note=f"{plan.reuse} reuse")
             if (plan.rule, plan.reuse, tuple(sigmas.sigmas)) not in uniform:
                 uniform.add((plan.rule, plan.reuse, tuple(sigmas.sigmas)))
                 x = static_outputs(source, "eval", sigmas, uniform_mask(k, b), plan.rule, plan.reuse)
-                report.add(b, "uniform mask", plan.rule, x, [b] * n_eval,
-                           mask=CachePlan(k, b, uniform_mask(k, b)).strip, note=f"{plan.reuse} reuse")
+                report.add(
+                    b,
+                    "uniform mask",
+                    plan.rule,
+                    x,
+                    [b] * n_eval,
+                    mask=CachePlan(k, b, uniform_mask(k, b)).strip,
+                    note=f"{plan.reuse} reuse",
+                )
         fewer = source.fewer(b)
         x, seconds = metrics.timed(lambda: static_outputs(source, "eval", fewer, [1] * b, "repeat"))
         report.add(b, f"plain {b}-step {fewer.name}", "-", x, [b] * n_eval, seconds)
@@ -245,7 +315,11 @@ def compare_plans(source: Source, plans: Sequence[tuple[str, CachePlan]]) -> tup
         for name, make in SCHEDULERS.items():
             if _same_scheduler(make(), fewer):
                 continue  # the source's own solver with B steps: already the row above
-            x = torch.cat([scheduler_sample(make(), lambda x, s, d=batch.denoiser: d.compute(x, s)[0], batch.noise, b)
-                           for batch in source.batches("eval")])
+            x = torch.cat(
+                [
+                    scheduler_sample(make(), lambda x, s, d=batch.denoiser: d.compute(x, s)[0], batch.noise, b)
+                    for batch in source.batches("eval")
+                ]
+            )
             report.add(b, f"{name} {b}", "-", x, [b] * n_eval)
     return report.rows, report.images

@@ -21,8 +21,15 @@ from .report import Report
 
 
 @torch.no_grad()
-def frontier(source: Source, budgets: Sequence[int], out: Path, config: SearchConfig = SearchConfig(),
-             progress: bool = True, max_state_mb: float = 1024.0, rule: str = "repeat") -> list[dict]:
+def frontier(
+    source: Source,
+    budgets: Sequence[int],
+    out: Path,
+    config: SearchConfig = SearchConfig(),
+    progress: bool = True,
+    max_state_mb: float = 1024.0,
+    rule: str = "repeat",
+) -> list[dict]:
     """Search every budget under the reuse ``rule`` (see :func:`budcache.search.search_frontier`; the uniform
     mask reuses by the same rule), score each plan on the
     held-out set (latent PSNR; where the source decodes, also image PSNR and SSIM in ``row["image"]``), and write
@@ -39,19 +46,23 @@ def frontier(source: Source, budgets: Sequence[int], out: Path, config: SearchCo
         plan.save(out / f"plan_B{b}.json")
         n = full.shape[0]
         solver, fewer = source.solver_for(plan.sigmas), source.fewer(b)
-        outputs = {"budcache": (static_outputs(source, "eval", solver, plan.mask, plan.step_rules), rule),
-                   "uniform mask": (static_outputs(source, "eval", solver, uniform_mask(k, b), rule), rule),
-                   f"plain {fewer.name}": (static_outputs(source, "eval", fewer, [1] * b, "repeat"), "-"),
-                   "plain AB2": (static_outputs(source, "eval", AB2(fewer.sigmas), [1] * b, "repeat"), "-")}
+        outputs = {
+            "budcache": (static_outputs(source, "eval", solver, plan.mask, plan.step_rules), rule),
+            "uniform mask": (static_outputs(source, "eval", solver, uniform_mask(k, b), rule), rule),
+            f"plain {fewer.name}": (static_outputs(source, "eval", fewer, [1] * b, "repeat"), "-"),
+            "plain AB2": (static_outputs(source, "eval", AB2(fewer.sigmas), [1] * b, "repeat"), "-"),
+        }
         for method, (x, label) in outputs.items():
             report.add(b, method, label, x, [b] * n)
-        psnr = {r.method: r.psnr for r in report.rows[-len(outputs):]}
+        psnr = {r.method: r.psnr for r in report.rows[-len(outputs) :]}
         row = {"budget": b, "rule": rule, "mask": plan.strip, "calibration_loss": plan.record.objective, **psnr}
         if source.decode is not None:  # a pipeline that decodes: image PSNR / SSIM beside the latents'
             if images is None:
                 images = source.decode(full)
-            row["image"] = {m: {k: v for k, v in metrics.report(source.decode(x), images).items() if k != "mse"}
-                            for m, (x, _) in outputs.items()}
+            row["image"] = {
+                m: {k: v for k, v in metrics.report(source.decode(x), images).items() if k != "mse"}
+                for m, (x, _) in outputs.items()
+            }
         rows.append(row)
     PlanSet(plans.values()).save(out / "plans.json")
     (out / "frontier.json").write_text(json.dumps({"rows": rows, **cost}, indent=1))

@@ -27,15 +27,24 @@ def plot_plan(plan: CachePlan, path: str | Path) -> Path:
     on = [i for i in range(k) if plan.mask[i]]
     off = [i for i in range(k) if not plan.mask[i]]
     ax.scatter(on, [sigmas[i] for i in on], color="C3", s=36, zorder=2, label=f"compute ({len(on)})")
-    ax.scatter(off, [sigmas[i] for i in off], facecolor="white", edgecolor="C0", s=30, zorder=2,
-               label=f"reuse ({len(off)})")
+    ax.scatter(
+        off, [sigmas[i] for i in off], facecolor="white", edgecolor="C0", s=30, zorder=2, label=f"reuse ({len(off)})"
+    )
     ax.set_xlabel("step")
     ax.set_ylabel("sigma")
     ax.set_title(f"B={plan.budget}/K={k}  {plan.reuse} reuse  {plan.strip}", fontsize=9, family="monospace")
     ax.legend(fontsize=8, frameon=False)
     if plan.sigmas is None:
-        ax.text(0.99, 0.95, "pipeline default schedule (shown linear)", transform=ax.transAxes,
-                ha="right", va="top", fontsize=7, color="0.4")
+        ax.text(
+            0.99,
+            0.95,
+            "pipeline default schedule (shown linear)",
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
+            fontsize=7,
+            color="0.4",
+        )
     return save(fig, path)
 
 
@@ -56,7 +65,8 @@ def image_grid(rows: Sequence[tuple[str, torch.Tensor]], path: str | Path, colum
 
 
 def series(method: str, budget: int) -> str:
-    """A method's name across budgets: ``plain 10-step AB2`` -> ``plain AB2``, ``UniPC (flow) 10`` -> ``UniPC (flow)``."""
+    """A method's name across budgets: ``plain 10-step AB2`` -> ``plain AB2``, ``UniPC (flow) 10`` ->
+    ``UniPC (flow)``."""
     if method.startswith(f"plain {budget}-step "):
         return "plain " + method.removeprefix(f"plain {budget}-step ")
     return method.removesuffix(f" {budget}")
@@ -69,12 +79,20 @@ def plot_quality_vs_nfe(rows: Sequence, path: str | Path) -> Path:
     lines: dict[str, list] = {}
     for r in rows:
         lines.setdefault(series(r.method, r.budget) + ("" if r.rule == "-" else f" [{r.rule}]"), []).append(
-            (r.nfe_mean, r.psnr))
+            (r.nfe_mean, r.psnr)
+        )
     for i, (name, points) in enumerate(sorted(lines.items())):
         points.sort()
         style = "-" if "[extrapolate" in name else ("--" if "[repeat" in name else ":")
-        ax.plot(*zip(*points), style, marker="o", ms=3, lw=2.2 if name.startswith("budcache") else 1.1,
-                color=f"C{i % 10}", label=name)
+        ax.plot(
+            *zip(*points),
+            style,
+            marker="o",
+            ms=3,
+            lw=2.2 if name.startswith("budcache") else 1.1,
+            color=f"C{i % 10}",
+            label=name,
+        )
     ax.set_xlabel("NFE (mean per sample)")
     ax.set_ylabel("PSNR vs full compute (dB)")
     ax.legend(fontsize=6.5, frameon=False, ncol=2)
@@ -89,10 +107,21 @@ def plot_alignment(plan: CachePlan, result, path: str | Path) -> Path:
     k = plan.num_steps
     for sigmas, name, color in ((result.initial, "before", "0.6"), (result.sigmas, "after", "C3")):
         ax.plot(range(k + 1), sigmas, color=color, lw=1.2, label=name)
-        ax.scatter([i for i in range(k) if plan.mask[i]], [sigmas[i] for i in range(k) if plan.mask[i]],
-                   color=color, s=22, zorder=3)
-        ax.scatter([i for i in range(k) if not plan.mask[i]], [sigmas[i] for i in range(k) if not plan.mask[i]],
-                   facecolor="white", edgecolor=color, s=18, zorder=3)
+        ax.scatter(
+            [i for i in range(k) if plan.mask[i]],
+            [sigmas[i] for i in range(k) if plan.mask[i]],
+            color=color,
+            s=22,
+            zorder=3,
+        )
+        ax.scatter(
+            [i for i in range(k) if not plan.mask[i]],
+            [sigmas[i] for i in range(k) if not plan.mask[i]],
+            facecolor="white",
+            edgecolor=color,
+            s=18,
+            zorder=3,
+        )
     if plan.model_sigmas is not None:
         ax.scatter(range(k), plan.model_sigmas, marker="x", color="C0", s=20, zorder=4, label="model told")
     ax.set_xlabel("step (filled: computed)")

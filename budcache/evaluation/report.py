@@ -45,7 +45,9 @@ class Row:
 
 def _nfe(values: Sequence[int] | torch.Tensor) -> dict:
     t = torch.as_tensor(values, dtype=torch.float64)
-    return dict(nfe_mean=float(t.mean()), nfe_sd=float(t.std(unbiased=False)), nfe_min=int(t.min()), nfe_max=int(t.max()))
+    return dict(
+        nfe_mean=float(t.mean()), nfe_sd=float(t.std(unbiased=False)), nfe_min=int(t.min()), nfe_max=int(t.max())
+    )
 
 
 def lpips_available() -> bool:
@@ -77,22 +79,34 @@ class Report:
         self.show = source.images or (lambda x: x)
         self.images = {"full": self.show(full)}
 
-    def add(self, budget: int, method: str, rule: str, x: torch.Tensor, nfe, seconds: float | None = None,
-            **info) -> None:
+    def add(
+        self, budget: int, method: str, rule: str, x: torch.Tensor, nfe, seconds: float | None = None, **info
+    ) -> None:
         """Score ``x`` (NFE per sample ``nfe``; ``seconds``: its wall time, for the speedup)."""
         source, full = self.source, self.full
         extra = source.score(source.images(x)) if source.score else {}
-        self.rows.append(Row(budget, method, rule, **_nfe(nfe), mse=metrics.mse(x, full),
-                             **_scores(x, full, source, self.lpips),
-                             speedup=None if seconds is None else self.t_full / seconds,
-                             accuracy=extra.get("accuracy"), **info))
+        self.rows.append(
+            Row(
+                budget,
+                method,
+                rule,
+                **_nfe(nfe),
+                mse=metrics.mse(x, full),
+                **_scores(x, full, source, self.lpips),
+                speedup=None if seconds is None else self.t_full / seconds,
+                accuracy=extra.get("accuracy"),
+                **info,
+            )
+        )
         self.images[f"B={budget} {method}" + ("" if rule == "-" else f" [{rule}]")] = self.show(x)
 
 
 def table(rows: Sequence[Row]) -> str:
     """One block per budget, best PSNR first."""
-    head = (f"{'B':>3} {'method':<34} {'rule':<12} {'NFE mean±sd [min,max]':<24} {'speedup':>8} {'MSE':>10} "
-            f"{'PSNR':>7} {'SSIM':>7} {'acc':>6}  note")
+    head = (
+        f"{'B':>3} {'method':<34} {'rule':<12} {'NFE mean±sd [min,max]':<24} {'speedup':>8} {'MSE':>10} "
+        f"{'PSNR':>7} {'SSIM':>7} {'acc':>6}  note"
+    )
     lines = []
     for b in sorted({r.budget for r in rows}):
         lines += [head, "-" * len(head)]
@@ -101,8 +115,10 @@ def table(rows: Sequence[Row]) -> str:
             speed = f"{r.speedup:7.2f}x" if r.speedup is not None else f"{'':>8}"
             acc = f"{r.accuracy:6.3f}" if r.accuracy is not None else f"{'':>6}"
             ssim = f"{r.ssim:7.4f}" if r.ssim is not None else f"{'':>7}"
-            lines.append(f"{b:>3} {r.method:<34} {r.rule:<12} {nfe:<24} {speed} {r.mse:10.3e} {r.psnr:7.2f} "
-                         f"{ssim} {acc}  {r.note}")
+            lines.append(
+                f"{b:>3} {r.method:<34} {r.rule:<12} {nfe:<24} {speed} {r.mse:10.3e} {r.psnr:7.2f} "
+                f"{ssim} {acc}  {r.note}"
+            )
         lines.append("")
     return "\n".join(lines)
 
@@ -119,9 +135,12 @@ def write(rows: Sequence[Row], images: dict[str, torch.Tensor], out: Path, sampl
         writer.writeheader()
         writer.writerows(records)
     plots.plot_quality_vs_nfe(rows, out / "quality_vs_nfe.png")
-    for b in sorted({r.budget for r in rows}) if images["full"].dim() == 4 and images["full"].shape[1] in (1, 3) else ():
+    for b in (
+        sorted({r.budget for r in rows}) if images["full"].dim() == 4 and images["full"].shape[1] in (1, 3) else ()
+    ):
         grid = [("full", images["full"][:samples])]
-        grid += [(name.removeprefix(f"B={b} "), img[:samples]) for name, img in images.items()
-                 if name.startswith(f"B={b} ")]
+        grid += [
+            (name.removeprefix(f"B={b} "), img[:samples]) for name, img in images.items() if name.startswith(f"B={b} ")
+        ]
         plots.image_grid(grid, out / f"samples_B{b}.png")
     print(text)

@@ -18,13 +18,13 @@ def experts(pipe: Any) -> dict[str, torch.nn.Module]:
     return {name: getattr(pipe, name) for name in expert_names(pipe) if getattr(pipe, name, None) is not None}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def parameters(cls: type) -> tuple[str, ...]:
     """The parameter names of ``cls.forward`` (``self`` included)."""
     return tuple(inspect.signature(cls.forward).parameters)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def input_positions(cls: type) -> tuple[str, str, int]:
     """(latent argument name, timestep argument name, the timestep's positional index) of ``cls.forward``."""
     params = parameters(cls)[1:]

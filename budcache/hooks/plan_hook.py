@@ -34,15 +34,15 @@ import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import StateManager
 
-from ..families import time_rule
 from ..checks import check_pipeline
 from ..errors import StateError
+from ..families import time_rule
 from ..plan import CachePlan, PlanError
 from ..planset import PlanSet, resolve
 from ..sampling.rules import history_depth, predict, remember
 from . import outputs
-from .conflicts import check_no_other_cache
 from . import stack as residual
+from .conflicts import check_no_other_cache
 from .experts import context_name, contexts, experts, input_positions, step_index
 from .override import override, restore
 
@@ -53,11 +53,13 @@ _INSIDE_COMPILE = (
     "after budcache.apply, so the plan cannot decide its steps outside the compiled region (fullgraph=False "
     "would run it eagerly). Compile first, then apply: pipe.transformer = torch.compile(pipe.transformer, ...); "
     "budcache.apply(pipe, plan) (or compile only the blocks, pipe.transformer.compile_repeated_blocks(...), "
-    "in either order)")
+    "in either order)"
+)
 _OTHER_THREAD = (
     "budcache: this pipeline is generating in another thread; a diffusers pipeline (its scheduler, its cache) "
     "serves one generation at a time: give each thread its own pipeline (they may share the transformer's "
-    "weights only without a plan on it), or serialise the calls with a lock")
+    "weights only without a plan on it), or serialise the calls with a lock"
+)
 
 
 class _Branch:
@@ -128,8 +130,9 @@ class _ContextHook(ModelHook):
 class _PlanHook(ModelHook):
     _is_stateful = True
 
-    def __init__(self, plan: CachePlan, stack: residual.StackState | None, scheduler: Any, expert: str, run: _Run,
-                 model: type):
+    def __init__(
+        self, plan: CachePlan, stack: residual.StackState | None, scheduler: Any, expert: str, run: _Run, model: type
+    ):
         super().__init__()
         self.stack, self.scheduler, self.expert, self.run = stack, scheduler, expert, run
         self.use(plan)
@@ -198,9 +201,11 @@ class _PlanHook(ModelHook):
             self.stack.check(getattr(module, "_orig_mod", module))
         compute = bool(self.plan.mask[k])
         if not compute and not state.history:
-            raise PlanError(f"the plan reuses step {k}, but {self.expert} ({name}) has computed nothing since the "
-                            "generation started; the plan was made for another pipeline set-up (e.g. another "
-                            "expert boundary)")
+            raise PlanError(
+                f"the plan reuses step {k}, but {self.expert} ({name}) has computed nothing since the "
+                "generation started; the plan was made for another pipeline set-up (e.g. another "
+                "expert boundary)"
+            )
         try:
             if self.stack is None:  # output reuse: the whole transformer call is skipped
                 if compute:
@@ -241,8 +246,14 @@ class CacheHandle:
     by its ``num_inference_steps`` and ``budget`` (``handle.budget = 8`` between calls, or
     ``with handle.using(budget=8): pipe(...)``)."""
 
-    def __init__(self, experts: dict[str, torch.nn.Module], run: _Run, scheduler: Any, plan: CachePlan | None,
-                 plans: PlanSet | None = None):
+    def __init__(
+        self,
+        experts: dict[str, torch.nn.Module],
+        run: _Run,
+        scheduler: Any,
+        plan: CachePlan | None,
+        plans: PlanSet | None = None,
+    ):
         self.experts, self.run, self.scheduler, self.plan, self.plans = experts, run, scheduler, plan, plans
         self.hooks: list[_PlanHook] = []
 
@@ -255,13 +266,17 @@ class CacheHandle:
     @budget.setter
     def budget(self, budget: int | None) -> None:
         if self.run.generating:
-            raise PlanError(f"the budget cannot change during a generation (B={self.plan.budget} is running); "
-                            "set it between pipeline calls (after an exception ended a generation midway: "
-                            "handle.reset() first)")
+            raise PlanError(
+                f"the budget cannot change during a generation (B={self.plan.budget} is running); "
+                "set it between pipeline calls (after an exception ended a generation midway: "
+                "handle.reset() first)"
+            )
         if self.plans is None:
             if budget != self.plan.budget:
-                raise PlanError(f"this handle holds one plan (B={self.plan.budget} of {self.plan.num_steps} steps); "
-                                "apply a plan set (budcache.PlanSet) to choose the budget per call")
+                raise PlanError(
+                    f"this handle holds one plan (B={self.plan.budget} of {self.plan.num_steps} steps); "
+                    "apply a plan set (budcache.PlanSet) to choose the budget per call"
+                )
             return
         if budget is not None and budget not in self.plans.budgets():
             raise PlanError(f"this plan set holds no plan at budget {budget!r}; it holds {self.plans.holdings()}")
@@ -326,12 +341,14 @@ class CacheHandle:
         for (name, module), hook in zip(self.experts.items(), self.hooks):
             blocks = hook.stack.blocks if hook.stack is not None else []
             if not reaches(module.forward, hook.installed) or not all(
-                    reaches(b.forward, vars(b)["_budcache_stack"].installed) for b in blocks
-                    if "_budcache_stack" in vars(b)):
-                raise StateError(f"pipe.{name}: the plan's hooks are no longer in its forward (a feature re-installed "
-                                 "its own hooks after budcache.apply: model CPU offload does after every call, group "
-                                 "offloading with CUDA streams on its first, unloading LoRA under group offloading); "
-                                 "remove the plan (handle.remove()) and apply it again after that")
+                reaches(b.forward, vars(b)["_budcache_stack"].installed) for b in blocks if "_budcache_stack" in vars(b)
+            ):
+                raise StateError(
+                    f"pipe.{name}: the plan's hooks are no longer in its forward (a feature re-installed "
+                    "its own hooks after budcache.apply: model CPU offload does after every call, group "
+                    "offloading with CUDA streams on its first, unloading LoRA under group offloading); "
+                    "remove the plan (handle.remove()) and apply it again after that"
+                )
 
     def __enter__(self) -> CacheHandle:
         return self
@@ -364,8 +381,7 @@ def _host_sigmas(scheduler: Any, call: inspect.BoundArguments) -> list[float]:
     return twin.sigmas.tolist()
 
 
-def _wrap_set_timesteps(scheduler: Any, handle: CacheHandle, run: _Run, time: Any,
-                        pipe: Callable[[], Any]) -> None:
+def _wrap_set_timesteps(scheduler: Any, handle: CacheHandle, run: _Run, time: Any, pipe: Callable[[], Any]) -> None:
     """Per instance: refuse a call from a second thread while one generates, pick the plan (a plan
     set's by step count and budget; one plan refuses another step count), refuse a schedule other than
     the one the plan was searched on, start a new generation, keep the sigmas on the host, and (for a
@@ -377,17 +393,23 @@ def _wrap_set_timesteps(scheduler: Any, handle: CacheHandle, run: _Run, time: An
     def set_timesteps(*args, **kwargs):
         call = inspect.signature(original).bind(*args, **kwargs)
         bound = call.arguments
-        asked = next((len(bound[n]) for n in ("sigmas", "timesteps") if bound.get(n) is not None),
-                     bound.get("num_inference_steps"))
+        asked = next(
+            (len(bound[n]) for n in ("sigmas", "timesteps") if bound.get(n) is not None),
+            bound.get("num_inference_steps"),
+        )
         if run.generating and run.owner != threading.get_ident():
             raise StateError(_OTHER_THREAD)
         if asked is None:
             raise PlanError("budcache: set_timesteps was called without a step count; cannot pick the plan")
-        replaced = next((n for n, m in experts(pipe()).items()
-                         if handle.experts.get(n) not in (m, getattr(m, "_orig_mod", None))), None)
+        replaced = next(
+            (n for n, m in experts(pipe()).items() if handle.experts.get(n) not in (m, getattr(m, "_orig_mod", None))),
+            None,
+        )
         if replaced is not None:
-            raise StateError(f"pipe.{replaced} was replaced after budcache.apply, so the plan would not run on it; "
-                             "remove the plan (handle.remove()), then budcache.apply(pipe, plan)")
+            raise StateError(
+                f"pipe.{replaced} was replaced after budcache.apply, so the plan would not run on it; "
+                "remove the plan (handle.remove()), then budcache.apply(pipe, plan)"
+            )
         handle.select(int(asked))  # refuses a step count or budget the plan (set) lacks before the scheduler runs
         handle.check_hooked()
         run.start()
@@ -399,8 +421,11 @@ def _wrap_set_timesteps(scheduler: Any, handle: CacheHandle, run: _Run, time: An
         run.generating, run.owner = True, threading.get_ident()
         if plan.sigmas is not None:
             mine, told = plan.sigmas_at(factor), plan.model_sigmas_at(factor)  # told: the timesteps the model sees
-            if told is not None or len(sigmas) - b != len(mine) or any(
-                    abs(x - y) > 1e-6 for x, y in zip(sigmas[b:], mine)):
+            if (
+                told is not None
+                or len(sigmas) - b != len(mine)
+                or any(abs(x - y) > 1e-6 for x, y in zip(sigmas[b:], mine))
+            ):
                 device = scheduler.sigmas.device
                 want = torch.tensor(sigmas[:b] + mine, dtype=torch.float32, device=device)
                 scheduler.sigmas = want
@@ -417,8 +442,10 @@ def _check_boundary(pipe: Any, plan: CachePlan) -> None:
     config = getattr(pipe, "config", {})
     boundary = config.get("boundary_ratio") if getattr(pipe, "transformer_2", None) is not None else None
     if boundary != plan.boundary_ratio:
-        raise PlanError(f"this plan was searched with expert boundary_ratio={plan.boundary_ratio}, the pipeline has "
-                        f"{boundary}; search a plan for this set-up")
+        raise PlanError(
+            f"this plan was searched with expert boundary_ratio={plan.boundary_ratio}, the pipeline has "
+            f"{boundary}; search a plan for this set-up"
+        )
 
 
 def _unwrapped(module: torch.nn.Module) -> torch.nn.Module:
@@ -433,11 +460,13 @@ def _check_compiled(modules: dict[str, torch.nn.Module]) -> None:
                 f"budcache: this {type(_unwrapped(module)).__name__} was compiled whole in place (module.compile()), "
                 "where the plan cannot run outside the compiled region; compile its blocks instead "
                 "(pipe.transformer.compile_repeated_blocks(...)), or wrap it before applying the plan: "
-                "pipe.transformer = torch.compile(pipe.transformer, ...); budcache.apply(pipe, plan)")
+                "pipe.transformer = torch.compile(pipe.transformer, ...); budcache.apply(pipe, plan)"
+            )
 
 
-def apply(pipe: Any, plan: CachePlan | PlanSet | str | Path, *, budget: int | None = None,
-          **hub_kwargs: Any) -> CacheHandle:
+def apply(
+    pipe: Any, plan: CachePlan | PlanSet | str | Path, *, budget: int | None = None, **hub_kwargs: Any
+) -> CacheHandle:
     """Install ``plan`` on ``pipe``'s transformer(s) (or on a transformer passed directly).
 
     ``plan``: a :class:`CachePlan`; a :class:`PlanSet` (each generation runs the plan for its
@@ -454,8 +483,10 @@ def apply(pipe: Any, plan: CachePlan | PlanSet | str | Path, *, budget: int | No
     scheduler = getattr(pipe, "scheduler", None)
     plans = plan if isinstance(plan, PlanSet) else None
     if plans is not None and not hasattr(scheduler, "set_timesteps"):
-        raise PlanError("a plan set is picked per call by the pipeline's step count; a transformer without a "
-                        "scheduler takes one plan (plan_set.select(num_steps, budget))")
+        raise PlanError(
+            "a plan set is picked per call by the pipeline's step count; a transformer without a "
+            "scheduler takes one plan (plan_set.select(num_steps, budget))"
+        )
     plan.check_model(_unwrapped(modules["transformer"]))
     if scheduler is not None:
         _check_boundary(pipe, plan)

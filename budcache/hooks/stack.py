@@ -65,9 +65,11 @@ class StackState:
         """The hooked blocks are still the transformer's: a wrapper that replaced them after the plan was applied
         would run them unskipped (a block added beside them runs every step, as FirstBlockCache's first block)."""
         if not {id(b) for b in self.blocks} <= {id(b) for b in transformer_blocks(transformer)}:
-            raise StateError(f"pipe.transformer: its blocks were replaced after budcache.apply (a wrapper took their "
-                             f"place in {type(transformer).__name__}), so the plan cannot skip them; remove the plan "
-                             "(budcache.remove(pipe)), apply the wrapper, then budcache.apply(pipe, plan)")
+            raise StateError(
+                f"pipe.transformer: its blocks were replaced after budcache.apply (a wrapper took their "
+                f"place in {type(transformer).__name__}), so the plan cannot skip them; remove the plan "
+                "(budcache.remove(pipe)), apply the wrapper, then budcache.apply(pipe, plan)"
+            )
 
     def reset(self) -> None:
         self.mode, self._residual = "compute", None
@@ -112,8 +114,10 @@ class StackState:
             # then it is not cached and passes through on reuse
             kept = [torch.is_tensor(o) and torch.is_tensor(i) and o.shape == i.shape for o, i in zip(outs, ins)]
             if not kept[0]:
-                raise PlanError("budcache: a block list of this transformer changes the shape of its streams; "
-                                   "it cannot be cached as a residual, use reuse='output'")
+                raise PlanError(
+                    "budcache: a block list of this transformer changes the shape of its streams; "
+                    "it cannot be cached as a residual, use reuse='output'"
+                )
             segment.shapes = [o.shape if k else None for k, o in zip(kept, outs)]
             parts += [(o - i).flatten(1) for k, o, i in zip(kept, outs, ins) if k]
         return torch.cat(parts, dim=1)
@@ -128,8 +132,9 @@ class StackState:
             segment.pieces = []
             for shape in segment.shapes:
                 n = 0 if shape is None else shape[1:].numel()
-                segment.pieces.append(None if shape is None else
-                                      residual[:, offset : offset + n].reshape(residual.shape[0], *shape[1:]))
+                segment.pieces.append(
+                    None if shape is None else residual[:, offset : offset + n].reshape(residual.shape[0], *shape[1:])
+                )
                 offset += n
         if offset > residual.shape[1]:
             raise _no_residual(residual, None)
@@ -189,14 +194,16 @@ class _BlockHook:
     one such frame, hence one recompile limit; the head and the other blocks run distinct code here,
     so each gets its own graphs (one per segment and mode)."""
 
-    def __init__(self, state: StackState, meta: TransformerBlockMetadata, segment: Segment, block: torch.nn.Module,
-                 head: bool):
+    def __init__(
+        self, state: StackState, meta: TransformerBlockMetadata, segment: Segment, block: torch.nn.Module, head: bool
+    ):
         self.state, self.meta, self.segment, self.block = state, meta, segment, block
         self.previous = vars(block).get("forward")  # an instance forward installed before (another hook)
         self.original = block.forward
         self.removed = False
         self.installed = functools.update_wrapper(
-            functools.partial(_head_forward if head else _block_forward, self), self.original)
+            functools.partial(_head_forward if head else _block_forward, self), self.original
+        )
         block.forward = self.installed
 
     def remove(self) -> None:
@@ -237,8 +244,11 @@ def _block_forward(hook: _BlockHook, *args, **kwargs):
 
 def block_lists(transformer: torch.nn.Module) -> list[list[torch.nn.Module]]:
     """The transformer's block lists (segments) in execution order, by diffusers' block-list names."""
-    return [list(child) for name, child in transformer.named_children()
-            if name in _ALL_TRANSFORMER_BLOCK_IDENTIFIERS and isinstance(child, torch.nn.ModuleList) and len(child)]
+    return [
+        list(child)
+        for name, child in transformer.named_children()
+        if name in _ALL_TRANSFORMER_BLOCK_IDENTIFIERS and isinstance(child, torch.nn.ModuleList) and len(child)
+    ]
 
 
 def transformer_blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:
@@ -271,8 +281,11 @@ def has_known_blocks(transformer: torch.nn.Module) -> bool:
 def reuse_for(model: torch.nn.Module, reuse: str) -> str:
     """``reuse``, or ``output`` with a one-line warning when the model's blocks are unknown."""
     if reuse == "residual" and not has_known_blocks(model):
-        warnings.warn(f"budcache: no known block list in {type(model).__name__}; falling back to output reuse "
-                      "(whole transformer calls are skipped)", stacklevel=3)
+        warnings.warn(
+            f"budcache: no known block list in {type(model).__name__}; falling back to output reuse "
+            "(whole transformer calls are skipped)",
+            stacklevel=3,
+        )
         return "output"
     return reuse
 

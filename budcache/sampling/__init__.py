@@ -5,7 +5,23 @@ from .loop import State, StepInfo, advance, euler, linear_sigmas, sample
 from .rules import RULES, check_rules, decode, encode, history_depth, predict, remember
 
 __all__ = [
-    "Batch", "Checkpointed", "Denoiser", "OutputDenoiser", "ResidualDenoiser", "VelocityFn",
-    "State", "StepInfo", "advance", "euler", "linear_sigmas", "sample",
-    "RULES", "check_rules", "decode", "encode", "history_depth", "predict", "remember",
+    "Batch",
+    "Checkpointed",
+    "Denoiser",
+    "OutputDenoiser",
+    "ResidualDenoiser",
+    "VelocityFn",
+    "State",
+    "StepInfo",
+    "advance",
+    "euler",
+    "linear_sigmas",
+    "sample",
+    "RULES",
+    "check_rules",
+    "decode",
+    "encode",
+    "history_depth",
+    "predict",
+    "remember",
 ]

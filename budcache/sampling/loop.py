@@ -43,8 +43,15 @@ class StepInfo:
     state: State  # after the step
 
 
-def advance(denoiser: Denoiser, states: Sequence[State], solver: Solver | Sequence[float], compute: bool,
-            rules: Sequence[str], depth: int, restart: bool = False) -> tuple[list[State], torch.Tensor]:
+def advance(
+    denoiser: Denoiser,
+    states: Sequence[State],
+    solver: Solver | Sequence[float],
+    compute: bool,
+    rules: Sequence[str],
+    depth: int,
+    restart: bool = False,
+) -> tuple[list[State], torch.Tensor]:
     """One cached step of every state in ``states`` (all at the same step) through one call of
     ``denoiser`` on their latents stacked along the batch; ``rules[i]`` is state i's reuse rule.
     A computed step keeps ``depth`` cache entries (``restart``: none from before it). Returns the

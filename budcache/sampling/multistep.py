@@ -85,11 +85,12 @@ class UniPC:
             x = self._update(k - 1, last, outputs, min(self._cap(k - 1), len(outputs)), m)
         history = [*outputs, m]
         x_next = self._update(k, x, history, min(self._cap(k), len(history)))
-        state = {"outputs": history[-self.order:], "last": None if k in self.disable_corrector else x}
+        state = {"outputs": history[-self.order :], "last": None if k in self.disable_corrector else x}
         return x_next, state
 
-    def _update(self, k: int, x: torch.Tensor, outputs: list[torch.Tensor], order: int,
-                corrected: torch.Tensor | None = None) -> torch.Tensor:
+    def _update(
+        self, k: int, x: torch.Tensor, outputs: list[torch.Tensor], order: int, corrected: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """UniP from sigma[k] to sigma[k+1] with ``outputs[-1 - i]`` the data prediction at sigma[k - i];
         with ``corrected``, the data prediction at sigma[k+1], UniC instead (diffusers'
         ``multistep_uni_p_bh_update`` / ``multistep_uni_c_bh_update``)."""
@@ -148,8 +149,10 @@ class DPMSolver:
 
     def __post_init__(self):
         if self.order not in (1, 2, 3) or self.solver_type not in ("midpoint", "heun"):
-            raise ValueError(f"DPM-Solver++ takes order 1, 2 or 3 and solver_type 'midpoint' or 'heun', not "
-                             f"{self.order} and {self.solver_type!r}")
+            raise ValueError(
+                f"DPM-Solver++ takes order 1, 2 or 3 and solver_type 'midpoint' or 'heun', not "
+                f"{self.order} and {self.solver_type!r}"
+            )
         self.sigmas = self.sigmas if torch.is_tensor(self.sigmas) else [float(s) for s in self.sigmas]
         self._s = _table(self.sigmas)
 
@@ -172,7 +175,7 @@ class DPMSolver:
         order = self._order(k, len(outputs))  # len(outputs): lower_order_nums wherever the order depends on it
         sample = x.to(torch.promote_types(x.dtype, torch.float32))  # the scheduler's upcast (float64 stays)
         update = (self._first, self._second, self._third)[order - 1]
-        return update(k, sample, history).to(x.dtype), {"outputs": history[max(0, len(history) - self.order + 1):]}
+        return update(k, sample, history).to(x.dtype), {"outputs": history[max(0, len(history) - self.order + 1) :]}
 
     def _first(self, k: int, x: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
         sigma_t, sigma_s = self._s[k + 1], self._s[k]
@@ -205,10 +208,12 @@ class DPMSolver:
         d1_0, d1_1 = (1.0 / r0) * (m0 - m1), (1.0 / r1) * (m1 - m2)
         d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
         d2 = (1.0 / (r0 + r1)) * (d1_0 - d1_1)
-        return ((sigma_t / sigma_s0) * x
-                - (alpha_t * (torch.exp(-h) - 1.0)) * m0
-                + (alpha_t * ((torch.exp(-h) - 1.0) / h + 1.0)) * d1
-                - (alpha_t * ((torch.exp(-h) - 1.0 + h) / h**2 - 0.5)) * d2)
+        return (
+            (sigma_t / sigma_s0) * x
+            - (alpha_t * (torch.exp(-h) - 1.0)) * m0
+            + (alpha_t * ((torch.exp(-h) - 1.0) / h + 1.0)) * d1
+            - (alpha_t * ((torch.exp(-h) - 1.0 + h) / h**2 - 0.5)) * d2
+        )
 
 
 def _setting(scheduler: Any, key: str) -> Any:
@@ -248,8 +253,14 @@ def native(solver: SchedulerSolver, sigmas: Sequence[float] | torch.Tensor) -> S
         return Euler(sigmas)
     if type(scheduler).__name__ == "UniPCMultistepScheduler":
         return UniPC(sigmas, config.solver_order, config.lower_order_final, list(scheduler.disable_corrector))
-    return DPMSolver(sigmas, config.solver_order, config.solver_type, config.lower_order_final, config.euler_at_final,
-                     config.final_sigmas_type)
+    return DPMSolver(
+        sigmas,
+        config.solver_order,
+        config.solver_type,
+        config.lower_order_final,
+        config.euler_at_final,
+        config.final_sigmas_type,
+    )
 
 
 def differentiable(solver: Solver, sigmas: torch.Tensor) -> Solver:

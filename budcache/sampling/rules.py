@@ -53,8 +53,9 @@ def predict(history: Sequence[tuple[float, torch.Tensor]], sigma: float, rule: s
     return w0 * c0 + w1 * c1 + w2 * c2
 
 
-def remember(history: Sequence[tuple[float, torch.Tensor]], sigma: float, cache: torch.Tensor, depth: int,
-             restart: bool = False) -> History:
+def remember(
+    history: Sequence[tuple[float, torch.Tensor]], sigma: float, cache: torch.Tensor, depth: int, restart: bool = False
+) -> History:
     """The last ``depth`` cache entries after a computed step; earlier entries of another shape
     (the transformer's inputs changed) or before a ``restart`` (another expert) are dropped."""
     shape = getattr(cache, "shape", None)

@@ -19,8 +19,24 @@ from typing import Any, Protocol
 import torch
 
 # A scheduler's attributes that `set_timesteps` fixes and `step` never changes: not part of a snapshot.
-_STATIC = frozenset({"sigmas", "timesteps", "betas", "alphas", "alphas_cumprod", "alpha_t", "sigma_t", "lambda_t",
-                     "order_list", "num_inference_steps", "init_noise_sigma", "_internal_dict", "config", "solver_p"})
+_STATIC = frozenset(
+    {
+        "sigmas",
+        "timesteps",
+        "betas",
+        "alphas",
+        "alphas_cumprod",
+        "alpha_t",
+        "sigma_t",
+        "lambda_t",
+        "order_list",
+        "num_inference_steps",
+        "init_noise_sigma",
+        "_internal_dict",
+        "config",
+        "solver_p",
+    }
+)
 
 
 class Solver(Protocol):
@@ -85,8 +101,10 @@ class SchedulerSolver:
         self.sigmas = [float(s) for s in self.scheduler.sigmas]
         self.timesteps = self.scheduler.timesteps
         if len(self.timesteps) != len(self.sigmas) - 1:
-            raise ValueError(f"{type(scheduler).__name__} holds {len(self.timesteps)} timesteps and "
-                             f"{len(self.sigmas)} sigmas; call set_timesteps before wrapping it")
+            raise ValueError(
+                f"{type(scheduler).__name__} holds {len(self.timesteps)} timesteps and "
+                f"{len(self.sigmas)} sigmas; call set_timesteps before wrapping it"
+            )
         self.initial = self._snapshot()
 
     def _snapshot(self) -> dict:
@@ -107,14 +125,18 @@ class SchedulerSolver:
         scheduler = copy.deepcopy(self.scheduler)
         name = type(scheduler).__name__
         if "sigmas" not in inspect.signature(scheduler.set_timesteps).parameters:
-            raise ValueError(f"{name} takes no custom sigmas (set_timesteps has no `sigmas`); plans with a schedule "
-                             "of their own (stage 2) need a scheduler that does, e.g. FlowMatchEuler or UniPC")
+            raise ValueError(
+                f"{name} takes no custom sigmas (set_timesteps has no `sigmas`); plans with a schedule "
+                "of their own (stage 2) need a scheduler that does, e.g. FlowMatchEuler or UniPC"
+            )
         kwargs = {"mu": 1.0} if scheduler.config.get("use_dynamic_shifting") else {}
         scheduler.set_timesteps(sigmas=list(sigmas[:-1]), **kwargs)
         solver = SchedulerSolver(scheduler)
         if len(solver.sigmas) != len(sigmas) or max(abs(a - b) for a, b in zip(solver.sigmas, sigmas)) > 1e-5:
-            raise ValueError(f"{name} changes the sigmas it is given (it shifts or clips them); a plan's own schedule "
-                             "cannot reach it unchanged")
+            raise ValueError(
+                f"{name} changes the sigmas it is given (it shifts or clips them); a plan's own schedule "
+                "cannot reach it unchanged"
+            )
         return solver
 
     def step(self, k: int, x: torch.Tensor, v: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
@@ -145,7 +167,8 @@ def model_sigma(solver: Solver, k: int) -> Any:
 def deterministic_euler(scheduler: Any) -> bool:
     """Whether ``scheduler`` steps exactly as :class:`Euler` does: a FlowMatchEuler without stochastic sampling."""
     return type(scheduler).__name__ == "FlowMatchEulerDiscreteScheduler" and not scheduler.config.get(
-        "stochastic_sampling", False)
+        "stochastic_sampling", False
+    )
 
 
 def solver_for(scheduler: Any) -> Solver:
@@ -154,12 +177,16 @@ def solver_for(scheduler: Any) -> Solver:
     return Euler(scheduler.sigmas.tolist()) if deterministic_euler(scheduler) else SchedulerSolver(scheduler)
 
 
-def with_sigmas(solver: Solver, sigmas: Sequence[float] | None,
-                model_sigmas: Sequence[float] | None = None) -> Solver:
+def with_sigmas(solver: Solver, sigmas: Sequence[float] | None, model_sigmas: Sequence[float] | None = None) -> Solver:
     """``solver`` over ``sigmas`` (None or the same: ``solver`` itself; Euler for a solver without a
     ``with_sigmas`` of its own), its model told ``model_sigmas`` when given (:class:`Retimed`)."""
-    if not (sigmas is None or (len(sigmas) == len(solver.sigmas)
-                               and all(abs(float(a) - float(b)) <= 1e-7 for a, b in zip(sigmas, solver.sigmas)))):
+    if not (
+        sigmas is None
+        or (
+            len(sigmas) == len(solver.sigmas)
+            and all(abs(float(a) - float(b)) <= 1e-7 for a, b in zip(sigmas, solver.sigmas))
+        )
+    ):
         solver = solver.with_sigmas(sigmas) if hasattr(solver, "with_sigmas") else Euler(sigmas)
     return solver if model_sigmas is None else Retimed(solver, model_sigmas)
 
@@ -180,8 +207,12 @@ def cat_states(states: Sequence[Any], sizes: Sequence[int]) -> tuple[Any, list[s
         if torch.is_tensor(first) and first.dim() > 0 and first.shape[0] == sizes[0]:
             out[key], joined = torch.cat(values), [*joined, key]
         elif isinstance(first, list):
-            out[key] = [torch.cat(items) if torch.is_tensor(items[0]) and items[0].dim() > 0
-                        and items[0].shape[0] == sizes[0] else items[0] for items in zip(*values)]
+            out[key] = [
+                torch.cat(items)
+                if torch.is_tensor(items[0]) and items[0].dim() > 0 and items[0].shape[0] == sizes[0]
+                else items[0]
+                for items in zip(*values)
+            ]
             joined.append(key)
         else:
             out[key] = first
@@ -200,8 +231,12 @@ def split_state(state: Any, joined: list[str], sizes: Sequence[int]) -> list[Any
             for p, piece in zip(parts, value.split(list(sizes))):
                 p[key] = piece
         else:
-            columns = [item.split(list(sizes)) if torch.is_tensor(item) and item.dim() > 0 and item.shape[0] == total
-                       else [item] * len(sizes) for item in value]
+            columns = [
+                item.split(list(sizes))
+                if torch.is_tensor(item) and item.dim() > 0 and item.shape[0] == total
+                else [item] * len(sizes)
+                for item in value
+            ]
             for i, p in enumerate(parts):
                 p[key] = [c[i] for c in columns]
     return parts

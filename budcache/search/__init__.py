@@ -7,6 +7,8 @@ within its cap (:func:`default_cap`) and returns the bare result.
 """
 
 from .._stage import callable_module
+from ..sampling.denoisers import Batch
+from ..sampling.rules import decode, encode
 from .config import EFFORTS, SearchConfig, cap_of, check_budget, fixed_steps
 from .evaluator import METRICS, Evaluator
 from .exhaustive import exhaustive
@@ -15,13 +17,30 @@ from .ledger import Ledger, Spent, default_cap
 from .moves import neighbours
 from .plan_search import search, search_plan, search_source
 from .run import SearchResult, run_search
-from ..sampling.denoisers import Batch
-from ..sampling.rules import decode, encode
 
 __all__ = [
-    "EFFORTS", "METRICS", "Batch", "Evaluator", "Ledger", "SearchConfig", "SearchResult", "Spent", "cap_of",
-    "check_budget", "decode", "default_cap", "encode", "exhaustive", "fixed_steps", "grow", "neighbours", "run_search",
-    "search", "search_frontier", "search_plan", "search_source",
+    "EFFORTS",
+    "METRICS",
+    "Batch",
+    "Evaluator",
+    "Ledger",
+    "SearchConfig",
+    "SearchResult",
+    "Spent",
+    "cap_of",
+    "check_budget",
+    "decode",
+    "default_cap",
+    "encode",
+    "exhaustive",
+    "fixed_steps",
+    "grow",
+    "neighbours",
+    "run_search",
+    "search",
+    "search_frontier",
+    "search_plan",
+    "search_source",
 ]
 
 callable_module(__name__, search)

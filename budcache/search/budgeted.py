@@ -27,8 +27,8 @@ from ..sampling.rules import decode, encode, rule_of
 from .anneal import anneal
 from .climb import climb
 from .kicks import kicks
-from .run import Run
 from .moves import Mask
+from .run import Run
 from .starts import each_rule, named, pool, random_start
 
 SPREAD = 1.0  # the per-sample coefficient of variation up to which a few batches stand in for all (the trained
@@ -42,7 +42,7 @@ ROUNDS = 64  # annealing rounds after the local search (an uncapped budgeted sea
 def _leading_rule(run: Run, masks: list[Mask], rank) -> tuple[list[Mask], list[str]]:
     """The starts under the rule whose first start (the uniform mask) ranks best, and the rules ranking within
     :data:`RULES_WITHIN` of it (the climbed plans are tried under them, see :func:`switch`)."""
-    first = masks[:len(run.config.choose)]  # the first start under each rule (see starts.pool)
+    first = masks[: len(run.config.choose)]  # the first start under each rule (see starts.pool)
     losses = dict(zip(first, rank.many(first, run.config.batch_candidates)))
     best = min(losses.values())
     leading = rule_of(min(first, key=losses.get))
@@ -88,7 +88,7 @@ def budgeted(run: Run) -> None:
     order = sorted(range(len(masks)), key=lambda i: scores[i])
     if config.choose:
         track(masks[order[0]])  # a plan under the leading rule on every sample before the climbs
-    for s, i in enumerate(order[:config.starts]):
+    for s, i in enumerate(order[: config.starts]):
         run.phase(f"climbing start {s + 1}/{min(config.starts, len(order))}")
         promote(masks[i], scores[i])
     if len(kept) > 1:

@@ -45,11 +45,18 @@ def identity(evaluate: Evaluator, budget: int, config: Any, model: Any = None) -
     settings = {k: v for k, v in vars(config).items() if k != "checkpoint_every"}
     world = dist.get_world_size() if evaluate.distributed else 1
     shifts = [b.shift for b in evaluate.batches]  # a calibration of several sizes
-    return {"budget": budget, "sigmas": evaluate.sigmas, "solver": evaluate.solver.name, "rule": evaluate.rule,
-            "metric": evaluate.metric,
-            "calibration": noise.hexdigest()[:16], "world_size": world, "model": model,
-            "config": json.loads(json.dumps(settings, default=str)),
-            **({"shifts": shifts} if any(f != 1.0 for f in shifts) else {})}
+    return {
+        "budget": budget,
+        "sigmas": evaluate.sigmas,
+        "solver": evaluate.solver.name,
+        "rule": evaluate.rule,
+        "metric": evaluate.metric,
+        "calibration": noise.hexdigest()[:16],
+        "world_size": world,
+        "model": model,
+        "config": json.loads(json.dumps(settings, default=str)),
+        **({"shifts": shifts} if any(f != 1.0 for f in shifts) else {}),
+    }
 
 
 def lock_path(path: str | Path) -> Path:
@@ -68,14 +75,17 @@ def _acquire(lock: Path, path: Path) -> int | None:
         lock.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as e:
-        raise CheckpointError(f"cannot write beside the checkpoint {path} ({e.strerror or e}); choose a writable "
-                              "location") from None
+        raise CheckpointError(
+            f"cannot write beside the checkpoint {path} ({e.strerror or e}); choose a writable location"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise CheckpointError(f"{path} is in use by another search (lock {lock.name}); wait for it to end, "
-                              "or give this one another --checkpoint") from None
+        raise CheckpointError(
+            f"{path} is in use by another search (lock {lock.name}); wait for it to end, "
+            "or give this one another --checkpoint"
+        ) from None
     return fd
 
 
@@ -139,10 +149,13 @@ def read(path: str | Path, num_steps: int | None = None) -> dict:
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise CheckpointError(f"{path}: not a readable search checkpoint ({e}); delete it to start afresh") from None
     tables = [memo, *subsets.values()]
-    if any((num_steps is not None and len(k) != num_steps) or min(k) < 0 for t in tables for k in t) or \
-            any(math.isnan(v) or v < 0 for t in tables for v in t.values()):
-        raise CheckpointError(f"{path}: not a readable search checkpoint (a saved schedule or loss is out of range); "
-                              "delete it to start afresh")
+    if any((num_steps is not None and len(k) != num_steps) or min(k) < 0 for t in tables for k in t) or any(
+        math.isnan(v) or v < 0 for t in tables for v in t.values()
+    ):
+        raise CheckpointError(
+            f"{path}: not a readable search checkpoint (a saved schedule or loss is out of range); "
+            "delete it to start afresh"
+        )
     return {**data, "memo": memo, "subsets": subsets, "spreads": spreads}
 
 
@@ -159,10 +172,18 @@ class Checkpoint:
             if field == "calibration" and self.rank:  # other ranks hold other shards than rank 0 hashed
                 continue
             if data["identity"].get(field) != value:
-                raise CheckpointError(f"{self.path} was written for another search ({field} differs); delete it or "
-                                      "search without --resume")
-        evaluate.load_state_dict({"memo": data["memo"], "subsets": data["subsets"], "spreads": data["spreads"],
-                                  "forwards": data["forwards"] + evaluate.forwards})
+                raise CheckpointError(
+                    f"{self.path} was written for another search ({field} differs); delete it or "
+                    "search without --resume"
+                )
+        evaluate.load_state_dict(
+            {
+                "memo": data["memo"],
+                "subsets": data["subsets"],
+                "spreads": data["spreads"],
+                "forwards": data["forwards"] + evaluate.forwards,
+            }
+        )
         self.saved_at = len(data["memo"])
         return len(data["memo"])
 
@@ -177,6 +198,13 @@ class Checkpoint:
         if self.rank:
             return
         state = evaluate.state_dict()
-        data = {"format": FORMAT, "identity": self.ident, "forwards": state["forwards"], "finished": finished,
-                "memo": _keys(state["memo"]), "spreads": _keys(state["spreads"]), "subsets": {str(m): _keys(t) for m, t in state["subsets"].items()}}
+        data = {
+            "format": FORMAT,
+            "identity": self.ident,
+            "forwards": state["forwards"],
+            "finished": finished,
+            "memo": _keys(state["memo"]),
+            "spreads": _keys(state["spreads"]),
+            "subsets": {str(m): _keys(t) for m, t in state["subsets"].items()},
+        }
         atomic_write_text(self.path, json.dumps({**data, "checksum": _checksum(data)}))

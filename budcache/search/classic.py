@@ -45,6 +45,10 @@ def classic(run: Run) -> None:
         climbed(track.best, track.best_loss)
         kicks(run, config.kicks, climbed)
     if rugged and not (config.iterations or config.escalate):
-        warnings.warn(f"budcache: the local search's {len(ends)} starts ended {max(ends) / min(ends):.3g}x apart: this "
-                      "objective is rugged and a local search may miss its best plan; compare with --effort local "
-                      "(which anneals then) or annealed", UserWarning, stacklevel=4)
+        warnings.warn(
+            f"budcache: the local search's {len(ends)} starts ended {max(ends) / min(ends):.3g}x apart: this "
+            "objective is rugged and a local search may miss its best plan; compare with --effort local "
+            "(which anneals then) or annealed",
+            UserWarning,
+            stacklevel=4,
+        )

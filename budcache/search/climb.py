@@ -21,8 +21,14 @@ class Objective(Protocol):
     def many(self, masks: list[Mask], group: int = 1) -> list[float]: ...
 
 
-def sweep(run: Run, mask: Mask, loss: float, objective: Objective, screen: Evaluator | None,
-          each: Callable[[Mask], object] | None = None) -> tuple[Mask, float]:
+def sweep(
+    run: Run,
+    mask: Mask,
+    loss: float,
+    objective: Objective,
+    screen: Evaluator | None,
+    each: Callable[[Mask], object] | None = None,
+) -> tuple[Mask, float]:
     """First-improvement sweeps over the computed steps, the last first (their moves are the cheapest:
     the prefix before them is stored): each step's best move within ``reach`` (by the ``screen``
     evaluator, where it beats the current mask there) is scored on the objective and taken at once if
@@ -54,8 +60,14 @@ def sweep(run: Run, mask: Mask, loss: float, objective: Objective, screen: Evalu
     return mask, loss
 
 
-def climb(run: Run, mask: Mask, loss: float, objective: Objective | None = None, screen: Evaluator | None = None,
-          each: Callable[[Mask], object] | None = None) -> tuple[Mask, float]:
+def climb(
+    run: Run,
+    mask: Mask,
+    loss: float,
+    objective: Objective | None = None,
+    screen: Evaluator | None = None,
+    each: Callable[[Mask], object] | None = None,
+) -> tuple[Mask, float]:
     """Steepest descent on ``objective`` (default: the tracker) over the swap/shift (and rule-flip)
     neighbourhood within ``config.reach``, to a local optimum (after sweeps, with
     ``config.sweep``); ``config.batch_candidates`` neighbours at a time share one batched forward. With a
@@ -70,7 +82,7 @@ def climb(run: Run, mask: Mask, loss: float, objective: Objective | None = None,
         candidates = neighbours(mask, run.free, run.flips, config.reach)
         if screen is not None and len(candidates) > config.confirm:
             ranked = sorted(zip(screen.many(candidates, config.batch_candidates), range(len(candidates))))
-            candidates = [candidates[i] for _, i in ranked[:config.confirm]]
+            candidates = [candidates[i] for _, i in ranked[: config.confirm]]
         scored = list(zip(objective.many(candidates, config.batch_candidates), candidates))
         if not scored:
             return mask, loss

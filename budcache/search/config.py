@@ -10,7 +10,11 @@ from ..errors import SearchError
 from ..sampling.rules import RULES
 from .ledger import default_cap
 
-CHOICE = ("extrapolate", "extrapolate2", "repeat")  # the rules a default search chooses among, in the order their uniform
+CHOICE = (
+    "extrapolate",
+    "extrapolate2",
+    "repeat",
+)  # the rules a default search chooses among, in the order their uniform
 # masks are scored: the first is scored on every sample before the others are ranked (on the demo it leads under every
 # scheduler), so the plan the search holds from the start is likely under the rule it keeps
 
@@ -62,7 +66,9 @@ RUGGED = 2.0  # the classic local search anneals (or warns) when its starts' loc
 # factor: above the trained demo's largest spread (1.58x, K=28 B=10 extrapolate), below the Gaussian mixture's (2.1-57x)
 
 _LOCAL = SearchConfig(strategy="classic", iterations=0, start=("uniform", "endpoints"))
-_ANNEALED = SearchConfig(strategy="classic", iterations=300, starts=2, kicks=4, start=("uniform",), reach=0, sweep=False)
+_ANNEALED = SearchConfig(
+    strategy="classic", iterations=300, starts=2, kicks=4, start=("uniform",), reach=0, sweep=False
+)
 
 EFFORTS: dict[str, SearchConfig] = {
     # budget-first: multi-fidelity local search and annealing within default_cap(K, B) forwards per sample
@@ -78,8 +84,24 @@ EFFORTS: dict[str, SearchConfig] = {
     "long": dataclasses.replace(_ANNEALED, iterations=1000, starts=4, kicks=8, screen=1.0),
 }
 
-_EFFORT_FIELDS = ("strategy", "max_forwards", "iterations", "starts", "t_start", "t_end", "shift_prob", "hill_climb",
-                  "kicks", "flip_prob", "start", "reach", "screen", "confirm", "sweep", "escalate")
+_EFFORT_FIELDS = (
+    "strategy",
+    "max_forwards",
+    "iterations",
+    "starts",
+    "t_start",
+    "t_end",
+    "shift_prob",
+    "hill_climb",
+    "kicks",
+    "flip_prob",
+    "start",
+    "reach",
+    "screen",
+    "confirm",
+    "sweep",
+    "escalate",
+)
 
 
 def effort_name(config: SearchConfig) -> str:
@@ -103,8 +125,17 @@ def fixed_steps(num_steps: int, config: SearchConfig) -> list[int]:
     return sorted({0, *range(config.forced_prefix), *config.forced})
 
 
-_LEAST = {"iterations": 0, "starts": 1, "kicks": 0, "forced_prefix": 0, "checkpoint_every": 1, "batch_candidates": 1,
-          "reach": 0, "confirm": 1, "escalate": 0}
+_LEAST = {
+    "iterations": 0,
+    "starts": 1,
+    "kicks": 0,
+    "forced_prefix": 0,
+    "checkpoint_every": 1,
+    "batch_candidates": 1,
+    "reach": 0,
+    "confirm": 1,
+    "escalate": 0,
+}
 
 
 def auto_reach(num_steps: int) -> int:
@@ -116,8 +147,9 @@ def auto_reach(num_steps: int) -> int:
 def check_config(config: SearchConfig) -> None:
     """Refuse search settings out of range (e.g. no start: nothing would be evaluated), before any forward."""
     if config.strategy not in STRATEGIES:
-        raise SearchError(f"SearchConfig.strategy: unknown strategy {config.strategy!r}; choose from "
-                          f"{', '.join(STRATEGIES)}")
+        raise SearchError(
+            f"SearchConfig.strategy: unknown strategy {config.strategy!r}; choose from {', '.join(STRATEGIES)}"
+        )
     for name, least in _LEAST.items():
         value = getattr(config, name)
         if name == "reach" and value is None:
@@ -125,13 +157,16 @@ def check_config(config: SearchConfig) -> None:
         if not isinstance(value, int) or value < least:
             raise SearchError(f"SearchConfig.{name} must be an integer of at least {least}, got {value!r}")
     if config.max_forwards is not None and not config.max_forwards > 0:
-        raise SearchError(f"SearchConfig.max_forwards must be positive (forwards per calibration sample), got "
-                          f"{config.max_forwards!r}")
+        raise SearchError(
+            f"SearchConfig.max_forwards must be positive (forwards per calibration sample), got {config.max_forwards!r}"
+        )
     if not 0 < config.screen <= 1:
         raise SearchError(f"SearchConfig.screen must be a share of the calibration set in (0, 1], got {config.screen}")
     if config.choose and config.rules:
-        raise SearchError("SearchConfig.choose and SearchConfig.rules exclude each other: choose one rule for the "
-                          "plan, or search a rule per step")
+        raise SearchError(
+            "SearchConfig.choose and SearchConfig.rules exclude each other: choose one rule for the "
+            "plan, or search a rule per step"
+        )
     bad = [r for r in config.choose if r not in RULES]
     if bad:
         raise SearchError(f"SearchConfig.choose: unknown reuse rule {bad[0]!r}; choose from {', '.join(RULES)}")
@@ -145,5 +180,7 @@ def check_budget(num_steps: int, budget: int, config: SearchConfig = SearchConfi
         raise SearchError(f"budget must be between 1 and the number of steps ({num_steps}), got {budget}")
     fixed = fixed_steps(num_steps, config)
     if len(fixed) > budget:
-        raise SearchError(f"{len(fixed)} steps must compute ({fixed}: step 0, the forced prefix and forced steps), "
-                          f"more than the budget ({budget}); raise the budget")
+        raise SearchError(
+            f"{len(fixed)} steps must compute ({fixed}: step 0, the forced prefix and forced steps), "
+            f"more than the budget ({budget}); raise the budget"
+        )

@@ -142,11 +142,20 @@ class Evaluator:
         trail: list[list[State]] = [[] for _ in key]  # per step: every batch's state after it
         finals = []
         for b, start in zip(self.batches, starts):
-            x = sample(b.denoiser, b.noise, self._solver(b, solver), mask, rules, restarts=self.restarts,
-                       depth=self.depth, start=start, callback=lambda info: trail[info.step].append(info.state),
-                       check_finite=False)
+            x = sample(
+                b.denoiser,
+                b.noise,
+                self._solver(b, solver),
+                mask,
+                rules,
+                restarts=self.restarts,
+                depth=self.depth,
+                start=start,
+                callback=lambda info: trail[info.step].append(info.state),
+                check_finite=False,
+            )
             finals.append(State(len(key), x))
-        self.root.forwards += self.samples * sum(mask[starts[0].step:])
+        self.root.forwards += self.samples * sum(mask[starts[0].step :])
         self.root.from_scratch += self.samples * sum(mask)
         if on_grid:
             for k in range(starts[0].step, len(key) - 1):
@@ -213,7 +222,7 @@ class Evaluator:
         new = list(dict.fromkeys(k for k in keys if k not in self.memo))
         if group > 1 and len(new) > 1 and all(b.replicate is not None for b in self.batches):
             for i in range(0, len(new), group):
-                chunk = new[i:i + group]
+                chunk = new[i : i + group]
                 if not self.root.ledger.fits(sum(self.cost(k) for k in chunk)):
                     break  # one at a time below, until the cap
                 for key, finals in zip(chunk, self._run_many(chunk)):
@@ -235,9 +244,15 @@ class Evaluator:
                     continue
                 rules = [code_rule(keys[c][k]) for c in group]
                 for bi, b in enumerate(self.batches):
-                    moved, _ = advance(b.replicate(len(group)), [states[c][bi] for c in group],
-                                       self._solver(b, self.solver), compute,
-                                       rules, self.depth, k in self.restarts)
+                    moved, _ = advance(
+                        b.replicate(len(group)),
+                        [states[c][bi] for c in group],
+                        self._solver(b, self.solver),
+                        compute,
+                        rules,
+                        self.depth,
+                        k in self.restarts,
+                    )
                     for c, state in zip(group, moved):
                         states[c][bi] = state
                 if compute:
@@ -274,9 +289,13 @@ class Evaluator:
     def state_dict(self) -> dict:
         """What a checkpoint keeps: the memo table (schedule -> loss) and the spreads, the subsets'
         tables (by their number of batches) and the forwards spent."""
-        return {"memo": dict(self.memo), "forwards": self.forwards, "from_scratch": self.from_scratch,
-                "spreads": dict(self.spreads),
-                "subsets": {m: dict(child.memo) for m, child in self.subsets.items()}}
+        return {
+            "memo": dict(self.memo),
+            "forwards": self.forwards,
+            "from_scratch": self.from_scratch,
+            "spreads": dict(self.spreads),
+            "subsets": {m: dict(child.memo) for m, child in self.subsets.items()},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Answer the saved evaluations from memory from now on (see :mod:`.checkpoint`)."""

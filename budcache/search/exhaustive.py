@@ -25,8 +25,13 @@ def exhaustive(evaluate: Evaluator, budget: int, progress: bool = True, max_mask
         raise ValueError(f"{count} masks for K={k}, B={budget}: too many to enumerate (limit {max_masks})")
     start = time.perf_counter()
     best, best_loss, history = None, math.inf, []
-    for rest in tqdm(itertools.combinations(range(1, k), budget - 1), total=count, desc=f"exhaustive B={budget}/{k}",
-                     disable=not progress, leave=False):
+    for rest in tqdm(
+        itertools.combinations(range(1, k), budget - 1),
+        total=count,
+        desc=f"exhaustive B={budget}/{k}",
+        disable=not progress,
+        leave=False,
+    ):
         mask = tuple(1 if i == 0 or i in rest else 0 for i in range(k))
         loss = evaluate(mask)
         if loss < best_loss:

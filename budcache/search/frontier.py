@@ -31,9 +31,14 @@ def grow(mask: Sequence[int]) -> list[int]:
     return out
 
 
-def search_frontier(source: Source, budgets: Sequence[int], config: SearchConfig = SearchConfig(),
-                    progress: bool = True, max_state_mb: float = 1024.0,
-                    rule: str = "repeat") -> tuple[dict[int, CachePlan], dict[str, int]]:
+def search_frontier(
+    source: Source,
+    budgets: Sequence[int],
+    config: SearchConfig = SearchConfig(),
+    progress: bool = True,
+    max_state_mb: float = 1024.0,
+    rule: str = "repeat",
+) -> tuple[dict[int, CachePlan], dict[str, int]]:
     """One plan per budget (ascending) on the source's calibration set under the reuse ``rule``; each
     search starts from the previous budget's plan grown by one step, and then from the effort's own
     starts as well (alone, the grown start gets caught in worse optima at some budgets); an
@@ -45,10 +50,13 @@ def search_frontier(source: Source, budgets: Sequence[int], config: SearchConfig
     for b in tqdm(sorted(budgets), desc="frontier", disable=not progress):
         start, own = None, config
         if previous is not None and previous.budget == b - 1:  # the grown plan, then the effort's own starts
-            start, own = grow(previous.mask), dataclasses.replace(config, starts=config.starts + 1,
-                                                                   start=(config.start[0], *config.start))
-        plan, _ = search_source(source, b, rule=rule, config=own, progress=False, start=start, evaluate=evaluate,
-                                fallback=False)  # the frontier draws plain sampling beside the plans
+            start, own = (
+                grow(previous.mask),
+                dataclasses.replace(config, starts=config.starts + 1, start=(config.start[0], *config.start)),
+            )
+        plan, _ = search_source(
+            source, b, rule=rule, config=own, progress=False, start=start, evaluate=evaluate, fallback=False
+        )  # the frontier draws plain sampling beside the plans
         plans[b] = previous = plan
         if plan.record.interrupted:
             break

@@ -8,8 +8,13 @@ from .moves import Mask, propose
 from .run import Run
 
 
-def kicks(run: Run, rounds: int, climb_from: Callable[[Mask, float], object], size: int = 3,
-          score: Callable[[Mask], float] | None = None) -> None:
+def kicks(
+    run: Run,
+    rounds: int,
+    climb_from: Callable[[Mask, float], object],
+    size: int = 3,
+    score: Callable[[Mask], float] | None = None,
+) -> None:
     """``rounds`` times: ``size`` random moves from the tracker's best mask, scored by ``score``
     (default: on every sample), then ``climb_from(mask, loss)``."""
     config, track = run.config, run.track

@@ -67,5 +67,7 @@ def check_cap(cap: float, num_steps: int, budget: int, references: float = 0) ->
     least = num_steps + budget + references
     if not cap >= least:
         kept = f", the reference losses ({references:g})" if references else ""
-        raise SearchError(f"a cap of {cap:g} forwards per calibration sample cannot pay for the teacher ({num_steps}){kept} "
-                          f"and one candidate ({budget}); give max_forwards (--max-forwards) {least:g} or more")
+        raise SearchError(
+            f"a cap of {cap:g} forwards per calibration sample cannot pay for the teacher ({num_steps}){kept} "
+            f"and one candidate ({budget}); give max_forwards (--max-forwards) {least:g} or more"
+        )

@@ -40,12 +40,13 @@ def neighbours(mask: Mask, free: tuple[int, ...], flips: tuple[int, ...] = (), r
     on, off = split(mask, free)
     out = [m for i in on for m in moves(mask, i, off, reach)]
     for j in off:
-        out += [mask[:j] + (c,) + mask[j + 1:] for c in flips if c != mask[j]]
+        out += [mask[:j] + (c,) + mask[j + 1 :] for c in flips if c != mask[j]]
     return out
 
 
-def propose(mask: Mask, free: tuple[int, ...], rng: random.Random, shift_prob: float, flip_prob: float,
-            flips: tuple[int, ...]) -> Mask | None:
+def propose(
+    mask: Mask, free: tuple[int, ...], rng: random.Random, shift_prob: float, flip_prob: float, flips: tuple[int, ...]
+) -> Mask | None:
     """One random move: a flip (with ``flip_prob``, when rules are searched), else a shift to a free
     neighbour (with ``shift_prob``) or a swap with any reused step; None when no move exists."""
     on, off = split(mask, free)
@@ -53,7 +54,7 @@ def propose(mask: Mask, free: tuple[int, ...], rng: random.Random, shift_prob: f
         return None
     if flips and (not on or rng.random() < flip_prob):
         j = rng.choice(off)
-        return mask[:j] + (rng.choice([c for c in flips if c != mask[j]] or [mask[j]]),) + mask[j + 1:]
+        return mask[:j] + (rng.choice([c for c in flips if c != mask[j]] or [mask[j]]),) + mask[j + 1 :]
     if not on:
         return None
     i = rng.choice(on)

@@ -19,14 +19,14 @@ from ..checks import check_choice, check_int, check_type
 from ..errors import SearchError
 from ..plan import REUSE_MODES, CachePlan, SearchRecord, model_identity, uniform_mask
 from ..sampling.rules import RULES, code_rule, encode
+from ..sampling.solver import AB2, Solver, as_solver
 from ..source import Source
 from .checkpoint import Checkpoint, held, identity
-from ..sampling.solver import AB2, Solver, as_solver
 from .config import CHOICE, SearchConfig, cap_of, check_budget, check_config, effort_name
 from .evaluator import METRICS, Evaluator
+from .history import plot_history
 from .ledger import check_cap
 from .run import SearchResult, run_search
-from .history import plot_history
 
 
 def _over_ranks(evaluate: Evaluator, *values: int) -> list[int]:
@@ -128,11 +128,15 @@ def search_plan(
     if better:
         verdict = f"cached, {better[0]} better"
     if verdict is not None and verdict != "cached" and announce is not None:
-        announce(plain_line(euler_sigmas, budget, euler_objective, objective, plain) if not better else
-                 better_line(budget, better[0], plains[better[0]], objective, euler_sigmas, euler_objective))
+        announce(
+            plain_line(euler_sigmas, budget, euler_objective, objective, plain)
+            if not better
+            else better_line(budget, better[0], plains[better[0]], objective, euler_sigmas, euler_objective)
+        )
     shifts = _shift_range(evaluate)
-    samples, forwards, from_scratch, reused_calls = _over_ranks(evaluate, evaluate.samples, evaluate.forwards,
-                                                                evaluate.from_scratch, evaluate.reused_calls)
+    samples, forwards, from_scratch, reused_calls = _over_ranks(
+        evaluate, evaluate.samples, evaluate.forwards, evaluate.from_scratch, evaluate.reused_calls
+    )
     record = SearchRecord(
         objective=euler_objective if plain else objective,
         repeat_objective=repeat_objective,
@@ -161,8 +165,11 @@ def search_plan(
         sizes=list(sizes) or None,
     )
     # the plain B-step schedule, every step computed, or the searched mask over the K-step schedule
-    mask, sigmas = ([1] * budget, [float(s) for s in as_solver(euler_sigmas).sigmas]) if plain else (
-        result.mask, list(evaluate.sigmas))
+    mask, sigmas = (
+        ([1] * budget, [float(s) for s in as_solver(euler_sigmas).sigmas])
+        if plain
+        else (result.mask, list(evaluate.sigmas))
+    )
     plan = CachePlan(
         num_steps=len(mask),
         budget=budget,
@@ -193,13 +200,15 @@ def _shift_range(evaluate: Evaluator) -> list[float] | None:
     return None if low == high == 1.0 else [min(low, 1.0), max(high, 1.0)]
 
 
-def reserve_of(config: SearchConfig, budget: int, rule: str, start: Sequence[int] | None = None,
-               plain: bool = True) -> int:
+def reserve_of(
+    config: SearchConfig, budget: int, rule: str, start: Sequence[int] | None = None, plain: bool = True
+) -> int:
     """Forwards per sample the cap keeps for the losses scored after the search: plain sampling (the own solver and
     AB2), the uniform mask (unless the budgeted search scores it first) and a predictive plan under repeat."""
     predictive = rule != "repeat" or bool(config.rules) or any(r != "repeat" for r in config.choose)
-    uniform_first = (config.strategy == "budgeted" and start is None and config.start[:1] == ("uniform",)
-                     and not config.choose)  # choosing, the uniform mask under the plan's rule may not be scored
+    uniform_first = (
+        config.strategy == "budgeted" and start is None and config.start[:1] == ("uniform",) and not config.choose
+    )  # choosing, the uniform mask under the plan's rule may not be scored
     return budget * (2 * plain + (not uniform_first) + predictive)
 
 
@@ -216,25 +225,34 @@ def _rules_tried(evaluate: Evaluator, rules: Sequence[str]) -> dict[str, float]:
 
 def plain_line(fewer: Sequence[float] | Solver, budget: int, plain: float, cached: float, applied: bool) -> str:
     """One line: plain B-step sampling is at least as good as the best cached plan, and what the plan does."""
-    what = (f"the plan runs {budget} plain steps (num_inference_steps={budget})" if applied else
-            "the cached plan is kept as asked; running the pipeline with fewer steps is as good")
-    return (f"search: plain {budget}-step {as_solver(fewer).name} (loss {plain:.4g}) is at least as good as the best "
-            f"cached plan found ({cached:.4g}): {what}")
+    what = (
+        f"the plan runs {budget} plain steps (num_inference_steps={budget})"
+        if applied
+        else "the cached plan is kept as asked; running the pipeline with fewer steps is as good"
+    )
+    return (
+        f"search: plain {budget}-step {as_solver(fewer).name} (loss {plain:.4g}) is at least as good as the best "
+        f"cached plan found ({cached:.4g}): {what}"
+    )
 
 
 def plain_losses(evaluate: Evaluator, own: Solver) -> dict[str, float]:
     """Plain B-step sampling on the calibration set: with the pipeline's own solver (first) and with AB2 over the
     same sigmas (which a multistep cache rule resembles; the other solvers are in ``budcache compare``)."""
-    return {own.name: evaluate.schedule_loss(own), **({} if own.name == AB2.name else
-                                                     {AB2.name: evaluate.schedule_loss(AB2(own.sigmas))})}
+    return {
+        own.name: evaluate.schedule_loss(own),
+        **({} if own.name == AB2.name else {AB2.name: evaluate.schedule_loss(AB2(own.sigmas))}),
+    }
 
 
 def better_line(budget: int, name: str, loss: float, cached: float, own: Solver, own_loss: float) -> str:
     """One line: a plain solver the pipeline does not run beats the cached plan, which is kept (it beats the
     pipeline's own plain B steps)."""
-    return (f"search: plain {budget}-step {name} (loss {loss:.4g}) beats the best cached plan found ({cached:.4g}), "
-            f"which beats the pipeline's own plain {budget}-step {as_solver(own).name} ({own_loss:.4g}) and is kept: "
-            f"the pipeline's scheduler does not run {name}; a larger --max-forwards may find a better plan")
+    return (
+        f"search: plain {budget}-step {name} (loss {loss:.4g}) beats the best cached plan found ({cached:.4g}), "
+        f"which beats the pipeline's own plain {budget}-step {as_solver(own).name} ({own_loss:.4g}) and is kept: "
+        f"the pipeline's scheduler does not run {name}; a larger --max-forwards may find a better plan"
+    )
 
 
 def cost_line(evaluate: Evaluator, cap: float) -> str:
@@ -243,23 +261,47 @@ def cost_line(evaluate: Evaluator, cap: float) -> str:
     samples = evaluate.samples
     per = evaluate.teacher_seconds / max(1, evaluate.num_steps * samples)
     if not math.isfinite(cap):
-        return (f"search: no cap on forwards (this effort does not plan its spending), {samples} calibration "
-                f"samples; {per * 1e3:.3g} ms per forward per sample: the time is not known in advance")
+        return (
+            f"search: no cap on forwards (this effort does not plan its spending), {samples} calibration "
+            f"samples; {per * 1e3:.3g} ms per forward per sample: the time is not known in advance"
+        )
     left = max(0.0, cap - evaluate.ledger.spent) * samples * per
-    return (f"search: at most {cap:g} forwards per calibration sample x {samples} samples = {cap * samples:.0f} "
-            f"forwards (teacher included); {per * 1e3:.3g} ms per forward per sample (the teacher's): at most "
-            f"{_duration(left)} more")
+    return (
+        f"search: at most {cap:g} forwards per calibration sample x {samples} samples = {cap * samples:.0f} "
+        f"forwards (teacher included); {per * 1e3:.3g} ms per forward per sample (the teacher's): at most "
+        f"{_duration(left)} more"
+    )
 
 
 def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+    return (
+        f"{seconds:.0f} s"
+        if seconds < 120
+        else f"{seconds / 60:.1f} min"
+        if seconds < 7200
+        else f"{seconds / 3600:.1f} h"
+    )
 
 
-def source_evaluator(source: Source, which: str, *, rule: str = "repeat", config: SearchConfig = SearchConfig(),
-                     metric: str = "mse", max_state_mb: float = 1024.0) -> Evaluator:
+def source_evaluator(
+    source: Source,
+    which: str,
+    *,
+    rule: str = "repeat",
+    config: SearchConfig = SearchConfig(),
+    metric: str = "mse",
+    max_state_mb: float = 1024.0,
+) -> Evaluator:
     """An evaluator on one set of a model source (cache restarting at the source's restart steps)."""
-    return Evaluator(source.batches(which), source.solver, metric, max_state_mb=max_state_mb, rule=rule,
-                     rules_in_play=(*config.rules, *config.choose), restarts=source.restarts)
+    return Evaluator(
+        source.batches(which),
+        source.solver,
+        metric,
+        max_state_mb=max_state_mb,
+        rule=rule,
+        rules_in_play=(*config.rules, *config.choose),
+        restarts=source.restarts,
+    )
 
 
 def search_source(
@@ -288,18 +330,34 @@ def search_source(
     config = dataclasses.replace(config, forced=tuple(sorted({*config.forced, *source.restarts})))
     with held(checkpoint):
         if evaluate is None:
-            evaluate = source_evaluator(source, "calib", rule=rule, config=config, metric=metric,
-                                        max_state_mb=max_state_mb)
+            evaluate = source_evaluator(
+                source, "calib", rule=rule, config=config, metric=metric, max_state_mb=max_state_mb
+            )
             source.check_teacher(evaluate.teacher)
         predictive = evaluate.rule != "repeat" or bool(config.rules)
         validation = None
         if predictive and source.has("validation"):
-            validation = source_evaluator(source, "validation", rule=evaluate.rule, config=config, metric=metric,
-                                          max_state_mb=0)
-        return search_plan(evaluate, budget, reuse=source.reuse, model=source.model, config=config,
-                           euler_sigmas=source.fewer(budget), validation=validation, progress=progress,
-                           checkpoint=checkpoint, resume=resume, start=start, boundary_ratio=source.boundary_ratio,
-                           begin_index=source.begin_index, announce=announce, fallback=fallback, sizes=source.sizes)
+            validation = source_evaluator(
+                source, "validation", rule=evaluate.rule, config=config, metric=metric, max_state_mb=0
+            )
+        return search_plan(
+            evaluate,
+            budget,
+            reuse=source.reuse,
+            model=source.model,
+            config=config,
+            euler_sigmas=source.fewer(budget),
+            validation=validation,
+            progress=progress,
+            checkpoint=checkpoint,
+            resume=resume,
+            start=start,
+            boundary_ratio=source.boundary_ratio,
+            begin_index=source.begin_index,
+            announce=announce,
+            fallback=fallback,
+            sizes=source.sizes,
+        )
 
 
 def search(
@@ -346,9 +404,18 @@ def search(
     if announce is None and progress:
         announce = functools.partial(print, file=sys.stderr)
     with pipeline_source(calib, reuse, validation=validation) as source:
-        plan, result = search_source(source, budget, rule=rule or "repeat", config=config, metric=metric,
-                                     max_state_mb=max_state_mb, progress=progress, checkpoint=checkpoint,
-                                     resume=resume, announce=announce)
+        plan, result = search_source(
+            source,
+            budget,
+            rule=rule or "repeat",
+            config=config,
+            metric=metric,
+            max_state_mb=max_state_mb,
+            progress=progress,
+            checkpoint=checkpoint,
+            resume=resume,
+            announce=announce,
+        )
     if history is not None:
         plot_history({f"B={budget}": result}, history)
     return plan

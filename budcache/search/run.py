@@ -77,7 +77,9 @@ class Tracker:
         if self.checkpoint is not None:
             self.checkpoint.maybe_save(self.evaluate)
         self.bar.set_postfix(best=f"{self.best_loss:.4g}", evals=len(self.seen), refresh=False)
-        self.bar.update(round(min(self.evaluate.ledger.spent, self.evaluate.ledger.limit), 1) - self.bar.n)  # rate-limited
+        self.bar.update(
+            round(min(self.evaluate.ledger.spent, self.evaluate.ledger.limit), 1) - self.bar.n
+        )  # rate-limited
         return loss
 
 
@@ -125,16 +127,24 @@ def _strategies() -> dict[str, Strategy]:
     return {"budgeted": budgeted, "classic": classic}
 
 
-def run_search(evaluate: Evaluator, budget: int, config: SearchConfig = SearchConfig(), progress: bool = True,
-               checkpoint: Checkpoint | None = None, start: Sequence[int] | None = None) -> SearchResult:
+def run_search(
+    evaluate: Evaluator,
+    budget: int,
+    config: SearchConfig = SearchConfig(),
+    progress: bool = True,
+    checkpoint: Checkpoint | None = None,
+    start: Sequence[int] | None = None,
+) -> SearchResult:
     """Run ``config.strategy`` within its cap (see :func:`~.config.cap_of`); ``start``: a first start
     mask; with a ``checkpoint`` the evaluations are saved as they come (see :mod:`.checkpoint`)."""
     k = evaluate.num_steps
     check_config(config)
     check_budget(k, budget, config)
     if config.choose and history_depth(config.choose) > evaluate.depth:
-        raise SearchError(f"the evaluator keeps too few cache entries to choose among {', '.join(config.choose)}; "
-                          "build it with rules_in_play=SearchConfig.choose")
+        raise SearchError(
+            f"the evaluator keeps too few cache entries to choose among {', '.join(config.choose)}; "
+            "build it with rules_in_play=SearchConfig.choose"
+        )
     cap = cap_of(config, k, budget)
     check_cap(cap, k, budget)
     if config.reach is None:  # within a cap, single-step moves buy more (measured on the demo at K=50)
@@ -146,8 +156,14 @@ def run_search(evaluate: Evaluator, budget: int, config: SearchConfig = SearchCo
     start_time = time.perf_counter()
     total = round(evaluate.ledger.limit, 1) if math.isfinite(cap) else None
     interrupted = False
-    with tqdm(total=total, desc=f"search B={budget}/{k}", disable=not progress, leave=False, unit="fwd/sample",
-              bar_format=None if total else "{desc}: {postfix}") as bar:
+    with tqdm(
+        total=total,
+        desc=f"search B={budget}/{k}",
+        disable=not progress,
+        leave=False,
+        unit="fwd/sample",
+        bar_format=None if total else "{desc}: {postfix}",
+    ) as bar:
         track = Tracker(evaluate, bar, checkpoint)
         run = Run(evaluate, budget, config, track, fixed, free, flips, random.Random(config.seed), start)
         try:
@@ -162,10 +178,20 @@ def run_search(evaluate: Evaluator, budget: int, config: SearchConfig = SearchCo
     if track.best is None:
         if interrupted:
             raise KeyboardInterrupt("search interrupted before any mask was evaluated")
-        raise SearchError(f"the cap of {cap:g} forwards per sample was spent before any mask was scored; raise "
-                          "--max-forwards")
+        raise SearchError(
+            f"the cap of {cap:g} forwards per sample was spent before any mask was scored; raise --max-forwards"
+        )
     mask, rules = decode(track.best, evaluate.rule)
     rule = rule_of(track.best, evaluate.rule) if config.choose else None
-    return SearchResult(mask=mask, loss=track.best_loss, rules=rules if flips else None, rule=rule, history=track.history,
-                        seconds=time.perf_counter() - start_time, interrupted=interrupted, cap=cap,
-                        spent=evaluate.ledger.spent, curve=track.curve)
+    return SearchResult(
+        mask=mask,
+        loss=track.best_loss,
+        rules=rules if flips else None,
+        rule=rule,
+        history=track.history,
+        seconds=time.perf_counter() - start_time,
+        interrupted=interrupted,
+        cap=cap,
+        spent=evaluate.ledger.spent,
+        curve=track.curve,
+    )

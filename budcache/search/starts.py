@@ -67,4 +67,3 @@ def chosen(run: Run, mask: Mask) -> Mask:
 def run_rule(run: Run) -> str:
     """The rule of the best plan so far (the evaluator's before any)."""
     return rule_of(run.track.best or (), run.evaluate.rule)
-

@@ -32,8 +32,12 @@ def _teacher_states(evaluate: Evaluator) -> list[list[State]]:
     for k in range(1, k_steps):
         stored = evaluate.states.get((1,) * k)
         if stored is None:
-            stored = [advance(b.denoiser, [s], evaluate.solver, True, ["repeat"], evaluate.depth,
-                              (k - 1) in evaluate.restarts)[0][0] for b, s in zip(evaluate.batches, states[-1])]
+            stored = [
+                advance(
+                    b.denoiser, [s], evaluate.solver, True, ["repeat"], evaluate.depth, (k - 1) in evaluate.restarts
+                )[0][0]
+                for b, s in zip(evaluate.batches, states[-1])
+            ]
             evaluate.root.ledger.charge(evaluate.samples / evaluate.root.samples)
             evaluate.root.forwards += evaluate.samples
             evaluate.root.from_scratch += evaluate.samples * k
@@ -43,7 +47,9 @@ def _teacher_states(evaluate: Evaluator) -> list[list[State]]:
 
 
 @torch.no_grad()
-def segment_errors(evaluate: Evaluator, rule: str, longest: int | None = None) -> dict[tuple[int | None, int, int], float]:
+def segment_errors(
+    evaluate: Evaluator, rule: str, longest: int | None = None
+) -> dict[tuple[int | None, int, int], float]:
     """``(h, i, j) -> error`` of computing at i and reusing i+1..j-1 (mean distance to the teacher at j
     per sample), for 0 <= i < j <= K; ``h`` is the previous computed step (``extrapolate``), or None
     where the rule reads one entry. Steps in ``evaluate.restarts`` cannot be reused over. ``longest``:
@@ -62,24 +68,36 @@ def segment_errors(evaluate: Evaluator, rule: str, longest: int | None = None) -
                 continue
             if h is not None and any(r in evaluate.restarts for r in range(h + 1, i + 1)):
                 continue  # the cache restarts between h and i: h's entry is gone
-            states = [State(i + 1, s.x, (s.history[-1],) if h is None else (teacher[h + 1][b].history[-1], s.history[-1]),
-                            s.solver) for b, s in enumerate(after_i)]
+            states = [
+                State(
+                    i + 1,
+                    s.x,
+                    (s.history[-1],) if h is None else (teacher[h + 1][b].history[-1], s.history[-1]),
+                    s.solver,
+                )
+                for b, s in enumerate(after_i)
+            ]
             errors[h, i, i + 1] = 0.0
             for j in range(i + 2, min(k_steps, i + (longest or k_steps)) + 1):
                 if (j - 1) in evaluate.restarts:
                     break
                 evaluate.root.ledger.charge(REUSED_CALL * evaluate.samples / evaluate.root.samples)
                 evaluate.root.reused_calls += evaluate.samples
-                states = [advance(b.denoiser, [s], solver, False, [rule], depth)[0][0]
-                          for b, s in zip(evaluate.batches, states)]
-                total = sum(float(evaluate.distance(s.x.float(), t.x.float()).double().sum())
-                            for s, t in zip(states, teacher[j]))
+                states = [
+                    advance(b.denoiser, [s], solver, False, [rule], depth)[0][0]
+                    for b, s in zip(evaluate.batches, states)
+                ]
+                total = sum(
+                    float(evaluate.distance(s.x.float(), t.x.float()).double().sum())
+                    for s, t in zip(states, teacher[j])
+                )
                 errors[h, i, j] = total / evaluate.samples if math.isfinite(total) else math.inf
     return errors
 
 
-def surrogate_mask(errors: dict[tuple[int | None, int, int], float], num_steps: int, budget: int,
-                   forced: Sequence[int] = ()) -> list[int]:
+def surrogate_mask(
+    errors: dict[tuple[int | None, int, int], float], num_steps: int, budget: int, forced: Sequence[int] = ()
+) -> list[int]:
     """The mask with ``budget`` computed steps (step 0 and ``forced`` among them) whose summed
     segment errors are smallest: an exact dynamic program over (previous, current) computed steps."""
     forced = set(forced) | {0}
@@ -97,10 +115,12 @@ def surrogate_mask(errors: dict[tuple[int | None, int, int], float], num_steps: 
                 if cost + w < nxt.get(key, (math.inf,))[0]:
                     nxt[key] = (cost + w, path + (j,))
         best = nxt
-    final = [(cost + errors.get((h if two else None, i, num_steps), math.inf), path)
-             for (h, i), (cost, path) in best.items() if not any(f > i for f in forced)]
+    final = [
+        (cost + errors.get((h if two else None, i, num_steps), math.inf), path)
+        for (h, i), (cost, path) in best.items()
+        if not any(f > i for f in forced)
+    ]
     if not final:
         raise ValueError(f"no mask of {budget} computed steps covers the forced steps {sorted(forced)}")
     _, path = min(final)
     return [1 if k in path else 0 for k in range(num_steps)]
-
