@@ -29,7 +29,8 @@ from budcache.evaluation import metrics
 from budcache.evaluation.plots import plot_alignment
 from budcache.plan import CachePlan
 from budcache.sampling import linear_sigmas, sample
-from budcache.sampling.solver import Euler, with_sigmas
+from budcache.sampling.reschedule import with_sigmas
+from budcache.sampling.solver import Euler
 from budcache.search import Evaluator, SearchConfig, search_plan, search_source
 from budcache.source import HELD_OUT_SEED_OFFSET, VALIDATION_SEED_OFFSET
 

@@ -25,15 +25,25 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from diffusers.hooks._helpers import TransformerBlockMetadata
 
-if TYPE_CHECKING:
-    from .calibration.capture import Call
 
-Combine = Callable[[list[Any], list["Call"], dict[str, Any], torch.Tensor], torch.Tensor]  # outputs, calls, settings, x
+class StepCall(Protocol):
+    """One transformer call of a step as the guidance rules read it (a captured
+    :class:`budcache.calibration.capture.Call`): its expert, its cache context (the CFG branch), its arguments."""
+
+    module: str
+    context: str | None
+    kwargs: dict[str, Any]
+    layout: tuple[str, int]
+
+
+Combine = Callable[
+    [list[Any], list[StepCall], dict[str, Any], torch.Tensor], torch.Tensor
+]  # outputs, calls, settings, x
 
 
 # -- CFG combinations ---------------------------------------------------------------------------
@@ -41,7 +51,7 @@ def _guided(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Ten
     return uncond + scale * (cond - uncond)
 
 
-def _by_context(outputs: list[Any], calls: list[Call]) -> tuple[torch.Tensor, torch.Tensor]:
+def _by_context(outputs: list[Any], calls: list[StepCall]) -> tuple[torch.Tensor, torch.Tensor]:
     """(cond, uncond): by cache context, or in call order (every pipeline calls cond first)."""
     named = {c.context: o for c, o in zip(calls, outputs)}
     for cond, uncond in (("cond", "uncond"), ("pred_cond", "pred_uncond")):
@@ -54,7 +64,7 @@ def _two_calls(scale: Callable[[dict, str], float], tokens: str | None = None) -
     """A cond and an uncond call per step (Flux true CFG, Wan, Chroma, CogView4, ...); ``tokens``
     (``"last"`` or ``"first"``) keeps that many latent tokens (``x.shape[1]``) of the outputs."""
 
-    def combine(outputs: list[Any], calls: list[Call], settings: dict, x: torch.Tensor) -> torch.Tensor:
+    def combine(outputs: list[Any], calls: list[StepCall], settings: dict, x: torch.Tensor) -> torch.Tensor:
         if tokens is not None:
             n = x.shape[1]
             outputs = [o[:, -n:] if tokens == "last" else o[:, :n] for o in outputs]
@@ -75,7 +85,7 @@ def _wan_scale(settings: dict, module: str) -> float:
     return second if module == "transformer_2" and second is not None else settings["guidance_scale"]
 
 
-def _qwen_image(outputs: list[Any], calls: list[Call], settings: dict, x: torch.Tensor) -> torch.Tensor:
+def _qwen_image(outputs: list[Any], calls: list[StepCall], settings: dict, x: torch.Tensor) -> torch.Tensor:
     if len(outputs) == 1:
         return outputs[0]
     cond, uncond = _by_context(outputs, calls)
@@ -83,7 +93,7 @@ def _qwen_image(outputs: list[Any], calls: list[Call], settings: dict, x: torch.
     return guided * (cond.norm(dim=-1, keepdim=True) / guided.norm(dim=-1, keepdim=True))
 
 
-def _batched(outputs: list[Any], calls: list[Call], settings: dict, x: torch.Tensor) -> torch.Tensor:
+def _batched(outputs: list[Any], calls: list[StepCall], settings: dict, x: torch.Tensor) -> torch.Tensor:
     """One call on the batch ``[uncond, cond]`` (SD3, Sana)."""
     (out,) = outputs
     if calls[0].layout[1] == 1:
@@ -92,7 +102,7 @@ def _batched(outputs: list[Any], calls: list[Call], settings: dict, x: torch.Ten
     return _guided(text, uncond, settings["guidance_scale"])
 
 
-def _z_image(outputs: list[Any], calls: list[Call], settings: dict, x: torch.Tensor) -> torch.Tensor:
+def _z_image(outputs: list[Any], calls: list[StepCall], settings: dict, x: torch.Tensor) -> torch.Tensor:
     out = torch.stack([o.float() for o in outputs[0]])
     if calls[0].layout[1] == 2:
         pos, neg = out.chunk(2)
@@ -107,7 +117,7 @@ def _z_image(outputs: list[Any], calls: list[Call], settings: dict, x: torch.Ten
     return -out.squeeze(2)
 
 
-def _guider(outputs: list[Any], calls: list[Call], settings: dict, x: torch.Tensor) -> torch.Tensor:
+def _guider(outputs: list[Any], calls: list[StepCall], settings: dict, x: torch.Tensor) -> torch.Tensor:
     """The pipeline's own ``guider`` component (HunyuanVideo 1.5)."""
     if len(outputs) == 1:
         return outputs[0]
@@ -115,7 +125,7 @@ def _guider(outputs: list[Any], calls: list[Call], settings: dict, x: torch.Tens
     return settings["guider"].forward(cond, uncond).pred
 
 
-def _single(outputs: list[Any], calls: list[Call], settings: dict, x: torch.Tensor) -> torch.Tensor:
+def _single(outputs: list[Any], calls: list[StepCall], settings: dict, x: torch.Tensor) -> torch.Tensor:
     if len(outputs) != 1 or calls[0].layout[1] != 1:
         known = sorted(p for f in FAMILIES for p in f.pipelines if f.combine is not None)
         raise ValueError(

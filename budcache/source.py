@@ -15,7 +15,8 @@ import torch
 
 from .errors import CalibrationError
 from .sampling.denoisers import Batch
-from .sampling.solver import Solver, with_sigmas
+from .sampling.reschedule import with_sigmas
+from .sampling.solver import Solver
 
 SETS = ("calib", "validation", "eval")
 VALIDATION_SEED_OFFSET = 5_000  # seeds of validation samples / prompts: seed + this (+ i)

@@ -11,7 +11,8 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 import budcache
 from budcache import families
-from budcache.align import AlignConfig, ModelTimes, SigmaSchedule, _loss, _teacher, boundary_pins, student_solver
+from budcache.align import AlignConfig, ModelTimes, SigmaSchedule, boundary_pins, student_solver
+from budcache.align.fit import _loss, _teacher
 from budcache.calibration import calibrate, pipeline_source
 from budcache.plan import PlanError, model_identity
 from tests.fixtures import tiny_families

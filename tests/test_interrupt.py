@@ -189,7 +189,7 @@ def test_the_frontier_stops_at_an_interrupted_search(monkeypatch):
 
 
 def test_an_interrupted_alignment_keeps_its_best_schedule(gmm, monkeypatch):
-    import budcache.align as stage2
+    import budcache.align.fit as stage2
 
     plan = CachePlan(num_steps=8, budget=3, mask=[1, 0, 0, 1, 0, 0, 1, 0], reuse="output", sigmas=linear_sigmas(8))
     batches = [Batch(OutputDenoiser(gmm), gmm.noise(8, seed=0))]

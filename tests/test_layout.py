@@ -66,3 +66,54 @@ def test_stage_names_mean_one_thing():
     assert (
         callable(budcache.search) and callable(budcache.align) and Evaluator.__module__ == "budcache.search.evaluator"
     )
+
+
+def _graph() -> dict[str, set[str]]:
+    """Every budcache module and the budcache modules it imports (at any level: lazy imports count too)."""
+    modules = {
+        ".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in PACKAGE.rglob("*.py")
+    }
+
+    def module_of(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    return {m: {t for n in _imports(p) if (t := module_of(n)) and t != m} for m, p in modules.items()}
+
+
+def test_no_import_circles():
+    """No module imports itself through others (a package importing its own submodules is its interface, not a
+    circle: edges into a package's ``__init__`` from its own submodules are left out)."""
+    graph = _graph()
+    for m, targets in graph.items():
+        graph[m] = {t for t in targets if not m.startswith(t + ".")}
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for t in sorted(graph[m]):
+            if state.get(t) == 1:
+                raise AssertionError("import circle: " + " -> ".join([*path[path.index(t) :], t]))
+            if t not in state:
+                visit(t, [*path, t])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+
+
+def test_the_plan_artifact_depends_on_nothing_above_it():
+    """Plans and plan sets are read and written without the pipeline stages: no import of hooks, calibration,
+    search, alignment, evaluation or the command line."""
+    above = ("hooks", "calibration", "search", "align", "evaluation", "cli", "demo", "baselines")
+    for name in ("budcache.plan", "budcache.planset"):
+        reached, todo = set(), [name]
+        while todo:
+            m = todo.pop()
+            if m not in reached:
+                reached.add(m)
+                todo += _graph()[m]
+        assert not [m for m in reached if m.split(".")[1] in above], name

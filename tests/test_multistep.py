@@ -13,7 +13,8 @@ from budcache.plan import PlanError
 from budcache.sampling.denoisers import OutputDenoiser
 from budcache.sampling.loop import State, advance, sample
 from budcache.sampling.multistep import DPMSolver, UniPC, differentiable
-from budcache.sampling.solver import Euler, SchedulerSolver, with_sigmas
+from budcache.sampling.reschedule import with_sigmas
+from budcache.sampling.solver import Euler, SchedulerSolver
 from tests.fixtures.tiny import wan_scheduler
 
 FLOW = {"prediction_type": "flow_prediction", "use_flow_sigmas": True, "flow_shift": 3.0}

@@ -397,7 +397,7 @@ def test_a_sweep_takes_only_confirmed_moves_and_ends_where_no_step_moves(gmm):
     from tqdm import tqdm
 
     from budcache.search.climb import sweep
-    from budcache.search.run import Run, Tracker
+    from budcache.search.state import Run, Tracker
 
     k, budget = 20, 6
     evaluate = batches_of(gmm, k=k)

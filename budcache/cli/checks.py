@@ -15,7 +15,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from .. import align_checkpoint
+from ..align import checkpoint as align_checkpoint
 from ..calibration.prompts import read_prompts
 from ..errors import CheckpointError
 from ..plan import CachePlan

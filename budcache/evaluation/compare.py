@@ -24,7 +24,8 @@ from ..plan import CachePlan, uniform_mask
 from ..sampling.loop import StepInfo, sample
 from ..sampling.multistep import require_differentiable
 from ..sampling.plain import SCHEDULERS, adams_bashforth2, scheduler_sample
-from ..sampling.solver import Solver, with_sigmas
+from ..sampling.reschedule import with_sigmas
+from ..sampling.solver import Solver
 from ..search import SearchConfig, search_source
 from ..search.plan_search import source_evaluator
 from ..source import Source

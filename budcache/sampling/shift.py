@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from .solver import Solver, with_sigmas
+from .reschedule import with_sigmas
+from .solver import Solver
 
 TOLERANCE = 1e-4  # relative: factors of a schedule's steps that agree this well are one shift
 

@@ -12,7 +12,6 @@ concatenated along the batch).
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -113,32 +112,6 @@ class SchedulerSolver:
     def _restore(self, state: dict) -> None:
         vars(self.scheduler).update({k: list(v) if isinstance(v, list) else v for k, v in state.items()})
 
-    def with_sigmas(self, sigmas: Sequence[float]) -> Solver:
-        """This scheduler's step over other sigmas (K+1 values ending in 0): its native equal where there is
-        one (:func:`~.multistep.native`: Euler, UniPC, DPM-Solver++, any sigmas), else the scheduler as it
-        sets them from ``set_timesteps(sigmas=...)``, refused where it takes none or changes them."""
-        from .multistep import native  # (multistep builds on this module)
-
-        step = native(self, sigmas)
-        if step is not None:
-            return step
-        scheduler = copy.deepcopy(self.scheduler)
-        name = type(scheduler).__name__
-        if "sigmas" not in inspect.signature(scheduler.set_timesteps).parameters:
-            raise ValueError(
-                f"{name} takes no custom sigmas (set_timesteps has no `sigmas`); plans with a schedule "
-                "of their own (stage 2) need a scheduler that does, e.g. FlowMatchEuler or UniPC"
-            )
-        kwargs = {"mu": 1.0} if scheduler.config.get("use_dynamic_shifting") else {}
-        scheduler.set_timesteps(sigmas=list(sigmas[:-1]), **kwargs)
-        solver = SchedulerSolver(scheduler)
-        if len(solver.sigmas) != len(sigmas) or max(abs(a - b) for a, b in zip(solver.sigmas, sigmas)) > 1e-5:
-            raise ValueError(
-                f"{name} changes the sigmas it is given (it shifts or clips them); a plan's own schedule "
-                "cannot reach it unchanged"
-            )
-        return solver
-
     def step(self, k: int, x: torch.Tensor, v: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
         self._restore(self.initial if state is None else state)
         self.scheduler._step_index = k
@@ -175,20 +148,6 @@ def solver_for(scheduler: Any) -> Solver:
     """The loop's step for a configured diffusers scheduler: Euler over its sigmas for a
     deterministic FlowMatchEuler (the exact equivalent of its step), else its own step."""
     return Euler(scheduler.sigmas.tolist()) if deterministic_euler(scheduler) else SchedulerSolver(scheduler)
-
-
-def with_sigmas(solver: Solver, sigmas: Sequence[float] | None, model_sigmas: Sequence[float] | None = None) -> Solver:
-    """``solver`` over ``sigmas`` (None or the same: ``solver`` itself; Euler for a solver without a
-    ``with_sigmas`` of its own), its model told ``model_sigmas`` when given (:class:`Retimed`)."""
-    if not (
-        sigmas is None
-        or (
-            len(sigmas) == len(solver.sigmas)
-            and all(abs(float(a) - float(b)) <= 1e-7 for a, b in zip(sigmas, solver.sigmas))
-        )
-    ):
-        solver = solver.with_sigmas(sigmas) if hasattr(solver, "with_sigmas") else Euler(sigmas)
-    return solver if model_sigmas is None else Retimed(solver, model_sigmas)
 
 
 def as_solver(sigmas_or_solver: Any) -> Solver:

@@ -16,7 +16,8 @@ from .frontier import grow, search_frontier
 from .ledger import Ledger, Spent, default_cap
 from .moves import neighbours
 from .plan_search import search, search_plan, search_source
-from .run import SearchResult, run_search
+from .run import run_search
+from .state import SearchResult
 
 __all__ = [
     "EFFORTS",

@@ -10,7 +10,7 @@ import math
 
 from .climb import Objective
 from .moves import Mask, propose
-from .run import Run
+from .state import Run
 
 
 def anneal(run: Run, current: Mask, iterations: int, objective: Objective | None = None) -> tuple[Mask, float]:

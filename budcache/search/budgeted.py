@@ -28,8 +28,8 @@ from .anneal import anneal
 from .climb import climb
 from .kicks import kicks
 from .moves import Mask
-from .run import Run
 from .starts import each_rule, named, pool, random_start
+from .state import Run
 
 SPREAD = 1.0  # the per-sample coefficient of variation up to which a few batches stand in for all (the trained
 # demo model: 0.27-0.81 at K=28 and 50; the Gaussian mixture: 0.86-7.9, 25 of 30 cases above 1.4)

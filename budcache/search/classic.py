@@ -13,8 +13,8 @@ from .anneal import anneal
 from .climb import climb
 from .config import RUGGED
 from .kicks import kicks
-from .run import Run
 from .starts import POWERS, chosen, named, random_start
+from .state import Run
 
 
 def classic(run: Run) -> None:

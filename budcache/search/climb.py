@@ -12,7 +12,7 @@ from typing import Protocol
 
 from .evaluator import Evaluator
 from .moves import Mask, moves, neighbours, split
-from .run import Run
+from .state import Run
 
 
 class Objective(Protocol):

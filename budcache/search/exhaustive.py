@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from .config import check_budget
 from .evaluator import Evaluator
-from .run import SearchResult
+from .state import SearchResult
 
 
 def exhaustive(evaluate: Evaluator, budget: int, progress: bool = True, max_masks: int = 2_000_000) -> SearchResult:

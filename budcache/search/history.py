@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
-    from .run import SearchResult
+    from .state import SearchResult
 
 
 def figure(**kwargs: Any) -> Figure:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .moves import Mask, propose
-from .run import Run
+from .state import Run
 
 
 def kicks(

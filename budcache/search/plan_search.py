@@ -26,7 +26,8 @@ from .config import CHOICE, SearchConfig, cap_of, check_budget, check_config, ef
 from .evaluator import METRICS, Evaluator
 from .history import plot_history
 from .ledger import check_cap
-from .run import SearchResult, run_search
+from .run import run_search
+from .state import SearchResult
 
 
 def _over_ranks(evaluate: Evaluator, *values: int) -> list[int]:

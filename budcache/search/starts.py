@@ -6,7 +6,7 @@ import math
 
 from ..sampling.rules import decode, encode, rule_of
 from .moves import Mask, endpoints_mask, random_mask, warped_mask, with_fixed
-from .run import Run
+from .state import Run
 from .surrogate import segment_errors, surrogate_mask
 
 LONGEST = 2.0  # the surrogate's longest segment, in multiples of the uniform gap K / B

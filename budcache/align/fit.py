@@ -22,15 +22,16 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from . import align_checkpoint
-from ._stage import callable_module
-from .checks import check_int, check_type
-from .errors import BudcacheError
-from .plan import CachePlan, PlanError
-from .sampling.denoisers import Batch, Checkpointed, Denoiser
-from .sampling.loop import sample
-from .sampling.multistep import differentiable, require_differentiable
-from .sampling.solver import Euler, Retimed, Solver, with_sigmas
+from ..checks import check_int, check_type
+from ..errors import BudcacheError
+from ..plan import CachePlan, PlanError
+from ..sampling.denoisers import Batch, Checkpointed, Denoiser
+from ..sampling.loop import sample
+from ..sampling.multistep import differentiable, require_differentiable
+from ..sampling.reschedule import with_sigmas
+from ..sampling.solver import Euler, Retimed, Solver
+from . import checkpoint as align_checkpoint
+from .schedule import ModelTimes, SigmaSchedule, boundary_pins
 
 
 @dataclass
@@ -67,56 +68,6 @@ class AlignResult:
     @property
     def improved(self) -> bool:
         return self.best_epoch > 0
-
-
-class SigmaSchedule(torch.nn.Module):
-    """Strictly decreasing sigmas with fixed endpoints: softmax increments, cumulative sum.
-
-    ``pinned``: indices of sigmas that keep their value too (the endpoints always do); the sigmas
-    between two pinned ones move within that segment only. Pinning both sides of an expert switch
-    keeps every step with the expert the pipeline gives it (Wan2.2's boundary)."""
-
-    def __init__(self, sigmas: Sequence[float], pinned: Collection[int] = ()):
-        super().__init__()
-        s = torch.as_tensor(sigmas, dtype=torch.float64)
-        if s.dim() != 1 or len(s) < 2 or not bool((s[:-1] > s[1:]).all()):
-            raise PlanError("a schedule to align must be strictly decreasing with at least 2 values")
-        knots = sorted({0, len(s) - 1, *(int(i) for i in pinned if 0 <= int(i) < len(s))})
-        self.segments = list(zip(knots[:-1], knots[1:]))
-        self.register_buffer("knots", s[knots].clone())
-        self.register_buffer("high", s[0].clone())
-        self.register_buffer("low", s[-1].clone())
-        logits = torch.empty(len(s) - 1, dtype=torch.float64)
-        for a, b in self.segments:
-            logits[a:b] = ((s[a:b] - s[a + 1 : b + 1]) / (s[a] - s[b])).log()
-        self.logits = torch.nn.Parameter(logits)
-
-    def forward(self) -> torch.Tensor:
-        parts = [self.knots[:1]]
-        for i, (a, b) in enumerate(self.segments):
-            hi, lo = self.knots[i], self.knots[i + 1]
-            steps = torch.softmax(self.logits[a:b], 0).cumsum(0)
-            parts += [hi - (hi - lo) * steps[:-1], lo[None]]
-        return torch.cat(parts)
-
-
-class ModelTimes(torch.nn.Module):
-    """The noise level the model is told at each of K steps, as an offset ``d[k]`` from the step's own
-    sigma in logit space (zero: the step's sigma exactly), so it stays within (0, 1)."""
-
-    def __init__(self, num_steps: int):
-        super().__init__()
-        self.offsets = torch.nn.Parameter(torch.zeros(num_steps, dtype=torch.float64))
-
-    def forward(self, sigmas: torch.Tensor) -> torch.Tensor:
-        s = sigmas[:-1]
-        logit = torch.logit(s.clamp(1e-4, 1 - 1e-4))
-        return s + (torch.sigmoid(logit + self.offsets) - torch.sigmoid(logit))
-
-
-def boundary_pins(restarts: Collection[int]) -> list[int]:
-    """The sigmas to pin so no step crosses a restart (an expert switch): both sides of each."""
-    return sorted({i for k in restarts for i in (k - 1, k)})
 
 
 def student(
@@ -323,7 +274,7 @@ def align(
     Ctrl-C (KeyboardInterrupt) ends the epochs early with the best schedule so far (``result.interrupted``).
     ``checkpoint``: a file the state is written to after every epoch; ``resume``: go on from it (the
     result is the one an uninterrupted run returns; :mod:`budcache.align_checkpoint`)."""
-    from .calibration.capture import Calibration
+    from ..calibration.capture import Calibration
 
     check_type("plan", plan, CachePlan, "a CachePlan")
     check_type("config", config, AlignConfig, "an AlignConfig")
@@ -413,7 +364,7 @@ def _align_calibrated(
     """:func:`align` on a calibrated pipeline: its captures (and ``validation`` captures) replayed, the
     cache restarting (and the schedule pinned) at expert switches; a plan without sigmas starts from
     the calibrated schedule."""
-    from .calibration.replay import pipeline_source
+    from ..calibration.replay import pipeline_source
 
     with pipeline_source(calib, plan.reuse, validation=validation) as source:
         source.check_one_size("align")
@@ -432,6 +383,3 @@ def _align_calibrated(
             checkpoint=checkpoint,
             resume=resume,
         )
-
-
-callable_module(__name__, align)

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from ._io import atomic_write_bytes
-from .errors import CheckpointError
+from .._io import atomic_write_bytes
+from ..errors import CheckpointError
 
 FORMAT = "budcache-align-checkpoint/1"
 
