@@ -95,10 +95,10 @@ class PlanSet(JsonFile):
         tail = sigmas[plans[0].begin_index :]
         plan = next((p for p in plans if p.shift_of(tail) is not None), None)
         if plan is None:
-            plans[0].check_schedule(tail)  # refused: says what the first covers and how to add this size
             raise PlanError(
-                f"none of the {len(plans)} plans for K={num_steps} B={budget} covers this call's schedule "
-                "(size); search a plan at this size and add it to the set"
+                f"none of the {len(plans)} plans for K={num_steps} B={budget} covers this call's schedule (size); "
+                f"they serve {'; '.join(_covers(p) for p in plans)}: calibrate this size (budcache.calibrate(pipe, "
+                "prompts, steps, height=..., width=...)), search a plan there and add it to the set"
             )
         return plan
 
