@@ -26,7 +26,8 @@ def test_family(name, readme_rows):
         assert c.search.startswith("no: ")
     else:
         assert c.search == "exact"
-    assert coverage.row(c) in readme_rows, "the coverage table of docs/pipelines.md is stale: run `python -m tests.fixtures.coverage`"
+    stale = "the coverage table of docs/pipelines.md is stale: run `python -m tests.fixtures.coverage`"
+    assert coverage.row(c) in readme_rows, stale
 
 
 def test_readme_table_lists_every_family_once(readme_rows):

@@ -1,7 +1,8 @@
 """Every mistake a caller can make through the public API is refused with a ``BudcacheError`` before any
 transformer forward: one line that names the argument, and the pipeline generates bit-identically afterwards.
 
-The table (``MISTAKES``) is also the "What budcache refuses" list of docs/errors.md (``test_the_docs_list_every_refusal``).
+The table (``MISTAKES``) is also the "What budcache refuses" list of docs/errors.md
+(``test_the_docs_list_every_refusal``).
 """
 
 from __future__ import annotations
