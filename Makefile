@@ -1,10 +1,12 @@
-# Two set-up commands: `make demo` (the main job on the embedded demo model) and `make test`.
+# Two set-up commands: `make demo` (the main job on the embedded demo model) and `make test`;
+# `make docs` builds the documentation site into site/.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.budcache-installed
+DOCS_STAMP := $(VENV)/.budcache-docs
 
-.PHONY: demo test bench clean
+.PHONY: demo test docs bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,14 +14,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[demo,test,quant]"
 	touch $(STAMP)
 
+$(DOCS_STAMP): $(STAMP) constraints.txt
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[docs]"
+	touch $(DOCS_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/budcache demo --out demo-out
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site   # the variable silences a banner of mkdocs-material
+
 bench: $(STAMP)
 	$(BIN)/python bench/search_optimality.py
 
 clean:
-	rm -rf $(VENV) demo-out bench-out
+	rm -rf $(VENV) demo-out bench-out site

@@ -1,4 +1,5 @@
-"""The README's composability matrix is the test modules' rows, and what cannot compose is refused."""
+"""The composability matrix of docs/compile-and-composability.md is the test modules' rows, and what cannot compose
+is refused."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import torch
 
 import budcache
 from budcache.errors import StateError
-from tests.fixtures.composability import README, SETUPS, generate, plan_for, rows, table
+from tests.fixtures.composability import DOCS_PAGE, SETUPS, generate, plan_for, rows, table
 
 
-def test_the_readme_matrix_is_the_tests_rows():
-    """``python -m tests.fixtures.composability`` prints the table the README holds."""
-    assert table(rows()) in README.read_text()
+def test_the_documented_matrix_is_the_tests_rows():
+    """``python -m tests.fixtures.composability`` prints the table docs/compile-and-composability.md holds."""
+    assert table(rows()) in DOCS_PAGE.read_text()
 
 
 def test_every_feature_is_checked_on_flux_and_wan():

@@ -1,7 +1,8 @@
 """Every mistake a caller can make through the public API is refused with a ``BudcacheError`` before any
 transformer forward: one line that names the argument, and the pipeline generates bit-identically afterwards.
 
-The table (``MISTAKES``) is also the README's "What budcache refuses" list (``test_the_readme_lists_every_refusal``).
+The table (``MISTAKES``) is also the "What budcache refuses" list of docs/errors.md
+(``test_the_docs_list_every_refusal``).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Context:
 
 @dataclass
 class Mistake:
-    what: str  # the README's words
+    what: str  # the words of docs/errors.md
     call: Callable[[Context], Any]
     error: type[BaseException]  # the BudcacheError subclass expected (also ValueError / TypeError where that fits)
     names: str  # the argument (or thing) the message must name
@@ -385,9 +386,9 @@ def test_there_are_at_least_thirty_mistakes_in_the_table() -> None:
     assert len(MISTAKES) >= 30
 
 
-def test_the_readme_lists_every_refusal() -> None:
-    """README's "What budcache refuses" is this table (``python -m tests.test_errors`` prints it)."""
-    text = (ROOT / "README.md").read_text()
+def test_the_docs_list_every_refusal() -> None:
+    """docs/errors.md's "What budcache refuses" is this table (``python -m tests.test_errors`` prints it)."""
+    text = (ROOT / "docs" / "errors.md").read_text()
     section = text.split("## What budcache refuses", 1)[1].split("\n## ", 1)[0]
     listed = re.findall(r"^- (.+)$", section, flags=re.M)
     assert listed == [m.what for m in MISTAKES]
