@@ -241,8 +241,8 @@ def test_decoupled_model_times_are_kept_only_where_validation_improves(demo_mode
 def test_an_interrupted_alignment_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, demo_model, stop_at):
     """The checkpoint written after every epoch lets ``resume`` continue where Ctrl-C stopped (in either
     phase); the result is exactly an uninterrupted run's. Another configuration's checkpoint is refused."""
-    from budcache.align import fit as align_module
     from budcache.align import checkpoint as align_checkpoint
+    from budcache.align import fit as align_module
     from budcache.errors import CheckpointError
 
     config = AlignConfig(epochs=4, lr=0.05, model_times=True)
