@@ -11,12 +11,15 @@ import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ._io import atomic_write_text
 from .errors import PlanError
 from .sampling.rules import MARKS, RULES
 from .sampling.shift import TOLERANCE, describe, relative_shift, shift_sigmas
+
+if TYPE_CHECKING:
+    from typing import Self
 
 SCHEMA_VERSION = 1
 REUSE_MODES = ("residual", "output")
@@ -78,6 +81,13 @@ class JsonFile:
 
     KIND = "plan file"
 
+    if TYPE_CHECKING:  # what each kind of file defines (CachePlan, PlanSet)
+
+        def to_dict(self) -> dict: ...
+
+        @classmethod
+        def from_dict(cls, d: Any, source: str = ...) -> Self: ...
+
     def save(self, path: str | Path) -> Path:
         """Write as JSON, atomically (a crash never leaves a half-written file; the folder is created)."""
         if Path(path).is_dir():
@@ -85,7 +95,7 @@ class JsonFile:
         return atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path):
+    def load(cls, path: str | Path) -> Self:
         path = Path(path)
         return cls.from_dict(read_json(path, cls.KIND), source=str(path))
 
@@ -95,7 +105,7 @@ class JsonFile:
         return self.save(Path(folder) / filename)
 
     @classmethod
-    def from_pretrained(cls, folder_or_hub_id: str | Path, filename: str = PLAN_FILENAME, **hub_kwargs: Any):
+    def from_pretrained(cls, folder_or_hub_id: str | Path, filename: str = PLAN_FILENAME, **hub_kwargs: Any) -> Self:
         """Load from a local folder or a Hub repo id (``org/plans``; ``hub_kwargs`` go to
         ``huggingface_hub.hf_hub_download``: ``revision``, ``cache_dir``, ``local_files_only``, ...)."""
         return cls.load(pretrained_file(folder_or_hub_id, filename, **hub_kwargs))
@@ -180,7 +190,7 @@ class CachePlan(JsonFile):
         if self.schedule is not None:
             check_sigmas(self.schedule, k, "field 'schedule'")
         if self.model_sigmas is not None:
-            self._check_model_sigmas()
+            self._check_model_sigmas(self.model_sigmas)
         if self.shifts is not None:
             s = self.shifts
             if not (len(s) == 2 and 0 < s[0] <= 1 + TOLERANCE and 1 - TOLERANCE <= s[1] < math.inf):
@@ -196,8 +206,8 @@ class CachePlan(JsonFile):
         ):
             raise PlanError(f"field 'boundary_ratio' must be null or in (0, 1), got {self.boundary_ratio!r}")
 
-    def _check_model_sigmas(self) -> None:
-        m, k = self.model_sigmas, self.num_steps
+    def _check_model_sigmas(self, m: list[float]) -> None:
+        k = self.num_steps
         if self.sigmas is None:
             raise PlanError("field 'model_sigmas' needs field 'sigmas' (the steps they are told apart from)")
         if len(m) != k or not all(math.isfinite(s) and s > 0 for s in m):
@@ -272,19 +282,22 @@ class CachePlan(JsonFile):
         raise PlanError(self._schedule_message(sigmas))
 
     def _schedule_message(self, sigmas: list[float]) -> str:
-        factor = relative_shift(sigmas, self.schedule)
+        schedule = self.schedule
+        assert schedule is not None  # shift_of refuses no call of a plan without a schedule
+        factor = relative_shift(sigmas, schedule)
         sizes = self.record.sizes if self.record is not None and self.record.sizes else None
+        shifts = f"schedule shifts {describe(*self.shifts)}" if self.shifts else "one schedule"
         covers = (
-            f"searched on sizes {', '.join(sizes)} (schedule shifts {describe(*self.shifts)})"
+            f"searched on sizes {', '.join(sizes)} ({shifts})"
             if sizes
-            else f"searched for schedule shifts {describe(*self.shifts)}"
+            else f"searched for {shifts}"
             if self.shifts
             else "searched on one schedule (one resolution)"
         )
         if factor is None:
-            at = next((i for i, (a, b) in enumerate(zip(sigmas, self.schedule)) if abs(a - b) > 1e-5), 0)
+            at = next((i for i, (a, b) in enumerate(zip(sigmas, schedule)) if abs(a - b) > 1e-5), 0)
             got = (
-                f"this call's schedule is not a shift of the plan's (sigma[{at}] {self.schedule[at]:.4f} != "
+                f"this call's schedule is not a shift of the plan's (sigma[{at}] {schedule[at]:.4f} != "
                 f"{sigmas[at]:.4f}: another scheduler setting)"
             )
         else:
@@ -417,26 +430,28 @@ class CachePlan(JsonFile):
 
     def _verdict(self, r: SearchRecord) -> str:
         plain = f"plain {self.budget}-step {r.solver or 'Euler'}"
-        if r.verdict == "cached":
-            best, loss = min(
-                (r.plain_objectives or {r.solver or "Euler": r.euler_objective}).items(), key=lambda x: x[1]
-            )
+        verdict = r.verdict
+        assert verdict is not None  # describe() asks only for a record's verdict
+        # a search records its plain losses (euler_objective, plain_objectives) with every verdict
+        plains = r.plain_objectives or {r.solver or "Euler": cast(float, r.euler_objective)}
+        if verdict == "cached":
+            best, loss = min(plains.items(), key=lambda x: x[1])
             ratio = loss / r.objective if r.objective > 0 else math.inf
             return (
                 f"caching beats every plain {self.budget}-step solver scored on the calibration set: {ratio:.3g}x "
                 f"lower loss than the best, {best} ({r.objective:.4g} vs {loss:.4g})"
             )
-        if r.verdict.startswith("cached, "):
-            name = r.verdict.removeprefix("cached, ").removesuffix(" better")
+        if verdict.startswith("cached, "):
+            name = verdict.removeprefix("cached, ").removesuffix(" better")
             return (
-                f"plain {self.budget}-step {name} beats this plan ({r.plain_objectives[name]:.4g} vs "
+                f"plain {self.budget}-step {name} beats this plan ({cast(dict, r.plain_objectives)[name]:.4g} vs "
                 f"{r.objective:.4g}), which beats {plain} ({r.euler_objective:.4g}); the pipeline's scheduler does "
                 f"not run {name}"
             )
         cached = r.objective if r.cached_objective is None else r.cached_objective
         kept = (
             f"this plan runs {self.budget} plain steps (num_inference_steps={self.budget})"
-            if r.verdict == "plain"
+            if verdict == "plain"
             else "the cached plan was kept; fewer steps are as good"
         )
         return f"{plain} is at least as good as caching ({r.euler_objective:.4g} vs {cached:.4g}): {kept}"

@@ -260,3 +260,18 @@ def test_search_at_several_sizes_from_the_command_line(tmp_path, capsys):
                 output_type="latent",
             )
             assert handle.summary() == {"cond": {"computed": B, "reused": K - B}}
+
+
+def test_a_plan_of_several_sizes_on_one_schedule_refuses_another_in_one_line():
+    """Sizes with the same schedule (a static shift, as Wan's) record the sizes and no shift range; a call on
+    another schedule is refused with a PlanError naming them."""
+    schedule = [1.0, 0.75, 0.5, 0.25, 0.0]
+    plan = CachePlan(
+        num_steps=4,
+        budget=2,
+        mask=[1, 0, 1, 0],
+        schedule=schedule,
+        record=budcache.SearchRecord(objective=0.1, sizes=["480x832", "720x1280"]),
+    )
+    with pytest.raises(PlanError, match=r"searched on sizes 480x832, 720x1280 \(one schedule\)"):
+        plan.check_schedule(shift_sigmas(schedule, 2.0))

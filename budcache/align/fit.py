@@ -187,7 +187,7 @@ class _Fit:
         progress: bool,
         phase: int = 0,
         saved: dict | None = None,
-    ) -> tuple[float, list[float] | None]:
+    ) -> tuple[float, list[list[float]] | None]:
         """Train ``modules`` (``tensors()``: their outputs) for the configured epochs, appending the losses to
         ``result``; returns the best validation loss and the tensors (as lists) that reached it, if any
         beat ``best``. ``saved``: a checkpoint of this phase to go on from; with ``self.save`` the state
@@ -298,10 +298,12 @@ def align(
             )
         plan = dataclasses.replace(plan, sigmas=[float(s) for s in teacher_sigmas])  # stored explicitly
     plan = dataclasses.replace(plan, model_sigmas=None)  # what is learned starts from the steps' own sigmas
-    solver = solver or Euler(plan.sigmas)
+    plan_sigmas = plan.sigmas
+    assert plan_sigmas is not None  # the plan's, or set from teacher_sigmas above
+    solver = solver or Euler(plan_sigmas)
     require_differentiable(solver)
     validation = list(validation or batches)
-    teacher_sigmas = teacher_sigmas or plan.sigmas
+    teacher_sigmas = teacher_sigmas or plan_sigmas
     saved = None
     if checkpoint is not None:  # refused before the teachers' forwards when it belongs to another alignment
         path, expected = Path(checkpoint), align_checkpoint.identity(plan, config, teacher_sigmas, batches, validation)
@@ -319,11 +321,11 @@ def align(
     )
     if checkpoint is not None:
         fit.save = lambda state: align_checkpoint.save(path, {"identity": expected, **state})
-    schedule = SigmaSchedule(plan.sigmas, pinned=boundary_pins(restarts))
+    schedule = SigmaSchedule(plan_sigmas, pinned=boundary_pins(restarts))
     if saved is None:
         with torch.no_grad():
             best = fit.validate([schedule()])
-        result = AlignResult(sigmas=list(plan.sigmas), initial=list(plan.sigmas), validation_loss=[best])
+        result = AlignResult(sigmas=list(plan_sigmas), initial=list(plan_sigmas), validation_loss=[best])
     else:
         result, best = AlignResult(**saved["result"]), saved["best"]
     if saved is None or saved["phase"] == 0:
@@ -353,8 +355,8 @@ def align(
         )
         if won is not None:
             result.sigmas, result.model_sigmas = won
-    for i in (0, len(plan.sigmas) - 1, *boundary_pins(restarts)):  # endpoints and pins exactly as given
-        result.sigmas[i] = plan.sigmas[i]
+    for i in (0, len(plan_sigmas) - 1, *boundary_pins(restarts)):  # endpoints and pins exactly as given
+        result.sigmas[i] = plan_sigmas[i]
     return dataclasses.replace(plan, sigmas=result.sigmas, model_sigmas=result.model_sigmas), result
 
 

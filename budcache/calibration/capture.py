@@ -14,7 +14,7 @@ import inspect
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from ..checks import check_call_arguments, check_int, check_pipeline, check_type
 from ..errors import ArgumentTypeError, CalibrationError
 from ..families import INPAINT_LATENTS
-from ..hooks.experts import context_name, contexts, experts, input_names, step_index
+from ..hooks.experts import context_name, contexts, experts, input_names, original_forward, step_index
 from ..hooks.override import override, restore
 from ..sampling.shift import relative_shift
 from ..sampling.solver import Euler, Solver, solver_for
@@ -75,6 +75,7 @@ def to_hidden(layout: tuple[str, int], x: torch.Tensor, dtype: torch.dtype, extr
     kind, n = layout
     h = x.to(dtype).repeat(n, *[1] * (x.dim() - 1)) if n > 1 else x.to(dtype)
     if kind == "concat":
+        assert extra is not None  # the "concat" layout comes with its constant channels (_layout)
         return torch.cat([h, extra], dim=1)
     return list(h.unsqueeze(2).unbind(0)) if kind == "frames" else h
 
@@ -267,7 +268,7 @@ class _CaptureHook(ModelHook):
         arguments.pop("self")
         context = context_name(self.contexts)
         self.calls.append((self.name, context, arguments, input_names(module)))
-        return self.fn_ref.original_forward(*args, **kwargs)
+        return original_forward(self)(*args, **kwargs)
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         return module
@@ -293,7 +294,7 @@ class _Recorder:
             )
         if self.latents is None:
             self.latents = sample.detach().clone()
-        elif not torch.equal(sample, self.final):
+        elif not torch.equal(sample, cast(torch.Tensor, self.final)):  # set by the step that set latents
             self.changed = True
         previous = self.steps[-1].calls if self.steps else []
         calls, timesteps = [], []
@@ -361,7 +362,7 @@ def _capturing(pipe: Any, recorder: _Recorder, schedule_kwargs: dict) -> Iterato
         schedule_kwargs.update({k: v for k, v in bound.items() if k not in ("device", "kwargs") and v is not None})
         return set_timesteps(*args, **kwargs)
 
-    def recording(method: Callable, keep: Callable[[tuple], dict[str, torch.Tensor]]) -> Callable:
+    def recording(method: Callable, keep: Callable[[tuple], dict[str, torch.Tensor | None]]) -> Callable:
         def wrapper(*args, **kwargs):
             out = method(*args, **kwargs)
             recorder.inpaint.update({k: v.detach().clone() for k, v in keep(out).items() if v is not None})
@@ -509,7 +510,8 @@ def calibrate(
             output_type="latent",
             generator=torch.Generator(device).manual_seed(seed + i if seeds is None else seeds[i]),
         )
-        recorder, schedule_kwargs = _Recorder(), {}
+        recorder = _Recorder()
+        schedule_kwargs: dict[str, Any] = {}
         with torch.no_grad(), _capturing(pipe, recorder, schedule_kwargs):
             pipe(**kwargs)
         begin = getattr(pipe.scheduler, "begin_index", None) or 0  # image-to-image: strength < 1
@@ -518,12 +520,14 @@ def calibrate(
             raise RuntimeError(
                 f"the pipeline ran {len(recorder.steps)} scheduler steps, expected {num_inference_steps - begin}"
             )
+        latents, final = recorder.latents, recorder.final
+        assert latents is not None and final is not None  # set by the steps that ran (a pipeline runs at least one)
         sigmas = [s.sigma for s in recorder.steps] + [float(pipe.scheduler.sigmas[-1])]
         blend = _blend(recorder, pipe)
-        final = recorder.final if blend is None else blend(recorder.final, sigmas[-1])  # blended with the image too
+        final = final if blend is None else blend(final, sigmas[-1])  # blended with the image too
         captures.append(
             Capture(
-                recorder.latents,
+                latents,
                 final,
                 recorder.steps,
                 _call_settings(pipe, kwargs),
@@ -536,4 +540,5 @@ def calibrate(
             raise CalibrationError("prompts: the calls started at different steps (strength); use one strength")
         calib = calib or Calibration(pipe, captures, sigmas, dict(schedule_kwargs), begin)
         calib.shifts(captures[-1:])  # refused where this size's schedule is not a shift of the first's
+    assert calib is not None  # runs holds every prompt (at least one) at every size
     return calib

@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
-from diffusers.hooks.hooks import BaseState, StateManager
+from diffusers.hooks.hooks import BaseState, ModelHook, StateManager
 
 from ..families import expert_names
+
+
+def original_forward(hook: ModelHook) -> Callable[..., Any]:
+    """The forward a registered hook wraps (diffusers types ``fn_ref.original_forward`` as its initial None)."""
+    return cast(Callable[..., Any], hook.fn_ref.original_forward)
 
 
 def experts(pipe: Any) -> dict[str, torch.nn.Module]:

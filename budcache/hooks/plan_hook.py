@@ -28,7 +28,7 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
@@ -43,7 +43,7 @@ from ..sampling.rules import history_depth, predict, remember
 from . import outputs
 from . import stack as residual
 from .conflicts import check_no_other_cache
-from .experts import context_name, contexts, experts, input_positions, step_index
+from .experts import context_name, contexts, experts, input_positions, original_forward, step_index
 from .override import override, restore
 
 _HOOK = "budcache_plan"
@@ -65,6 +65,11 @@ _OTHER_THREAD = (
 class _Branch:
     """Progress and cache of one branch of one expert through a generation."""
 
+    step: int
+    last_t: float | None  # the timestep of the last call (outside a pipeline)
+    batch: int | None
+    direction: float
+
     def __init__(self) -> None:
         self.reset()
 
@@ -77,6 +82,9 @@ class _Branch:
 class _Run:
     """What the hooks of all experts share: branches, and the counts of the last generation (per
     summary key), ``done`` once the generation reached its last step."""
+
+    step: int | None  # the pipeline's step of the last call
+    owner: int | None  # the thread whose generation runs
 
     def __init__(self, num_experts: int):
         self.num_experts = num_experts
@@ -157,7 +165,7 @@ class _PlanHook(ModelHook):
         t = kwargs[t_name] if t_name in kwargs else args[t_index]
         return float(torch.as_tensor(t).flatten()[0]), batch
 
-    def _locate(self, t: float) -> tuple[int, str, _Branch, float]:
+    def _locate(self, t: float | None) -> tuple[int, str, _Branch, float]:
         """(step, branch name, branch state, the sigma rules extrapolate in) of this call."""
         context = context_name(self.contexts)
         run = self.run
@@ -170,16 +178,17 @@ class _PlanHook(ModelHook):
             begin = getattr(self.scheduler, "begin_index", None) or 0  # image-to-image: strength < 1
             self.plan.check_begin(begin)
             return k - begin, name, run.branch(self.expert, name), sigma
+        assert t is not None  # _inputs reads the timestep outside a pipeline
         name = context or "default"
         state = run.branch(self.expert, name)
-        d = t - state.last_t if state.step else 0.0
+        d = t - cast(float, state.last_t) if state.step else 0.0  # a branch past its first step has its last_t
         if state.step and (d == 0 or d * state.direction < 0):  # a timestep that repeats or turns back
             state.reset()
         return state.step, name, state, t
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         if self.removed:  # removed while a feature's wrapper applied after it still calls it
-            return self.fn_ref.original_forward(*args, **kwargs)
+            return original_forward(self)(*args, **kwargs)
         if torch.compiler.is_compiling():
             raise StateError(_INSIDE_COMPILE)
         if self.run.owner is not None and self.run.owner != threading.get_ident():
@@ -209,22 +218,22 @@ class _PlanHook(ModelHook):
         try:
             if self.stack is None:  # output reuse: the whole transformer call is skipped
                 if compute:
-                    out = self.fn_ref.original_forward(*args, **kwargs)
+                    out = original_forward(self)(*args, **kwargs)
                     state.template = outputs.template(out)
                     state.history = remember(state.history, sigma, outputs.pack(out), self.depth)
                 else:
                     out = outputs.unpack(state.template, predict(state.history, sigma, self.rules[k]))
             else:
                 with self.stack.step(None if compute else predict(state.history, sigma, self.rules[k])) as stack:
-                    out = self.fn_ref.original_forward(*args, **kwargs)
-                    if compute:
-                        state.history = remember(state.history, sigma, stack.residual, self.depth)
+                    out = original_forward(self)(*args, **kwargs)
+                    if compute:  # a computed step leaves its residual
+                        state.history = remember(state.history, sigma, cast(torch.Tensor, stack.residual), self.depth)
         except BaseException:
             state.reset()
             raise
         key = self.run.count(self.expert, name, compute, k)
         if state.step == 1 and t is not None:
-            state.direction = t - state.last_t
+            state.direction = t - cast(float, state.last_t)  # set by the branch's first call
         state.step, state.last_t, state.batch = k + 1, t, batch
         if k + 1 == self.plan.num_steps:  # a generation finished (in a pipeline: every branch of it)
             self.run.done.update(self.run.counts if self.in_pipeline else (key,))
@@ -257,24 +266,30 @@ class CacheHandle:
         self.experts, self.run, self.scheduler, self.plan, self.plans = experts, run, scheduler, plan, plans
         self.hooks: list[_PlanHook] = []
 
+    def _plan(self) -> CachePlan:
+        """``plan``, known where this is called: a handle's one plan, or the running generation's."""
+        assert self.plan is not None
+        return self.plan
+
     @property
     def budget(self) -> int | None:
         """The budget of the next generations: a plan set's choice (None: the only one held for the
         call's step count), or the single plan's budget."""
-        return self.run.budget if self.plans is not None else self.plan.budget
+        return self.run.budget if self.plans is not None else self._plan().budget
 
     @budget.setter
     def budget(self, budget: int | None) -> None:
         if self.run.generating:
             raise PlanError(
-                f"the budget cannot change during a generation (B={self.plan.budget} is running); "
+                f"the budget cannot change during a generation (B={self._plan().budget} is running); "
                 "set it between pipeline calls (after an exception ended a generation midway: "
                 "handle.reset() first)"
             )
         if self.plans is None:
-            if budget != self.plan.budget:
+            plan = self._plan()
+            if budget != plan.budget:
                 raise PlanError(
-                    f"this handle holds one plan (B={self.plan.budget} of {self.plan.num_steps} steps); "
+                    f"this handle holds one plan (B={plan.budget} of {plan.num_steps} steps); "
                     "apply a plan set (budcache.PlanSet) to choose the budget per call"
                 )
             return
@@ -302,8 +317,9 @@ class CacheHandle:
         """The plan a generation of ``num_steps`` runs, for its schedule ``sigmas`` where given (a plan set may hold
         plans for several sizes); refused, listing what the set holds, if none fits."""
         if self.plans is None:
-            self.plan.check_steps(num_steps)
-            return self.plan
+            plan = self._plan()
+            plan.check_steps(num_steps)
+            return plan
         plan = self.plans.select(num_steps, self.run.budget, sigmas)
         for hook in self.hooks:
             hook.use(plan)
@@ -360,11 +376,12 @@ class CacheHandle:
 def reaches(forward: Callable, target: Callable, depth: int = 64) -> bool:
     """``forward`` is ``target`` or wraps it (through ``__wrapped__``: diffusers' hook registry and accelerate's
     hooks wrap the forward they replace)."""
+    at: Callable | None = forward
     for _ in range(depth):
-        if forward is target:
+        if at is target:
             return True
-        forward = getattr(forward, "__wrapped__", None)
-        if forward is None:
+        at = getattr(at, "__wrapped__", None)
+        if at is None:
             return False
     return False
 
@@ -438,7 +455,7 @@ def _wrap_set_timesteps(scheduler: Any, handle: CacheHandle, run: _Run, time: An
     override(scheduler, "set_timesteps", functools.wraps(original)(set_timesteps))
 
 
-def _check_boundary(pipe: Any, plan: CachePlan) -> None:
+def _check_boundary(pipe: Any, plan: CachePlan | PlanSet) -> None:
     config = getattr(pipe, "config", {})
     boundary = config.get("boundary_ratio") if getattr(pipe, "transformer_2", None) is not None else None
     if boundary != plan.boundary_ratio:
@@ -481,7 +498,12 @@ def apply(
     modules = experts(pipe) or {"transformer": pipe}
     check_no_other_cache(pipe, modules)
     scheduler = getattr(pipe, "scheduler", None)
-    plans = plan if isinstance(plan, PlanSet) else None
+    plans: PlanSet | None
+    single: CachePlan | None  # the handle's one plan
+    if isinstance(plan, PlanSet):
+        plans, single, first = plan, None, plan.plans[0]  # the hooks follow the first until a generation picks
+    else:
+        plans, single, first = None, plan, plan
     if plans is not None and not hasattr(scheduler, "set_timesteps"):
         raise PlanError(
             "a plan set is picked per call by the pipeline's step count; a transformer without a "
@@ -493,7 +515,7 @@ def apply(
     _check_compiled(modules)
     run = _Run(len(modules))
     reuse = residual.reuse_for(_unwrapped(modules["transformer"]), plan.reuse)
-    handle = CacheHandle(modules, run, scheduler, None if plans else plan, plans)
+    handle = CacheHandle(modules, run, scheduler, single, plans)
     if plans is not None:
         handle.budget = budget
     elif budget is not None:
@@ -501,7 +523,7 @@ def apply(
     for name, module in modules.items():
         model = _unwrapped(module)
         stack = residual.install(model) if reuse == "residual" else None
-        hook = _PlanHook(plans.plans[0] if plans else plan, stack, scheduler, name, run, type(model))
+        hook = _PlanHook(first, stack, scheduler, name, run, type(model))
         handle.hooks.append(hook)
         if model is not module:  # the pipeline sets its cache context on the wrapped module's hooks
             HookRegistry.check_if_exists_or_initialize(model).register_hook(_ContextHook(hook.contexts), _CONTEXT)

@@ -28,7 +28,8 @@ class Denoiser(Protocol):
     """A model at (x, sigma) that computes or reuses; one with a ``blend(x, sigma)`` attribute (an
     inpainting pipeline's replay) has it applied to the latents after every step (see ``advance``)."""
 
-    executions: int
+    @property
+    def executions(self) -> int: ...  # read-only: a wrapper (Checkpointed) reports its denoiser's
 
     def compute(self, x: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]: ...
 

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .reschedule import with_sigmas
 from .solver import Solver
 
+if TYPE_CHECKING:
+    import torch
+
 TOLERANCE = 1e-4  # relative: factors of a schedule's steps that agree this well are one shift
 
 
-def shift_sigmas(sigmas: Sequence[float], factor: float) -> list[float]:
+def shift_sigmas(sigmas: Sequence[float] | torch.Tensor, factor: float) -> list[float]:
     """``sigmas`` with every odds ``sigma / (1 - sigma)`` multiplied by ``factor`` (1 and 0 stay)."""
     if factor == 1.0:
         return [float(s) for s in sigmas]

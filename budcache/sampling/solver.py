@@ -39,8 +39,12 @@ _STATIC = frozenset(
 
 
 class Solver(Protocol):
-    name: str
-    sigmas: Sequence[float] | torch.Tensor  # K + 1 values
+    # read-only members: each solver may hold its sigmas as a list or a tensor
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def sigmas(self) -> Sequence[float] | torch.Tensor: ...  # K + 1 values
 
     def step(self, k: int, x: torch.Tensor, v: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]: ...
 
@@ -63,7 +67,7 @@ class AB2:
 
     name = "AB2"
 
-    def __init__(self, sigmas: Sequence[float]):
+    def __init__(self, sigmas: Sequence[float] | torch.Tensor):
         self.sigmas = [float(s) for s in sigmas]
 
     def step(self, k: int, x: torch.Tensor, v: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, Any]:

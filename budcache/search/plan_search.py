@@ -9,7 +9,7 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -46,7 +46,7 @@ def search_plan(
     reuse: str,
     model: Any = None,
     config: SearchConfig = SearchConfig(),
-    euler_sigmas: Sequence[float] | None = None,
+    euler_sigmas: Sequence[float] | Solver | None = None,
     validation: Evaluator | None = None,
     store_sigmas: bool = True,
     progress: bool = True,
@@ -68,7 +68,7 @@ def search_plan(
     verdict, and ``announce`` gets one line), unless ``fallback`` is False (comparisons that score plain
     sampling themselves) or the plan is for image-to-image calls (``begin_index``), where the verdict alone says so.
 
-    ``euler_sigmas``: the B-step schedule of plain fewer-step Euler, scored as a reference.
+    ``euler_sigmas``: the B-step schedule of plain fewer-step Euler (or the solver's B steps), scored as a reference.
     ``validation``: an evaluator on other samples; a predictive plan whose validation loss is
     not better than the same mask with ``repeat`` falls back to ``repeat``. ``checkpoint``: a file
     the evaluations are saved to as they come, locked against other searches while this one runs;
@@ -97,7 +97,7 @@ def search_plan(
         ident = identity(evaluate, budget, config, model_identity(model) if model is not None else None)
         saver = Checkpoint(checkpoint, ident, config.checkpoint_every)
     with held(checkpoint):
-        if saver is not None and resume and Path(checkpoint).exists():
+        if checkpoint is not None and saver is not None and resume and Path(checkpoint).exists():
             saver.restore(evaluate)
         result = run_search(evaluate, budget, searched, progress=progress, checkpoint=saver, start=start)
         if math.isfinite(cap):  # the references may spend what was kept for them
@@ -116,19 +116,26 @@ def search_plan(
     if refer and (rule != "repeat" or rules is not None):
         v_plan, v_repeat = check(encode(result.mask, rules or rule)), check(repeat)
         if not v_plan <= v_repeat:  # never worse than plain repetition (inf/NaN included)
+            assert repeat_objective is not None  # scored above (refer)
             rule, rules, objective = "repeat", None, repeat_objective
     uniform_objective = evaluate(encode(uniform_mask(k, budget), rule)) if refer else None
     tried = _rules_tried(evaluate, config.choose) if config.choose else None  # the plan's mask under repeat included
     plains = plain_losses(evaluate, as_solver(euler_sigmas)) if euler_sigmas is not None and refer else None
     euler_objective = None if plains is None else next(iter(plains.values()))
-    verdict = None if plains is None else "cached" if euler_objective > objective else "plain"
+    verdict = None if euler_objective is None else "cached" if euler_objective > objective else "plain"
     plain = verdict == "plain" and fallback and begin_index == 0
     if verdict == "plain" and not plain:
         verdict = "plain, not applied"
-    better = [name for name, loss in plains.items() if loss <= objective] if verdict == "cached" else []
+    better = (
+        [name for name, loss in plains.items() if loss <= objective]
+        if verdict == "cached" and plains is not None
+        else []
+    )
     if better:
         verdict = f"cached, {better[0]} better"
     if verdict is not None and verdict != "cached" and announce is not None:
+        # a verdict comes with plains, so with euler_sigmas and euler_objective
+        assert plains is not None and euler_sigmas is not None and euler_objective is not None
         announce(
             plain_line(euler_sigmas, budget, euler_objective, objective, plain)
             if not better
@@ -139,7 +146,7 @@ def search_plan(
         evaluate, evaluate.samples, evaluate.forwards, evaluate.from_scratch, evaluate.reused_calls
     )
     record = SearchRecord(
-        objective=euler_objective if plain else objective,
+        objective=cast(float, euler_objective) if plain else objective,  # plain: a verdict, so plains were scored
         repeat_objective=repeat_objective,
         validation_objective=v_plan,
         validation_repeat_objective=v_repeat,
@@ -246,7 +253,9 @@ def plain_losses(evaluate: Evaluator, own: Solver) -> dict[str, float]:
     }
 
 
-def better_line(budget: int, name: str, loss: float, cached: float, own: Solver, own_loss: float) -> str:
+def better_line(
+    budget: int, name: str, loss: float, cached: float, own: Sequence[float] | Solver, own_loss: float
+) -> str:
     """One line: a plain solver the pipeline does not run beats the cached plan, which is kept (it beats the
     pipeline's own plain B steps)."""
     return (
