@@ -162,6 +162,8 @@ class CachePlan(JsonFile):
 
     # -- validation -------------------------------------------------------------------------
     def validate(self) -> None:
+        """Check every field (types, ranges, the mask against the budget, sigmas, shifts); a :class:`PlanError`
+        naming the field otherwise. Run on construction and on loading."""
         k, b, m = self.num_steps, self.budget, self.mask
         if not isinstance(k, int) or k < 1:
             raise PlanError(f"field 'num_steps' must be a positive integer, got {k!r}")
@@ -336,6 +338,7 @@ class CachePlan(JsonFile):
         )
 
     def check_steps(self, num_steps: int) -> None:
+        """Refuse a call of another ``num_inference_steps`` than the plan's (an image-to-image plan's total)."""
         if self.begin_index:
             if num_steps != self.total_steps:
                 raise PlanError(
@@ -458,6 +461,7 @@ class CachePlan(JsonFile):
 
     # -- io ---------------------------------------------------------------------------------
     def to_dict(self) -> dict:
+        """The plan as the JSON object :meth:`save` writes (with ``schema_version``)."""
         d = dataclasses.asdict(self)
         return {"schema_version": SCHEMA_VERSION, **d}
 

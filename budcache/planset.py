@@ -52,14 +52,17 @@ class PlanSet(JsonFile):
     # -- selection --------------------------------------------------------------------------
     @property
     def model(self) -> dict[str, str]:
+        """The model every plan of the set was searched for (class and config fingerprint)."""
         return self.plans[0].model
 
     @property
     def reuse(self) -> str:
+        """What the plans' reused steps take from the cache (``residual`` or ``output``)."""
         return self.plans[0].reuse
 
     @property
     def boundary_ratio(self) -> float | None:
+        """The expert boundary of a two-expert pipeline the plans were searched with, else None."""
         return self.plans[0].boundary_ratio
 
     def holdings(self) -> str:
@@ -70,6 +73,7 @@ class PlanSet(JsonFile):
         return "; ".join(f"K={k}: B={', '.join(map(str, bs))}" for k, bs in by_k.items())
 
     def budgets(self, num_steps: int | None = None) -> list[int]:
+        """The budgets held (for ``num_steps`` only where given), sorted."""
         return sorted({p.budget for p in self.plans if num_steps in (None, p.total_steps)})
 
     def select(self, num_steps: int, budget: int | None = None, sigmas: list[float] | None = None) -> CachePlan:
@@ -103,6 +107,7 @@ class PlanSet(JsonFile):
         return plan
 
     def check_model(self, model: Any) -> None:
+        """Refuse a model of another class or config than the plans were searched for."""
         self.plans[0].check_model(model)
 
     # -- display ----------------------------------------------------------------------------
@@ -134,6 +139,7 @@ class PlanSet(JsonFile):
 
     # -- io ---------------------------------------------------------------------------------
     def to_dict(self) -> dict:
+        """The set as the JSON object :meth:`save` writes."""
         return {"schema_version": SCHEMA_VERSION, "plans": [p.to_dict() for p in self.plans]}
 
     @classmethod

@@ -40,6 +40,31 @@ def test_every_docs_link_of_the_readme_exists() -> None:
     assert not missing, missing
 
 
+def _documented() -> list[tuple[str, object]]:
+    """Every name of ``budcache.__all__`` and every object the API page renders (``::: dotted.name``), with the
+    public methods and properties of the classes among them."""
+    import importlib
+    import inspect
+
+    names = [f"budcache.{n}" for n in budcache.__all__]
+    names += re.findall(r"^::: (\S+)", (ROOT / "docs" / "api.md").read_text(), flags=re.M)
+    objects = []
+    for name in dict.fromkeys(names):
+        module, _, attr = name.rpartition(".")
+        try:
+            obj = getattr(importlib.import_module(module), attr) if module else importlib.import_module(name)
+        except (ImportError, AttributeError):
+            obj = importlib.import_module(name)
+        objects.append((name, obj))
+        if inspect.isclass(obj):
+            for member, value in vars(obj).items():
+                value = value.fget if isinstance(value, property) else value
+                if not member.startswith("_") and inspect.isfunction(value):
+                    objects.append((f"{name}.{member}", value))
+    return objects
+
+
 def test_every_public_name_has_a_docstring() -> None:
-    lacking = [name for name in budcache.__all__ if not (getattr(budcache, name).__doc__ or "").strip()]
-    assert not lacking, f"budcache.{', budcache.'.join(lacking)} lack a docstring"
+    """What the API page renders and what ``budcache`` exports is documented, down to the classes' methods."""
+    lacking = [name for name, obj in _documented() if not (getattr(obj, "__doc__", None) or "").strip()]
+    assert not lacking, f"{', '.join(lacking)} lack a docstring"

@@ -152,6 +152,7 @@ class Calibration:
 
     @property
     def num_steps(self) -> int:
+        """K: the steps each captured generation ran."""
         return len(self.sigmas) - 1
 
     @property
@@ -181,6 +182,7 @@ class Calibration:
 
     @property
     def pipeline(self) -> str:
+        """The calibrated pipeline's class name."""
         return type(self.pipe).__name__
 
     def forced_steps(self) -> list[int]:
@@ -200,6 +202,7 @@ class Calibration:
         return self.pipe.config.get("boundary_ratio")
 
     def experts(self) -> dict[str, torch.nn.Module]:
+        """The pipeline's transformer(s) by attribute name (``transformer``, Wan2.2's ``transformer_2``)."""
         return experts(self.pipe)
 
     def scheduler(self, num_steps: int | None = None) -> Any:

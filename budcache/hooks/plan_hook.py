@@ -333,6 +333,9 @@ class CacheHandle:
         return {b: {**c, **({} if b in self.run.done else {"interrupted": True})} for b, c in self.run.counts.items()}
 
     def remove(self) -> None:
+        """Take the plan off: every hook removed, the scheduler's ``set_timesteps`` restored, the caches dropped; the
+        pipeline then generates exactly as before :func:`apply` (a feature that wrapped the plan later keeps its own
+        wrapper, the plan's layer passing calls through)."""
         for module in self.experts.values():
             model = _unwrapped(module)
             registry = vars(module).get("_diffusers_hook")

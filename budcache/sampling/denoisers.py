@@ -43,11 +43,13 @@ class OutputDenoiser:
         self.fn, self.executions = fn, 0
 
     def compute(self, x: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the model at (x, sigma): the velocity, and the velocity itself as the cache entry."""
         self.executions += 1
         v = self.fn(x, sigma)
         return v, v
 
     def reuse(self, x: torch.Tensor, sigma: float, cache: torch.Tensor) -> torch.Tensor:
+        """The cached velocity, as it is."""
         return cache
 
 
@@ -62,14 +64,18 @@ class ResidualDenoiser:
 
     @property
     def executions(self) -> int:
+        """Block-stack executions so far (the stack's count)."""
         return self.stack.executions
 
     def compute(self, x: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the whole model at (x, sigma): the velocity, and the block stack's residual as the cache entry."""
         with self.stack.step() as stack:
             v = self.fn(x, sigma)
             return v, stack.residual
 
     def reuse(self, x: torch.Tensor, sigma: float, cache: torch.Tensor) -> torch.Tensor:
+        """The velocity at (x, sigma) with the blocks skipped: the input embedding and the output head run, the
+        cached residual stands in for the block stack."""
         with self.stack.step(cache):
             return self.fn(x, sigma)
 
