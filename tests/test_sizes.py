@@ -216,28 +216,10 @@ def test_search_at_several_sizes_from_the_command_line(tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red square\na blue circle\n")
     out = tmp_path / "plan.json"
-    common = [
-        "search",
-        "--pipeline",
-        str(folder),
-        "--prompts",
-        str(prompts),
-        "--budget",
-        str(B),
-        "--steps",
-        str(K),
-        "--call",
-        "max_sequence_length=16",
-        "--iterations",
-        "8",
-        "--starts",
-        "1",
-        "--kicks",
-        "0",
-        "--no-progress",
-        "--out",
-        str(out),
-    ]
+    common = (
+        f"search --pipeline {folder} --prompts {prompts} --budget {B} --steps {K} --call max_sequence_length=16 "
+        f"--iterations 8 --starts 1 --kicks 0 --no-progress --out {out}"
+    ).split()
     with pytest.raises(SystemExit, match="drop --height"):
         main([*common, "--sizes", "16x16", "32x32", "--height", "16"])
     with pytest.raises(SystemExit):
