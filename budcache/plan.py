@@ -62,6 +62,7 @@ class SearchRecord:
     rules_tried: dict[str, float] | None = None  # where the search chose the reuse rule: each rule's best loss on
     # every sample (a rule ranked only on a share of the samples is missing)
     sizes: list[str] | None = None  # the sizes (HxW, HxWxF) calibrated, where there were several
+    size_objectives: dict[str, float] | None = None  # the plan's loss at each of them (single-process searches)
 
 
 def check_object(d: Any, source: str) -> None:
@@ -380,7 +381,9 @@ class CachePlan(JsonFile):
             ),
         ]
         if self.record is not None and self.record.sizes:
-            lines.append(f"sizes   {', '.join(self.record.sizes)} (calibrated together)")
+            losses = self.record.size_objectives or {}
+            shown = [f"{s} (loss {losses[s]:.4g})" if s in losses else s for s in self.record.sizes]
+            lines.append(f"sizes   {', '.join(shown)}: calibrated together")
         if self.model_sigmas is not None:
             lines.append("times   decoupled: the transformer is told its own noise level at each step (model_sigmas)")
         if self.begin_index:

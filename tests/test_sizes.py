@@ -106,7 +106,9 @@ def test_mixed_plan_records_its_range_and_serves_every_size_with_exactly_b(pipe,
     call's own schedule (the mask by index); the plan survives a file round trip."""
     calib, plan = mixed
     assert plan.shifts == [1.0, pytest.approx(calib.shifts()[2])]
-    assert plan.record.sizes == ["16x16", "32x32"] and "sizes   16x16, 32x32" in plan.describe()
+    assert plan.record.sizes == ["16x16", "32x32"] and "sizes   16x16 (loss " in plan.describe()
+    losses = plan.record.size_objectives  # the plan's loss at each size; their mean over the samples is the objective
+    assert set(losses) == {"16x16", "32x32"} and sum(losses.values()) / 2 == pytest.approx(plan.record.objective)
     loaded = CachePlan.load(plan.save(tmp_path / "plan.json"))
     assert loaded == plan
     schedules = [_schedule(pipe, size) for size in SIZES]
@@ -202,6 +204,7 @@ def test_demo_at_several_shifts():
         assert sorted({b.shift for b in batches}) == [1.0, 3.0]
         plan, _ = search_source(source, 4, config=QUICK, progress=False)
     assert plan.shifts == [1.0, 3.0] and plan.record.sizes == ["shift 1", "shift 3"]
+    assert set(plan.record.size_objectives) == {"shift 1", "shift 3"}
 
 
 def test_search_at_several_sizes_from_the_command_line(tmp_path, capsys):

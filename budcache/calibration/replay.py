@@ -183,7 +183,10 @@ def pipeline_source(
     reuse = reuse_for(calib.pipe.transformer, reuse)
 
     def batches(which: str, mode: str | None = None) -> list[Batch]:
-        return [Batch(make(c, mode or reuse), c.latents.float(), shift=f) for c, f in zip(sets[which], shifts[which])]
+        return [
+            Batch(make(c, mode or reuse), c.latents.float(), shift=f, size=c.size if mixed else "")
+            for c, f in zip(sets[which], shifts[which])
+        ]
 
     with denoisers(calib, reuse) as make:
         yield Source(

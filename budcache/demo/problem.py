@@ -118,9 +118,9 @@ def demo_source(
 
         def batches(which: str, mode: str | None = None) -> list[Batch]:
             made = demo_batches(makers[mode or reuse], *inputs[which], batch_size=64 if which == "eval" else 8)
-            return (
-                [dataclasses.replace(b, shift=s / shifts[0]) for s in shifts for b in made] if len(shifts) > 1 else made
-            )
+            if len(shifts) == 1:
+                return made
+            return [dataclasses.replace(b, shift=s / shifts[0], size=f"shift {s:g}") for s in shifts for b in made]
 
         yield Source(
             solver=solver(steps),

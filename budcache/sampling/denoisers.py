@@ -103,9 +103,10 @@ class Batch:
     ``replicate(n)``, when given, is a denoiser for the conditioning repeated ``n`` times (several
     candidate plans advanced in one batched forward). ``shift``: the factor this batch's schedule is shifted by
     from the schedule it is run over (another resolution of a calibration of several sizes; see
-    :mod:`budcache.sampling.shift`)."""
+    :mod:`budcache.sampling.shift`); ``size``: its size (``HxW``) there, where losses are also reported per size."""
 
     denoiser: Denoiser
     noise: torch.Tensor
     replicate: Callable[[int], Denoiser] | None = None
     shift: float = 1.0
+    size: str = ""

@@ -78,6 +78,7 @@ class Evaluator:
         self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.memo: dict[Schedule, float] = {}
         self.spreads: dict[Schedule, float] = {}  # coefficient of variation of the per-sample distances
+        self.by_size: dict[Schedule, dict[str, float]] = {}  # the loss per size of a calibration of several sizes
         self.states: OrderedDict[Schedule, list[State]] = OrderedDict()
         self.state_bytes = 0
         self.forwards = 0  # block-stack executions summed over calibration samples (screening subsets included)
@@ -194,6 +195,9 @@ class Evaluator:
         loss = float(total[0] / total[2])
         if key is not None and loss > 0 and math.isfinite(loss):
             self.spreads[key] = math.sqrt(max(0.0, float(total[1] / total[2]) - loss**2)) / loss
+        if key is not None and self.batches[0].size and not self.distributed:
+            labels = [b.size for b in self.batches for _ in range(b.noise.shape[0])]
+            self.by_size[key] = {s: float(d[[i for i, x in enumerate(labels) if x == s]].mean()) for s in labels}
         return loss if loss == loss and loss != float("inf") else float("inf")
 
     # -- public -----------------------------------------------------------------------------
@@ -276,6 +280,7 @@ class Evaluator:
             child.batches, child.teacher = [self.batches[i] for i in picks], [self.teacher[i] for i in picks]
             child.samples = sum(b.noise.shape[0] for b in child.batches)
             child.memo, child.spreads, child.states, child.state_bytes, child.subsets = {}, {}, OrderedDict(), 0, {}
+            child.by_size = {}
             child.prefixes, child._replayed = set(), set(self._saved_subsets.get(m, {}))
             child.memo.update(self._saved_subsets.get(m, {}))
             self.subsets[m] = child

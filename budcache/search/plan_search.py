@@ -171,6 +171,7 @@ def search_plan(
         cached_objective=objective if plain else None,
         rules_tried=tried,
         sizes=list(sizes) or None,
+        size_objectives=None if plain else evaluate.by_size.get(encode(result.mask, rules or rule)),
     )
     # the plain B-step schedule, every step computed, or the searched mask over the K-step schedule
     mask, sigmas = (
