@@ -118,3 +118,40 @@ def test_torchrun_command_line_equals_one_process(tmp_path, scheduler):
     assert two.mask == one.mask and two.record.objective == pytest.approx(one.record.objective, rel=1e-5)
     assert two.record.calibration_size == one.record.calibration_size == 6
     assert two.record.solver == one.record.solver == ("Euler" if scheduler == "euler" else "UniPCMultistep")
+
+
+def _shifted_worker(rank: int, world: int, port: int, out: str, same_reference: bool) -> None:
+    """Rank r holds a batch at the reference schedule and one shifted x(2 + r); with ``same_reference`` False the
+    ranks' references differ (rank 1's is shifted x1.5)."""
+    from budcache.errors import SearchError
+    from budcache.sampling.shift import shift_sigmas
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    gmm = GaussianMixtureFlow(dim=8, components=4, seed=3)
+    noise = _noise()[rank::world]
+    reference = shift_sigmas(linear_sigmas(K), 1.5 if rank and not same_reference else 1.0)
+    batches = [Batch(OutputDenoiser(gmm), noise[:6]), Batch(OutputDenoiser(gmm), noise[6:], shift=2.0 + rank)]
+    try:
+        plan, _ = search_plan(Evaluator(batches, reference), B, reuse="output", config=CONFIG, progress=False)
+        result = {"shifts": plan.shifts}
+    except SearchError as e:
+        result = {"error": str(e)}
+    finally:
+        dist.destroy_process_group()
+    with open(os.path.join(out, f"{rank}.json"), "w") as f:
+        json.dump(result, f)
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+@pytest.mark.parametrize("same_reference", [True, False])
+def test_shift_ranges_are_gathered_over_the_ranks(tmp_path, same_reference):
+    """A search over several sizes records the shift range of every rank's batches; ranks whose schedules (their
+    first samples' sizes) differ are refused before the search."""
+    mp.spawn(_shifted_worker, args=(2, _free_port(), str(tmp_path), same_reference), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
+    if same_reference:
+        assert ranks == [{"shifts": [1.0, 3.0]}] * 2
+    else:
+        assert all("start at different sizes" in r["error"] for r in ranks)

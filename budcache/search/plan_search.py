@@ -90,6 +90,7 @@ def search_plan(
     reserve = reserve_of(config, budget, evaluate.rule, start, euler_sigmas is not None)
     check_cap(cap, k, budget, reserve)
     searched = dataclasses.replace(config, max_forwards=cap - reserve)
+    _check_reference(evaluate)
     if announce is not None:
         announce(cost_line(evaluate, cap))
     saver = None
@@ -207,6 +208,21 @@ def _shift_range(evaluate: Evaluator) -> list[float] | None:
         torch.distributed.all_reduce(ends, op=torch.distributed.ReduceOp.MIN)
         low, high = float(ends[0]), -float(ends[1])
     return None if low == high == 1.0 else [min(low, 1.0), max(high, 1.0)]
+
+
+def _check_reference(evaluate: Evaluator) -> None:
+    """Under ``torch.distributed``: every rank's schedule (its first calibration sample's) is the same, the reference
+    the batches' shifts are taken from; refused before any search otherwise."""
+    if not evaluate.distributed:
+        return
+    reference = torch.tensor(evaluate.sigmas, dtype=torch.float64)
+    spread = torch.stack([reference, -reference])
+    torch.distributed.all_reduce(spread, op=torch.distributed.ReduceOp.MAX)
+    if float((spread[0] + spread[1]).abs().max()) > 1e-6:  # max - min of each sigma over the ranks
+        raise SearchError(
+            "the processes' calibration sets start at different sizes (schedules), so their shifts have different "
+            "references; give every process the same first size (--sizes, or the same size first in each shard)"
+        )
 
 
 def reserve_of(
