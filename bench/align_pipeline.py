@@ -58,7 +58,9 @@ def flux_transformer(**overrides):
 def flux_dev(size: int, device: str = "cuda", **blocks):
     """FLUX.1-dev's architecture, random bf16 weights, on ``device`` (guidance-distilled: one call per step);
     ``blocks``: fewer layers for a smoke run."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from diffusers import AutoencoderKL
+
+    from tests.fixtures.tiny import bare_flux_pipeline
 
     torch.manual_seed(0)
     with torch.device(device):
@@ -81,23 +83,7 @@ def flux_dev(size: int, device: str = "cuda", **blocks):
             .to(torch.bfloat16)
             .eval()
         )
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        shift=3.0,
-        use_dynamic_shifting=True,
-        base_shift=0.5,
-        max_shift=1.15,
-        base_image_seq_len=256,
-        max_image_seq_len=4096,
-    )
-    pipe = FluxPipeline(
-        scheduler=scheduler,
-        vae=vae,
-        text_encoder=None,
-        tokenizer=None,
-        text_encoder_2=None,
-        tokenizer_2=None,
-        transformer=tr,
-    )
+    pipe = bare_flux_pipeline(tr, vae)
     pipe.set_progress_bar_config(disable=True)
 
     def prompt(i: int) -> dict:

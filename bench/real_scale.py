@@ -252,11 +252,11 @@ FLUX_DEV = dict(
 
 
 def flux(device: torch.device, dtype: torch.dtype, tiny: bool) -> Case:
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+
+    from tests.fixtures.tiny import bare_flux_pipeline, tiny_flux_pipeline
 
     if tiny:
-        from tests.fixtures.tiny import tiny_flux_pipeline
-
         pipe = tiny_flux_pipeline()
         shapes, size, K, B, name = ((1, 8, 32), (1, 32)), 8, 8, 3, "tiny FluxPipeline (CPU smoke run)"
     else:
@@ -271,23 +271,7 @@ def flux(device: torch.device, dtype: torch.dtype, tiny: bool) -> Case:
                 layers_per_block=1,
                 norm_num_groups=32,
             )
-        scheduler = FlowMatchEulerDiscreteScheduler(
-            shift=3.0,
-            use_dynamic_shifting=True,
-            base_shift=0.5,
-            max_shift=1.15,
-            base_image_seq_len=256,
-            max_image_seq_len=4096,
-        )
-        pipe = FluxPipeline(
-            scheduler=scheduler,
-            vae=vae,
-            text_encoder=None,
-            tokenizer=None,
-            text_encoder_2=None,
-            tokenizer_2=None,
-            transformer=transformer,
-        )
+        pipe = bare_flux_pipeline(transformer, vae)
         shapes, size, K, B, name = (
             ((1, 512, 4096), (1, 768)),
             1024,
