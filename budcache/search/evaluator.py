@@ -196,8 +196,12 @@ class Evaluator:
         if key is not None and loss > 0 and math.isfinite(loss):
             self.spreads[key] = math.sqrt(max(0.0, float(total[1] / total[2]) - loss**2)) / loss
         if key is not None and self.batches[0].size and not self.distributed:
-            labels = [b.size for b in self.batches for _ in range(b.noise.shape[0])]
-            self.by_size[key] = {s: float(d[[i for i, x in enumerate(labels) if x == s]].mean()) for s in labels}
+            rows: dict[str, list[int]] = {}  # each size's rows of d, in the order of the batches
+            start = 0
+            for b in self.batches:
+                rows.setdefault(b.size, []).extend(range(start, start + b.noise.shape[0]))
+                start += b.noise.shape[0]
+            self.by_size[key] = {size: float(d[r].mean()) for size, r in rows.items()}
         return loss if loss == loss and loss != float("inf") else float("inf")
 
     # -- public -----------------------------------------------------------------------------
