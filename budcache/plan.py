@@ -268,9 +268,11 @@ class CachePlan(JsonFile):
     def shift_of(self, sigmas: list[float]) -> float | None:
         """The factor the call's schedule (``sigmas``, K+1 values) shifts the plan's ``schedule`` by, where the plan
         covers it (1.0: the same schedule, or a plan without one); None where it does not."""
-        if self.schedule is None or same_schedule(sigmas, self.schedule):
+        if self.schedule is None:
             return 1.0
-        factor = relative_shift(sigmas, self.schedule)
+        factor = relative_shift(sigmas, self.schedule)  # exactly 1.0 for the plan's own schedule (within 1e-5)
+        if factor == 1.0:
+            return factor
         if factor is None or self.shifts is None:
             return None
         low, high = self.shifts
@@ -531,10 +533,6 @@ def pretrained_file(folder_or_hub_id: str | Path, filename: str = PLAN_FILENAME,
             f"{name}: cannot get {filename} from the Hugging Face Hub ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else e!r})"
         ) from None
-
-
-def same_schedule(a: list[float], b: list[float], tol: float = 1e-5) -> bool:
-    return len(a) == len(b) and all(abs(x - y) <= tol for x, y in zip(a, b))
 
 
 def _field_types(cls: type) -> dict[str, Any]:
