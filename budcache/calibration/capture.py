@@ -176,11 +176,6 @@ class Calibration:
         return factors
 
     @property
-    def mixed(self) -> bool:
-        """The captures run at more than one schedule (several sizes under dynamic shifting)."""
-        return any(f != 1.0 for f in self.shifts())
-
-    @property
     def pipeline(self) -> str:
         """The calibrated pipeline's class name."""
         return type(self.pipe).__name__

@@ -430,12 +430,13 @@ def _wrap_set_timesteps(scheduler: Any, handle: CacheHandle, run: _Run, time: An
                 f"pipe.{replaced} was replaced after budcache.apply, so the plan would not run on it; "
                 "remove the plan (handle.remove()), then budcache.apply(pipe, plan)"
             )
-        handle.select(int(asked))  # refuses a step count or budget the plan (set) lacks before the scheduler runs
+        plan = handle.select(int(asked))  # a step count or budget the plan (set) lacks: refused before the scheduler
         handle.check_hooked()
         run.start()
         result = original(*args, **kwargs)
         sigmas = _host_sigmas(scheduler, call)
-        plan = handle.select(int(asked), sigmas)  # a plan set's plan for this call's schedule (its size)
+        if handle.plans is not None:
+            plan = handle.select(int(asked), sigmas)  # the set's plan for this call's schedule (its size)
         b = plan.begin_index  # an image-to-image plan covers the steps from b on
         factor = plan.check_schedule(sigmas[b:])  # the call's shift from the plan's schedule (another size)
         run.generating, run.owner = True, threading.get_ident()
