@@ -87,6 +87,7 @@ def demo_source(
     if scheduler not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {scheduler!r}; choose from {sorted(SCHEDULERS)}")
     shifts = tuple(float(s) for s in shift) if isinstance(shift, (tuple, list)) else (float(shift),)
+    sizes = tuple(f"shift {s:g}" for s in shifts) if len(shifts) > 1 else ()  # what stands for a size here
     if shifts != (1.0,) and SCHEDULERS[scheduler] is not None:
         raise ValueError(f"shift applies to the euler scheduler, not {scheduler!r}")
 
@@ -120,7 +121,9 @@ def demo_source(
             made = demo_batches(makers[mode or reuse], *inputs[which], batch_size=64 if which == "eval" else 8)
             if len(shifts) == 1:
                 return made
-            return [dataclasses.replace(b, shift=s / shifts[0], size=f"shift {s:g}") for s in shifts for b in made]
+            return [
+                dataclasses.replace(b, shift=s / shifts[0], size=size) for s, size in zip(shifts, sizes) for b in made
+            ]
 
         yield Source(
             solver=solver(steps),
@@ -131,5 +134,5 @@ def demo_source(
             sets=tuple(inputs),
             images=unpack,
             score=score,
-            sizes=tuple(f"shift {s:g}" for s in shifts) if len(shifts) > 1 else (),
+            sizes=sizes,
         )
